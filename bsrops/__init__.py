@@ -1,0 +1,16 @@
+"""bsrops: fused kernels for blind super-resolution, as torch.ops.bsrops custom ops.
+
+    import bsrops
+    y = bsrops.blur_downsample(x, kernel, stride=4)      # per-pixel, per-image or shared kernels
+    bsrops.backend_info("cpu")                             # which backend runs, and the build
+    with bsrops.use_backend("reference"): ...              # or BSROPS_BACKEND=...
+"""
+from . import _extension  # loads _C (op schemas and native kernels) first
+from ._backend import BACKENDS, backend_info, kernel_calls, use_backend
+from ._extension import build_info
+from .ops.blur_downsample import blur_downsample
+from ._backend import install_defaults as _install_defaults
+
+_install_defaults()
+
+__all__ = ["BACKENDS", "backend_info", "blur_downsample", "build_info", "kernel_calls", "use_backend"]

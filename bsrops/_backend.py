@@ -1,0 +1,121 @@
+"""Backend selection for the bsrops ops.
+
+One op has one schema whichever backend runs it. The native kernels (`cpu`, `cuda`)
+are registered by `_C` for the CPU and CUDA dispatch keys. The other backends are
+Python kernels registered over them for the devices they serve, through a
+torch.library.Library whose destruction restores the native kernels:
+
+- `reference`: the pure-PyTorch references (CPU and CUDA); also the fallback without `_C`;
+- `triton`: the Triton kernels (CUDA; and CPU tensors under TRITON_INTERPRET=1);
+- `cpu_shared`: the per-element functions the CUDA kernels use, looped on the CPU.
+
+Choose with BSROPS_BACKEND=auto|cpu|cuda|triton|reference|cpu_shared at import, or with
+`use_backend(name)` around a block. `kernel_calls()` counts which kernels ran.
+"""
+import collections
+import contextlib
+import os
+import warnings
+
+import torch
+
+from . import _extension
+
+BACKENDS = ("auto", "cpu", "cuda", "triton", "reference", "cpu_shared")
+NATIVE = ("auto", "cpu", "cuda")
+
+# backend -> op name -> Python kernel (same signature as the op)
+_kernels = collections.defaultdict(dict)
+_python_calls = collections.Counter()
+_active = []  # stack of (backend, devices, Library); the last one serving a device wins
+
+
+def register_kernel(backend, op_name, fn):
+    """Declare `fn` as `backend`'s kernel for torch.ops.bsrops.<op_name>."""
+    _kernels[backend][op_name] = fn
+
+
+def _devices(backend):
+    if backend == "reference":
+        return ("CPU", "CUDA")
+    if backend == "cpu_shared":
+        return ("CPU",)
+    if backend == "triton":
+        return ("CPU", "CUDA") if os.environ.get("TRITON_INTERPRET") == "1" else ("CUDA",)
+    return ()
+
+
+def _counted(name, fn):
+    def kernel(*args):
+        _python_calls[name] += 1
+        return fn(*args)
+
+    return kernel
+
+
+def _install(backend, devices):
+    """A Library holding `backend`'s Python kernels for `devices`."""
+    library = torch.library.Library("bsrops", "IMPL")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="(?s).*Overriding a previously registered kernel")
+        for op_name, fn in _kernels[backend].items():
+            for device in devices:
+                library.impl(op_name, _counted(f"{op_name}.{backend}", fn), device, allow_override=True)
+    return library
+
+
+def _check_name(backend):
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+
+
+@contextlib.contextmanager
+def use_backend(backend):
+    """Run the bsrops ops of the block on `backend` (for the devices it serves)."""
+    _check_name(backend)
+    library = None if backend in NATIVE else _install(backend, _devices(backend))
+    _active.append((backend, _devices(backend), library))
+    try:
+        yield
+    finally:
+        _active.pop()
+        if library is not None:
+            library._destroy()
+
+
+def _base_backend(device_type):
+    if _extension.native is None:
+        return "reference"
+    if device_type == "cuda" and not _extension.native.WITH_CUDA:
+        return "reference"
+    return device_type if device_type in ("cpu", "cuda") else "reference"
+
+
+def backend_info(device="cpu"):
+    """Which backend the ops run on `device` now, and why."""
+    device_type = torch.device(device).type
+    backend = _base_backend(device_type)
+    for name, devices, _ in _active:
+        if device_type.upper() in devices:
+            backend = name
+    return {"device": device_type, "backend": backend, "extension": _extension.build_info(),
+            "selected": [name for name, _, _ in _active]}
+
+
+def kernel_calls():
+    """Launch counts by '<op>.<backend>', native and Python kernels together."""
+    calls = collections.Counter(_python_calls)
+    if _extension.native is not None:
+        calls.update(_extension.native.kernel_calls())
+    return dict(calls)
+
+
+def install_defaults():
+    """After every op module has registered: the fallback kernels, then BSROPS_BACKEND."""
+    if _extension.native is None or not _extension.native.WITH_CUDA:
+        devices = ("CPU", "CUDA") if _extension.native is None else ("CUDA",)
+        _active.append(("reference", devices, _install("reference", devices)))
+    backend = os.environ.get("BSROPS_BACKEND", "auto")
+    _check_name(backend)
+    if backend not in NATIVE:
+        _active.append((backend, _devices(backend), _install(backend, _devices(backend))))

@@ -1,0 +1,1 @@
+"""Schema glue of each op: fake kernels, autograd, backend kernels, input validation."""

@@ -1,0 +1,1 @@
+"""Pure-PyTorch reference implementations (the unfused baselines) and float64 loop references."""

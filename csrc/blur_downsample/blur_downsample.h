@@ -1,0 +1,237 @@
+// Per-element maths of bsrops::blur_downsample, shared by the CPU and CUDA kernels.
+//
+// Semantics (shared/DESIGN.md §3), c = k / 2:
+//   flip=false: out(i, j) = sum_{a,b} K[a, b] * x(s*i + a - c, s*j + b - c)
+//   flip=true : out(i, j) = sum_{a,b} K[a, b] * x(s*i - a + c, s*j - b + c)
+// Out-of-image coordinates are mapped by the padding mode (source_index).
+// Every function here is the whole computation of one output element, index
+// maths included: the CUDA kernels only decode their thread index and call them,
+// and the CPU "cpu_shared" backend loops over them, so CPU tests check GPU maths.
+#pragma once
+
+#include <c10/macros/Macros.h>
+#include <cstdint>
+
+namespace bsrops {
+namespace blur_downsample {
+
+enum Padding : int { kReflect = 0, kSymmetric = 1, kReplicate = 2, kZeros = 3, kCircular = 4 };
+
+// Everything the index maths needs, passed by value to kernels.
+struct Geometry {
+  int64_t N, C, H, W, Ho, Wo;
+  int64_t k, stride;
+  bool flip;
+  int padding;
+  // Element strides of the kernel over (n, tap, i, j): the (k, k) and (N, k, k)
+  // layouts are the per-pixel layout with zero strides where they are shared.
+  int64_t ks_n, ks_t, ks_i, ks_j;
+};
+
+C10_HOST_DEVICE inline int64_t floor_div(int64_t a, int64_t b) {
+  int64_t q = a / b;
+  return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+
+// Coordinate offset read by tap a (one axis): a - c, or c - a when flipped.
+C10_HOST_DEVICE inline int64_t tap_offset(const Geometry& g, int64_t a) {
+  const int64_t c = g.k / 2;
+  return g.flip ? c - a : a - c;
+}
+C10_HOST_DEVICE inline int64_t min_offset(const Geometry& g) { return g.flip ? g.k / 2 - (g.k - 1) : -(g.k / 2); }
+C10_HOST_DEVICE inline int64_t max_offset(const Geometry& g) { return g.flip ? g.k / 2 : g.k - 1 - g.k / 2; }
+
+// Padding needed before and after one axis of length `size` with `out_size` outputs.
+C10_HOST_DEVICE inline int64_t pad_before(const Geometry& g) { return -min_offset(g); }
+C10_HOST_DEVICE inline int64_t pad_after(const Geometry& g, int64_t size, int64_t out_size) {
+  const int64_t last = g.stride * (out_size - 1) + max_offset(g);
+  return last > size - 1 ? last - (size - 1) : 0;
+}
+
+// Image coordinate that padded coordinate u reads, or -1 for a zero.
+// Valid for |overhang| <= size (reflect: < size), which the shape checks ensure.
+C10_HOST_DEVICE inline int64_t source_index(int64_t u, int64_t size, int padding) {
+  if (u >= 0 && u < size) return u;
+  switch (padding) {
+    case kReflect: return u < 0 ? -u : 2 * (size - 1) - u;
+    case kSymmetric: return u < 0 ? -1 - u : 2 * size - 1 - u;
+    case kReplicate: return u < 0 ? 0 : size - 1;
+    case kCircular: return u < 0 ? u + size : u - size;
+    default: return -1;
+  }
+}
+
+C10_HOST_DEVICE inline int64_t kernel_offset(const Geometry& g, int64_t n, int64_t tap, int64_t i, int64_t j) {
+  return n * g.ks_n + tap * g.ks_t + i * g.ks_i + j * g.ks_j;
+}
+
+// out[n, c, i, j]
+template <typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline acc_t forward_element(const scalar_t* x, const scalar_t* kernel, const Geometry& g,
+                                             int64_t n, int64_t c, int64_t i, int64_t j) {
+  const scalar_t* plane = x + (n * g.C + c) * g.H * g.W;
+  acc_t acc = 0;
+  for (int64_t a = 0; a < g.k; ++a) {
+    const int64_t row = source_index(g.stride * i + tap_offset(g, a), g.H, g.padding);
+    if (row < 0) continue;
+    for (int64_t b = 0; b < g.k; ++b) {
+      const int64_t col = source_index(g.stride * j + tap_offset(g, b), g.W, g.padding);
+      if (col < 0) continue;
+      acc += static_cast<acc_t>(kernel[kernel_offset(g, n, a * g.k + b, i, j)]) *
+             static_cast<acc_t>(plane[row * g.W + col]);
+    }
+  }
+  return acc;
+}
+
+// d loss / d K[n, tap] summed over the output pixels (i, j) in [i0, i1) x [j0, j1):
+// one pixel for the per-pixel layout, the whole image for the shared layouts.
+template <typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline acc_t grad_kernel_element(const scalar_t* grad_out, const scalar_t* x, const Geometry& g,
+                                                 int64_t n, int64_t tap, int64_t i0, int64_t i1, int64_t j0,
+                                                 int64_t j1) {
+  const int64_t da = tap_offset(g, tap / g.k), db = tap_offset(g, tap % g.k);
+  acc_t acc = 0;
+  for (int64_t c = 0; c < g.C; ++c) {
+    const scalar_t* plane = x + (n * g.C + c) * g.H * g.W;
+    const scalar_t* gplane = grad_out + (n * g.C + c) * g.Ho * g.Wo;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t row = source_index(g.stride * i + da, g.H, g.padding);
+      if (row < 0) continue;
+      for (int64_t j = j0; j < j1; ++j) {
+        const int64_t col = source_index(g.stride * j + db, g.W, g.padding);
+        if (col < 0) continue;
+        acc += static_cast<acc_t>(gplane[i * g.Wo + j]) * static_cast<acc_t>(plane[row * g.W + col]);
+      }
+    }
+  }
+  return acc;
+}
+
+// Sum over the outputs that read padded coordinate (u, v): out index i and tap a
+// with s*i + offset(a) = u. Gathers, so no atomics are needed.
+template <typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline acc_t grad_padded_element(const scalar_t* grad_out, const scalar_t* kernel, const Geometry& g,
+                                                 int64_t n, int64_t c, int64_t u, int64_t v) {
+  // offset(a) = u - s*i lies in [min_offset, max_offset]
+  const int64_t i_lo = floor_div(u - max_offset(g) + g.stride - 1, g.stride);
+  const int64_t i_hi = floor_div(u - min_offset(g), g.stride);
+  const int64_t j_lo = floor_div(v - max_offset(g) + g.stride - 1, g.stride);
+  const int64_t j_hi = floor_div(v - min_offset(g), g.stride);
+  const scalar_t* gplane = grad_out + (n * g.C + c) * g.Ho * g.Wo;
+  const int64_t c_half = g.k / 2;
+  acc_t acc = 0;
+  for (int64_t i = i_lo < 0 ? 0 : i_lo; i <= i_hi && i < g.Ho; ++i) {
+    const int64_t off_a = u - g.stride * i;
+    const int64_t a = g.flip ? c_half - off_a : off_a + c_half;
+    for (int64_t j = j_lo < 0 ? 0 : j_lo; j <= j_hi && j < g.Wo; ++j) {
+      const int64_t off_b = v - g.stride * j;
+      const int64_t b = g.flip ? c_half - off_b : off_b + c_half;
+      acc += static_cast<acc_t>(kernel[kernel_offset(g, n, a * g.k + b, i, j)]) *
+             static_cast<acc_t>(gplane[i * g.Wo + j]);
+    }
+  }
+  return acc;
+}
+
+// Padded coordinate of candidate r along an axis: the border before the image,
+// then the pixel itself, then the border after it.
+C10_HOST_DEVICE inline int64_t preimage_candidate(int64_t r, int64_t y, int64_t size, int64_t before) {
+  if (r < before) return r - before;
+  if (r == before) return y;
+  return size + (r - before - 1);
+}
+
+// grad_x[n, c, y, x]: sum of grad_padded over every padded coordinate that reads (y, x).
+template <typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline acc_t grad_input_element(const scalar_t* grad_out, const scalar_t* kernel, const Geometry& g,
+                                                int64_t n, int64_t c, int64_t y, int64_t x) {
+  const int64_t before = pad_before(g);
+  const int64_t rows = before + 1 + pad_after(g, g.H, g.Ho);
+  const int64_t cols = before + 1 + pad_after(g, g.W, g.Wo);
+  acc_t acc = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t u = preimage_candidate(r, y, g.H, before);
+    if (source_index(u, g.H, g.padding) != y) continue;
+    for (int64_t q = 0; q < cols; ++q) {
+      const int64_t v = preimage_candidate(q, x, g.W, before);
+      if (source_index(v, g.W, g.padding) != x) continue;
+      acc += grad_padded_element<scalar_t, acc_t>(grad_out, kernel, g, n, c, u, v);
+    }
+  }
+  return acc;
+}
+
+}  // namespace blur_downsample
+}  // namespace bsrops
+
+// ---- host-side shape checks (CPU and CUDA entry points) ----
+#if !defined(__CUDA_ARCH__)
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <algorithm>
+#include <string_view>
+
+namespace bsrops {
+namespace blur_downsample {
+
+inline int parse_padding(std::string_view padding) {
+  if (padding == "reflect") return kReflect;
+  if (padding == "symmetric") return kSymmetric;
+  if (padding == "replicate") return kReplicate;
+  if (padding == "zeros") return kZeros;
+  if (padding == "circular") return kCircular;
+  TORCH_CHECK(false, "blur_downsample: padding must be one of reflect, symmetric, replicate, zeros, circular; got '",
+              std::string(padding), "'");
+}
+
+// Validates the arguments and returns the geometry for a contiguous `kernel`.
+inline Geometry make_geometry(const at::Tensor& x, const at::Tensor& kernel, int64_t stride,
+                              std::string_view padding, bool flip) {
+  TORCH_CHECK(x.dim() == 4, "blur_downsample: x must be (N, C, H, W), got ", x.sizes());
+  TORCH_CHECK(stride >= 1, "blur_downsample: stride must be >= 1, got ", stride);
+  TORCH_CHECK(kernel.scalar_type() == x.scalar_type(), "blur_downsample: kernel dtype ", kernel.scalar_type(),
+              " must equal x dtype ", x.scalar_type());
+  TORCH_CHECK(kernel.device() == x.device(), "blur_downsample: kernel and x must be on one device");
+  Geometry g{};
+  g.N = x.size(0); g.C = x.size(1); g.H = x.size(2); g.W = x.size(3);
+  TORCH_CHECK(g.H >= 1 && g.W >= 1, "blur_downsample: x must have H, W >= 1, got ", x.sizes());
+  g.stride = stride;
+  g.Ho = (g.H + stride - 1) / stride;
+  g.Wo = (g.W + stride - 1) / stride;
+  g.flip = flip;
+  g.padding = parse_padding(padding);
+  if (kernel.dim() == 2) {
+    TORCH_CHECK(kernel.size(0) == kernel.size(1), "blur_downsample: kernel must be (k, k), got ", kernel.sizes());
+    g.k = kernel.size(0);
+    g.ks_n = 0; g.ks_t = 1; g.ks_i = 0; g.ks_j = 0;
+  } else if (kernel.dim() == 3) {
+    TORCH_CHECK(kernel.size(0) == g.N && kernel.size(1) == kernel.size(2),
+                "blur_downsample: kernel must be (N, k, k) with N = ", g.N, ", got ", kernel.sizes());
+    g.k = kernel.size(1);
+    g.ks_n = g.k * g.k; g.ks_t = 1; g.ks_i = 0; g.ks_j = 0;
+  } else {
+    TORCH_CHECK(kernel.dim() == 4, "blur_downsample: kernel must be (k, k), (N, k, k) or (N, k*k, Ho, Wo), got ",
+                kernel.sizes());
+    int64_t k = 0;
+    while ((k + 1) * (k + 1) <= kernel.size(1)) ++k;
+    TORCH_CHECK(kernel.size(0) == g.N && k * k == kernel.size(1) && kernel.size(2) == g.Ho && kernel.size(3) == g.Wo,
+                "blur_downsample: per-pixel kernel must be (N, k*k, Ho, Wo) = (", g.N, ", k*k, ", g.Ho, ", ", g.Wo,
+                "), got ", kernel.sizes());
+    g.k = k;
+    g.ks_n = k * k * g.Ho * g.Wo; g.ks_t = g.Ho * g.Wo; g.ks_i = g.Wo; g.ks_j = 1;
+  }
+  TORCH_CHECK(g.k >= 1, "blur_downsample: kernel size must be >= 1");
+  const int64_t before = pad_before(g);
+  const int64_t after = std::max(pad_after(g, g.H, g.Ho), pad_after(g, g.W, g.Wo));
+  const int64_t widest = std::max(before, after);
+  const int64_t limit = g.padding == kReflect ? std::min(g.H, g.W) - 1 : std::min(g.H, g.W);
+  TORCH_CHECK(g.padding == kZeros || g.padding == kReplicate || widest <= limit, "blur_downsample: ",
+              std::string(padding), " padding of ", widest, " pixels needs H and W larger than ", widest,
+              g.padding == kReflect ? "" : " - 1", "; got (H, W) = (", g.H, ", ", g.W, ") for k = ", g.k);
+  return g;
+}
+
+}  // namespace blur_downsample
+}  // namespace bsrops
+#endif
