@@ -71,10 +71,10 @@ def check_inputs(x, kernel, stride, padding):
     k = ref.kernel_size(kernel)
     _, _, before, after_h, after_w = ref.geometry(height, width, k, stride, flip=False)
     widest = max(before, after_h, after_w, k - 1 - before)  # flip swaps the two sides
-    allowed = min(height, width) - (1 if padding == "reflect" else 0)
-    if padding in ("reflect", "symmetric", "circular") and widest > allowed:
+    needed = widest + 1 if padding == "reflect" else widest  # reflection excludes the edge pixel
+    if padding in ("reflect", "symmetric", "circular") and min(height, width) < needed:
         raise ValueError(
-            f"blur_downsample: {padding} padding of {widest} pixels (k = {k}) needs H and W >= {widest + 1 + allowed - min(height, width)}, "
+            f"blur_downsample: {padding} padding of {widest} pixels (k = {k}) needs H and W >= {needed}, "
             f"got x of shape {tuple(x.shape)}; use a smaller kernel or padding='replicate'/'zeros'")
 
 
