@@ -1,0 +1,38 @@
+# Quick start (README): `make demo` runs the main job, `make test` runs the tests.
+# Both create .venv with the pinned torch/triton and the package built in place.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIN := torch==2.13.0 triton==3.7.1
+export MAX_JOBS ?= 2
+
+.PHONY: demo test bench targets venv cuda-check clean
+
+demo: venv
+	$(PY) -m bsr.demo --out demo_output
+
+# BSROPS_REQUIRE_EXT=1: a broken native build fails instead of falling back to the references.
+test: venv
+	BSROPS_REQUIRE_EXT=1 BSR_BENCH_SIZE=smoke $(PY) -m pytest -q tests benchmarks --benchmark-disable
+
+bench: venv
+	$(PY) -m pytest benchmarks --benchmark-only
+
+targets: venv
+	$(PY) benchmarks/check_targets.py
+
+cuda-check:
+	cmake -S . -B build/cmake -G Ninja && cmake --build build/cmake --target cuda_compile_check
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(PIN) setuptools wheel ninja
+	$(PY) -m pip install -q --no-build-isolation -e ".[train,test]"
+	BSROPS_REQUIRE_EXT=1 $(PY) -c "import bsrops; print('bsrops', bsrops.backend_info('cpu'))"
+	touch $@
+
+clean:
+	rm -rf build $(VENV) bsrops/_C*.so *.egg-info
