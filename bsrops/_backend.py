@@ -99,7 +99,7 @@ def backend_info(device="cpu"):
         if device_type.upper() in devices:
             backend = name
     return {"device": device_type, "backend": backend, "extension": _extension.build_info(),
-            "selected": [name for name, _, _ in _active]}
+            "overrides": [f"{name} on {'/'.join(devices).lower()}" for name, devices, _ in _active if devices]}
 
 
 def kernel_calls():
