@@ -166,7 +166,8 @@ C10_HOST_DEVICE inline acc_t grad_input_element(const scalar_t* grad_out, const 
 }  // namespace bsrops
 
 // ---- host-side shape checks (CPU and CUDA entry points) ----
-#if !defined(__CUDA_ARCH__)
+// Not guarded by __CUDA_ARCH__: nvcc parses host functions in its device pass too,
+// so the .cu entry points need these declarations in both passes.
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 #include <algorithm>
@@ -234,4 +235,3 @@ inline Geometry make_geometry(const at::Tensor& x, const at::Tensor& kernel, int
 
 }  // namespace blur_downsample
 }  // namespace bsrops
-#endif
