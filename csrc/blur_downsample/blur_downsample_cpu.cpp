@@ -1,11 +1,38 @@
 // CPU kernels of bsrops::blur_downsample.
 //
-// The fast kernels pad x once into a "phase-split" buffer xph[n, c, row, col % s, col / s]
-// so that, for a fixed tap, the pixels read by consecutive outputs j are contiguous:
-// the innermost loops over j are plain FMAs over contiguous memory that the compiler
-// vectorises. Each kernel tap is loaded once and reused for all channels, so the
-// per-pixel kernel tensor (the big operand) is read exactly once per pass.
-// The backward is atomic-free: rows of grad_x (and of grad_kernel) are owned by one thread.
+// Fast kernels (the "cpu" backend). With a per-pixel kernel the op is memory-bound on
+// K[n, t, i, j] (k*k taps per output pixel: 29 MB at the paper shape, against 3 MB of
+// image), so K and grad_K are streamed exactly once and everything else stays in cache:
+//
+//   * Work is split into tasks of row blocks of one image whose size depends on the
+//     shapes only, never on the thread count: results are bitwise identical for any
+//     number of threads, and run to run. No atomics anywhere.
+//   * A task copies the padded input rows it needs into a task-local "phase-split"
+//     buffer xs[c][r][col % s][col / s] (L2-resident), so that for a fixed tap the
+//     pixels read by consecutive outputs j are contiguous. No image-sized temporary is
+//     allocated by the forward; the backward allocates only its outputs and, for padding
+//     that maps border rows onto image rows, a side buffer of those rows.
+//   * Loop order: tap row a, output row i, tap column b. A register tile of up to 3
+//     channels x 32 outputs (two 64-byte vectors) accumulates over the k taps b of a
+//     row; the x rows it reads are in L1, and K[n, a*k .. a*k+k-1, i, :] is k sequential
+//     streams.
+//   * The hot functions are compiled for x86-64-v4 (AVX-512), x86-64-v3 (AVX2 + FMA)
+//     and the baseline and picked at load time (GCC target_clones), because extensions
+//     are built for the baseline ISA. Only float32 is multi-versioned (build time);
+//     float64 runs the baseline build; float16 / bfloat16 run the float32 kernels on
+//     upcast copies (same results: the kernels accumulate in float32 either way).
+//
+// Backward: one fused pass per block of *padded* input rows [r0, r1). For each tap row
+// a, the output rows i with s*i + a' in [r0, r1) are one run, so every (t, i) of K and
+// grad_K is visited by exactly one task (no halo). For each such (a, i) a task keeps
+// grad_out[n, :, i, :] in registers, accumulates K[n, t, i, :] * grad_out into its own
+// padded-gradient rows and writes grad_K[n, t, i, :] from its x rows; each
+// padded-gradient element is summed in (a, b) order, whatever the task split. The
+// padded-gradient rows are folded into grad_x by columns in the task; image rows that
+// padding also reads from border rows (reflect, ...) go through the side buffer and are
+// summed in a fixed order afterwards. Per-image kernels reduce grad_K into per-task
+// partial sums, added in task order (two-stage, deterministic).
+//
 // The "cpu_shared" ops loop over the per-element functions of blur_downsample.h, which
 // are what the CUDA kernels run.
 #include <ATen/Dispatch.h>
@@ -18,186 +45,604 @@
 #include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
+#include <type_traits>
 #include <vector>
 
 #include "../call_counter.h"
 #include "blur_downsample.h"
 
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define BSR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define BSR_CLONES
+#endif
+#if defined(__GNUC__) || defined(__clang__)
+#define BSR_INLINE inline __attribute__((always_inline))
+#define BSR_PRAGMA(x) _Pragma(#x)
+#else
+#define BSR_INLINE inline
+#define BSR_PRAGMA(x)
+#endif
+#if defined(__clang__)
+#define BSR_UNROLL BSR_PRAGMA(unroll)
+#elif defined(__GNUC__)
+#define BSR_UNROLL BSR_PRAGMA(GCC unroll 64)
+#else
+#define BSR_UNROLL
+#endif
+
 namespace bsrops {
 namespace blur_downsample {
 namespace {
 
-struct PhaseLayout {
-  int64_t before, Hp, Wp, Wq;  // padding before, padded height/width, phase row length
+int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
+
+// Everything the fast kernels need about one call, computed once on the host.
+struct Plan {
+  Geometry g;
+  int64_t before = 0, Hp = 0, Wp = 0, Wq = 0;
+  int64_t SW = 0;              // length of one phase-split row: s * Wq
+  int64_t rows = 0;            // output rows per forward task
+  int64_t fwd_blocks = 0;      // forward tasks per image
+  int64_t bwd_rows = 0;        // padded rows per backward task (a multiple of s)
+  int64_t bwd_blocks = 0;      // backward tasks per image
+  std::vector<int64_t> row_src;  // [Hp] image row read by padded row r, -1: zero
+  std::vector<int64_t> col_src;  // [Wp] image column read by padded column w, -1: zero
+  std::vector<int64_t> tap_pos;  // [k] padded offset of tap a: tap_offset(a) + before, in [0, k)
+  std::vector<int64_t> colpos;   // [k] phase-split position of padded column tap_pos[b]
 };
 
-PhaseLayout phase_layout(const Geometry& g) {
-  PhaseLayout p;
+Plan make_plan(const Geometry& g) {
+  Plan p;
+  p.g = g;
+  const int64_t s = g.stride;
   p.before = pad_before(g);
   p.Hp = p.before + g.H + pad_after(g, g.H, g.Ho);
   p.Wp = p.before + g.W + pad_after(g, g.W, g.Wo);
-  p.Wq = (p.Wp + g.stride - 1) / g.stride;
+  p.Wq = (p.Wp + s - 1) / s;
+  p.SW = s * p.Wq;
+  // ~2k outputs per task, blocks of equal size (the last one possibly shorter).
+  const int64_t target = std::max<int64_t>(1, std::min<int64_t>(g.Ho, (2048 + g.Wo - 1) / g.Wo));
+  p.fwd_blocks = (g.Ho + target - 1) / target;
+  p.rows = (g.Ho + p.fwd_blocks - 1) / p.fwd_blocks;
+  const int64_t bands = (p.Hp + s - 1) / s;  // s-row bands of the padded input
+  const int64_t blocks = (bands + target - 1) / target;
+  p.bwd_rows = s * ((bands + blocks - 1) / blocks);
+  p.bwd_blocks = (p.Hp + p.bwd_rows - 1) / p.bwd_rows;
+  p.row_src.resize(p.Hp);
+  for (int64_t r = 0; r < p.Hp; ++r) p.row_src[r] = source_index(r - p.before, g.H, g.padding);
+  p.col_src.resize(p.Wp);
+  for (int64_t w = 0; w < p.Wp; ++w) p.col_src[w] = source_index(w - p.before, g.W, g.padding);
+  p.tap_pos.resize(g.k);
+  p.colpos.resize(g.k);
+  for (int64_t a = 0; a < g.k; ++a) {
+    p.tap_pos[a] = tap_offset(g, a) + p.before;
+    p.colpos[a] = (p.tap_pos[a] % s) * p.Wq + p.tap_pos[a] / s;
+  }
   return p;
 }
 
-int64_t phase_offset(const Geometry& g, const PhaseLayout& p, int64_t n, int64_t c, int64_t row, int64_t col) {
-  return (((n * g.C + c) * p.Hp + row) * g.stride + col % g.stride) * p.Wq + col / g.stride;
+// Where the padded-gradient rows of the backward go: straight into grad_x, or through
+// a side buffer when padding maps more than one padded row onto an image row.
+struct RowFold {
+  std::vector<int64_t> slot;       // [Hp] side-buffer row of padded row r, or -1: direct (or dropped)
+  int64_t slots = 0;
+  std::vector<int64_t> fix_rows;   // image rows summed from the side buffer
+  std::vector<int64_t> fix_start;  // CSR into fix_slots, size fix_rows + 1
+  std::vector<int64_t> fix_slots;  // slots to add, in ascending padded-row order
+};
+
+RowFold make_row_fold(const Plan& p) {
+  const int64_t H = p.g.H;
+  RowFold f;
+  std::vector<char> shared(H, 0);
+  for (int64_t r = 0; r < p.Hp; ++r) {
+    const bool inside = r >= p.before && r < p.before + H;
+    if (!inside && p.row_src[r] >= 0) shared[p.row_src[r]] = 1;
+  }
+  f.slot.assign(p.Hp, -1);
+  std::vector<std::vector<int64_t>> sources(H);
+  for (int64_t r = 0; r < p.Hp; ++r) {
+    const int64_t y = p.row_src[r];
+    if (y < 0 || !shared[y]) continue;
+    f.slot[r] = f.slots++;
+    sources[y].push_back(f.slot[r]);
+  }
+  f.fix_start.push_back(0);
+  for (int64_t y = 0; y < H; ++y) {
+    if (!shared[y]) continue;
+    f.fix_rows.push_back(y);
+    f.fix_slots.insert(f.fix_slots.end(), sources[y].begin(), sources[y].end());
+    f.fix_start.push_back(static_cast<int64_t>(f.fix_slots.size()));
+  }
+  return f;
 }
 
-// xph[n, c, r, w % s, w / s] = x at padded coordinate (r, w) (zero outside for `zeros`).
-template <typename scalar_t>
-at::Tensor pad_phase_split(const at::Tensor& x, const Geometry& g, const PhaseLayout& p) {
-  at::Tensor xph = at::zeros({g.N, g.C, p.Hp, g.stride, p.Wq}, x.options());
-  const scalar_t* src = x.data_ptr<scalar_t>();
-  scalar_t* dst = xph.data_ptr<scalar_t>();
-  at::parallel_for(0, g.N * g.C * p.Hp, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t idx = begin; idx < end; ++idx) {
-      const int64_t r = idx % p.Hp, nc = idx / p.Hp;
-      const int64_t y = source_index(r - p.before, g.H, g.padding);
-      if (y < 0) continue;
-      const scalar_t* row = src + (nc * g.H + y) * g.W;
-      for (int64_t w = 0; w < p.Wp; ++w) {
-        const int64_t col = source_index(w - p.before, g.W, g.padding);
-        if (col >= 0) dst[phase_offset(g, p, nc / g.C, nc % g.C, r, w)] = row[col];
+// ---- padded rows <-> phase-split rows ----
+
+// dst[ph * Wq + q] = lin[q * S + ph]
+template <int S, typename T>
+BSR_INLINE void deinterleave_fixed(const T* __restrict lin, T* __restrict dst, int64_t Wq) {
+  for (int64_t q = 0; q < Wq; ++q) {
+    BSR_UNROLL
+    for (int ph = 0; ph < S; ++ph) dst[ph * Wq + q] = lin[q * S + ph];
+  }
+}
+
+template <typename T>
+BSR_INLINE void deinterleave(const T* lin, T* dst, int64_t s, int64_t Wq) {
+  switch (s) {
+    case 2: deinterleave_fixed<2>(lin, dst, Wq); return;
+    case 3: deinterleave_fixed<3>(lin, dst, Wq); return;
+    case 4: deinterleave_fixed<4>(lin, dst, Wq); return;
+    default:
+      for (int64_t ph = 0; ph < s; ++ph)
+        for (int64_t q = 0; q < Wq; ++q) dst[ph * Wq + q] = lin[q * s + ph];
+  }
+}
+
+// lin[q * S + ph] = src[ph * Wq + q]
+template <int S, typename T>
+BSR_INLINE void interleave_fixed(const T* __restrict src, T* __restrict lin, int64_t Wq) {
+  for (int64_t q = 0; q < Wq; ++q) {
+    BSR_UNROLL
+    for (int ph = 0; ph < S; ++ph) lin[q * S + ph] = src[ph * Wq + q];
+  }
+}
+
+template <typename T>
+BSR_INLINE void interleave(const T* src, T* lin, int64_t s, int64_t Wq) {
+  switch (s) {
+    case 2: interleave_fixed<2>(src, lin, Wq); return;
+    case 3: interleave_fixed<3>(src, lin, Wq); return;
+    case 4: interleave_fixed<4>(src, lin, Wq); return;
+    default:
+      for (int64_t ph = 0; ph < s; ++ph)
+        for (int64_t q = 0; q < Wq; ++q) lin[q * s + ph] = src[ph * Wq + q];
+  }
+}
+
+// Phase-split copy of padded rows [r0, r1) of image n (all channels):
+// xs[(c * (r1 - r0) + r - r0) * SW + ph * Wq + q] = x at padded (r, q * s + ph).
+// `lin` is a scratch row of SW elements.
+template <typename scalar_t, typename acc_t>
+BSR_INLINE void load_rows(const Plan& p, const scalar_t* x, int64_t n, int64_t r0, int64_t r1, acc_t* xs,
+                          acc_t* __restrict lin) {
+  const Geometry& g = p.g;
+  const int64_t rows = r1 - r0, s = g.stride;
+  for (int64_t c = 0; c < g.C; ++c) {
+    for (int64_t r = r0; r < r1; ++r) {
+      acc_t* dst = xs + (c * rows + r - r0) * p.SW;
+      const int64_t src = r < p.Hp ? p.row_src[r] : -1;
+      if (src < 0) {
+        std::fill(dst, dst + p.SW, acc_t(0));
+        continue;
       }
+      const scalar_t* __restrict xr = x + ((n * g.C + c) * g.H + src) * g.W;
+      acc_t* row = s == 1 ? dst : lin;  // the padded row, linear
+      for (int64_t w = 0; w < p.before; ++w) row[w] = p.col_src[w] >= 0 ? static_cast<acc_t>(xr[p.col_src[w]]) : acc_t(0);
+      acc_t* __restrict mid = row + p.before;
+      for (int64_t w = 0; w < g.W; ++w) mid[w] = static_cast<acc_t>(xr[w]);
+      for (int64_t w = p.before + g.W; w < p.Wp; ++w)
+        row[w] = p.col_src[w] >= 0 ? static_cast<acc_t>(xr[p.col_src[w]]) : acc_t(0);
+      for (int64_t w = p.Wp; w < p.SW; ++w) row[w] = acc_t(0);
+      if (s > 1) deinterleave(lin, dst, s, p.Wq);
     }
-  });
-  return xph;
+  }
 }
 
-// Forward over output rows (n, i). kPerPixel: the kernel varies along j (stride 1).
-template <typename scalar_t, bool kPerPixel>
-void forward_rows(const scalar_t* xph, const scalar_t* kernel, scalar_t* out, const Geometry& g,
-                  const PhaseLayout& p) {
-  using acc_t = at::opmath_type<scalar_t>;
-  at::parallel_for(0, g.N * g.Ho, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(g.C * g.Wo);
-    for (int64_t idx = begin; idx < end; ++idx) {
-      const int64_t n = idx / g.Ho, i = idx % g.Ho;
-      std::fill(acc.begin(), acc.end(), acc_t(0));
-      for (int64_t a = 0; a < g.k; ++a) {
-        const int64_t r = g.stride * i + tap_offset(g, a) + p.before;
-        for (int64_t b = 0; b < g.k; ++b) {
-          const int64_t w = tap_offset(g, b) + p.before;  // padded column read by output j = 0
-          const scalar_t* kr = kernel + kernel_offset(g, n, a * g.k + b, i, 0);
-          for (int64_t c = 0; c < g.C; ++c) {
-            const scalar_t* xr = xph + phase_offset(g, p, n, c, r, w);
-            acc_t* ac = acc.data() + c * g.Wo;
-            if (kPerPixel) {
-              for (int64_t j = 0; j < g.Wo; ++j) ac[j] += acc_t(kr[j]) * acc_t(xr[j]);
-            } else {
-              const acc_t kv = kr[0];
-              for (int64_t j = 0; j < g.Wo; ++j) ac[j] += kv * acc_t(xr[j]);
-            }
-          }
+// ---- register tiles ----
+//
+// The tiles use GCC/Clang vector extensions: one Vec<T> is 64 bytes (16 floats), which
+// the compiler maps to one AVX-512 register, two AVX2 ones or four SSE ones for the
+// respective clone. (Plain loops over arrays were not vectorised reliably by GCC once
+// the backward tile fused its two products.)
+
+#if defined(__GNUC__) || defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte vectors only live inside inlined code
+template <typename T>
+struct Vec {
+  static constexpr int kLanes = 64 / static_cast<int>(sizeof(T));
+  typedef T type __attribute__((vector_size(64)));
+  static BSR_INLINE type load(const T* p) {
+    type v;
+    __builtin_memcpy(&v, p, sizeof v);
+    return v;
+  }
+  static BSR_INLINE void store(T* p, type v) { __builtin_memcpy(p, &v, sizeof v); }
+  static BSR_INLINE type splat(T s) { return type{} + s; }
+};
+#else
+template <typename T>
+struct Vec {  // portable fallback with the same interface
+  static constexpr int kLanes = 64 / static_cast<int>(sizeof(T));
+  struct type {
+    T e[kLanes];
+    friend type operator+(type a, type b) { for (int l = 0; l < kLanes; ++l) a.e[l] += b.e[l]; return a; }
+    friend type operator*(type a, type b) { for (int l = 0; l < kLanes; ++l) a.e[l] *= b.e[l]; return a; }
+    type& operator+=(type b) { return *this = *this + b; }
+  };
+  static type load(const T* p) { type v; std::copy(p, p + kLanes, v.e); return v; }
+  static void store(T* p, type v) { std::copy(v.e, v.e + kLanes, p); }
+  static type splat(T s) { type v; std::fill(v.e, v.e + kLanes, s); return v; }
+};
+#endif
+
+// Forward, one output row and one tap row a, NV vectors of outputs j, CB channels:
+//   acc[cc][j] += sum_b w_b(j) * x[cc][colpos[b] + j],  w_b(j) = w[b * w_tap + j] (kPixel) or w[b * w_tap].
+// Channel cc of acc / x sits acc_ch / x_ch elements after channel 0.
+template <int CB, int NV, bool kPixel, typename T>
+BSR_INLINE void forward_tile(T* __restrict acc, int64_t acc_ch, const T* __restrict x, int64_t x_ch,
+                             const int64_t* __restrict colpos, const T* __restrict w, int64_t w_tap, int64_t k) {
+  using V = Vec<T>;
+  constexpr int L = V::kLanes;
+  typename V::type sum[CB][NV];
+  BSR_UNROLL
+  for (int cc = 0; cc < CB; ++cc) {
+    BSR_UNROLL
+    for (int u = 0; u < NV; ++u) sum[cc][u] = V::load(acc + cc * acc_ch + u * L);
+  }
+  for (int64_t b = 0; b < k; ++b) {
+    const T* xb = x + colpos[b];
+    const T* wb = w + b * w_tap;
+    typename V::type wv[NV];
+    BSR_UNROLL
+    for (int u = 0; u < NV; ++u) wv[u] = kPixel ? V::load(wb + u * L) : V::splat(wb[0]);
+    BSR_UNROLL
+    for (int cc = 0; cc < CB; ++cc) {
+      BSR_UNROLL
+      for (int u = 0; u < NV; ++u) sum[cc][u] += wv[u] * V::load(xb + cc * x_ch + u * L);
+    }
+  }
+  BSR_UNROLL
+  for (int cc = 0; cc < CB; ++cc) {
+    BSR_UNROLL
+    for (int u = 0; u < NV; ++u) V::store(acc + cc * acc_ch + u * L, sum[cc][u]);
+  }
+}
+
+// The same for `len` (< one vector) single outputs.
+template <int CB, bool kPixel, typename T>
+BSR_INLINE void forward_tail(T* acc, int64_t acc_ch, const T* x, int64_t x_ch, const int64_t* colpos, const T* w,
+                             int64_t w_tap, int64_t k, int64_t len) {
+  for (int64_t j = 0; j < len; ++j) {
+    T sum[CB];
+    for (int cc = 0; cc < CB; ++cc) sum[cc] = acc[cc * acc_ch + j];
+    for (int64_t b = 0; b < k; ++b) {
+      const T wv = w[b * w_tap + (kPixel ? j : 0)];
+      for (int cc = 0; cc < CB; ++cc) sum[cc] += wv * x[cc * x_ch + colpos[b] + j];
+    }
+    for (int cc = 0; cc < CB; ++cc) acc[cc * acc_ch + j] = sum[cc];
+  }
+}
+
+template <int CB, bool kPixel, typename T>
+BSR_INLINE void forward_row(T* acc, int64_t acc_ch, const T* x, int64_t x_ch, const int64_t* colpos, const T* w,
+                            int64_t w_tap, int64_t k, int64_t len) {
+  constexpr int L = Vec<T>::kLanes;
+  const int64_t wj = kPixel ? 1 : 0;
+  int64_t j = 0;
+  for (; j + 2 * L <= len; j += 2 * L)
+    forward_tile<CB, 2, kPixel>(acc + j, acc_ch, x + j, x_ch, colpos, w + j * wj, w_tap, k);
+  for (; j + L <= len; j += L) forward_tile<CB, 1, kPixel>(acc + j, acc_ch, x + j, x_ch, colpos, w + j * wj, w_tap, k);
+  if (j < len) forward_tail<CB, kPixel>(acc + j, acc_ch, x + j, x_ch, colpos, w + j * wj, w_tap, k, len - j);
+}
+
+// All C channels, in groups of 3 (the RGB case in one pass), then single channels.
+template <bool kPixel, typename T>
+BSR_INLINE void forward_channels(int64_t C, T* acc, int64_t acc_ch, const T* x, int64_t x_ch, const int64_t* colpos,
+                                 const T* w, int64_t w_tap, int64_t k, int64_t len) {
+  int64_t c0 = 0;
+  for (; c0 + 3 <= C; c0 += 3)
+    forward_row<3, kPixel>(acc + c0 * acc_ch, acc_ch, x + c0 * x_ch, x_ch, colpos, w, w_tap, k, len);
+  for (; c0 < C; ++c0)
+    forward_row<1, kPixel>(acc + c0 * acc_ch, acc_ch, x + c0 * x_ch, x_ch, colpos, w, w_tap, k, len);
+}
+
+// Operands of the backward for one output row i and one tap row a: pointers at output
+// j = 0, channel 0, tap b = 0; channel strides *_ch, tap strides *_tap.
+template <typename T>
+struct BwdRow {
+  const T* go; int64_t go_ch;   // grad_out[n, :, i, :]
+  const T* w; int64_t w_tap;    // kernel weights of tap (a, 0) (w[b * w_tap] only, when not per pixel)
+  T* gx; int64_t gx_ch;         // padded-gradient row s*i + a' (phase-split)
+  const T* x; int64_t x_ch;     // padded input row s*i + a' (phase-split)
+  T* gk; int64_t gk_tap;        // grad_K of tap (a, 0) at row i, or per-tap lanes
+  const int64_t* colpos;
+  int64_t k;
+};
+
+// Backward, one output row and tap row, NV vectors of outputs j, CB channels; grad_out
+// stays in registers for all k taps b:
+//   kGx: gx[cc][colpos[b] + j] += w_b(j) * go[cc][j]
+//   kGk: gk_b[j] (kAssign ? = : +=) sum_cc go[cc][j] * x[cc][colpos[b] + j]
+template <int CB, int NV, bool kPixel, bool kGx, bool kGk, bool kAssign, typename T>
+BSR_INLINE void backward_tile(const T* __restrict go, int64_t go_ch, const T* __restrict w, int64_t w_tap,
+                              T* __restrict gx, int64_t gx_ch, const T* __restrict x, int64_t x_ch,
+                              T* __restrict gk, int64_t gk_tap, const int64_t* __restrict colpos, int64_t k) {
+  using V = Vec<T>;
+  constexpr int L = V::kLanes;
+  typename V::type g[CB][NV];
+  BSR_UNROLL
+  for (int cc = 0; cc < CB; ++cc) {
+    BSR_UNROLL
+    for (int u = 0; u < NV; ++u) g[cc][u] = V::load(go + cc * go_ch + u * L);
+  }
+  // Two passes over the taps rather than one: the kernel rows read by the first and the
+  // grad_K rows written by the second are 4 KiB apart tap to tap and usually congruent
+  // modulo 4 KiB, so interleaved, the loads stall on false store aliasing.
+  if constexpr (kGx) {
+    for (int64_t b = 0; b < k; ++b) {
+      const int64_t cb = colpos[b];
+      const T* wb = w + b * w_tap;
+      BSR_UNROLL
+      for (int u = 0; u < NV; ++u) {
+        const typename V::type wv = kPixel ? V::load(wb + u * L) : V::splat(wb[0]);
+        BSR_UNROLL
+        for (int cc = 0; cc < CB; ++cc) {
+          T* p = gx + cc * gx_ch + cb + u * L;
+          V::store(p, V::load(p) + wv * g[cc][u]);
         }
       }
-      for (int64_t c = 0; c < g.C; ++c)
-        for (int64_t j = 0; j < g.Wo; ++j)
-          out[((n * g.C + c) * g.Ho + i) * g.Wo + j] = scalar_t(acc[c * g.Wo + j]);
     }
-  });
-}
-
-// grad of a per-pixel kernel: grad_k[n, t, i, j] = sum_c grad_out[n, c, i, j] * x(tap t at (i, j)).
-template <typename scalar_t>
-void grad_kernel_per_pixel(const scalar_t* xph, const scalar_t* grad_out, scalar_t* grad_kernel, const Geometry& g,
-                           const PhaseLayout& p) {
-  using acc_t = at::opmath_type<scalar_t>;
-  at::parallel_for(0, g.N * g.Ho, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(g.Wo);
-    for (int64_t idx = begin; idx < end; ++idx) {
-      const int64_t n = idx / g.Ho, i = idx % g.Ho;
-      for (int64_t a = 0; a < g.k; ++a) {
-        const int64_t r = g.stride * i + tap_offset(g, a) + p.before;
-        for (int64_t b = 0; b < g.k; ++b) {
-          const int64_t w = tap_offset(g, b) + p.before;
-          std::fill(acc.begin(), acc.end(), acc_t(0));
-          for (int64_t c = 0; c < g.C; ++c) {
-            const scalar_t* xr = xph + phase_offset(g, p, n, c, r, w);
-            const scalar_t* gr = grad_out + ((n * g.C + c) * g.Ho + i) * g.Wo;
-            for (int64_t j = 0; j < g.Wo; ++j) acc[j] += acc_t(gr[j]) * acc_t(xr[j]);
-          }
-          scalar_t* dst = grad_kernel + kernel_offset(g, n, a * g.k + b, i, 0);
-          for (int64_t j = 0; j < g.Wo; ++j) dst[j] = scalar_t(acc[j]);
-        }
+  }
+  if constexpr (kGk) {
+    for (int64_t b = 0; b < k; ++b) {
+      const int64_t cb = colpos[b];
+      T* ob = gk + b * gk_tap;
+      BSR_UNROLL
+      for (int u = 0; u < NV; ++u) {
+        typename V::type sum = kAssign ? V::splat(T(0)) : V::load(ob + u * L);
+        BSR_UNROLL
+        for (int cc = 0; cc < CB; ++cc) sum += g[cc][u] * V::load(x + cc * x_ch + cb + u * L);
+        V::store(ob + u * L, sum);
       }
     }
-  });
+  }
 }
 
-// grad of a per-image kernel, in acc_t: grad_k[n, t] = sum over c, i, j.
-template <typename scalar_t>
-void grad_kernel_per_image(const scalar_t* xph, const scalar_t* grad_out, at::opmath_type<scalar_t>* grad_kernel,
-                           const Geometry& g, const PhaseLayout& p) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t taps = g.k * g.k;
-  at::parallel_for(0, g.N * taps, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t idx = begin; idx < end; ++idx) {
-      const int64_t n = idx / taps, t = idx % taps;
-      const int64_t w = tap_offset(g, t % g.k) + p.before;
-      acc_t acc = 0;
-      for (int64_t c = 0; c < g.C; ++c) {
-        for (int64_t i = 0; i < g.Ho; ++i) {
-          const int64_t r = g.stride * i + tap_offset(g, t / g.k) + p.before;
-          const scalar_t* xr = xph + phase_offset(g, p, n, c, r, w);
-          const scalar_t* gr = grad_out + ((n * g.C + c) * g.Ho + i) * g.Wo;
-          for (int64_t j = 0; j < g.Wo; ++j) acc += acc_t(gr[j]) * acc_t(xr[j]);
-        }
+// The same for `len` (< one vector) single outputs.
+template <int CB, bool kPixel, bool kGx, bool kGk, bool kAssign, typename T>
+BSR_INLINE void backward_tail(const T* go, int64_t go_ch, const T* w, int64_t w_tap, T* gx, int64_t gx_ch,
+                              const T* x, int64_t x_ch, T* gk, int64_t gk_tap, const int64_t* colpos, int64_t k,
+                              int64_t len) {
+  for (int64_t j = 0; j < len; ++j)
+    for (int64_t b = 0; b < k; ++b) {
+      const int64_t cb = colpos[b];
+      if constexpr (kGx) {
+        const T wv = w[b * w_tap + (kPixel ? j : 0)];
+        for (int cc = 0; cc < CB; ++cc) gx[cc * gx_ch + cb + j] += wv * go[cc * go_ch + j];
       }
-      grad_kernel[idx] = acc;
-    }
-  });
-}
-
-// grad w.r.t. the phase-split padded input; each padded row r belongs to one thread.
-template <typename scalar_t>
-void grad_padded_rows(const scalar_t* kernel, const scalar_t* grad_out, at::opmath_type<scalar_t>* gph,
-                      const Geometry& g, const PhaseLayout& p) {
-  using acc_t = at::opmath_type<scalar_t>;
-  at::parallel_for(0, g.N * p.Hp, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t idx = begin; idx < end; ++idx) {
-      const int64_t n = idx / p.Hp, r = idx % p.Hp;
-      for (int64_t a = 0; a < g.k; ++a) {
-        const int64_t rest = r - p.before - tap_offset(g, a);  // = s * i
-        if (rest < 0 || rest % g.stride != 0 || rest / g.stride >= g.Ho) continue;
-        const int64_t i = rest / g.stride;
-        for (int64_t b = 0; b < g.k; ++b) {
-          const int64_t w = tap_offset(g, b) + p.before;
-          const scalar_t* kr = kernel + kernel_offset(g, n, a * g.k + b, i, 0);
-          for (int64_t c = 0; c < g.C; ++c) {
-            acc_t* dst = gph + phase_offset(g, p, n, c, r, w);
-            const scalar_t* gr = grad_out + ((n * g.C + c) * g.Ho + i) * g.Wo;
-            for (int64_t j = 0; j < g.Wo; ++j) dst[j] += acc_t(kr[j * g.ks_j]) * acc_t(gr[j]);
-          }
-        }
+      if constexpr (kGk) {
+        T* o = gk + b * gk_tap + (kPixel ? j : 0);
+        T sum = kAssign ? T(0) : *o;
+        for (int cc = 0; cc < CB; ++cc) sum += go[cc * go_ch + j] * x[cc * x_ch + cb + j];
+        *o = sum;
       }
     }
-  });
 }
 
-// grad_x[y, x] = sum of the padded gradient over every padded coordinate reading (y, x).
+// One channel group [c0, c0 + CB) over a row of `len` outputs.
+template <int CB, bool kPixel, bool kGx, bool kGk, bool kAssign, typename T>
+BSR_INLINE void backward_row(const BwdRow<T>& r, int64_t c0, int64_t len) {
+  constexpr int L = Vec<T>::kLanes;
+  const T* go = r.go + c0 * r.go_ch;
+  T* gx = r.gx + c0 * r.gx_ch;
+  const T* x = r.x + c0 * r.x_ch;
+  const int64_t wj = kPixel ? 1 : 0;  // per-image: the weights and the grad_K lanes do not move with j
+  int64_t j = 0;
+  for (; j + 2 * L <= len; j += 2 * L)
+    backward_tile<CB, 2, kPixel, kGx, kGk, kAssign>(go + j, r.go_ch, r.w + j * wj, r.w_tap, gx + j, r.gx_ch, x + j,
+                                                   r.x_ch, r.gk + j * wj, r.gk_tap, r.colpos, r.k);
+  for (; j + L <= len; j += L)
+    backward_tile<CB, 1, kPixel, kGx, kGk, kAssign>(go + j, r.go_ch, r.w + j * wj, r.w_tap, gx + j, r.gx_ch, x + j,
+                                                   r.x_ch, r.gk + j * wj, r.gk_tap, r.colpos, r.k);
+  if (j < len)
+    backward_tail<CB, kPixel, kGx, kGk, kAssign>(go + j, r.go_ch, r.w + j * wj, r.w_tap, gx + j, r.gx_ch, x + j,
+                                                 r.x_ch, r.gk + j * wj, r.gk_tap, r.colpos, r.k, len - j);
+}
+
+// All C channels, in groups of 3, then single channels. A per-pixel grad_K is assigned
+// by the first group and accumulated by the following ones (channel order:
+// deterministic); per-image grad_K lanes are always accumulated.
+template <bool kPixel, bool kGx, bool kGk, typename T>
+BSR_INLINE void backward_channels(int64_t C, const BwdRow<T>& r, int64_t len) {
+  constexpr bool kAssignFirst = kPixel && kGk;
+  int64_t c0 = 0;
+  if (C >= 3) {
+    backward_row<3, kPixel, kGx, kGk, kAssignFirst>(r, 0, len);
+    for (c0 = 3; c0 + 3 <= C; c0 += 3) backward_row<3, kPixel, kGx, kGk, false>(r, c0, len);
+  } else {
+    backward_row<1, kPixel, kGx, kGk, kAssignFirst>(r, 0, len);
+    c0 = 1;
+  }
+  for (; c0 < C; ++c0) backward_row<1, kPixel, kGx, kGk, false>(r, c0, len);
+}
+
+// ---- tasks ----
+
 template <typename scalar_t>
-void fold_padding(const at::opmath_type<scalar_t>* gph, scalar_t* grad_x, const Geometry& g, const PhaseLayout& p) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t candidates = p.Hp - g.H + 1;  // border rows plus the row itself
-  at::parallel_for(0, g.N * g.C * g.H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> row(g.W);
-    for (int64_t idx = begin; idx < end; ++idx) {
-      const int64_t y = idx % g.H, nc = idx / g.H;
-      std::fill(row.begin(), row.end(), acc_t(0));
-      for (int64_t cand = 0; cand < candidates; ++cand) {
-        const int64_t u = preimage_candidate(cand, y, g.H, p.before);
-        if (source_index(u, g.H, g.padding) != y) continue;
+struct FwdArgs {
+  const Plan* p;
+  const scalar_t* x;
+  const scalar_t* kernel;
+  scalar_t* out;
+};
+
+// Scratch of one forward task: phase-split rows, the accumulator, one linear row.
+int64_t forward_scratch(const Plan& p) {
+  const Geometry& g = p.g;
+  return g.C * (g.stride * (p.rows - 1) + g.k) * p.SW + g.C * p.rows * g.Wo + p.SW;
+}
+
+// Output rows [i0, i1) of image n.
+template <typename scalar_t, bool kPixel>
+BSR_INLINE void forward_task_impl(const FwdArgs<scalar_t>& args, int64_t n, int64_t i0, int64_t i1,
+                                  scalar_t* scratch) {
+  using acc_t = scalar_t;
+  const Plan& p = *args.p;
+  const Geometry& g = p.g;
+  const int64_t s = g.stride, Wo = g.Wo, R = i1 - i0;
+  const int64_t r0 = s * i0, r1 = s * (i1 - 1) + g.k, xrows = r1 - r0;
+  acc_t* xs = scratch;                       // [C][xrows][SW]
+  acc_t* acc = xs + g.C * xrows * p.SW;      // [C][R][Wo]
+  acc_t* lin = acc + g.C * R * Wo;           // [SW]
+  load_rows<scalar_t, acc_t>(p, args.x, n, r0, r1, xs, lin);
+  std::fill(acc, acc + g.C * R * Wo, acc_t(0));
+  const scalar_t* kn = args.kernel + n * g.ks_n;
+  for (int64_t a = 0; a < g.k; ++a) {
+    const int64_t pa = p.tap_pos[a];
+    for (int64_t i = i0; i < i1; ++i) {
+      const scalar_t* w = kn + a * g.k * g.ks_t + i * g.ks_i;
+      forward_channels<kPixel>(g.C, acc + (i - i0) * Wo, R * Wo, xs + (s * (i - i0) + pa) * p.SW, xrows * p.SW,
+                               p.colpos.data(), w, g.ks_t, g.k, Wo);
+    }
+  }
+  for (int64_t c = 0; c < g.C; ++c)
+    for (int64_t i = i0; i < i1; ++i) {
+      const acc_t* __restrict src = acc + (c * R + i - i0) * Wo;
+      scalar_t* __restrict dst = args.out + ((n * g.C + c) * g.Ho + i) * Wo;
+      for (int64_t j = 0; j < Wo; ++j) dst[j] = static_cast<scalar_t>(src[j]);
+    }
+}
+
+template <typename scalar_t>
+struct BwdArgs {
+  const Plan* p;
+  const RowFold* fold;
+  const scalar_t* x;
+  const scalar_t* kernel;
+  const scalar_t* grad_out;
+  scalar_t* grad_x;                      // null: not wanted
+  scalar_t* grad_kernel;                 // per-pixel grad_K, null: not wanted
+  scalar_t* partial;                     // per-image grad_K partial sums [N][bwd_blocks][k*k]
+  scalar_t* side;                        // side rows [N][C][slots][W]
+};
+
+// Scratch of one backward task: x rows, padded-gradient rows, per-tap grad_K lanes
+// (k rows of two vectors), one linear row.
+template <typename T>
+int64_t backward_scratch(const Plan& p) {
+  const Geometry& g = p.g;
+  return 2 * g.C * p.bwd_rows * p.SW + g.k * 2 * Vec<T>::kLanes + p.SW;
+}
+
+// Padded rows [blk * bwd_rows, ...) of image n: kGx accumulates the padded-gradient
+// rows and folds them into grad_x, kGk writes grad_K (kPixel) or its partial sums.
+template <typename scalar_t, bool kPixel, bool kGx, bool kGk>
+BSR_INLINE void backward_task_impl(const BwdArgs<scalar_t>& args, int64_t n, int64_t blk, scalar_t* scratch) {
+  using acc_t = scalar_t;
+  const Plan& p = *args.p;
+  const Geometry& g = p.g;
+  const int64_t s = g.stride, Wo = g.Wo, RB = p.bwd_rows, taps = g.k * g.k;
+  const int64_t r0 = blk * RB, r1 = r0 + RB;
+  const int64_t lanes_w = 2 * Vec<acc_t>::kLanes;
+  acc_t* xs = scratch;                        // [C][RB][SW]
+  acc_t* gs = xs + g.C * RB * p.SW;           // [C][RB][SW]
+  acc_t* lanes = gs + g.C * RB * p.SW;        // [k][lanes_w]: per-image grad_K lanes
+  acc_t* lin = lanes + g.k * lanes_w;         // [SW]
+  if (kGk) load_rows<scalar_t, acc_t>(p, args.x, n, r0, r1, xs, lin);
+  if (kGx) std::fill(gs, gs + g.C * RB * p.SW, acc_t(0));
+  acc_t* partial = (kGk && !kPixel) ? args.partial + (n * p.bwd_blocks + blk) * taps : nullptr;
+  BwdRow<acc_t> row{};
+  row.go_ch = g.Ho * Wo;
+  row.w_tap = g.ks_t;
+  row.gx_ch = RB * p.SW;
+  row.x_ch = RB * p.SW;
+  row.gk_tap = kPixel ? g.ks_t : lanes_w;
+  row.gk = lanes;
+  row.colpos = p.colpos.data();
+  row.k = g.k;
+  const scalar_t* go_n = args.grad_out + n * g.C * g.Ho * Wo;
+  for (int64_t a = 0; a < g.k; ++a) {
+    const int64_t pa = p.tap_pos[a];
+    // the output rows i with s*i + pa in [r0, r1)
+    const int64_t ilo = std::max<int64_t>(0, ceil_div(r0 - pa, s));
+    const int64_t ihi = std::min<int64_t>(g.Ho, ceil_div(r1 - pa, s));
+    if (partial) std::fill(lanes, lanes + g.k * lanes_w, acc_t(0));
+    for (int64_t i = ilo; i < ihi; ++i) {
+      const int64_t lr = s * i + pa - r0;  // local padded row
+      row.go = go_n + i * Wo;
+      row.w = args.kernel + n * g.ks_n + a * g.k * g.ks_t + i * g.ks_i;
+      row.gx = gs + lr * p.SW;
+      row.x = xs + lr * p.SW;
+      if constexpr (kPixel && kGk) row.gk = args.grad_kernel + kernel_offset(g, n, a * g.k, i, 0);
+      backward_channels<kPixel, kGx, kGk>(g.C, row, Wo);
+    }
+    if (partial)
+      for (int64_t b = 0; b < g.k; ++b) {
+        acc_t sum = 0;
+        for (int64_t v = 0; v < lanes_w; ++v) sum += lanes[b * lanes_w + v];
+        partial[a * g.k + b] = sum;
+      }
+  }
+  if constexpr (kGx) {
+    // Fold the padded-gradient rows by columns; send them to grad_x or to the side buffer.
+    const RowFold& f = *args.fold;
+    for (int64_t c = 0; c < g.C; ++c) {
+      for (int64_t r = r0; r < std::min(r1, p.Hp); ++r) {
+        const int64_t y = p.row_src[r];
+        if (y < 0) continue;
+        acc_t* grow = gs + (c * RB + r - r0) * p.SW;
+        const acc_t* padded = grow;
+        if (s > 1) {  // back to a linear padded row
+          interleave(grow, lin, s, p.Wq);
+          padded = lin;
+        }
+        const int64_t slot = f.slot[r];
+        if (slot < 0 && p.before == 0 && p.Wp == g.W) {
+          scalar_t* __restrict gx = args.grad_x + ((n * g.C + c) * g.H + y) * g.W;
+          for (int64_t xc = 0; xc < g.W; ++xc) gx[xc] = static_cast<scalar_t>(padded[xc]);
+          continue;
+        }
+        // the border columns, added into the image columns they read (in place: they
+        // lie outside [before, before + W), which is what is read below)
+        acc_t* mid = (s > 1 ? lin : grow) + p.before;
         for (int64_t w = 0; w < p.Wp; ++w) {
-          const int64_t col = source_index(w - p.before, g.W, g.padding);
-          if (col >= 0) row[col] += gph[phase_offset(g, p, nc / g.C, nc % g.C, u + p.before, w)];
+          if (w >= p.before && w < p.before + g.W) continue;
+          if (p.col_src[w] >= 0) mid[p.col_src[w]] += padded[w];
+        }
+        if (slot >= 0) {
+          acc_t* __restrict dst = args.side + ((n * g.C + c) * f.slots + slot) * g.W;
+          for (int64_t xc = 0; xc < g.W; ++xc) dst[xc] = mid[xc];
+        } else {
+          scalar_t* __restrict gx = args.grad_x + ((n * g.C + c) * g.H + y) * g.W;
+          for (int64_t xc = 0; xc < g.W; ++xc) gx[xc] = static_cast<scalar_t>(mid[xc]);
         }
       }
-      for (int64_t xcol = 0; xcol < g.W; ++xcol) grad_x[(nc * g.H + y) * g.W + xcol] = scalar_t(row[xcol]);
     }
-  });
+  }
+}
+
+// The task functions. float (what training runs) is compiled for three ISAs and picked
+// at load time; the other dtypes (float64 for checks, half types) for the baseline only,
+// which keeps the build time reasonable.
+template <bool kPixel>
+BSR_CLONES void forward_task_f32(const FwdArgs<float>& args, int64_t n, int64_t i0, int64_t i1, float* scratch) {
+  forward_task_impl<float, kPixel>(args, n, i0, i1, scratch);
+}
+
+template <typename scalar_t, bool kPixel>
+void forward_task(const FwdArgs<scalar_t>& args, int64_t n, int64_t i0, int64_t i1, scalar_t* scratch) {
+  if constexpr (std::is_same_v<scalar_t, float>)
+    forward_task_f32<kPixel>(args, n, i0, i1, scratch);
+  else
+    forward_task_impl<scalar_t, kPixel>(args, n, i0, i1, scratch);
+}
+
+template <bool kPixel, bool kGx, bool kGk>
+BSR_CLONES void backward_task_f32(const BwdArgs<float>& args, int64_t n, int64_t blk, float* scratch) {
+  backward_task_impl<float, kPixel, kGx, kGk>(args, n, blk, scratch);
+}
+
+template <typename scalar_t, bool kPixel, bool kGx, bool kGk>
+void backward_task(const BwdArgs<scalar_t>& args, int64_t n, int64_t blk, scalar_t* scratch) {
+  if constexpr (std::is_same_v<scalar_t, float>)
+    backward_task_f32<kPixel, kGx, kGk>(args, n, blk, scratch);
+  else
+    backward_task_impl<scalar_t, kPixel, kGx, kGk>(args, n, blk, scratch);
 }
 
 at::ScalarType opmath_dtype(at::ScalarType t) {
@@ -210,24 +655,129 @@ at::Tensor finish_image_grad(const at::Tensor& per_image, const at::Tensor& kern
   return grad.view(kernel.sizes()).to(kernel.scalar_type());
 }
 
+bool is_half_type(const at::Tensor& t) {
+  return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
+}
+
+at::Tensor forward_impl(const at::Tensor& x, const at::Tensor& kernel, int64_t stride, c10::string_view padding,
+                        bool flip) {
+  const Geometry g = make_geometry(x, kernel, stride, padding, flip);
+  at::Tensor out = at::empty({g.N, g.C, g.Ho, g.Wo}, x.options());
+  if (out.numel() == 0) return out;
+  const Plan p = make_plan(g);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "blur_downsample_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const FwdArgs<scalar_t> args{&p, x.data_ptr<scalar_t>(), kernel.data_ptr<scalar_t>(), out.data_ptr<scalar_t>()};
+    const bool per_pixel = kernel.dim() == 4;
+    at::parallel_for(0, g.N * p.fwd_blocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> scratch(forward_scratch(p));
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t n = task / p.fwd_blocks, i0 = (task % p.fwd_blocks) * p.rows;
+        const int64_t i1 = std::min(g.Ho, i0 + p.rows);
+        if (per_pixel)
+          forward_task<scalar_t, true>(args, n, i0, i1, scratch.data());
+        else
+          forward_task<scalar_t, false>(args, n, i0, i1, scratch.data());
+      }
+    });
+  });
+  return out;
+}
+
+// float16 / bfloat16 run the float32 kernels on upcast copies: they accumulate in float32
+// and round once at the end either way, so the results are the same, and the half types
+// do not multiply the compiled code.
 at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& kernel_in, int64_t stride,
                        c10::string_view padding, bool flip) {
   count_call("blur_downsample.cpu");
   const at::Tensor x = x_in.contiguous(), kernel = kernel_in.contiguous();
+  if (is_half_type(x) && kernel.scalar_type() == x.scalar_type())
+    return forward_impl(x.to(at::kFloat), kernel.to(at::kFloat), stride, padding, flip).to(x.scalar_type());
+  return forward_impl(x, kernel, stride, padding, flip);
+}
+
+std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_out, const at::Tensor& x,
+                                                 const at::Tensor& kernel, int64_t stride,
+                                                 c10::string_view padding, bool flip,
+                                                 std::array<bool, 2> output_mask) {
   const Geometry g = make_geometry(x, kernel, stride, padding, flip);
-  at::Tensor out = at::empty({g.N, g.C, g.Ho, g.Wo}, x.options());
-  if (out.numel() == 0) return out;
-  const PhaseLayout p = phase_layout(g);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "blur_downsample_cpu", [&] {
-    const at::Tensor xph = pad_phase_split<scalar_t>(x, g, p);
-    if (kernel.dim() == 4)
-      forward_rows<scalar_t, true>(xph.data_ptr<scalar_t>(), kernel.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-                                   g, p);
-    else
-      forward_rows<scalar_t, false>(xph.data_ptr<scalar_t>(), kernel.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-                                    g, p);
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({g.N, g.C, g.Ho, g.Wo}),
+              "blur_downsample backward: grad_out must be (N, C, Ho, Wo)");
+  const bool per_pixel = kernel.dim() == 4;
+  const bool want_gx = output_mask[0], want_gk = output_mask[1];
+  at::Tensor grad_x = want_gx ? at::empty_like(x) : x.new_empty({0});
+  at::Tensor grad_kernel = want_gk ? at::empty_like(kernel) : kernel.new_empty({0});
+  if (grad_out.numel() == 0) {  // nothing flows back
+    if (want_gx) grad_x.zero_();
+    if (want_gk) grad_kernel.zero_();
+    return {grad_x, grad_kernel};
+  }
+  if (!want_gx && !want_gk) return {grad_x, grad_kernel};
+  const Plan p = make_plan(g);
+  const RowFold fold = make_row_fold(p);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "blur_downsample_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto acc_options = x.options().dtype(opmath_dtype(x.scalar_type()));
+    const int64_t taps = g.k * g.k;
+    at::Tensor partial, side;
+    if (want_gk && !per_pixel) partial = at::empty({g.N, p.bwd_blocks, taps}, acc_options);
+    if (want_gx && fold.slots > 0) side = at::empty({g.N, g.C, fold.slots, g.W}, acc_options);
+    BwdArgs<scalar_t> args{};
+    args.p = &p;
+    args.fold = &fold;
+    args.x = x.data_ptr<scalar_t>();
+    args.kernel = kernel.data_ptr<scalar_t>();
+    args.grad_out = grad_out.data_ptr<scalar_t>();
+    args.grad_x = want_gx ? grad_x.data_ptr<scalar_t>() : nullptr;
+    args.grad_kernel = want_gk && per_pixel ? grad_kernel.data_ptr<scalar_t>() : nullptr;
+    args.partial = partial.defined() ? partial.data_ptr<acc_t>() : nullptr;
+    args.side = side.defined() ? side.data_ptr<acc_t>() : nullptr;
+    at::parallel_for(0, g.N * p.bwd_blocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> scratch(backward_scratch<acc_t>(p));
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t n = task / p.bwd_blocks, blk = task % p.bwd_blocks;
+        if (per_pixel) {
+          if (want_gx && want_gk) backward_task<scalar_t, true, true, true>(args, n, blk, scratch.data());
+          else if (want_gx) backward_task<scalar_t, true, true, false>(args, n, blk, scratch.data());
+          else backward_task<scalar_t, true, false, true>(args, n, blk, scratch.data());
+        } else {
+          if (want_gx && want_gk) backward_task<scalar_t, false, true, true>(args, n, blk, scratch.data());
+          else if (want_gx) backward_task<scalar_t, false, true, false>(args, n, blk, scratch.data());
+          else backward_task<scalar_t, false, false, true>(args, n, blk, scratch.data());
+        }
+      }
+    });
+    if (args.side) {  // image rows that padding reads more than once: sum their padded rows in order
+      const int64_t nfix = static_cast<int64_t>(fold.fix_rows.size());
+      at::parallel_for(0, g.N * g.C * nfix, 16, [&](int64_t begin, int64_t end) {
+        for (int64_t idx = begin; idx < end; ++idx) {
+          const int64_t nc = idx / nfix, e = idx % nfix;
+          const acc_t* base = args.side + nc * fold.slots * g.W;
+          scalar_t* dst = args.grad_x + (nc * g.H + fold.fix_rows[e]) * g.W;
+          const int64_t first = fold.fix_start[e], last = fold.fix_start[e + 1];
+          for (int64_t xc = 0; xc < g.W; ++xc) {
+            acc_t sum = base[fold.fix_slots[first] * g.W + xc];
+            for (int64_t q = first + 1; q < last; ++q) sum += base[fold.fix_slots[q] * g.W + xc];
+            dst[xc] = static_cast<scalar_t>(sum);
+          }
+        }
+      });
+    }
+    if (args.partial) {  // per-image grad_K: task partial sums in task order (then images, if shared)
+      const int64_t images = kernel.dim() == 2 ? 1 : g.N, per = kernel.dim() == 2 ? g.N : 1;
+      at::Tensor total = at::empty({images, taps}, acc_options);
+      acc_t* tot = total.data_ptr<acc_t>();
+      for (int64_t m = 0; m < images; ++m)
+        for (int64_t t = 0; t < taps; ++t) {
+          acc_t sum = 0;
+          for (int64_t n = m * per; n < (m + 1) * per; ++n)
+            for (int64_t blk = 0; blk < p.bwd_blocks; ++blk) sum += args.partial[(n * p.bwd_blocks + blk) * taps + t];
+          tot[m * taps + t] = sum;
+        }
+      grad_kernel = total.view(kernel.sizes()).to(kernel.scalar_type());
+    }
   });
-  return out;
+  return {grad_x, grad_kernel};
 }
 
 std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in,
@@ -236,36 +786,11 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
                                                 std::array<bool, 2> output_mask) {
   count_call("_blur_downsample_backward.cpu");
   const at::Tensor x = x_in.contiguous(), kernel = kernel_in.contiguous(), grad_out = grad_out_in.contiguous();
-  const Geometry g = make_geometry(x, kernel, stride, padding, flip);
-  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({g.N, g.C, g.Ho, g.Wo}),
-              "blur_downsample backward: grad_out must be (N, C, Ho, Wo)");
-  const PhaseLayout p = phase_layout(g);
-  at::Tensor grad_x = output_mask[0] ? at::zeros_like(x) : x.new_empty({0});
-  at::Tensor grad_kernel = output_mask[1] ? at::zeros_like(kernel) : kernel.new_empty({0});
-  if (grad_out.numel() == 0) return {grad_x, grad_kernel};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "blur_downsample_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const auto acc_options = x.options().dtype(opmath_dtype(x.scalar_type()));
-    if (output_mask[1]) {
-      const at::Tensor xph = pad_phase_split<scalar_t>(x, g, p);
-      if (kernel.dim() == 4) {
-        grad_kernel_per_pixel<scalar_t>(xph.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(),
-                                        grad_kernel.data_ptr<scalar_t>(), g, p);
-      } else {
-        at::Tensor per_image = at::empty({g.N, g.k * g.k}, acc_options);
-        grad_kernel_per_image<scalar_t>(xph.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(),
-                                        per_image.data_ptr<acc_t>(), g, p);
-        grad_kernel = finish_image_grad(per_image, kernel);
-      }
-    }
-    if (output_mask[0]) {
-      at::Tensor gph = at::zeros({g.N, g.C, p.Hp, g.stride, p.Wq}, acc_options);
-      grad_padded_rows<scalar_t>(kernel.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(), gph.data_ptr<acc_t>(),
-                                 g, p);
-      fold_padding<scalar_t>(gph.data_ptr<acc_t>(), grad_x.data_ptr<scalar_t>(), g, p);
-    }
-  });
-  return {grad_x, grad_kernel};
+  if (!is_half_type(x) || kernel.scalar_type() != x.scalar_type())
+    return backward_impl(grad_out, x, kernel, stride, padding, flip, output_mask);
+  auto [grad_x, grad_kernel] = backward_impl(grad_out.to(at::kFloat), x.to(at::kFloat), kernel.to(at::kFloat),
+                                             stride, padding, flip, output_mask);
+  return {grad_x.to(x.scalar_type()), grad_kernel.to(kernel.scalar_type())};
 }
 
 // ---- cpu_shared: the CUDA kernels' per-element functions, looped on the CPU ----

@@ -1,0 +1,213 @@
+"""Checks the performance targets of the issues; exits 1 when one is missed.
+
+    .venv/bin/python benchmarks/check_targets.py            # all targets, paper shapes
+    .venv/bin/python benchmarks/check_targets.py --only per-pixel --repeats 21
+
+Runs every comparison itself, in this one process: the providers of a comparison are
+timed interleaved (A, B, A, B, ...) so that load from other processes hits them alike,
+and compared by their median times; fast providers are run several times per round so
+every provider gets enough samples. Peak extra memory comes from benchmarks/memory.py
+(a fresh subprocess per measurement). The cases are the ones benchmarks/bench_*.py
+time (paper shapes), so the table matches `pytest benchmarks --benchmark-only`.
+
+Adding the targets of a later issue: write a function `f(ctx) -> list[Result]` and
+decorate it with @target("issue #N: ..."); ctx.time(...) and ctx.memory(...) do the
+measuring. Paste the printed table into the issue's closing note.
+"""
+import argparse
+import dataclasses
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]
+
+import torch  # noqa: E402
+
+import bench_blur_downsample as bd  # noqa: E402
+import bsrops  # noqa: E402
+from memory import format_bytes, peak_extra_memory  # noqa: E402
+
+
+@dataclasses.dataclass
+class Result:
+    target: str
+    measured: float
+    required: float
+    op: str  # ">=" or "<=": measured op required passes
+    unit: str = "x"
+    shown: str = ""  # measured value as printed, when not just `measured unit`
+    note: str = ""
+    skipped: str = ""  # reason, when the target could not be measured
+
+    @property
+    def passed(self):
+        if self.skipped:
+            return None
+        return self.measured >= self.required if self.op == ">=" else self.measured <= self.required
+
+    def cells(self):
+        measured = self.skipped and "skipped" or self.shown or f"{self.measured:.2f}{self.unit}"
+        verdict = {True: "PASS", False: "FAIL", None: "SKIP"}[self.passed]
+        return [self.target, measured, f"{self.op} {self.required:g}{self.unit}", verdict]
+
+
+TARGETS = []  # (title, function)
+
+
+def target(title):
+    def register(fn):
+        TARGETS.append((title, fn))
+        return fn
+    return register
+
+
+class Context:
+    def __init__(self, args):
+        self.args = args
+        self.log = []
+
+    def note(self, line):
+        self.log.append(line)
+        print("  " + line, flush=True)
+
+    def time(self, cases, repeats=None, round_s=0.05):
+        """Median seconds per call of each zero-argument callable in `cases` (name -> fn).
+
+        Each is warmed up twice (torch.compile compiles then); then `repeats` rounds run
+        every case in turn, a case `inner` times per round, inner sized so a round of it
+        lasts about `round_s`."""
+        repeats = repeats or self.args.repeats
+        inner = {}
+        for name, fn in cases.items():
+            fn()
+            start = time.perf_counter()
+            fn()
+            inner[name] = max(1, min(50, int(round_s / max(time.perf_counter() - start, 1e-6))))
+        samples = {name: [] for name in cases}
+        for _ in range(repeats):
+            for name, fn in cases.items():
+                for _ in range(inner[name]):
+                    start = time.perf_counter()
+                    fn()
+                    samples[name].append(time.perf_counter() - start)
+        medians = {name: statistics.median(values) for name, values in samples.items()}
+        for name, value in medians.items():
+            self.note(f"{name}: median {value * 1e3:.2f} ms over {len(samples[name])} calls")
+        return medians
+
+    def memory(self, factory, *args):
+        info = peak_extra_memory(factory, *args)
+        self.note(f"peak extra memory of {factory.__name__}{args}: {format_bytes(info['peak_extra_bytes'])} "
+                  f"({info['method']})")
+        return info["peak_extra_bytes"]
+
+
+# ---- issue #2: blur_downsample CPU kernels ----
+
+@target("issue #2: blur_downsample per-pixel")
+def blur_downsample_per_pixel(ctx):
+    size = "paper"
+    assert bsrops.backend_info("cpu")["backend"] == "cpu", "bsrops' native cpu backend is not active"
+    d = bd.shape("per_pixel", size)
+    shape = f"N={d['n']} {d['h']}x{d['w']} k={d['k']} s={d['s']}"
+    fb = "forward+backward"
+    cases = {
+        "reference (unfold) fwd+bwd": bd.make_case("per_pixel", "reference", fb, size),
+        "bsrops cpu fwd+bwd": bd.make_case("per_pixel", "bsrops_cpu", fb, size),
+        "bsrops cpu forward": bd.make_case("per_pixel", "bsrops_cpu", "forward", size),
+        "kernel.clone()": bd.make_copy_case(size),
+    }
+    if not ctx.args.no_compile:
+        ctx.note("compiling torch.compile(reference) (forward+backward), this takes a minute or two ...")
+        cases["torch.compile(reference) fwd+bwd"] = bd.make_case("per_pixel", "compiled_reference", fb, size)
+    calls = bsrops.kernel_calls()
+    t = ctx.time(cases)
+    after = bsrops.kernel_calls()
+    assert after.get("_blur_downsample_backward.cpu", 0) > calls.get("_blur_downsample_backward.cpu", 0)
+    ours = t["bsrops cpu fwd+bwd"]
+    results = [Result(f"per-pixel fwd+bwd speedup vs unfold reference ({shape})",
+                      t["reference (unfold) fwd+bwd"] / ours, 20, ">=",
+                      note=f"{t['reference (unfold) fwd+bwd'] * 1e3:.1f} ms vs {ours * 1e3:.2f} ms")]
+    if ctx.args.no_compile:
+        results.append(Result("per-pixel fwd+bwd speedup vs torch.compile(reference)", 0, 5, ">=",
+                              skipped="--no-compile"))
+    else:
+        compiled = t["torch.compile(reference) fwd+bwd"]
+        results.append(Result("per-pixel fwd+bwd speedup vs torch.compile(reference)", compiled / ours, 5, ">=",
+                              note=f"{compiled * 1e3:.1f} ms vs {ours * 1e3:.2f} ms"))
+    b = bd.tensor_bytes("per_pixel", size)
+    must = 2 * (b["x"] + b["kernel"] + b["out"])  # x, kernel, out, grad_out, grad_x, grad_kernel
+    peak = ctx.memory(bd.make_case, "per_pixel", "bsrops_cpu", fb, size)
+    results.append(Result("per-pixel fwd+bwd peak extra memory / bytes of x, K, out, grads", peak / must, 1.5, "<=",
+                          shown=f"{peak / must:.2f}x ({format_bytes(peak)})",
+                          note=f"tensors {format_bytes(must)}"))
+    results.append(Result("per-pixel forward time / kernel.clone() time",
+                          t["bsrops cpu forward"] / t["kernel.clone()"], 2, "<=",
+                          note=f"{t['bsrops cpu forward'] * 1e3:.2f} ms vs {t['kernel.clone()'] * 1e3:.2f} ms"))
+    return results
+
+
+@target("issue #2: blur_downsample per-image")
+def blur_downsample_per_image(ctx):
+    size = "paper"
+    results = []
+    fb = "forward+backward"
+    for kind in ("per_image", "per_image_pdm"):
+        d = bd.shape(kind, size)
+        t = ctx.time({
+            f"{kind} reference (grouped conv) fwd+bwd": bd.make_case(kind, "reference", fb, size),
+            f"{kind} bsrops cpu fwd+bwd": bd.make_case(kind, "bsrops_cpu", fb, size),
+        })
+        ref_t, ours = t[f"{kind} reference (grouped conv) fwd+bwd"], t[f"{kind} bsrops cpu fwd+bwd"]
+        results.append(Result(f"per-image fwd+bwd speedup vs grouped conv (N={d['n']})", ref_t / ours, 2, ">=",
+                              note=f"{ref_t * 1e3:.1f} ms vs {ours * 1e3:.2f} ms"))
+    return results
+
+
+def print_table(results):
+    header = ["target", "measured", "required", "pass"]
+    rows = [header] + [r.cells() for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    line = lambda row: "| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |"
+    print(line(header))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows[1:]:
+        print(line(row))
+    notes = [f"- {r.target}: {r.note}" for r in results if r.note]
+    if notes:
+        print("\n" + "\n".join(notes))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", action="append", default=[], help="run targets whose title contains this")
+    parser.add_argument("--repeats", type=int, default=15, help="timing rounds per comparison (default 15)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip the torch.compile comparisons (reported as SKIP, not as a pass)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ctx = Context(args)
+    results = []
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bsrops {bsrops.build_info()}", flush=True)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"load average (1 min) at start: {load:.2f} on {os.cpu_count()} CPUs", flush=True)
+    for title, fn in TARGETS:
+        if args.only and not any(word.lower() in title.lower() for word in args.only):
+            continue
+        print(f"\n{title}", flush=True)
+        results += fn(ctx)
+    print()
+    print_table(results)
+    failed = [r for r in results if r.passed is False]
+    skipped = [r for r in results if r.passed is None]
+    print(f"\n{len(results) - len(failed) - len(skipped)} passed, {len(failed)} failed, {len(skipped)} skipped")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

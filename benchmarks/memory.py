@@ -1,0 +1,133 @@
+"""CPU peak extra memory of a benchmark provider, measured in a fresh subprocess.
+
+    from memory import peak_extra_memory
+    info = peak_extra_memory(make_case, "per_pixel", "cpu", "forward+backward", "paper")
+    info["peak_extra_bytes"]
+
+`factory` must be a module-level function of an importable file (a benchmark module);
+it is called *in the child* with the JSON-serialisable `args` and returns a zero-argument
+callable that runs the provider once (creating the inputs is the factory's job, so they
+are not counted). If the callable has a `reset` attribute, it is called after the
+warm-up to release what the warm-up left behind (for example `.grad` tensors, which the
+measured call would otherwise overwrite in place of allocating).
+
+What is measured: peak RSS during one call of the provider minus the RSS just before
+that call, in a fresh Python process:
+
+1. the child builds the inputs and runs the provider `warmup` times (default 1: lazy
+   initialisation, thread pools, oneDNN primitive caches and torch.compile compilation
+   are not part of the provider's memory);
+2. it drops the warm-up results (and calls `run.reset()`), runs the garbage collector and returns freed heap
+   memory to the OS (glibc `malloc_trim(0)`), so that pages kept by the allocator
+   after the warm-up do not hide the next call's allocations;
+3. it reads VmRSS from /proc/self/status, then resets the peak ("high water mark",
+   VmHWM) to the current RSS by writing "5" to /proc/self/clear_refs (Linux >= 4.0);
+4. it runs the provider once and reads VmHWM: peak_extra = VmHWM - VmRSS(before).
+
+ru_maxrss (getrusage) cannot be reset, so it cannot separate the call from the setup
+and the warm-up; clear_refs can. Where clear_refs is not writable the child skips the
+warm-up and uses ru_maxrss instead (`method` says which was used); that figure is only
+meaningful when the setup's own peak stays below the call's.
+
+RSS counts resident pages: memory that is allocated but never written (e.g. an unused
+`torch.empty`) is not counted, memory the provider writes is, whichever allocator it
+came from. Tensors the provider returns or leaves behind (outputs, `.grad`) count.
+"""
+import inspect
+import json
+import os
+import subprocess
+import sys
+
+_MARK = "BSR_MEMORY_RESULT "
+
+_CHILD = r"""
+import ctypes, gc, importlib.util, json, os, re, resource, sys
+spec = json.loads(sys.argv[1])
+sys.path[:0] = spec["path"]
+import torch
+torch.set_num_threads(spec["threads"])
+module_spec = importlib.util.spec_from_file_location("_bsr_memory_target", spec["file"])
+module = importlib.util.module_from_spec(module_spec)
+module_spec.loader.exec_module(module)
+factory = module
+for part in spec["name"].split("."):
+    factory = getattr(factory, part)
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return int(re.search(key + r":\s+(\d+) kB", f.read()).group(1)) * 1024
+
+def trim():
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+run = factory(*spec["args"])
+try:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    resettable = True
+except OSError:
+    resettable = False
+if resettable:
+    for _ in range(spec["warmup"]):
+        result = run()
+        del result
+    reset = getattr(run, "reset", None)
+    if reset is not None:  # e.g. drop the .grad tensors the warm-up left behind
+        reset()
+    trim()
+    before = status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    result = run()
+    peak = status("VmHWM")
+    method = "VmHWM reset via /proc/self/clear_refs"
+else:
+    trim()
+    before = status("VmRSS")
+    result = run()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    method = "ru_maxrss (no warm-up; clear_refs unavailable)"
+print(%r + json.dumps({"peak_extra_bytes": max(0, peak - before), "rss_before_bytes": before,
+                       "peak_rss_bytes": peak, "method": method}), flush=True)
+""" % _MARK
+
+
+def peak_extra_memory(factory, *args, threads=None, warmup=1, timeout=900):
+    """Peak extra RSS (bytes) of one call of `factory(*args)()` in a fresh subprocess.
+
+    Returns a dict: peak_extra_bytes, rss_before_bytes, peak_rss_bytes, method.
+    Raises RuntimeError (with the child's stderr) when the child fails.
+    """
+    import torch
+
+    source = inspect.getsourcefile(factory)
+    if source is None or "<locals>" in factory.__qualname__:
+        raise ValueError("peak_extra_memory: factory must be a module-level function of a source file")
+    here = os.path.dirname(os.path.abspath(source))
+    root = os.path.dirname(here)
+    spec = {
+        "file": os.path.abspath(source),
+        "name": factory.__qualname__,
+        "args": list(args),
+        "threads": threads or torch.get_num_threads(),
+        "warmup": warmup,
+        "path": [here, root],
+    }
+    proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(spec)], capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ))
+    for line in proc.stdout.splitlines():
+        if line.startswith(_MARK):
+            return json.loads(line[len(_MARK):])
+    raise RuntimeError(f"peak_extra_memory: the child failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+
+
+def format_bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
