@@ -60,9 +60,11 @@
 #endif
 #if defined(__GNUC__) || defined(__clang__)
 #define BSR_INLINE inline __attribute__((always_inline))
+#define BSR_PREFETCH(p, write) __builtin_prefetch((p), (write), 3)
 #define BSR_PRAGMA(x) _Pragma(#x)
 #else
 #define BSR_INLINE inline
+#define BSR_PREFETCH(p, write) ((void)0)
 #define BSR_PRAGMA(x)
 #endif
 #if defined(__clang__)
@@ -79,6 +81,14 @@ namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
 
+// Taps b handled per pass over the rows of a tap row a: each tap is one stream of K (and
+// one of grad_K in the backward); at most 2 x 12 streams at a time stay within what the
+// L2 streamer tracks (32 pages on recent Intel cores).
+constexpr int64_t kTapGroup = 12;
+// The streams advance by one short row per visit, so the tiles also prefetch the same
+// taps this many output rows ahead.
+constexpr int64_t kPrefetchRows = 1;
+
 // Everything the fast kernels need about one call, computed once on the host.
 struct Plan {
   Geometry g;
@@ -92,6 +102,7 @@ struct Plan {
   std::vector<int64_t> col_src;  // [Wp] image column read by padded column w, -1: zero
   std::vector<int64_t> tap_pos;  // [k] padded offset of tap a: tap_offset(a) + before, in [0, k)
   std::vector<int64_t> colpos;   // [k] phase-split position of padded column tap_pos[b]
+  std::vector<int64_t> border_cols, border_dst;  // padded border columns that read a pixel, and that pixel
 };
 
 Plan make_plan(const Geometry& g) {
@@ -114,7 +125,14 @@ Plan make_plan(const Geometry& g) {
   p.row_src.resize(p.Hp);
   for (int64_t r = 0; r < p.Hp; ++r) p.row_src[r] = source_index(r - p.before, g.H, g.padding);
   p.col_src.resize(p.Wp);
-  for (int64_t w = 0; w < p.Wp; ++w) p.col_src[w] = source_index(w - p.before, g.W, g.padding);
+  for (int64_t w = 0; w < p.Wp; ++w) {
+    p.col_src[w] = source_index(w - p.before, g.W, g.padding);
+    const bool inside = w >= p.before && w < p.before + g.W;
+    if (!inside && p.col_src[w] >= 0) {
+      p.border_cols.push_back(w);
+      p.border_dst.push_back(p.col_src[w]);
+    }
+  }
   p.tap_pos.resize(g.k);
   p.colpos.resize(g.k);
   for (int64_t a = 0; a < g.k; ++a) {
@@ -275,7 +293,8 @@ struct Vec {  // portable fallback with the same interface
 // Channel cc of acc / x sits acc_ch / x_ch elements after channel 0.
 template <int CB, int NV, bool kPixel, typename T>
 BSR_INLINE void forward_tile(T* __restrict acc, int64_t acc_ch, const T* __restrict x, int64_t x_ch,
-                             const int64_t* __restrict colpos, const T* __restrict w, int64_t w_tap, int64_t k) {
+                             const int64_t* __restrict colpos, const T* __restrict w, int64_t w_tap, int64_t k,
+                             int64_t pf) {
   using V = Vec<T>;
   constexpr int L = V::kLanes;
   typename V::type sum[CB][NV];
@@ -289,7 +308,10 @@ BSR_INLINE void forward_tile(T* __restrict acc, int64_t acc_ch, const T* __restr
     const T* wb = w + b * w_tap;
     typename V::type wv[NV];
     BSR_UNROLL
-    for (int u = 0; u < NV; ++u) wv[u] = kPixel ? V::load(wb + u * L) : V::splat(wb[0]);
+    for (int u = 0; u < NV; ++u) {
+      if constexpr (kPixel) BSR_PREFETCH(wb + pf + u * L, 0);
+      wv[u] = kPixel ? V::load(wb + u * L) : V::splat(wb[0]);
+    }
     BSR_UNROLL
     for (int cc = 0; cc < CB; ++cc) {
       BSR_UNROLL
@@ -323,10 +345,12 @@ BSR_INLINE void forward_row(T* acc, int64_t acc_ch, const T* x, int64_t x_ch, co
                             int64_t w_tap, int64_t k, int64_t len) {
   constexpr int L = Vec<T>::kLanes;
   const int64_t wj = kPixel ? 1 : 0;
+  const int64_t pf = kPrefetchRows * len;  // the same taps, rows ahead
   int64_t j = 0;
   for (; j + 2 * L <= len; j += 2 * L)
-    forward_tile<CB, 2, kPixel>(acc + j, acc_ch, x + j, x_ch, colpos, w + j * wj, w_tap, k);
-  for (; j + L <= len; j += L) forward_tile<CB, 1, kPixel>(acc + j, acc_ch, x + j, x_ch, colpos, w + j * wj, w_tap, k);
+    forward_tile<CB, 2, kPixel>(acc + j, acc_ch, x + j, x_ch, colpos, w + j * wj, w_tap, k, pf);
+  for (; j + L <= len; j += L)
+    forward_tile<CB, 1, kPixel>(acc + j, acc_ch, x + j, x_ch, colpos, w + j * wj, w_tap, k, pf);
   if (j < len) forward_tail<CB, kPixel>(acc + j, acc_ch, x + j, x_ch, colpos, w + j * wj, w_tap, k, len - j);
 }
 
@@ -361,7 +385,8 @@ struct BwdRow {
 template <int CB, int NV, bool kPixel, bool kGx, bool kGk, bool kAssign, typename T>
 BSR_INLINE void backward_tile(const T* __restrict go, int64_t go_ch, const T* __restrict w, int64_t w_tap,
                               T* __restrict gx, int64_t gx_ch, const T* __restrict x, int64_t x_ch,
-                              T* __restrict gk, int64_t gk_tap, const int64_t* __restrict colpos, int64_t k) {
+                              T* __restrict gk, int64_t gk_tap, const int64_t* __restrict colpos, int64_t k,
+                              int64_t pf) {
   using V = Vec<T>;
   constexpr int L = V::kLanes;
   typename V::type g[CB][NV];
@@ -379,6 +404,7 @@ BSR_INLINE void backward_tile(const T* __restrict go, int64_t go_ch, const T* __
       const T* wb = w + b * w_tap;
       BSR_UNROLL
       for (int u = 0; u < NV; ++u) {
+        if constexpr (kPixel) BSR_PREFETCH(wb + pf + u * L, 0);
         const typename V::type wv = kPixel ? V::load(wb + u * L) : V::splat(wb[0]);
         BSR_UNROLL
         for (int cc = 0; cc < CB; ++cc) {
@@ -394,6 +420,7 @@ BSR_INLINE void backward_tile(const T* __restrict go, int64_t go_ch, const T* __
       T* ob = gk + b * gk_tap;
       BSR_UNROLL
       for (int u = 0; u < NV; ++u) {
+        if constexpr (kPixel) BSR_PREFETCH(ob + pf + u * L, 1);
         typename V::type sum = kAssign ? V::splat(T(0)) : V::load(ob + u * L);
         BSR_UNROLL
         for (int cc = 0; cc < CB; ++cc) sum += g[cc][u] * V::load(x + cc * x_ch + cb + u * L);
@@ -432,13 +459,14 @@ BSR_INLINE void backward_row(const BwdRow<T>& r, int64_t c0, int64_t len) {
   T* gx = r.gx + c0 * r.gx_ch;
   const T* x = r.x + c0 * r.x_ch;
   const int64_t wj = kPixel ? 1 : 0;  // per-image: the weights and the grad_K lanes do not move with j
+  const int64_t pf = kPrefetchRows * len;
   int64_t j = 0;
   for (; j + 2 * L <= len; j += 2 * L)
     backward_tile<CB, 2, kPixel, kGx, kGk, kAssign>(go + j, r.go_ch, r.w + j * wj, r.w_tap, gx + j, r.gx_ch, x + j,
-                                                   r.x_ch, r.gk + j * wj, r.gk_tap, r.colpos, r.k);
+                                                   r.x_ch, r.gk + j * wj, r.gk_tap, r.colpos, r.k, pf);
   for (; j + L <= len; j += L)
     backward_tile<CB, 1, kPixel, kGx, kGk, kAssign>(go + j, r.go_ch, r.w + j * wj, r.w_tap, gx + j, r.gx_ch, x + j,
-                                                   r.x_ch, r.gk + j * wj, r.gk_tap, r.colpos, r.k);
+                                                   r.x_ch, r.gk + j * wj, r.gk_tap, r.colpos, r.k, pf);
   if (j < len)
     backward_tail<CB, kPixel, kGx, kGk, kAssign>(go + j, r.go_ch, r.w + j * wj, r.w_tap, gx + j, r.gx_ch, x + j,
                                                  r.x_ch, r.gk + j * wj, r.gk_tap, r.colpos, r.k, len - j);
@@ -494,10 +522,13 @@ BSR_INLINE void forward_task_impl(const FwdArgs<scalar_t>& args, int64_t n, int6
   const scalar_t* kn = args.kernel + n * g.ks_n;
   for (int64_t a = 0; a < g.k; ++a) {
     const int64_t pa = p.tap_pos[a];
-    for (int64_t i = i0; i < i1; ++i) {
-      const scalar_t* w = kn + a * g.k * g.ks_t + i * g.ks_i;
-      forward_channels<kPixel>(g.C, acc + (i - i0) * Wo, R * Wo, xs + (s * (i - i0) + pa) * p.SW, xrows * p.SW,
-                               p.colpos.data(), w, g.ks_t, g.k, Wo);
+    for (int64_t b0 = 0; b0 < g.k; b0 += kTapGroup) {
+      const int64_t nb = std::min(kTapGroup, g.k - b0);
+      for (int64_t i = i0; i < i1; ++i) {
+        const scalar_t* w = kn + (a * g.k + b0) * g.ks_t + i * g.ks_i;
+        forward_channels<kPixel>(g.C, acc + (i - i0) * Wo, R * Wo, xs + (s * (i - i0) + pa) * p.SW, xrows * p.SW,
+                                 p.colpos.data() + b0, w, g.ks_t, nb, Wo);
+      }
     }
   }
   for (int64_t c = 0; c < g.C; ++c)
@@ -552,9 +583,6 @@ BSR_INLINE void backward_task_impl(const BwdArgs<scalar_t>& args, int64_t n, int
   row.gx_ch = RB * p.SW;
   row.x_ch = RB * p.SW;
   row.gk_tap = kPixel ? g.ks_t : lanes_w;
-  row.gk = lanes;
-  row.colpos = p.colpos.data();
-  row.k = g.k;
   const scalar_t* go_n = args.grad_out + n * g.C * g.Ho * Wo;
   for (int64_t a = 0; a < g.k; ++a) {
     const int64_t pa = p.tap_pos[a];
@@ -562,14 +590,21 @@ BSR_INLINE void backward_task_impl(const BwdArgs<scalar_t>& args, int64_t n, int
     const int64_t ilo = std::max<int64_t>(0, ceil_div(r0 - pa, s));
     const int64_t ihi = std::min<int64_t>(g.Ho, ceil_div(r1 - pa, s));
     if (partial) std::fill(lanes, lanes + g.k * lanes_w, acc_t(0));
-    for (int64_t i = ilo; i < ihi; ++i) {
-      const int64_t lr = s * i + pa - r0;  // local padded row
-      row.go = go_n + i * Wo;
-      row.w = args.kernel + n * g.ks_n + a * g.k * g.ks_t + i * g.ks_i;
-      row.gx = gs + lr * p.SW;
-      row.x = xs + lr * p.SW;
-      if constexpr (kPixel && kGk) row.gk = args.grad_kernel + kernel_offset(g, n, a * g.k, i, 0);
-      backward_channels<kPixel, kGx, kGk>(g.C, row, Wo);
+    for (int64_t b0 = 0; b0 < g.k; b0 += kTapGroup) {
+      row.k = std::min(kTapGroup, g.k - b0);
+      row.colpos = p.colpos.data() + b0;
+      for (int64_t i = ilo; i < ihi; ++i) {
+        const int64_t lr = s * i + pa - r0;  // local padded row
+        row.go = go_n + i * Wo;
+        row.w = args.kernel + n * g.ks_n + (a * g.k + b0) * g.ks_t + i * g.ks_i;
+        row.gx = gs + lr * p.SW;
+        row.x = xs + lr * p.SW;
+        if constexpr (kPixel && kGk)
+          row.gk = args.grad_kernel + kernel_offset(g, n, a * g.k + b0, i, 0);
+        else
+          row.gk = lanes + b0 * lanes_w;
+        backward_channels<kPixel, kGx, kGk>(g.C, row, Wo);
+      }
     }
     if (partial)
       for (int64_t b = 0; b < g.k; ++b) {
@@ -600,10 +635,7 @@ BSR_INLINE void backward_task_impl(const BwdArgs<scalar_t>& args, int64_t n, int
         // the border columns, added into the image columns they read (in place: they
         // lie outside [before, before + W), which is what is read below)
         acc_t* mid = (s > 1 ? lin : grow) + p.before;
-        for (int64_t w = 0; w < p.Wp; ++w) {
-          if (w >= p.before && w < p.before + g.W) continue;
-          if (p.col_src[w] >= 0) mid[p.col_src[w]] += padded[w];
-        }
+        for (size_t e = 0; e < p.border_cols.size(); ++e) mid[p.border_dst[e]] += padded[p.border_cols[e]];
         if (slot >= 0) {
           acc_t* __restrict dst = args.side + ((n * g.C + c) * f.slots + slot) * g.W;
           for (int64_t xc = 0; xc < g.W; ++xc) dst[xc] = mid[xc];
