@@ -677,6 +677,13 @@ void backward_task(const BwdArgs<scalar_t>& args, int64_t n, int64_t blk, scalar
     backward_task_impl<scalar_t, kPixel, kGx, kGk>(args, n, blk, scratch);
 }
 
+// Tasks per parallel chunk: small problems run inline rather than waking threads for a
+// few microseconds of work each (the task split, hence the result, does not change).
+int64_t task_grain(const Geometry& g, int64_t rows_per_task) {
+  const int64_t fmas = std::max<int64_t>(1, g.C * rows_per_task * g.Wo * g.k * g.k);
+  return std::max<int64_t>(1, (int64_t(1) << 18) / fmas);
+}
+
 at::ScalarType opmath_dtype(at::ScalarType t) {
   return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
 }
@@ -701,7 +708,7 @@ at::Tensor forward_impl(const at::Tensor& x, const at::Tensor& kernel, int64_t s
     using acc_t = at::opmath_type<scalar_t>;
     const FwdArgs<scalar_t> args{&p, x.data_ptr<scalar_t>(), kernel.data_ptr<scalar_t>(), out.data_ptr<scalar_t>()};
     const bool per_pixel = kernel.dim() == 4;
-    at::parallel_for(0, g.N * p.fwd_blocks, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, g.N * p.fwd_blocks, task_grain(g, p.rows), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> scratch(forward_scratch(p));
       for (int64_t task = begin; task < end; ++task) {
         const int64_t n = task / p.fwd_blocks, i0 = (task % p.fwd_blocks) * p.rows;
@@ -764,7 +771,7 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_out, con
     args.grad_kernel = want_gk && per_pixel ? grad_kernel.data_ptr<scalar_t>() : nullptr;
     args.partial = partial.defined() ? partial.data_ptr<acc_t>() : nullptr;
     args.side = side.defined() ? side.data_ptr<acc_t>() : nullptr;
-    at::parallel_for(0, g.N * p.bwd_blocks, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, g.N * p.bwd_blocks, task_grain(g, 2 * p.bwd_rows / g.stride), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> scratch(backward_scratch<acc_t>(p));
       for (int64_t task = begin; task < end; ++task) {
         const int64_t n = task / p.bwd_blocks, blk = task % p.bwd_blocks;
