@@ -10,12 +10,14 @@
 //   * A task copies the padded input rows it needs into a task-local "phase-split"
 //     buffer xs[c][r][col % s][col / s] (L2-resident), so that for a fixed tap the
 //     pixels read by consecutive outputs j are contiguous. No image-sized temporary is
-//     allocated by the forward; the backward allocates only its outputs and, for padding
-//     that maps border rows onto image rows, a side buffer of those rows.
-//   * Loop order: tap row a, output row i, tap column b. A register tile of up to 3
-//     channels x 32 outputs (two 64-byte vectors) accumulates over the k taps b of a
-//     row; the x rows it reads are in L1, and K[n, a*k .. a*k+k-1, i, :] is k sequential
-//     streams.
+//     allocated by the forward; the backward allocates only its outputs, per-task
+//     partial sums of a per-image grad_K, and, for padding that maps border rows onto
+//     image rows, a side buffer of those rows.
+//   * Loop order: tap row a, group of <= 12 tap columns b, output row i, tap column b.
+//     A register tile of up to 3 channels x 32 outputs (two 64-byte vectors)
+//     accumulates over the taps b of the group; the x rows it reads are in L1, and
+//     K[n, a*k + b, i, :] over i is one sequential stream per tap (prefetched a row
+//     ahead).
 //   * The hot functions are compiled for x86-64-v4 (AVX-512), x86-64-v3 (AVX2 + FMA)
 //     and the baseline and picked at load time (GCC target_clones), because extensions
 //     are built for the baseline ISA. Only float32 is multi-versioned (build time);
