@@ -6,6 +6,7 @@
 `get(name)` imports the module `bsr.methods.<name>` on first use, so the CLIs need no list.
 """
 import importlib
+import importlib.util
 
 from .base import Method
 
@@ -34,15 +35,8 @@ def get(name):
 
 
 def available():
-    found = []
-    for name in KNOWN:
-        try:
-            get_module = importlib.util.find_spec(f"{__name__}.{name}")
-        except ModuleNotFoundError:
-            get_module = None
-        if get_module is not None:
-            found.append(name)
-    return found
+    """The methods whose module exists in this installation."""
+    return [name for name in KNOWN if importlib.util.find_spec(f"{__name__}.{name}") is not None]
 
 
 __all__ = ["Method", "available", "get", "register"]
