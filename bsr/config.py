@@ -60,6 +60,11 @@ def parse_override(text):
         raise ValueError(f"--set expects key=value, got {text!r}")
     key, raw = text.split("=", 1)
     value = yaml.safe_load(raw) if raw else None
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" (no dot) as a string
+            value = float(value)
+        except ValueError:
+            pass
     for part in reversed(key.strip().split(".")):
         value = {part: value}
     return value
