@@ -1,0 +1,1 @@
+"""Networks of the bsr methods (official module/parameter names, see each module)."""
