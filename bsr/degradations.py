@@ -259,35 +259,24 @@ def _cubic(t):
     return near + far
 
 
-def resize_weights(in_size, out_size, scale, antialias=True):
-    """MATLAB imresize `contributions` along one axis -> (indices (out, P) long, weights (out, P) float64).
+def resize_matrix(in_size, out_size, scale, antialias=True):
+    """MATLAB imresize `contributions` along one axis as a dense (out_size, in_size) float64 matrix.
 
     Output pixel i (0-based) sits at u = (i + 0.5) / scale - 0.5 in input coordinates. Downscaling
     with antialias uses scale * cubic(scale * t), a kernel stretched to width 4 / scale; P = ceil(width) + 2
     taps from floor(u - width / 2) on, weights normalised to sum 1, out-of-range taps mirrored
-    symmetrically (edge pixel repeated), as MATLAB's `aux = [1:in, in:-1:1]`.
+    symmetrically (edge pixel repeated), as MATLAB's `aux = [1:in, in:-1:1]`. Dense, so that the resize
+    is two BLAS matmuls (the banded gather is ~50x slower in PyTorch).
     """
     stretch = scale if (scale < 1 and antialias) else 1.0
     width = 4.0 / stretch
     centre = (torch.arange(out_size, dtype=torch.float64) + 0.5) / scale - 0.5
-    first = torch.floor(centre - width / 2)
-    taps = math.ceil(width) + 2
-    indices = first[:, None] + torch.arange(taps, dtype=torch.float64)
+    indices = torch.floor(centre - width / 2)[:, None] + torch.arange(math.ceil(width) + 2, dtype=torch.float64)
     weights = stretch * _cubic(stretch * (centre[:, None] - indices))
-    weights = weights / weights.sum(1, keepdim=True)
     period = indices.long().remainder(2 * in_size)
-    return torch.where(period < in_size, period, 2 * in_size - 1 - period), weights
-
-
-def _resize_axis(x, dim, out_size, scale, antialias):
-    indices, weights = resize_weights(x.shape[dim], out_size, scale, antialias)
-    weights = weights.to(x)
-    shape = [1] * x.dim()
-    shape[dim] = out_size
-    out = 0
-    for p in range(indices.shape[1]):
-        out = out + x.index_select(dim, indices[:, p].to(x.device)) * weights[:, p].view(shape)
-    return out
+    mirrored = torch.where(period < in_size, period, 2 * in_size - 1 - period)
+    matrix = torch.zeros(out_size, in_size, dtype=torch.float64).scatter_add_(1, mirrored, weights)
+    return matrix / weights.sum(1, keepdim=True)
 
 
 def imresize(x, scale=None, size=None, antialias=True):
@@ -310,8 +299,9 @@ def imresize(x, scale=None, size=None, antialias=True):
         if len(size) != 2 or min(size) < 1:
             raise ValueError(f"imresize: size must be (Ho, Wo) >= 1, got {size}")
         factors = [o / n for o, n in zip(size, in_size)]
-    out = _resize_axis(x, 2, size[0], factors[0], antialias)
-    return _resize_axis(out, 3, size[1], factors[1], antialias)
+    rows = resize_matrix(in_size[0], size[0], factors[0], antialias).to(x)
+    columns = resize_matrix(in_size[1], size[1], factors[1], antialias).to(x)
+    return rows @ x @ columns.T
 
 
 # ----------------------------------------------------------------------------------------------
