@@ -83,9 +83,9 @@ def test_imresize_interior_matches_torch_antialiased_bicubic(s):
 
 
 def test_imresize_dtypes_gradients_and_errors():
-    x = torch.rand(1, 2, 9, 7, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: deg.imresize(t, 1 / 2), (x,))
-    assert torch.autograd.gradcheck(lambda t: deg.imresize(t, size=(13, 4)), (x,))
+    x = torch.rand(1, 2, 9, 7, dtype=torch.float64, requires_grad=True)  # imresize is linear: fast mode suffices
+    assert torch.autograd.gradcheck(lambda t: deg.imresize(t, 1 / 2), (x,), fast_mode=True)
+    assert torch.autograd.gradcheck(lambda t: deg.imresize(t, size=(13, 4)), (x,), fast_mode=True)
     y32 = deg.imresize(x.detach().float(), 1 / 3)
     assert y32.dtype == torch.float32
     assert (y32.double() - deg.imresize(x.detach(), 1 / 3)).abs().max() < 1e-6
