@@ -1,1 +1,1 @@
-"""Networks of the bsr methods (official module/parameter names, see each module)."""
+"""Networks of the five methods (official module names, so released state dicts load)."""
