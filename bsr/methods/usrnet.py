@@ -1,0 +1,155 @@
+"""USRNet (shared/spec/methods.md §4): non-blind unfolding SR, trained as KAIR does.
+
+Training data synthesis (KAIR data/dataset_usrnet.py): one scale per batch from
+usrnet.scales; per sample a motion kernel (probability usrnet.motion_prob) or a random
+anisotropic Gaussian (USRNet's gen_kernel ranges), circular true convolution with
+upper-left decimation (`blur_downsample(padding="circular", flip=True)`), then AWGN with
+σ = 0 (probability 1/9) or σ ~ U{0..24}/255. Per-sample draws come from batch["seed"],
+the scale from (seed, step). LR stays float (KAIR blurs the uint8 HR into uint8: a
+quantisation we drop). L1 loss, Adam, MultiStepLR (train.milestones, train.gamma).
+
+Evaluation protocol (`eval` config section): HR modcropped to lcm(8, scales); for each
+image, scale in eval.scales and kernel in eval.kernels (indices into protocol_kernels,
+the 12 kernels of Table 1): LR made exactly as in training plus AWGN of σ = eval.noise
+(seeded per image and degradation), RGB PSNR with border s² (main_test_table1.py).
+With eval.shift_kernels the kernels are shifted by (s-1)/2 pixels as KAIR's shift_pixel
+does, so the LR is pixel-centre aligned and bicubic upsampling is a fair baseline.
+"""
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import bsrops
+
+from .. import degradations
+from ..archs.usrnet import USRNet as USRNetArch
+from ..archs.usrnet import init_orthogonal
+from . import register
+from .base import Method
+
+KERNEL_SIZE = 25
+
+
+def protocol_kernels(size=KERNEL_SIZE, shift=0.0):
+    """The 12 evaluation kernels of USRNet Table 1, generated here with documented parameters:
+    0-3 isotropic Gaussians, standard deviations 0.7, 1.2, 1.6, 2.0;
+    4-7 anisotropic Gaussians, (σ_major, σ_minor, θ) = (2.0, 0.8, 0), (2.4, 1.0, π/4),
+        (2.8, 1.2, π/2), (3.2, 1.4, 3π/4);
+    8-11 USRNet-style motion kernels drawn with seeds 0..3.
+    `shift` moves every kernel's centre by that many pixels down and right."""
+    centre = (size - 1) / 2 + shift
+    kernels = [degradations.anisotropic_gaussian_kernel(size, s, s, 0.0, center=centre) for s in (0.7, 1.2, 1.6, 2.0)]
+    aniso = ((2.0, 0.8, 0.0), (2.4, 1.0, math.pi / 4), (2.8, 1.2, math.pi / 2), (3.2, 1.4, 3 * math.pi / 4))
+    kernels += [degradations.anisotropic_gaussian_kernel(size, a, b, t, center=centre) for a, b, t in aniso]
+    for seed in range(4):
+        motion = degradations.motion_kernel(np.random.default_rng(seed), size)
+        kernels.append(torch.roll(motion, (round(shift), round(shift)), dims=(0, 1)) if shift else motion)
+    return torch.stack(kernels).float()
+
+
+def seeded_normal(shape, seed):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(int(seed)))
+
+
+@register("usrnet")
+class USRNet(Method):
+    data_kind = "hr"
+
+    def __init__(self, cfg, device):
+        super().__init__(cfg, device)
+        u = cfg.usrnet
+        if cfg.data.hr_patch < KERNEL_SIZE:  # the FFT data term embeds the kernel in the HR patch
+            raise ValueError(f"usrnet needs data.hr_patch >= {KERNEL_SIZE} (the kernel size); got {cfg.data.hr_patch}")
+        net = USRNetArch(n_iter=u.n_iter, h_nc=u.h_nc, nc=tuple(u.nc), nb=u.nb)
+        init_orthogonal(net, u.init_gain)
+        self.nets["usrnet"] = net.to(self.device)
+        self.optimizers["usrnet"] = torch.optim.Adam(net.parameters(), lr=cfg.train.lr)
+        self.schedulers["usrnet"] = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizers["usrnet"], milestones=list(cfg.train.milestones), gamma=cfg.train.gamma)
+        self.eval_kernels = {}
+
+    # ------------------------------------------------------------------ training data
+    def batch_scale(self, step):
+        scales = list(self.cfg.usrnet.scales)
+        return int(scales[np.random.default_rng([self.cfg.seed, step]).integers(len(scales))])
+
+    def sample_degradation(self, seed):
+        """(kernel (k, k), σ) of one training sample, from its seed (KAIR's distributions)."""
+        u, rng = self.cfg.usrnet, np.random.default_rng(seed)
+        if rng.random() < u.motion_prob:
+            kernel = degradations.motion_kernel(rng, KERNEL_SIZE)
+        else:
+            kernel = degradations.usrnet_gaussian_kernel(rng, KERNEL_SIZE)
+            kernel = torch.rot90(kernel, int(rng.integers(4)))
+            kernel = kernel.flip(0) if rng.random() < 0.5 else kernel
+        sigma = 0.0 if rng.random() < u.noise_zero_prob else int(rng.integers(0, u.noise_max)) / 255
+        return kernel, sigma
+
+    def synthesize(self, hr, seeds, scale):
+        """HR batch -> (LR, kernels (B, k, k), σ (B,)): circular convolution, decimation, AWGN."""
+        draws = [self.sample_degradation(int(s)) for s in seeds]
+        kernels = torch.stack([k for k, _ in draws]).to(hr)
+        sigma = torch.tensor([s for _, s in draws]).to(hr)
+        lr = bsrops.blur_downsample(hr, kernels, stride=scale, padding="circular", flip=True)
+        noise = torch.stack([seeded_normal(lr.shape[1:], s + 1) for s in seeds.tolist()]).to(hr)
+        return lr + sigma.view(-1, 1, 1, 1) * noise, kernels, sigma
+
+    def train_step(self, batch, step):
+        hr = batch["hr"]
+        scale = self.batch_scale(step)
+        with torch.no_grad(), torch.autocast(hr.device.type, enabled=False):
+            lr, kernels, sigma = self.synthesize(hr, batch["seed"], scale)
+        sr = self.nets["usrnet"](lr, kernels, scale, sigma)
+        loss = F.l1_loss(sr.float(), hr)
+        self.optimize(loss)
+        return {"l1": loss.item()}
+
+    # ------------------------------------------------------------------ inference / evaluation
+    @torch.no_grad()
+    def super_resolve(self, lr, kernel=None, noise_level=None, scale=None, prior=True):
+        if kernel is None:
+            raise ValueError("USRNet is non-blind: super_resolve needs the blur kernel (k, k) or (N, k, k)")
+        scale = scale or self.cfg.data.scale
+        kernel = kernel.to(lr).expand(lr.shape[0], *kernel.shape[-2:]) if kernel.dim() == 2 else kernel.to(lr)
+        sigma = torch.full((lr.shape[0],), float(noise_level or 0.0), device=lr.device)
+        return self.module("usrnet")(lr, kernel, scale, sigma, prior=prior)
+
+    @torch.no_grad()
+    def validate(self, item):
+        return {"sr": self.super_resolve(item["lr"], item["kernel"], item.get("noise_level"), item.get("scale"))}
+
+    def baselines(self):
+        def identity_prior(item):
+            sr = self.super_resolve(item["lr"], item["kernel"], item.get("noise_level"), item.get("scale"), prior=False)
+            return {"sr": sr}
+        return {"identity prior": identity_prior}
+
+    def eval_scales(self):
+        return [int(s) for s in self.cfg.eval.scales]
+
+    def modcrop_multiple(self):
+        return math.lcm(8, *self.eval_scales())
+
+    def border(self, scale):
+        return scale * scale
+
+    def protocol_kernels(self, scale):
+        shift = (scale - 1) / 2 if self.cfg.eval.get("shift_kernels") else 0.0
+        if shift not in self.eval_kernels:
+            self.eval_kernels[shift] = protocol_kernels(KERNEL_SIZE, shift)
+        return self.eval_kernels[shift]
+
+    def degrade_for_validation(self, hr, index):
+        """One LR per (scale, kernel) of the protocol, with AWGN σ = eval.noise."""
+        sigma = float(self.cfg.eval.noise)
+        items = []
+        for scale in self.eval_scales():
+            for j in self.cfg.eval.kernels:
+                kernel = self.protocol_kernels(scale)[j]
+                lr = bsrops.blur_downsample(hr, kernel, stride=scale, padding="circular", flip=True)
+                lr = lr + sigma * seeded_normal(lr.shape, 10_000 * index + 100 * scale + j)
+                items.append({"lr": lr, "kernel": kernel, "noise_level": sigma, "scale": scale,
+                              "tag": f"x{scale}_k{j}"})
+        return items
