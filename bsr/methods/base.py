@@ -29,6 +29,9 @@ Additions (backward compatible; a method that ignores them keeps working):
   (train.grad_clip) and the optimiser steps, AMP-aware: use it and the engine's clipping
   and AMP options work for the method.
 - `module(name)` is the network without its DDP wrapper (for evaluation-only paths).
+- `infer(lr, kernel, noise_level)` (python -m bsr.infer) defaults to super_resolve;
+  `baselines()` adds rows to the evaluation table (bsr.evaluate).
+- `modcrop_multiple()` and `border(scale)` set the validation crop and the metric border.
 """
 import contextlib
 
@@ -94,6 +97,12 @@ class Method:
         finally:
             for name, net in self.nets.items():
                 net.train(modes[name])
+
+    @torch.no_grad()
+    def infer(self, lr, kernel=None, noise_level=None):
+        """Super-resolve a real image (python -m bsr.infer): super_resolve, plus whatever
+        boundary handling the method needs for images it did not synthesise itself."""
+        return self.super_resolve(lr, kernel, noise_level)
 
     def baselines(self):
         """Extra rows of the evaluation table: {name: fn(item) -> SR tensor}, e.g. an ablation.

@@ -32,21 +32,30 @@ from .base import Method
 KERNEL_SIZE = 25
 
 
+def shift_kernel(kernel, shift):
+    """k'(p, q) = k(p + shift, q + shift) by bilinear interpolation (zeros outside), renormalised.
+    With the true convolution of the degradation, a kernel shifted by (s-1)/2 samples each LR
+    pixel at the centre of its s x s HR cell (KAIR's shift_pixel) instead of its upper-left pixel."""
+    whole, frac = math.floor(shift), shift - math.floor(shift)
+    size = kernel.shape[-1]
+    padded = F.pad(kernel, (0, whole + 2, 0, whole + 2))
+    rows = (1 - frac) * padded[whole:whole + size + 1] + frac * padded[whole + 1:whole + size + 2]
+    both = (1 - frac) * rows[:size, whole:whole + size] + frac * rows[:size, whole + 1:whole + size + 1]
+    return both / both.sum()
+
+
 def protocol_kernels(size=KERNEL_SIZE, shift=0.0):
     """The 12 evaluation kernels of USRNet Table 1, generated here with documented parameters:
     0-3 isotropic Gaussians, standard deviations 0.7, 1.2, 1.6, 2.0;
     4-7 anisotropic Gaussians, (σ_major, σ_minor, θ) = (2.0, 0.8, 0), (2.4, 1.0, π/4),
         (2.8, 1.2, π/2), (3.2, 1.4, 3π/4);
-    8-11 USRNet-style motion kernels drawn with seeds 0..3.
-    `shift` moves every kernel's centre by that many pixels down and right."""
-    centre = (size - 1) / 2 + shift
-    kernels = [degradations.anisotropic_gaussian_kernel(size, s, s, 0.0, center=centre) for s in (0.7, 1.2, 1.6, 2.0)]
-    aniso = ((2.0, 0.8, 0.0), (2.4, 1.0, math.pi / 4), (2.8, 1.2, math.pi / 2), (3.2, 1.4, 3 * math.pi / 4))
-    kernels += [degradations.anisotropic_gaussian_kernel(size, a, b, t, center=centre) for a, b, t in aniso]
-    for seed in range(4):
-        motion = degradations.motion_kernel(np.random.default_rng(seed), size)
-        kernels.append(torch.roll(motion, (round(shift), round(shift)), dims=(0, 1)) if shift else motion)
-    return torch.stack(kernels).float()
+    8-11 USRNet-style motion kernels drawn with seeds 0..3;
+    all size x size, then moved by `shift` pixels up and left (see shift_kernel)."""
+    gaussians = [(s, s, 0.0) for s in (0.7, 1.2, 1.6, 2.0)]
+    gaussians += [(2.0, 0.8, 0.0), (2.4, 1.0, math.pi / 4), (2.8, 1.2, math.pi / 2), (3.2, 1.4, 3 * math.pi / 4)]
+    kernels = [degradations.anisotropic_gaussian_kernel(size, a, b, t) for a, b, t in gaussians]
+    kernels += [degradations.motion_kernel(np.random.default_rng(seed), size) for seed in range(4)]
+    return torch.stack([shift_kernel(k.float(), shift) if shift else k.float() for k in kernels])
 
 
 def seeded_normal(shape, seed):
