@@ -132,18 +132,14 @@ def load_checkpoint(path, device="cpu", overrides=()):
 
 # ----------------------------------------------------------------------------- validation
 def image_metrics(sr, hr, border, kernel=None, kernel_est=None):
-    """PSNR/SSIM on Y (BasicSR formula) and RGB with `border` pixels cropped; kernel error."""
+    """PSNR/SSIM on Y (BasicSR formula) and RGB of the 8-bit quantised SR (as the official
+    evaluations save it) with `border` pixels cropped; kernel error where estimated."""
     from . import metrics
 
-    out = {
-        "psnr_y": metrics.psnr(sr, hr, border=border, y_channel=True),
-        "ssim_y": metrics.ssim(sr, hr, border=border, y_channel=True),
-        "psnr_rgb": metrics.psnr(sr, hr, border=border, y_channel=False),
-        "ssim_rgb": metrics.ssim(sr, hr, border=border, y_channel=False),
-    }
+    out = metrics.image_metrics(metrics.quantize_8bit(sr), hr, border)
     if kernel is not None and kernel_est is not None:
-        out["kernel_error"] = metrics.kernel_error(kernel_est, kernel)
-    return {k: float(v) for k, v in out.items()}
+        out["kernel_error"] = metrics.kernel_error(kernel_est.cpu(), kernel.cpu())
+    return {k: float(v.mean()) for k, v in out.items()}
 
 
 def kernel_image(kernel, height):

@@ -33,7 +33,7 @@ def parse_kernel(spec, scale):
         width = float(spec.split(":", 1)[1])
         if width <= 0:
             raise ValueError(f"--kernel gaussian:WIDTH needs WIDTH > 0, got {width}")
-        kernel = degradations.anisotropic_gaussian_kernel(GAUSSIAN_SIZE, width, width, 0.0).float()
+        kernel = degradations.isotropic_gaussian_kernels(width, GAUSSIAN_SIZE)[0].float()
         return shift_kernel(kernel, (scale - 1) / 2)
     if not spec.endswith(".npy"):
         raise ValueError(f"--kernel expects gaussian:WIDTH or a .npy file, got {spec!r}")

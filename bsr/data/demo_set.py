@@ -20,8 +20,6 @@ import math
 import numpy as np
 import torch
 
-import bsrops
-
 from .datasets import ImageSet
 from .io import to_tensor
 from .transforms import modcrop
@@ -56,16 +54,17 @@ def demo_kernel(scale):
     from bsr import degradations
 
     d = DEMO_DEGRADATION
-    return degradations.anisotropic_gaussian_kernel(
-        d["kernel_size"], d["sigma_major"] * scale, d["sigma_minor"] * scale, d["theta"])
+    cov = degradations.covariance(d["sigma_major"] * scale, d["sigma_minor"] * scale, d["theta"])
+    return degradations.gaussian_kernels(cov, d["kernel_size"])[0].float()
 
 
 def demo_degrade(hr, scale, index):
     """(3, H, W) HR in [0, 1] -> (3, H/s, W/s) LR by DEMO_DEGRADATION, noise seeded by `index`."""
-    kernel = demo_kernel(scale).to(hr)
-    lr = bsrops.blur_downsample(hr[None], kernel, stride=scale, padding=DEMO_DEGRADATION["padding"])[0]
-    noise = torch.randn(lr.shape, generator=torch.Generator().manual_seed(1000 + index))
-    return ((lr + DEMO_DEGRADATION["noise"] * noise).clamp(0, 1) * 255).round() / 255
+    from bsr import degradations
+
+    lr = degradations.blur_downsample(hr[None], demo_kernel(scale), scale, DEMO_DEGRADATION["padding"])
+    lr = degradations.add_noise(lr, DEMO_DEGRADATION["noise"], torch.Generator().manual_seed(1000 + index))
+    return (lr[0].clamp(0, 1) * 255).round() / 255
 
 
 def unpaired_lr_set(scale):

@@ -4,7 +4,7 @@ Training data synthesis (KAIR data/dataset_usrnet.py): one scale per batch from
 usrnet.scales; per sample a motion kernel (probability usrnet.motion_prob) or a random
 anisotropic Gaussian (USRNet's gen_kernel ranges), circular true convolution with
 upper-left decimation (`blur_downsample(padding="circular", flip=True)`), then AWGN with
-σ = 0 (probability 1/9) or σ ~ U{0..24}/255. Per-sample draws come from batch["seed"],
+σ = 0 (probability 1/9) or σ ~ U{0..24}/255 (bsr.degradations). Per-sample draws come from batch["seed"],
 the scale from (seed, step). LR stays float (KAIR blurs the uint8 HR into uint8: a
 quantisation we drop). L1 loss, Adam, MultiStepLR (train.milestones, train.gamma).
 
@@ -20,8 +20,6 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-import bsrops
 
 from .. import degradations
 from ..archs.usrnet import USRNet as USRNetArch
@@ -53,13 +51,10 @@ def protocol_kernels(size=KERNEL_SIZE, shift=0.0):
     all size x size, then moved by `shift` pixels up and left (see shift_kernel)."""
     gaussians = [(s, s, 0.0) for s in (0.7, 1.2, 1.6, 2.0)]
     gaussians += [(2.0, 0.8, 0.0), (2.4, 1.0, math.pi / 4), (2.8, 1.2, math.pi / 2), (3.2, 1.4, 3 * math.pi / 4)]
-    kernels = [degradations.anisotropic_gaussian_kernel(size, a, b, t) for a, b, t in gaussians]
-    kernels += [degradations.motion_kernel(np.random.default_rng(seed), size) for seed in range(4)]
+    major, minor, theta = zip(*gaussians)
+    kernels = list(degradations.gaussian_kernels(degradations.covariance(major, minor, theta), size, (size - 1) / 2))
+    kernels += [degradations.motion_kernels(1, size, torch.Generator().manual_seed(seed))[0] for seed in range(4)]
     return torch.stack([shift_kernel(k.float(), shift) if shift else k.float() for k in kernels])
-
-
-def seeded_normal(shape, seed):
-    return torch.randn(shape, generator=torch.Generator().manual_seed(int(seed)))
 
 
 @register("usrnet")
@@ -84,26 +79,16 @@ class USRNet(Method):
         scales = list(self.cfg.usrnet.scales)
         return int(scales[np.random.default_rng([self.cfg.seed, step]).integers(len(scales))])
 
-    def sample_degradation(self, seed):
-        """(kernel (k, k), σ) of one training sample, from its seed (KAIR's distributions)."""
-        u, rng = self.cfg.usrnet, np.random.default_rng(seed)
-        if rng.random() < u.motion_prob:
-            kernel = degradations.motion_kernel(rng, KERNEL_SIZE)
-        else:
-            kernel = degradations.usrnet_gaussian_kernel(rng, KERNEL_SIZE)
-            kernel = torch.rot90(kernel, int(rng.integers(4)))
-            kernel = kernel.flip(0) if rng.random() < 0.5 else kernel
-        sigma = 0.0 if rng.random() < u.noise_zero_prob else int(rng.integers(0, u.noise_max)) / 255
-        return kernel, sigma
-
     def synthesize(self, hr, seeds, scale):
-        """HR batch -> (LR, kernels (B, k, k), σ (B,)): circular convolution, decimation, AWGN."""
-        draws = [self.sample_degradation(int(s)) for s in seeds]
-        kernels = torch.stack([k for k, _ in draws]).to(hr)
-        sigma = torch.tensor([s for _, s in draws]).to(hr)
-        lr = bsrops.blur_downsample(hr, kernels, stride=scale, padding="circular", flip=True)
-        noise = torch.stack([seeded_normal(lr.shape[1:], s + 1) for s in seeds.tolist()]).to(hr)
-        return lr + sigma.view(-1, 1, 1, 1) * noise, kernels, sigma
+        """HR batch -> (LR, kernels (B, k, k), σ (B,)): per sample, from its seed, a KAIR kernel
+        (bsr.degradations.usrnet_random_kernels) and noise level, circular convolution,
+        upper-left decimation, AWGN."""
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        kernels = torch.cat([degradations.usrnet_random_kernels(1, KERNEL_SIZE, g) for g in generators]).to(hr)
+        sigma = torch.cat([degradations.usrnet_noise_levels(1, g) for g in generators]).to(hr)
+        lr = degradations.blur_downsample(hr, kernels, scale, padding="circular", flip=True)
+        lr = torch.cat([degradations.add_noise(lr[i:i + 1], sigma[i], g) for i, g in enumerate(generators)])
+        return lr, kernels, sigma
 
     def train_step(self, batch, step):
         hr = batch["hr"]
@@ -157,8 +142,8 @@ class USRNet(Method):
         for scale in self.eval_scales():
             for j in self.cfg.eval.kernels:
                 kernel = self.protocol_kernels(scale)[j]
-                lr = bsrops.blur_downsample(hr, kernel, stride=scale, padding="circular", flip=True)
-                lr = lr + sigma * seeded_normal(lr.shape, 10_000 * index + 100 * scale + j)
+                lr = degradations.blur_downsample(hr, kernel, scale, padding="circular", flip=True)
+                lr = degradations.add_noise(lr, sigma, torch.Generator().manual_seed(10_000 * index + 100 * scale + j))
                 items.append({"lr": lr, "kernel": kernel, "noise_level": sigma, "scale": scale,
                               "tag": f"x{scale}_k{j}"})
         return items
