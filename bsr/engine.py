@@ -222,6 +222,7 @@ class Engine:
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
         self.method = methods.get(cfg.method)(cfg, device)
+        self.method.rank, self.method.world_size = self.rank, self.world
         self._setup_amp(device)
         self.step = 0
         self.ckpt_dir = os.path.join(out_dir, "checkpoints")

@@ -19,7 +19,9 @@ Additions (backward compatible; a method that ignores them keeps working):
 - Training batches also carry "seed": (B,) int64, one seed per sample derived from the
   run seed and the sample's global number (bsr/data/datasets.py). Draw per-sample random
   degradations from it (and per-batch ones from `step`) instead of the global RNG, and
-  2 DDP processes with batch B train exactly like 1 process with batch 2B.
+  2 DDP processes with batch B train exactly like 1 process with batch 2B. (Or draw the
+  whole global batch's degradations from a generator seeded by `step` and keep the slice
+  of `self.rank` (of `self.world_size`), which is what USRNet does to batch its draws.)
 - `degrade_for_validation` may return a list of such dicts (several degradations of
   one image; items are named <image>_<j>), and an entry may carry "scale" (default
   data.scale): the metrics crop `border(scale)` pixels.
@@ -53,6 +55,8 @@ class Method:
         self.schedulers = {}
         # Set by the engine when train.amp is on for CUDA float16 (None: no loss scaling).
         self.grad_scaler = None
+        # Set by the engine under DDP: this process' rank and the number of processes.
+        self.rank, self.world_size = 0, 1
 
     def module(self, name):
         """self.nets[name] without a DDP wrapper."""

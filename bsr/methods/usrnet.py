@@ -1,11 +1,10 @@
 """USRNet (shared/spec/methods.md §4): non-blind unfolding SR, trained as KAIR does.
 
 Training data synthesis (KAIR data/dataset_usrnet.py): one scale per batch from
-usrnet.scales; per sample a motion kernel (probability usrnet.motion_prob) or a random
-anisotropic Gaussian (USRNet's gen_kernel ranges), circular true convolution with
-upper-left decimation (`blur_downsample(padding="circular", flip=True)`), then AWGN with
-σ = 0 (probability 1/9) or σ ~ U{0..24}/255 (bsr.degradations). Per-sample draws come from batch["seed"],
-the scale from (seed, step). LR stays float (KAIR blurs the uint8 HR into uint8: a
+usrnet.scales; per sample a motion kernel (probability 1/2) or a random anisotropic
+Gaussian (USRNet's gen_kernel ranges), circular true convolution with upper-left
+decimation (`blur_downsample(padding="circular", flip=True)`), then AWGN with σ = 0
+(probability 1/9) or σ ~ U{0..24}/255 (bsr.degradations), drawn from (seed, step). LR stays float (KAIR blurs the uint8 HR into uint8: a
 quantisation we drop). L1 loss, Adam, MultiStepLR (train.milestones, train.gamma).
 
 Evaluation protocol (`eval` config section): HR modcropped to lcm(8, scales); for each
@@ -75,26 +74,31 @@ class USRNet(Method):
         self.eval_kernels = {}
 
     # ------------------------------------------------------------------ training data
-    def batch_scale(self, step):
-        scales = list(self.cfg.usrnet.scales)
-        return int(scales[np.random.default_rng([self.cfg.seed, step]).integers(len(scales))])
+    def step_generator(self, step):
+        return torch.Generator().manual_seed(int(np.random.SeedSequence([self.cfg.seed, step]).generate_state(1)[0]))
 
-    def synthesize(self, hr, seeds, scale):
-        """HR batch -> (LR, kernels (B, k, k), σ (B,)): per sample, from its seed, a KAIR kernel
-        (bsr.degradations.usrnet_random_kernels) and noise level, circular convolution,
-        upper-left decimation, AWGN."""
-        generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        kernels = torch.cat([degradations.usrnet_random_kernels(1, KERNEL_SIZE, g) for g in generators]).to(hr)
-        sigma = torch.cat([degradations.usrnet_noise_levels(1, g) for g in generators]).to(hr)
+    def synthesize(self, hr, step):
+        """HR batch -> (LR, kernels (B, k, k), σ (B,), scale): KAIR's degradation
+        (bsr.degradations.usrnet_random_kernels / usrnet_noise_levels), circular convolution,
+        upper-left decimation, AWGN. The draws of the whole global batch (all DDP ranks) come
+        from one generator seeded by (seed, step), batched (the motion-kernel walk is the
+        slow part), and each rank keeps its slice: 2 ranks with batch B draw exactly what one
+        process with batch 2B draws."""
+        generator = self.step_generator(step)
+        scales = list(self.cfg.usrnet.scales)
+        scale = int(scales[torch.randint(len(scales), (1,), generator=generator).item()])
+        b, total = hr.shape[0], hr.shape[0] * self.world_size
+        mine = slice(self.rank * b, (self.rank + 1) * b)
+        kernels = degradations.usrnet_random_kernels(total, KERNEL_SIZE, generator)[mine].to(hr)
+        sigma = degradations.usrnet_noise_levels(total, generator)[mine].to(hr)
         lr = degradations.blur_downsample(hr, kernels, scale, padding="circular", flip=True)
-        lr = torch.cat([degradations.add_noise(lr[i:i + 1], sigma[i], g) for i, g in enumerate(generators)])
-        return lr, kernels, sigma
+        noise = torch.randn((total, *lr.shape[1:]), generator=generator)[mine].to(hr)
+        return lr + sigma.view(-1, 1, 1, 1) * noise, kernels, sigma, scale
 
     def train_step(self, batch, step):
         hr = batch["hr"]
-        scale = self.batch_scale(step)
         with torch.no_grad(), torch.autocast(hr.device.type, enabled=False):
-            lr, kernels, sigma = self.synthesize(hr, batch["seed"], scale)
+            lr, kernels, sigma, scale = self.synthesize(hr, step)
         sr = self.nets["usrnet"](lr, kernels, scale, sigma)
         loss = F.l1_loss(sr.float(), hr)
         self.optimize(loss)
