@@ -25,6 +25,7 @@ ARCHS = ("80", "90")
 # Per op: the per-element functions of csrc/<op>/<op>.h that its CUDA kernels must call.
 SHARED_ELEMENT_FUNCTIONS = {
     "blur_downsample": ("forward_element", "grad_input_element", "grad_kernel_element"),
+    "usrnet_data_step": ("solve_element", "solve_backward_element"),
 }
 # Headers that need cuBLAS/cuSPARSE or make the build several times slower (DESIGN §5).
 FORBIDDEN_INCLUDES = ("torch/extension.h", "ATen/cuda/CUDAContext.h", "torch/torch.h")
