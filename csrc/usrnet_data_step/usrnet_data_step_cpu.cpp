@@ -23,10 +23,22 @@
 #include <array>
 #include <cmath>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../call_counter.h"
 #include "usrnet_data_step.h"
+
+// The row passes of float32 (what training runs) are compiled for x86-64-v4 (AVX-512),
+// x86-64-v3 (AVX2 + FMA) and the baseline and picked at load time, as blur_downsample's
+// kernels: extensions are built for the baseline ISA.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define USR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define USR_INLINE inline __attribute__((always_inline))
+#else
+#define USR_CLONES
+#define USR_INLINE inline
+#endif
 
 namespace bsrops {
 namespace usrnet_data_step {
@@ -74,7 +86,7 @@ RowPair make_row_pair(const Geometry& g, int64_t u) {
 
 // Full-spectrum rows of the pair from a half spectrum (H, Wh), into re / im (rows x W).
 template <typename T>
-void load_full_rows(const RowPair& t, const T* half, T* __restrict re, T* __restrict im) {
+USR_INLINE void load_full_rows(const RowPair& t, const T* half, T* __restrict re, T* __restrict im) {
   const Geometry& g = t.g;
   for (int64_t k = 0; k < t.rows(); ++k) {
     const int64_t r = t.row(k);
@@ -96,7 +108,7 @@ void load_full_rows(const RowPair& t, const T* half, T* __restrict re, T* __rest
 // alias_mean of the header for every v of the LR row of scratch rows [first, first + s):
 // out[v] = mean over the aliases of FB * X / (F2B_mean + alpha), X = P + alpha Z (kRhs) or Z.
 template <bool kRhs, typename T>
-void row_means(const RowPair& t, int64_t first, const T* fb, const T* fbfy, const T* re, const T* im, T alpha,
+USR_INLINE void row_means(const RowPair& t, int64_t first, const T* fb, const T* fbfy, const T* re, const T* im, T alpha,
                const T* w_mean_row, T* __restrict out_re, T* __restrict out_im) {
   const Geometry& g = t.g;
   std::fill(out_re, out_re + g.w, T(0));
@@ -123,10 +135,10 @@ void row_means(const RowPair& t, int64_t first, const T* fb, const T* fbfy, cons
   }
 }
 
-// Half-spectrum rows r and rm = -r of the Hermitian part of X, given full rows a (row r) and b (row rm).
+// Half-spectrum row r of the Hermitian part of X, given the full rows a (row r) and b (row -r).
 template <typename T>
-void store_hermitian_rows(const Geometry& g, T* half, int64_t r, int64_t rm, const T* a_re, const T* a_im,
-                          const T* b_re, const T* b_im) {
+USR_INLINE void store_hermitian_row(const Geometry& g, T* half, int64_t r, const T* a_re, const T* a_im,
+                                    const T* b_re, const T* b_im) {
   T* __restrict out = half + 2 * r * g.Wh;
   out[0] = T(0.5) * (a_re[0] + b_re[0]);
   out[1] = T(0.5) * (a_im[0] - b_im[0]);
@@ -134,12 +146,19 @@ void store_hermitian_rows(const Geometry& g, T* half, int64_t r, int64_t rm, con
     out[2 * q] = T(0.5) * (a_re[q] + b_re[g.W - q]);
     out[2 * q + 1] = T(0.5) * (a_im[q] - b_im[g.W - q]);
   }
-  if (rm != r) store_hermitian_rows(g, half, rm, rm, b_re, b_im, a_re, a_im);
+}
+
+// Half-spectrum rows r and rm = -r of the Hermitian part of X, given full rows a (row r) and b (row rm).
+template <typename T>
+USR_INLINE void store_hermitian_rows(const Geometry& g, T* half, int64_t r, int64_t rm, const T* a_re,
+                                     const T* a_im, const T* b_re, const T* b_im) {
+  store_hermitian_row(g, half, r, a_re, a_im, b_re, b_im);
+  if (rm != r) store_hermitian_row(g, half, rm, b_re, b_im, a_re, a_im);
 }
 
 // Calls visit(k, km) for every pair of scratch rows {row k, row km = -row k}, k an alias row of u.
 template <typename Visit>
-void for_each_mirror_row(const RowPair& t, Visit visit) {
+USR_INLINE void for_each_mirror_row(const RowPair& t, Visit visit) {
   for (int64_t k = 0; k < t.g.s; ++k) {
     const int64_t r = t.row(k), rm = negate(r, t.g.H);
     if (t.self && rm < r) continue;
@@ -149,7 +168,7 @@ void for_each_mirror_row(const RowPair& t, Visit visit) {
 
 // Task (plane, u) of the forward: replaces the half rows of the pair by those of x's spectrum.
 template <typename T>
-void solve_rows(const Geometry& g, T* half, const T* fb, const T* fbfy, const T* w_mean, T alpha, int64_t u,
+USR_INLINE void solve_rows(const Geometry& g, T* half, const T* fb, const T* fbfy, const T* w_mean, T alpha, int64_t u,
                 T* scratch) {
   const RowPair t = make_row_pair(g, u);
   T *zre = scratch, *zim = zre + 2 * g.s * g.W;
@@ -185,18 +204,18 @@ int64_t solve_scratch(const Geometry& g) { return 4 * g.s * g.W + 4 * g.w + 4 * 
 
 // Task (image n, u) of the backward, summing over the channels; see solve_backward_element.
 template <typename T>
-void solve_backward_rows(const Geometry& g, const T* grad_half, const T* fz_half, const T* fb, const T* fbfy,
+USR_INLINE void solve_backward_rows(const Geometry& g, const T* grad_half, const T* fz_half, const T* fb, const T* fbfy,
                          const T* f2b_mean, const T* alpha, const Grads<T>& out, int64_t n, int64_t u, T* scratch) {
   const RowPair t = make_row_pair(g, u);
   const int64_t plane = g.H * g.W, half_plane = g.H * g.Wh, rows = 2 * g.s * g.W;
   T *zre = scratch, *zim = zre + rows, *gre = zim + rows, *gim = gre + rows;
   T *qre = gim + rows, *qim = qre + 2 * g.w, *tre = qim + 2 * g.w, *tim = tre + 2 * g.w;
-  T *grad_w = tim + 2 * g.w, *b = grad_w + 2 * g.w;  // b: two full rows of B, re and im
+  T *grad_w = tim + 2 * g.w, *alpha_lanes = grad_w + 2 * g.w;  // per-v sums (vectorisable, unlike one scalar)
+  T* b = alpha_lanes + g.w;                                       // two full rows of B, re and im
   const T a = alpha[n], inv_alpha = T(1) / a, scale = T(1) / (a * T(plane)), aliases = T(g.s * g.s);
   const T* w_mean = f2b_mean + n * g.h * g.w;
   const T* fbn = fb + 2 * n * plane;
-  std::fill(grad_w, grad_w + 2 * g.w, T(0));
-  T grad_alpha = 0;
+  std::fill(grad_w, grad_w + 3 * g.w, T(0));
   for (int64_t c = 0; c < g.C; ++c) {
     const int64_t nc = n * g.C + c;
     const T* p = fbfy + 2 * nc * plane;
@@ -213,7 +232,6 @@ void solve_backward_rows(const Geometry& g, const T* grad_half, const T* fz_half
     auto bin_row = [&](int64_t k, T* __restrict b_re, T* __restrict b_im) {
       const int64_t r = t.row(k), o = t.self ? 0 : t.lr_slot(k) * g.w;
       const T *qr = qre + o, *qi = qim + o, *tr = tre + o, *ti = tim + o;
-      T acc = 0;
       for (int64_t q0 = 0; q0 < g.W; q0 += g.w) {
         const int64_t i = r * g.W + q0;
         const T* __restrict fbq = fbn + 2 * i;
@@ -241,11 +259,10 @@ void solve_backward_rows(const Geometry& g, const T* grad_half, const T* fz_half
           if (out.alpha_partial) {
             const T xr = (rr - (fr * qr[v] + fi * qi[v])) * inv_alpha;
             const T xi = (ri - (fr * qi[v] - fi * qr[v])) * inv_alpha;
-            acc += zr[v] * br + zi[v] * bi - (xr * gr[v] + xi * gi[v]);
+            alpha_lanes[v] += zr[v] * br + zi[v] * bi - (xr * gr[v] + xi * gi[v]);
           }
         }
       }
-      grad_alpha += acc;
     };
     for_each_mirror_row(t, [&](int64_t k, int64_t km) {
       T *a_re = b, *a_im = b + g.W, *b_re = b + 2 * g.W, *b_im = b + 3 * g.W;
@@ -256,6 +273,8 @@ void solve_backward_rows(const Geometry& g, const T* grad_half, const T* fz_half
                              km != k ? b_re : a_re, km != k ? b_im : a_im);
     });
   }
+  T grad_alpha = 0;
+  for (int64_t v = 0; v < g.w; ++v) grad_alpha += alpha_lanes[v];
   T grad_w_sum = 0;
   for (int64_t lr = 0; lr < (t.self ? 1 : 2); ++lr)
     for (int64_t v = 0; v < g.w; ++v) {
@@ -265,7 +284,38 @@ void solve_backward_rows(const Geometry& g, const T* grad_half, const T* fz_half
   if (out.alpha_partial) out.alpha_partial[n * g.h + u] = (grad_alpha + grad_w_sum) * scale;
 }
 
-int64_t solve_backward_scratch(const Geometry& g) { return 8 * g.s * g.W + 10 * g.w + 4 * g.W; }
+int64_t solve_backward_scratch(const Geometry& g) { return 8 * g.s * g.W + 11 * g.w + 4 * g.W; }
+
+USR_CLONES void solve_rows_f32(const Geometry& g, float* half, const float* fb, const float* fbfy,
+                               const float* w_mean, float alpha, int64_t u, float* scratch) {
+  solve_rows(g, half, fb, fbfy, w_mean, alpha, u, scratch);
+}
+
+USR_CLONES void solve_backward_rows_f32(const Geometry& g, const float* grad_half, const float* fz_half,
+                                        const float* fb, const float* fbfy, const float* f2b_mean,
+                                        const float* alpha, const Grads<float>& out, int64_t n, int64_t u,
+                                        float* scratch) {
+  solve_backward_rows(g, grad_half, fz_half, fb, fbfy, f2b_mean, alpha, out, n, u, scratch);
+}
+
+// float32 through its multi-ISA build, float64 (checks) through the baseline one.
+template <typename T>
+void solve_task(const Geometry& g, T* half, const T* fb, const T* fbfy, const T* w_mean, T alpha, int64_t u,
+                T* scratch) {
+  if constexpr (std::is_same_v<T, float>)
+    solve_rows_f32(g, half, fb, fbfy, w_mean, alpha, u, scratch);
+  else
+    solve_rows(g, half, fb, fbfy, w_mean, alpha, u, scratch);
+}
+
+template <typename T>
+void solve_backward_task(const Geometry& g, const T* grad_half, const T* fz_half, const T* fb, const T* fbfy,
+                         const T* f2b_mean, const T* alpha, const Grads<T>& out, int64_t n, int64_t u, T* scratch) {
+  if constexpr (std::is_same_v<T, float>)
+    solve_backward_rows_f32(g, grad_half, fz_half, fb, fbfy, f2b_mean, alpha, out, n, u, scratch);
+  else
+    solve_backward_rows(g, grad_half, fz_half, fb, fbfy, f2b_mean, alpha, out, n, u, scratch);
+}
 
 // ---- the CPU ops: FFTs around one fused pass, fast (rows) or through the shared per-element functions ----
 
@@ -288,7 +338,7 @@ at::Tensor solve_impl(const char* op, bool shared, const at::Tensor& z_in, const
         const int64_t u = row % g.h, nc = row / g.h, n = nc / g.C;
         if (!shared) {
           if (u <= negate(u, g.h))
-            solve_rows(g, spec + 2 * nc * g.H * g.Wh, fbd + 2 * n * g.H * g.W, fbfyd + 2 * nc * g.H * g.W,
+            solve_task(g, spec + 2 * nc * g.H * g.Wh, fbd + 2 * n * g.H * g.W, fbfyd + 2 * nc * g.H * g.W,
                        wd + n * g.h * g.w, ad[n], u, scratch.data());
           continue;
         }
@@ -352,7 +402,7 @@ SolveGrads solve_backward_impl(bool shared, const at::Tensor& grad_x_in, const a
       for (int64_t row = begin; row < end; ++row) {
         const int64_t u = row % g.h, n = row / g.h;
         if (!shared) {
-          if (u <= negate(u, g.h)) solve_backward_rows(g, gd, zd, fbd, fbfyd, wd, ad, out, n, u, scratch.data());
+          if (u <= negate(u, g.h)) solve_backward_task(g, gd, zd, fbd, fbfyd, wd, ad, out, n, u, scratch.data());
           continue;
         }
         for (int64_t v = 0; v < g.w; ++v)
