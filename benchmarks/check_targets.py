@@ -27,6 +27,7 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]
 import torch  # noqa: E402
 
 import bench_blur_downsample as bd  # noqa: E402
+import bench_usrnet_data_step as ud  # noqa: E402
 import bsrops  # noqa: E402
 from memory import format_bytes, peak_extra_memory  # noqa: E402
 
@@ -164,6 +165,37 @@ def blur_downsample_per_image(ctx):
         ref_t, ours = t[f"{kind} reference (grouped conv) fwd+bwd"], t[f"{kind} bsrops cpu fwd+bwd"]
         results.append(Result(f"per-image fwd+bwd speedup vs grouped conv (N={d['n']})", ref_t / ours, 2, ">=",
                               note=f"{ref_t * 1e3:.1f} ms vs {ours * 1e3:.2f} ms"))
+    return results
+
+
+# ---- issue #3: usrnet_data_step ----
+
+@target("issue #3: usrnet_data_step")
+def usrnet_data_step_chain(ctx):
+    size = "paper"
+    assert bsrops.backend_info("cpu")["backend"] == "cpu", "bsrops' native cpu backend is not active"
+    d = ud.shape("chain", size)
+    shape = f"N={d['n']} C={d['c']} HR {d['s'] * d['h']}x{d['s'] * d['w']} s={d['s']} k={d['k']}"
+    fb = "forward+backward"
+    calls = bsrops.kernel_calls()
+    t = ctx.time({f"{provider} chain fwd+bwd": ud.make_case("chain", provider, fb, size)
+                  for provider in ud.PROVIDERS}, repeats=min(ctx.args.repeats, 7))
+    after = bsrops.kernel_calls()
+    assert after.get("_usrnet_solve_backward.cpu", 0) > calls.get("_usrnet_solve_backward.cpu", 0)
+    ours = t["bsrops chain fwd+bwd"]
+    results = []
+    for provider, required in (("official", 3), ("hoisted", 1.3)):
+        theirs = t[f"{provider} chain fwd+bwd"]
+        results.append(Result(f"{d['iterations']}-step chain fwd+bwd speedup vs {provider} ({shape})",
+                              theirs / ours, required, ">=", note=f"{theirs * 1e3:.1f} ms vs {ours * 1e3:.1f} ms"))
+    large = ud.shape("large", size)
+    peaks = {provider: ctx.memory(ud.make_case, "large", provider, "forward", size)
+             for provider in ("official", "bsrops")}
+    results.append(Result(f"large image ({large['n']}x{large['c']}x{large['s'] * large['h']}x{large['s'] * large['w']}, "
+                          f"{large['iterations']}-step chain forward) peak extra memory vs official",
+                          peaks["bsrops"] / peaks["official"], 0.5, "<=",
+                          shown=f"{peaks['bsrops'] / peaks['official']:.2f}x",
+                          note=f"{format_bytes(peaks['bsrops'])} vs {format_bytes(peaks['official'])}"))
     return results
 
 

@@ -465,9 +465,15 @@ at::Tensor kernel_spectrum(const at::Tensor& kernel3, int64_t H, int64_t W) {
   return fft2(at::roll(otf, {-(kh / 2), -(kw / 2)}, {1, 2}));
 }
 
-// F(y upsampled by zero insertion) = the LR spectrum tiled s x s -> (N, C, H, W) complex.
-at::Tensor upsampled_spectrum(const at::Tensor& y, int64_t scale) {
-  return fft2(y).repeat({1, 1, scale, scale});
+// F(y upsampled by zero insertion) is the LR spectrum tiled s x s: as a (N, C, 1, h, 1, w) view that
+// broadcasts against an HR spectrum seen as (N, C, s, h, s, w) (no tiled copy is made).
+at::Tensor upsampled_spectrum(const at::Tensor& y) {
+  return fft2(y).view({y.size(0), y.size(1), 1, y.size(2), 1, y.size(3)});
+}
+
+// An HR spectrum (N, [C,] H, W) as (N, C or 1, s, h, s, w), its alias blocks on their own axes.
+at::Tensor alias_view(const at::Tensor& t, int64_t scale, int64_t h, int64_t w) {
+  return t.view({t.size(0), t.dim() == 4 ? t.size(1) : 1, scale, h, scale, w});
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> precompute(const at::Tensor& y, const at::Tensor& kernel,
@@ -477,7 +483,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> precompute(const at::Tensor& y, c
   const int64_t N = y.size(0), h = y.size(2), w = y.size(3);
   const at::Tensor fb = kernel_spectrum(kernel3, scale * h, scale * w);
   // conj_physical: a lazily conjugated view loses its conj bit under torch.compile tracing
-  const at::Tensor fbfy = at::conj_physical(fb).unsqueeze(1) * upsampled_spectrum(y, scale);
+  const at::Tensor fbfy = (alias_view(at::conj_physical(fb), scale, h, w) * upsampled_spectrum(y)).view(
+      {N, y.size(1), scale * h, scale * w});
   const at::Tensor f2b_mean = at::view_as_real(fb).square().sum(-1).view({N, scale, h, scale, w}).mean({1, 3});
   return {at::view_as_real(fb), at::view_as_real(fbfy), f2b_mean};
 }
@@ -489,20 +496,20 @@ std::tuple<at::Tensor, at::Tensor> precompute_backward(const at::Tensor& grad_fb
                                                        std::array<bool, 2> output_mask) {
   count_call("_usrnet_precompute_backward.composite");
   const at::Tensor kernel3 = per_image_kernel("usrnet precompute backward", y, kernel, scale);
-  const int64_t N = y.size(0), C = y.size(1), h = y.size(2), w = y.size(3), H = scale * h, W = scale * w;
+  const int64_t N = y.size(0), h = y.size(2), w = y.size(3), H = scale * h, W = scale * w;
   const int64_t kh = kernel3.size(1), kw = kernel3.size(2);
   const at::Tensor fb = kernel_spectrum(kernel3, H, W);
   const at::Tensor g_fbfy = at::view_as_complex(grad_fbfy.contiguous());
   at::Tensor grad_y = y.new_empty({0}), grad_kernel = kernel.new_empty({0});
   if (output_mask[0]) {  // FBFy = conj(FB) Fy_up: d/dFy_up = FB g, summed over the s^2 tiles; y real
     const at::Tensor g_up = fb.unsqueeze(1) * g_fbfy;
-    const at::Tensor g_lr = g_up.view({N, C, scale, h, scale, w}).sum({2, 4});
+    const at::Tensor g_lr = alias_view(g_up, scale, h, w).sum({2, 4});
     grad_y = at::real(ifft2_unscaled(g_lr)).contiguous();
   }
   if (output_mask[1]) {  // FB = fft2(otf): the three paths into FB, then the adjoint of p2o
-    at::Tensor g_fb = at::view_as_complex(grad_fb.contiguous()) +
-                      (upsampled_spectrum(y, scale) * at::conj_physical(g_fbfy)).sum(1) +
-                      fb * (grad_f2b_mean.repeat({1, scale, scale}) * (2.0 / double(scale * scale)));
+    const at::Tensor via_fbfy = upsampled_spectrum(y) * alias_view(at::conj_physical(g_fbfy), scale, h, w);
+    const at::Tensor g_fb = at::view_as_complex(grad_fb.contiguous()) + via_fbfy.sum(1).view({N, H, W}) +
+                            fb * (grad_f2b_mean.repeat({1, scale, scale}) * (2.0 / double(scale * scale)));
     const at::Tensor g_otf = at::real(ifft2_unscaled(g_fb));
     const at::Tensor g_kernel3 = at::roll(g_otf, {kh / 2, kw / 2}, {1, 2}).slice(1, 0, kh).slice(2, 0, kw);
     grad_kernel = (kernel.dim() == 2 ? g_kernel3.sum(0) : g_kernel3).contiguous();
