@@ -260,19 +260,5 @@ _backend.register_kernel("reference", "_usrnet_precompute_backward", _reference_
 _backend.register_kernel("cpu_shared", "usrnet_solve", lambda *args: torch.ops.bsrops._usrnet_solve_shared(*args))
 _backend.register_kernel("cpu_shared", "_usrnet_solve_backward",
                          lambda *args: torch.ops.bsrops._usrnet_solve_shared_backward(*args))
-
-
-def _triton_forward(*args):
-    from ..triton import usrnet_data_step as kernels  # imported on first use only
-
-    return kernels.forward(*args)
-
-
-def _triton_backward(*args):
-    from ..triton import usrnet_data_step as kernels
-
-    return kernels.backward(*args)
-
-
-_backend.register_kernel("triton", "usrnet_solve", _triton_forward)
-_backend.register_kernel("triton", "_usrnet_solve_backward", _triton_backward)
+_backend.register_lazy_kernel("triton", "usrnet_solve", "triton.usrnet_data_step", "forward")
+_backend.register_lazy_kernel("triton", "_usrnet_solve_backward", "triton.usrnet_data_step", "backward")
