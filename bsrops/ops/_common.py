@@ -41,3 +41,12 @@ def check_slope(op, negative_slope):
     if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)) or negative_slope < 0:
         raise ValueError(f"{op}: negative_slope must be a float >= 0 (the backward reads the activation's "
                          f"mask from the sign of its output), got {negative_slope!r}")
+
+
+def onednn_conv_leaky_relu(x, weight, bias, stride, padding, negative_slope):
+    """conv2d + LeakyReLU as one oneDNN primitive (a post-op; what inductor emits on CPU), or None
+    where torch does not expose it (not CPU float32, or no mkldnn). Saves the activation's pass."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+        return None
+    return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, [padding, padding], [stride, stride], [1, 1], 1,
+                                                   "leaky_relu", [negative_slope], "")

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .. import _backend
 from ..reference import dpcb as ref
-from ._common import check_slope, check_tensor, conv_backward, define_schemas_if_missing
+from ._common import check_slope, check_tensor, conv_backward, define_schemas_if_missing, onednn_conv_leaky_relu
 
 SCHEMAS = {
     "dpcb": "dpcb(Tensor x_img, Tensor x_cond, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor w3, Tensor? b3, Tensor w4, Tensor? b4, float negative_slope=0.2) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
@@ -85,10 +85,12 @@ def check_inputs(x_img, x_cond, params, negative_slope):
 # ---- the composite kernels: convolutions around the fused kernels ----
 
 def _path_forward(x, wa, ba, wb, bb, negative_slope):
-    """(h, f): h = lrelu(conv(x)) in place of the conv output, f = conv(h)."""
-    h = F.conv2d(x, wa, ba, padding=wa.shape[-1] // 2).contiguous()
-    torch.ops.bsrops._leaky_relu_(h, negative_slope)
-    return h, F.conv2d(h, wb, bb, padding=wb.shape[-1] // 2).contiguous()
+    """(h, f): h = lrelu(conv(x)) (oneDNN's fused post-op, else in place of the conv output), f = conv(h)."""
+    h = onednn_conv_leaky_relu(x, wa, ba, 1, wa.shape[-1] // 2, negative_slope)
+    if h is None:
+        h = F.conv2d(x, wa, ba, padding=wa.shape[-1] // 2).contiguous()
+        torch.ops.bsrops._leaky_relu_(h, negative_slope)
+    return h.contiguous(), F.conv2d(h, wb, bb, padding=wb.shape[-1] // 2).contiguous()
 
 
 def _forward_composite(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope=0.2):
@@ -212,3 +214,16 @@ for _name, _fn in (("dpcb", ref.dpcb_reference),
                    ("_leaky_relu_", _reference_leaky_relu_), ("_leaky_relu_backward_", _reference_leaky_relu_backward_),
                    ("_dpcb_epilogue", _reference_epilogue), ("_dpcb_epilogue_backward", _reference_epilogue_backward)):
     _backend.register_kernel("reference", _name, _fn)
+
+
+def _triton(name):
+    def kernel(*args):
+        from ..triton import dpcb as kernels  # imported on first use only
+
+        return getattr(kernels, name)(*args)
+    return kernel
+
+
+for _op, _fn in (("_leaky_relu_", "leaky_relu_"), ("_leaky_relu_backward_", "leaky_relu_backward_"),
+                 ("_dpcb_epilogue", "epilogue"), ("_dpcb_epilogue_backward", "epilogue_backward")):
+    _backend.register_kernel("triton", _op, _triton(_fn))

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .. import _backend
 from ..reference import patchgan_conv as ref
-from ._common import check_slope, check_tensor, conv_backward, define_schemas_if_missing
+from ._common import check_slope, check_tensor, conv_backward, define_schemas_if_missing, onednn_conv_leaky_relu
 
 SCHEMAS = {
     "patchgan_conv": "patchgan_conv(Tensor x, Tensor weight, Tensor? bias, int stride, int padding, str norm, Tensor? norm_weight, Tensor? norm_bias, Tensor? running_mean, Tensor? running_var, bool training, float momentum, float eps, float negative_slope, bool activation) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
@@ -98,6 +98,11 @@ def _out_size(x, weight, stride, padding):
 
 def _forward_composite(x, weight, bias, stride, padding, norm, norm_weight, norm_bias, running_mean, running_var,
                        training, momentum, eps, negative_slope, activation):
+    if norm == "none" and activation:  # the first layer: oneDNN's conv + LeakyReLU post-op where available
+        out = onednn_conv_leaky_relu(x.contiguous(), weight, bias, stride, padding, negative_slope)
+        if out is not None:
+            empty = out.new_empty
+            return out.contiguous(), empty(0), empty(0), empty(0), empty(0), empty(0)
     y = F.conv2d(x.contiguous(), weight, bias, stride, padding).contiguous()
     empty = y.new_empty  # a fresh one per output: outputs must not alias
     if norm == "none" and not activation:
@@ -235,3 +240,15 @@ def _reference_norm_act_backward(grad_out, y, out, mean, rstd, weight, norm, tra
 _backend.register_kernel("reference", "patchgan_conv", ref.patchgan_conv_reference)
 _backend.register_kernel("reference", "_patchgan_norm_act", ref.norm_act_reference)
 _backend.register_kernel("reference", "_patchgan_norm_act_backward", _reference_norm_act_backward)
+
+
+def _triton(name):
+    def kernel(*args):
+        from ..triton import patchgan_conv as kernels  # imported on first use only
+
+        return getattr(kernels, name)(*args)
+    return kernel
+
+
+_backend.register_kernel("triton", "_patchgan_norm_act", _triton("norm_act"))
+_backend.register_kernel("triton", "_patchgan_norm_act_backward", _triton("norm_act_backward"))
