@@ -101,10 +101,13 @@ def _forward_composite(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_s
     return out_img, out_cond, h1, f1, h2, f2
 
 
-def _path_backward(grad_f, grad_residual, x, wa, wb, h, negative_slope, mask):
-    """Grads of x + path(x) for one path: (grad_x, grad_wa, grad_ba, grad_wb, grad_bb); mask in that order."""
+def _path_backward(grads_f, grad_residual, x, wa, wb, h, negative_slope, mask):
+    """Grads of x + path(x) for one path: (grad_x, grad_wa, grad_ba, grad_wb, grad_bb); mask in that order.
+
+    grads_f: a one-element list holding grad_f, emptied once the second conv's backward has used it,
+    so that it is freed before the first conv's backward allocates grad_x (peak memory)."""
     need_h = any(mask[:3])
-    grad_h, grad_wb, grad_bb = conv_backward(grad_f, h, wb, 1, wb.shape[-1] // 2, (need_h, mask[3], mask[4]))
+    grad_h, grad_wb, grad_bb = conv_backward(grads_f.pop(), h, wb, 1, wb.shape[-1] // 2, (need_h, mask[3], mask[4]))
     grad_x, grad_wa, grad_ba = x.new_empty(0), x.new_empty(0), x.new_empty(0)
     if need_h:
         torch.ops.bsrops._leaky_relu_backward_(grad_h, h, negative_slope)
@@ -119,7 +122,7 @@ def _backward_composite(grad_img, grad_cond, x_img, x_cond, w1, w2, w3, w4, h1, 
     x_img, x_cond = x_img.contiguous(), x_cond.contiguous()
     grad_img = grad_img.contiguous() if grad_img is not None else None
     grad_cond = grad_cond.contiguous() if grad_cond is not None else None
-    grad_f1, grad_f2 = torch.ops.bsrops._dpcb_epilogue_backward(grad_img, grad_cond, f1, f2)
+    grad_f1, grad_f2 = (list(g) for g in zip(torch.ops.bsrops._dpcb_epilogue_backward(grad_img, grad_cond, f1, f2)))
     m = list(output_mask)
     img = _path_backward(grad_f1, grad_img, x_img, w1, w2, h1, negative_slope, [m[0], *m[2:6]])
     cond = _path_backward(grad_f2, grad_cond, x_cond, w3, w4, h2, negative_slope, [m[1], *m[6:10]])
