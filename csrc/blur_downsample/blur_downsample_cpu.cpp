@@ -176,45 +176,31 @@ RowFold make_row_fold(const Plan& p) {
 
 // ---- padded rows <-> phase-split rows ----
 
-// dst[ph * Wq + q] = lin[q * S + ph]
-template <int S, typename T>
-BSR_INLINE void deinterleave_fixed(const T* __restrict lin, T* __restrict dst, int64_t Wq) {
+// Phase split (Split = true): dst[ph * Wq + q] = src[q * S + ph], so that each phase ph of a
+// stride-S row is contiguous; Split = false is the inverse, dst[q * S + ph] = src[ph * Wq + q].
+template <bool Split, int S, typename T>
+BSR_INLINE void phase_permute_fixed(const T* __restrict src, T* __restrict dst, int64_t Wq) {
   for (int64_t q = 0; q < Wq; ++q) {
     BSR_UNROLL
-    for (int ph = 0; ph < S; ++ph) dst[ph * Wq + q] = lin[q * S + ph];
+    for (int ph = 0; ph < S; ++ph) {
+      if constexpr (Split) dst[ph * Wq + q] = src[q * S + ph];
+      else dst[q * S + ph] = src[ph * Wq + q];
+    }
   }
 }
 
-template <typename T>
-BSR_INLINE void deinterleave(const T* lin, T* dst, int64_t s, int64_t Wq) {
+template <bool Split, typename T>
+BSR_INLINE void phase_permute(const T* src, T* dst, int64_t s, int64_t Wq) {
   switch (s) {
-    case 2: deinterleave_fixed<2>(lin, dst, Wq); return;
-    case 3: deinterleave_fixed<3>(lin, dst, Wq); return;
-    case 4: deinterleave_fixed<4>(lin, dst, Wq); return;
+    case 2: phase_permute_fixed<Split, 2>(src, dst, Wq); return;
+    case 3: phase_permute_fixed<Split, 3>(src, dst, Wq); return;
+    case 4: phase_permute_fixed<Split, 4>(src, dst, Wq); return;
     default:
       for (int64_t ph = 0; ph < s; ++ph)
-        for (int64_t q = 0; q < Wq; ++q) dst[ph * Wq + q] = lin[q * s + ph];
-  }
-}
-
-// lin[q * S + ph] = src[ph * Wq + q]
-template <int S, typename T>
-BSR_INLINE void interleave_fixed(const T* __restrict src, T* __restrict lin, int64_t Wq) {
-  for (int64_t q = 0; q < Wq; ++q) {
-    BSR_UNROLL
-    for (int ph = 0; ph < S; ++ph) lin[q * S + ph] = src[ph * Wq + q];
-  }
-}
-
-template <typename T>
-BSR_INLINE void interleave(const T* src, T* lin, int64_t s, int64_t Wq) {
-  switch (s) {
-    case 2: interleave_fixed<2>(src, lin, Wq); return;
-    case 3: interleave_fixed<3>(src, lin, Wq); return;
-    case 4: interleave_fixed<4>(src, lin, Wq); return;
-    default:
-      for (int64_t ph = 0; ph < s; ++ph)
-        for (int64_t q = 0; q < Wq; ++q) lin[q * s + ph] = src[ph * Wq + q];
+        for (int64_t q = 0; q < Wq; ++q) {
+          if constexpr (Split) dst[ph * Wq + q] = src[q * s + ph];
+          else dst[q * s + ph] = src[ph * Wq + q];
+        }
   }
 }
 
@@ -242,7 +228,7 @@ BSR_INLINE void load_rows(const Plan& p, const scalar_t* x, int64_t n, int64_t r
       for (int64_t w = p.before + g.W; w < p.Wp; ++w)
         row[w] = p.col_src[w] >= 0 ? static_cast<acc_t>(xr[p.col_src[w]]) : acc_t(0);
       for (int64_t w = p.Wp; w < p.SW; ++w) row[w] = acc_t(0);
-      if (s > 1) deinterleave(lin, dst, s, p.Wq);
+      if (s > 1) phase_permute<true>(lin, dst, s, p.Wq);
     }
   }
 }
@@ -619,7 +605,7 @@ BSR_INLINE void backward_task_impl(const BwdArgs<scalar_t>& args, int64_t n, int
         acc_t* grow = gs + (c * RB + r - r0) * p.SW;
         const acc_t* padded = grow;
         if (s > 1) {  // back to a linear padded row
-          interleave(grow, lin, s, p.Wq);
+          phase_permute<false>(grow, lin, s, p.Wq);
           padded = lin;
         }
         const int64_t slot = f.slot[r];

@@ -1,0 +1,1 @@
+"""Networks of the five methods (official module names, so released state dicts load)."""
