@@ -17,21 +17,27 @@ The residual gradients (grad_out added to each conv's input gradient) are one ad
 for everyone and not included. Also `convs`: the four convolutions alone, forward+backward,
 for the conv share.
 
-Where the time goes (2-core CPU, measured by benchmarks/check_targets.py, see the issue #4
-closing note): at the Restorer shape a 3x3 64->64 conv on 8x64x64 is 8*4096*64*64*9 =
-1.21 GMAC; forward+backward runs 2 such convs forward and 4 conv-sized backward passes
-(data and weight gradients; the first conv's data gradient is needed for x_img), about
-7.2 GMAC, against ~12 passes over 8 MiB tensors for the elementwise part (~100 MB). With
-oneDNN at ~50-100 GFLOP/s per core and ~10 GB/s per core, the convolutions are ~90% of
-the block; the fused part saves a few of those passes and the temporaries, so the whole
-block gains a few percent at most on CPU, however fast the fused part is.
-
-GPU roofline (H100/H200 class: ~990 TFLOP/s dense TF32/BF16 tensor cores, ~3.3-4.8 TB/s HBM):
-the convolutions of the block (7.2 GMAC = 14.5 GFLOP) take ~15-30 us at realistic 50-100%
-tensor-core efficiency, while the eager elementwise part moves about 12 passes x 8 MiB =
-~100 MB (~25-30 us at 3.3-4 TB/s) plus ~10 kernel launches (~3-5 us each). The fused
-kernels move ~7 passes (~60 MB, ~15-18 us) in 4 launches: on the GPU the elementwise part
-is half of the block or more, and the fusion saves roughly 30-40% of the block's time.
+Where the time goes and why the fusion helps. Restorer shape: a 3x3 64->64 conv on
+8x64x64 is 8*4096*64*64*9 = 1.21 GMAC; forward+backward runs the two image-path convs
+forward plus their data and weight gradients (the first conv's data gradient is needed for
+x_img): 6 conv-sized passes, 7.2 GMAC = 14.5 GFLOP (the 1x1 condition path is negligible).
+The elementwise part moves, in units of one 8 MiB image tensor read or written, 17 units in
+eager (LeakyReLU 2, mul 3, add 3, grad_f1 2, grad_img*f1 3 + its sum 1, LeakyReLU backward
+3) and 9 in bsrops (epilogue 3, its backward 3, LeakyReLU backward in place 3; the forward
+LeakyReLU is a oneDNN post-op of the conv), with 2 instead of 5 image-sized allocations.
+- CPU (2 cores, measured by check_targets.py, see the issue #4 closing note): the convs are
+  85-92% of the eager block's forward+backward, the eager elementwise part ~10%; the fused
+  part runs ~2x faster than eager (17/9 units, fewer allocations), so the whole block gains
+  only a few percent. The 2x of the fused part is close to the traffic bound (17/9 = 1.9x
+  for the Restorer) - it is reached because the eager temporaries also cost allocations
+  and cache misses.
+- GPU roofline (H200: ~495 TFLOP/s dense TF32, 4.8 TB/s HBM): the convs' 14.5 GFLOP take
+  ~30 us ideal, ~45-60 us at realistic cuDNN efficiency; eager elementwise 17 x 8.4 MB =
+  143 MB is ~30 us plus ~10 launches, the fused kernels 9 x 8.4 MB = 76 MB ~16 us in 4
+  launches: the elementwise part is ~35-40% of the block on the GPU (~10% on CPU), and the
+  fusion saves ~15-20% of the block's time (~25% with BF16 convs, which halve the conv time).
+Estimator shape (both paths 32 ch, full resolution, 3x3): the same ratios per path, with
+4 MiB tensors, and the condition path's epilogue is elementwise instead of a reduction.
 
 extra_info: peak_extra_bytes (benchmarks/memory.py: a fresh subprocess, peak RSS during one
 call minus the RSS before it).

@@ -11,19 +11,21 @@ in-place LeakyReLU and their autograd backward (eager), torch.compile of that (c
 and bsrops' `_patchgan_norm_act` + `_patchgan_norm_act_backward` (bsrops_cpu). Also
 `conv alone` forward+backward, for the conv share.
 
-Where the time goes: the conv is 16*1024*128*64*16 = 2.15 GMAC forward and twice that
-backward (data + weight gradients), ~6.4 GMAC in all, against the norm + activation
-working on 8 MiB tensors (y, out, grad_out, grad_y): eager runs ~8-10 passes over them
-(statistics, normalise, activation, and in the backward the activation mask, two
-reductions and the input gradient, plus temporaries), the fused kernels 5 (statistics read
-+ write out; one reduction read of grad, y, out + the grad_y pass). On a 2-core CPU the
-conv dominates (the measured share is in the issue #4 closing note), so the block gains
-little from the fusion there.
-
-GPU roofline (H100/H200 class): the conv's 12.9 GFLOP take ~15-25 us on tensor cores,
-the eager norm + activation ~10 passes x 8 MiB = 84 MB (~25 us at 3.3-4 TB/s) plus ~8
-launches; the fused kernels move ~5 passes x 8 MiB = 42 MB (~12 us) in 2 launches: about
-a third of the block's time saved on the GPU.
+Where the time goes and why the fusion helps: the conv is 16*1024*128*64*16 = 2.15 GMAC
+forward and twice that backward (data + weight gradients), 6.4 GMAC = 12.9 GFLOP in all.
+The norm + activation work on 8 MiB tensors (y, out, grad_out, grad_y); in units of one
+such tensor read or written, eager runs ~13 (instance-norm statistics 1, normalise 2,
+LeakyReLU 2, LeakyReLU backward 3, norm backward reductions 2 + input gradient 3) and the
+fused kernels 6 (statistics 1, write out 1 - the 4 KB planes stay in L1 between the passes -,
+backward reduction pass 3, grad_y 1), with 2 instead of 4 tensor-sized allocations.
+- CPU (2 cores, measured in the issue #4 closing note): the conv is ~67-74% of the eager
+  block's forward+backward and the norm + activation ~25%; the fused part runs ~2x faster
+  than eager and on par with torch.compile (inductor generates the same one-pass kernels),
+  which makes the whole block ~1.2x faster.
+- GPU roofline (H200: ~495 TFLOP/s dense TF32, 4.8 TB/s): the conv's 12.9 GFLOP take ~26 us
+  ideal, ~40-50 us realistic; eager norm + activation 13 x 8.4 MB = 109 MB ~23 us plus ~8
+  launches, fused 6 x 8.4 MB = 50 MB ~11 us in 2 launches: ~12 us of a ~65-75 us block,
+  about 15-20% saved (more with BF16 convs).
 """
 import functools
 

@@ -16,6 +16,14 @@ pipeline's separate normalised tensor and activation-gradient tensor never exist
 fused kernels are `_patchgan_norm_act` (statistics + affine + activation: one reading pass
 for the statistics, one pass writing out) and `_patchgan_norm_act_backward` (one reduction
 pass, one pass writing grad_y, parameter gradients from per-group partial sums).
+
+Where the time goes (details and the arithmetic: benchmarks/bench_patchgan_conv.py): for
+64->128, 4x4 s2 on (16, 64, 64, 64) the conv is 6.4 GMAC forward+backward, the eager norm +
+activation ~13 passes over 8 MiB tensors, the fused kernels 6 (each 4 KB instance-norm
+plane stays in L1 between its passes). On a 2-core CPU the conv is ~70% of the block and
+the fused part ~2x faster than eager, ~1.2x for the block; on a GPU the fusion saves ~12 us
+of HBM traffic and launches of a ~65-75 us block (~15-20%). With norm='none' the
+LeakyReLU is a oneDNN post-op of the conv on CPU float32.
 """
 import torch
 import torch.nn.functional as F
