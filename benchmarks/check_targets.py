@@ -273,6 +273,21 @@ def patchgan_targets(ctx):
         (pg_bench.make_case, lambda provider: (provider, "forward+backward", size)))
 
 
+# ---- issue #5: USRNet training step ----
+
+@target("issue #5: USRNet training step, reference vs default backend")
+def usrnet_train_step(ctx):
+    import bench_usrnet_train_step as bu
+
+    results = []
+    for size in ("demo",):  # the paper model's step takes tens of seconds on 2 cores: see the pytest benchmark
+        t = ctx.time({f"{size} {b}": bu.make_case(size, b) for b in bu.BACKENDS}, repeats=3)
+        ratio = t[f"{size} reference"] / t[f"{size} default"]
+        results.append(Result(f"USRNet train step ({size} shapes) reference / default time", ratio, 1.0, ">=",
+                              note=f"default {t[f'{size} default']:.3f} s, reference {t[f'{size} reference']:.3f} s"))
+    return results
+
+
 def print_table(results):
     header = ["target", "measured", "required", "pass"]
     rows = [header] + [r.cells() for r in results]
