@@ -11,7 +11,8 @@ import skimage.data
 import torch
 
 import bsrops
-from bsr import config, degradations, metrics
+from bsr import config, degradations, engine, metrics
+from bsr.archs.lpips import LPIPS
 from bsr.archs.vgg import VGG19
 from bsr.methods import get
 
@@ -98,6 +99,18 @@ def test_validate(overrides, kernel_shape):
     assert out["sr"].shape == (1, 3, 24, 20)
     assert out["kernel_est"].shape == kernel_shape and torch.allclose(out["kernel_est"].sum(), torch.tensor(1.0))
     assert torch.equal(out["kernel_est"], again["kernel_est"])  # seeded draws
+
+
+def test_lpips_in_validation_when_weights_are_set(tmp_path):
+    metric = LPIPS()
+    for i in range(5):  # random weights; lpips' lin weights are non-negative
+        getattr(metric, f"lin{i}").model[1].weight.data.abs_()
+    torch.save(metric.state_dict(), tmp_path / "lpips.pth")  # one full state dict
+    item = {"name": "x", "hr": torch.rand(1, 3, 48, 40), "lr": torch.rand(1, 3, 12, 10)}
+    rows, mean = engine.run_validation(make(f"pdm.lpips.lin={tmp_path / 'lpips.pth'}"), [item])
+    assert rows[0]["lpips"] > 0 and "lpips" in mean
+    rows, _ = engine.run_validation(make(), [item])
+    assert "lpips" not in rows[0]
 
 
 def test_degradation_run_validates_with_bicubic():

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..archs.edsr import EDSR
+from ..archs.lpips import load_lpips
 from ..archs.pdm import DegModel, quantize
 from ..archs.rrdb import RRDBNet
 from ..losses import GANLoss
@@ -93,6 +94,8 @@ class PDM(Method):
         for net in self.nets.values():
             net.to(self.device)
         self._build_optimizers(cfg.train)
+        lpips = p.get("lpips") or {}
+        self.lpips = load_lpips(lpips["lin"], lpips.get("alexnet")) if lpips.get("lin") else None
 
     def _load_frozen_degradation(self, path):
         if not path:
@@ -193,6 +196,14 @@ class PDM(Method):
         size = (hr.shape[-2] // s, hr.shape[-1] // s) if net.per_pixel else (1, 1)
         z = torch.randn(samples, net.nc, *size, generator=generator, device=hr.device) if net.nc else None
         return net.kernels(hr.expand(samples, -1, -1, -1), z).mean(0)
+
+    @torch.no_grad()
+    def extra_metrics(self, sr, hr, border):
+        """LPIPS (AlexNet, v0.1) on the border-cropped images, when pdm.lpips names its weights."""
+        if self.lpips is None:
+            return {}
+        crop = (..., slice(border, -border or None), slice(border, -border or None))
+        return {"lpips": float(self.lpips(sr[crop], hr[crop]).mean())}
 
     @torch.no_grad()
     def validate(self, item):
