@@ -2,6 +2,9 @@
 
     import bsrops
     y = bsrops.blur_downsample(x, kernel, stride=4)      # per-pixel, per-image or shared kernels
+    out_img, out_cond = bsrops.dpcb(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4)  # DANv2 DPCB
+    out = bsrops.patchgan_conv(x, weight, bias, stride=2, padding=1, norm="instance")
+    bsrops.nn.DPCB / DPCG / PatchGANConv / PatchGANDiscriminator  # modules, official names
     bsrops.backend_info("cpu")                             # which backend runs, and the build
     with bsrops.use_backend("reference"): ...              # or BSROPS_BACKEND=...
 """
@@ -9,8 +12,12 @@ from . import _extension  # loads _C (op schemas and native kernels) first
 from ._backend import BACKENDS, backend_info, kernel_calls, use_backend
 from ._extension import build_info
 from .ops.blur_downsample import blur_downsample
+from .ops.dpcb import dpcb
+from .ops.patchgan_conv import patchgan_conv
+from . import nn
 from ._backend import install_defaults as _install_defaults
 
 _install_defaults()
 
-__all__ = ["BACKENDS", "backend_info", "blur_downsample", "build_info", "kernel_calls", "use_backend"]
+__all__ = ["BACKENDS", "backend_info", "blur_downsample", "build_info", "dpcb", "kernel_calls", "nn", "patchgan_conv",
+           "use_backend"]

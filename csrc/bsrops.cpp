@@ -50,6 +50,41 @@ TORCH_LIBRARY(bsrops, m) {
   m.def(
       "_blur_downsample_shared_backward(Tensor grad_out, Tensor x, Tensor kernel, int stride, str padding, "
       "bool flip, bool[2] output_mask) -> (Tensor, Tensor)");
+
+  // dpcb: DANv2's dual-path conditional block. The convolutions run on oneDNN/cuDNN inside the
+  // op; h1, f1, h2, f2 (LeakyReLU outputs and second conv outputs) are returned for the backward.
+  m.def(
+      "dpcb(Tensor x_img, Tensor x_cond, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor w3, Tensor? b3, "
+      "Tensor w4, Tensor? b4, float negative_slope=0.2) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "_dpcb_backward(Tensor? grad_img, Tensor? grad_cond, Tensor x_img, Tensor x_cond, Tensor w1, Tensor w2, "
+      "Tensor w3, Tensor w4, Tensor h1, Tensor f1, Tensor h2, Tensor f2, float negative_slope, bool[10] output_mask) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Its fused elementwise kernels (everything around the convolutions).
+  m.def("_leaky_relu_(Tensor(a!) x, float negative_slope) -> ()");
+  m.def("_leaky_relu_backward_(Tensor(a!) grad, Tensor out, float negative_slope) -> ()");
+  m.def("_dpcb_epilogue(Tensor x_img, Tensor f1, Tensor x_cond, Tensor f2) -> (Tensor, Tensor)");
+  m.def("_dpcb_epilogue_backward(Tensor? grad_img, Tensor? grad_cond, Tensor f1, Tensor f2) -> (Tensor, Tensor)");
+
+  // patchgan_conv: conv + bias + norm (none | instance | batch) + optional LeakyReLU. Returns
+  // (out, y = conv output, mean, rstd, new running_mean, new running_var). Functional (autograd
+  // formulas need that): the Python wrapper writes the new running statistics into the buffers.
+  m.def(
+      "patchgan_conv(Tensor x, Tensor weight, Tensor? bias, int stride, int padding, str norm, Tensor? norm_weight, "
+      "Tensor? norm_bias, Tensor? running_mean, Tensor? running_var, bool training, float momentum, "
+      "float eps, float negative_slope, bool activation) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "_patchgan_conv_backward(Tensor grad_out, Tensor x, Tensor weight, int stride, int padding, str norm, "
+      "Tensor? norm_weight, Tensor y, Tensor out, Tensor mean, Tensor rstd, bool training, float negative_slope, "
+      "bool activation, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Its fused kernels: norm statistics + affine + activation, and their backward.
+  m.def(
+      "_patchgan_norm_act(Tensor y, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, Tensor(b!)? running_var, "
+      "str norm, bool training, float momentum, float eps, float negative_slope, bool activation) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "_patchgan_norm_act_backward(Tensor grad_out, Tensor y, Tensor out, Tensor mean, Tensor rstd, Tensor? weight, "
+      "str norm, bool training, float negative_slope, bool activation, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 }
 
 static PyObject* kernel_calls(PyObject*, PyObject*) {

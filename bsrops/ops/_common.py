@@ -1,0 +1,43 @@
+"""Helpers shared by the schema glue of the conv-block ops (dpcb, patchgan_conv)."""
+import torch
+
+CONV_BACKWARD = torch.ops.aten.convolution_backward.default
+FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def define_schemas_if_missing(probe, schemas):
+    """Without a usable _C the schemas are defined here, with the reference kernels behind them."""
+    try:
+        getattr(torch.ops.bsrops, probe).default
+        return None
+    except (AttributeError, RuntimeError):
+        library = torch.library.Library("bsrops", "FRAGMENT")
+        for schema in schemas.values():
+            library.define(schema)
+        return library
+
+
+def conv_backward(grad, x, weight, stride, padding, mask):
+    """(grad_x, grad_weight, grad_bias) of conv2d(x, weight, bias, stride, padding); empty where not wanted."""
+    if not any(mask):
+        return tuple(x.new_empty(0) for _ in range(3))  # distinct: outputs must not alias
+    grads = CONV_BACKWARD(grad, x, weight, [weight.shape[0]], [stride, stride], [padding, padding], [1, 1], False,
+                          [0, 0], 1, list(mask))
+    return tuple(g if g is not None else x.new_empty(0) for g in grads)
+
+
+def check_tensor(op, name, value, dims=None, dtype=None):
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: {name} must be float32 or float64, got {value.dtype}")
+    if dtype is not None and value.dtype != dtype:
+        raise TypeError(f"{op}: {name} dtype {value.dtype} must equal x's dtype {dtype}")
+    if dims is not None and value.dim() != dims:
+        raise ValueError(f"{op}: {name} must have {dims} dimensions, got shape {tuple(value.shape)}")
+
+
+def check_slope(op, negative_slope):
+    if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)) or negative_slope < 0:
+        raise ValueError(f"{op}: negative_slope must be a float >= 0 (the backward reads the activation's "
+                         f"mask from the sign of its output), got {negative_slope!r}")

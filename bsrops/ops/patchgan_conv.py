@@ -1,0 +1,237 @@
+"""torch.ops.bsrops.patchgan_conv: a PatchGAN discriminator block.
+
+Semantics (shared/DESIGN.md §3): y = conv2d(x, weight, bias, stride, padding) (oneDNN / cuDNN),
+then norm in {none, instance, batch} (optional affine), then LeakyReLU (`activation=False`
+for the last layer). Batch norm in training mode normalises with the batch statistics and
+updates running_mean / running_var in place exactly like nn.BatchNorm2d (momentum, unbiased
+running variance); in eval mode it uses them. Instance norm always uses per-plane statistics.
+
+The op returns (out, y, mean, rstd, new_running_mean, new_running_var): it is functional,
+because autograd formulas can only be registered for functional ops, and `patchgan_conv`
+below copies the new statistics into running_mean / running_var (empty outputs when
+nothing is updated), which is nn.BatchNorm2d's in-place update. Only y (the conv output, empty for norm='none'), out
+and the per-group mean / rstd are kept for the backward: the normalised values and the
+activation mask are recomputed there (the mask from the sign of out), so the eager
+pipeline's separate normalised tensor and activation-gradient tensor never exist. The
+fused kernels are `_patchgan_norm_act` (statistics + affine + activation: one reading pass
+for the statistics, one pass writing out) and `_patchgan_norm_act_backward` (one reduction
+pass, one pass writing grad_y, parameter gradients from per-group partial sums).
+"""
+import torch
+import torch.nn.functional as F
+
+from .. import _backend
+from ..reference import patchgan_conv as ref
+from ._common import check_slope, check_tensor, conv_backward, define_schemas_if_missing
+
+SCHEMAS = {
+    "patchgan_conv": "patchgan_conv(Tensor x, Tensor weight, Tensor? bias, int stride, int padding, str norm, Tensor? norm_weight, Tensor? norm_bias, Tensor? running_mean, Tensor? running_var, bool training, float momentum, float eps, float negative_slope, bool activation) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "_patchgan_conv_backward": "_patchgan_conv_backward(Tensor grad_out, Tensor x, Tensor weight, int stride, int padding, str norm, Tensor? norm_weight, Tensor y, Tensor out, Tensor mean, Tensor rstd, bool training, float negative_slope, bool activation, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "_patchgan_norm_act": "_patchgan_norm_act(Tensor y, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, Tensor(b!)? running_var, str norm, bool training, float momentum, float eps, float negative_slope, bool activation) -> (Tensor, Tensor, Tensor)",
+    "_patchgan_norm_act_backward": "_patchgan_norm_act_backward(Tensor grad_out, Tensor y, Tensor out, Tensor mean, Tensor rstd, Tensor? weight, str norm, bool training, float negative_slope, bool activation, bool[3] output_mask) -> (Tensor, Tensor, Tensor)",
+}
+NORMS = ("none", "instance", "batch")
+
+
+def patchgan_conv(x, weight, bias=None, stride=2, padding=1, norm="instance", norm_weight=None, norm_bias=None,
+                  running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5, negative_slope=0.2,
+                  activation=True):
+    """conv -> norm -> LeakyReLU in one op; returns out (N, C_out, Ho, Wo)."""
+    check_inputs(x, weight, bias, stride, padding, norm, norm_weight, norm_bias, running_mean, running_var,
+                 training, negative_slope)
+    out, _, _, _, new_mean, new_var = torch.ops.bsrops.patchgan_conv(
+        x, weight, bias, stride, padding, norm, norm_weight, norm_bias, running_mean, running_var, bool(training),
+        float(momentum), float(eps), float(negative_slope), bool(activation))
+    if _updates_running_stats(norm, training, running_mean):
+        with torch.no_grad():
+            running_mean.copy_(new_mean)
+            running_var.copy_(new_var)
+    return out
+
+
+def _updates_running_stats(norm, training, running_mean):
+    return norm == "batch" and training and running_mean is not None
+
+
+def check_inputs(x, weight, bias, stride, padding, norm, norm_weight, norm_bias, running_mean, running_var,
+                 training, negative_slope):
+    """Raise TypeError / ValueError naming the argument and what it must be."""
+    op = "patchgan_conv"
+    check_tensor(op, "x", x, dims=4)
+    check_tensor(op, "weight", weight, dims=4, dtype=x.dtype)
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(f"{op}: weight must be (C_out, {x.shape[1]}, k, k) for x with {x.shape[1]} channels, "
+                         f"got {tuple(weight.shape)}")
+    for name, value in (("stride", stride), ("padding", padding)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__}")
+    if stride < 1 or padding < 0:
+        raise ValueError(f"{op}: stride must be >= 1 and padding >= 0, got {stride}, {padding}")
+    if x.shape[2] + 2 * padding < weight.shape[2] or x.shape[3] + 2 * padding < weight.shape[3]:
+        raise ValueError(f"{op}: x of shape {tuple(x.shape)} is smaller than the {weight.shape[2]}x{weight.shape[3]} "
+                         f"kernel (padding {padding})")
+    if norm not in NORMS:
+        raise ValueError(f"{op}: norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    channels = weight.shape[0]
+    for name, value in (("bias", bias), ("norm_weight", norm_weight), ("norm_bias", norm_bias),
+                        ("running_mean", running_mean), ("running_var", running_var)):
+        if value is None:
+            continue
+        check_tensor(op, name, value, dims=1, dtype=x.dtype)
+        if value.shape[0] != channels:
+            raise ValueError(f"{op}: {name} must be ({channels},), got {tuple(value.shape)}")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{op}: give both running_mean and running_var, or neither")
+    if norm == "batch" and training and x.shape[0] * _out_size(x, weight, stride, padding) <= 1:
+        raise ValueError(f"{op}: batch norm in training mode needs more than one value per channel, "
+                         f"got x of shape {tuple(x.shape)}")
+    check_slope(op, negative_slope)
+
+
+def _out_size(x, weight, stride, padding):
+    out_h = (x.shape[2] + 2 * padding - weight.shape[2]) // stride + 1
+    out_w = (x.shape[3] + 2 * padding - weight.shape[3]) // stride + 1
+    return out_h * out_w
+
+
+# ---- the composite kernels: the convolution around the fused kernels ----
+
+def _forward_composite(x, weight, bias, stride, padding, norm, norm_weight, norm_bias, running_mean, running_var,
+                       training, momentum, eps, negative_slope, activation):
+    y = F.conv2d(x.contiguous(), weight, bias, stride, padding).contiguous()
+    empty = y.new_empty  # a fresh one per output: outputs must not alias
+    if norm == "none" and not activation:
+        return y, empty(0), empty(0), empty(0), empty(0), empty(0)
+    new_mean = new_var = None
+    if norm == "batch" and running_mean is not None:  # the kernel updates (training) or reads (eval) them
+        new_mean, new_var = running_mean.clone(), running_var.clone()
+    out, mean, rstd = torch.ops.bsrops._patchgan_norm_act(y, norm_weight, norm_bias, new_mean, new_var, norm,
+                                                          training, momentum, eps, negative_slope, activation)
+    if not _updates_running_stats(norm, training, running_mean):
+        new_mean, new_var = empty(0), empty(0)
+    return out, (empty(0) if norm == "none" else y), mean, rstd, new_mean, new_var
+
+
+def _backward_composite(grad_out, x, weight, stride, padding, norm, norm_weight, y, out, mean, rstd, training,
+                        negative_slope, activation, output_mask):
+    grad_out = grad_out.contiguous()
+    grad_norm_weight, grad_norm_bias = x.new_empty(0), x.new_empty(0)
+    if norm == "none" and not activation:
+        grad_y = grad_out
+    else:
+        grad_y, grad_norm_weight, grad_norm_bias = torch.ops.bsrops._patchgan_norm_act_backward(
+            grad_out, y, out, mean, rstd, norm_weight, norm, training, negative_slope, activation,
+            [True, output_mask[3], output_mask[4]])
+    grads = conv_backward(grad_y, x.contiguous(), weight, stride, padding, output_mask[:3])
+    return (*grads, grad_norm_weight, grad_norm_bias)
+
+
+# ---- registration ----
+
+_schema_library = define_schemas_if_missing("patchgan_conv", SCHEMAS)
+torch.library.impl("bsrops::patchgan_conv", "CompositeExplicitAutograd")(_forward_composite)
+torch.library.impl("bsrops::_patchgan_conv_backward", "CompositeExplicitAutograd")(_backward_composite)
+
+
+def _stats_shape(n, channels, norm):
+    return {"none": (0,), "instance": (n, channels), "batch": (channels,)}[norm]
+
+
+@torch.library.register_fake("bsrops::patchgan_conv")
+def _forward_fake(x, weight, bias, stride, padding, norm, norm_weight, norm_bias, running_mean, running_var,
+                  training, momentum, eps, negative_slope, activation):
+    out_h = (x.shape[2] + 2 * padding - weight.shape[2]) // stride + 1
+    out_w = (x.shape[3] + 2 * padding - weight.shape[3]) // stride + 1
+    out = x.new_empty(x.shape[0], weight.shape[0], out_h, out_w)
+    y = x.new_empty(0) if norm == "none" else torch.empty_like(out)
+    stats = _stats_shape(x.shape[0], weight.shape[0], norm) if norm != "none" or activation else (0,)
+    running = (weight.shape[0],) if _updates_running_stats(norm, training, running_mean) else (0,)
+    return out, y, x.new_empty(stats), x.new_empty(stats), x.new_empty(running), x.new_empty(running)
+
+
+@torch.library.register_fake("bsrops::_patchgan_conv_backward")
+def _backward_fake(grad_out, x, weight, stride, padding, norm, norm_weight, y, out, mean, rstd, training,
+                   negative_slope, activation, output_mask):
+    channels = weight.shape[0]
+    likes = ((x.shape, x), (weight.shape, weight), ((channels,), weight), ((channels,), weight),
+             ((channels,), weight))
+    wanted = list(output_mask)
+    wanted[3] = wanted[3] and norm != "none"
+    wanted[4] = wanted[4] and norm != "none"
+    return tuple(like.new_empty(shape) if need else like.new_empty(0) for (shape, like), need in zip(likes, wanted))
+
+
+@torch.library.register_fake("bsrops::_patchgan_norm_act")
+def _norm_act_fake(y, weight, bias, running_mean, running_var, norm, training, momentum, eps, negative_slope,
+                   activation):
+    stats = _stats_shape(y.shape[0], y.shape[1], norm)
+    return torch.empty_like(y), y.new_empty(stats), y.new_empty(stats)
+
+
+@torch.library.register_fake("bsrops::_patchgan_norm_act_backward")
+def _norm_act_backward_fake(grad_out, y, out, mean, rstd, weight, norm, training, negative_slope, activation,
+                            output_mask):
+    channels = out.shape[1]
+    grad_y = torch.empty_like(out) if output_mask[0] else out.new_empty(0)
+    params = [out.new_empty(channels) if need and norm != "none" else out.new_empty(0) for need in output_mask[1:]]
+    return grad_y, *params
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, stride, padding, norm, norm_weight, norm_bias, running_mean, running_var, training = inputs[:11]
+    negative_slope, activation = inputs[13], inputs[14]
+    out, y, mean, rstd, new_mean, new_var = output
+    ctx.mark_non_differentiable(y, mean, rstd, new_mean, new_var)
+    ctx.save_for_backward(x, weight, norm_weight, y, out, mean, rstd)
+    ctx.options = (stride, padding, norm, training, negative_slope, activation)
+
+
+def _backward(ctx, grad_out, *unused):
+    x, weight, norm_weight, y, out, mean, rstd = ctx.saved_tensors
+    stride, padding, norm, training, negative_slope, activation = ctx.options
+    needs = ctx.needs_input_grad
+    has_norm = norm != "none"  # without a norm, norm_weight / norm_bias are unused: no gradient
+    mask = [needs[0], needs[1], needs[2], needs[6] and has_norm, needs[7] and has_norm]
+    grads = torch.ops.bsrops._patchgan_conv_backward(grad_out, x, weight, stride, padding, norm, norm_weight, y, out,
+                                                     mean, rstd, training, negative_slope, activation, mask)
+    grads = [g if need else None for g, need in zip(grads, mask)]
+    return grads[0], grads[1], grads[2], None, None, None, grads[3], grads[4], None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("bsrops::patchgan_conv", _backward, setup_context=_setup_context)
+
+
+# ---- reference kernels (eager PyTorch) ----
+
+def _reference_norm_act_backward(grad_out, y, out, mean, rstd, weight, norm, training, negative_slope, activation,
+                                 output_mask):
+    """Autograd of the eager normalisation. With batch statistics, eps is recovered from the saved rstd
+    (1 / rstd^2 - var) so that the recomputed normalisation equals the forward's."""
+    y = out if norm == "none" else y
+    inputs = [y.detach().requires_grad_(), None if weight is None else weight.detach().requires_grad_()]
+    with torch.enable_grad():
+        z = y_in = inputs[0]
+        if norm != "none":
+            shape = (1, -1, 1, 1) if norm == "batch" else (*mean.shape, 1, 1)
+            batch_stats = norm == "instance" or training
+            dims = (0, 2, 3) if norm == "batch" else (2, 3)
+            if batch_stats:
+                var = y_in.var(dims, unbiased=False, keepdim=True)
+                eps = (rstd.view(shape) ** -2 - var).detach()
+                z = (y_in - y_in.mean(dims, keepdim=True)) * (var + eps).rsqrt()
+            else:
+                z = (y_in - mean.view(shape)) * rstd.view(shape)
+            if weight is not None:
+                z = z * inputs[1].view(1, -1, 1, 1)
+        mask = torch.where(out > 0, torch.ones_like(out), torch.full_like(out, negative_slope)) if activation else 1.0
+        wanted = [t for t, need in zip(inputs, output_mask[:2]) if t is not None and need]
+        grads = iter(torch.autograd.grad(z, wanted, grad_out * mask, allow_unused=True)) if wanted else iter(())
+    grad_y = next(grads) if output_mask[0] else out.new_empty(0)
+    grad_weight = next(grads) if output_mask[1] and weight is not None else out.new_empty(0)
+    grad_bias = (grad_out * mask).sum((0, 2, 3)) if output_mask[2] and norm != "none" else out.new_empty(0)
+    return grad_y, grad_weight, grad_bias
+
+
+_backend.register_kernel("reference", "patchgan_conv", ref.patchgan_conv_reference)
+_backend.register_kernel("reference", "_patchgan_norm_act", ref.norm_act_reference)
+_backend.register_kernel("reference", "_patchgan_norm_act_backward", _reference_norm_act_backward)

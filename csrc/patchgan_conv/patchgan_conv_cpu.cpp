@@ -1,0 +1,221 @@
+// CPU kernels of bsrops::patchgan_conv's fused part: norm statistics + affine + LeakyReLU,
+// and their backward. The convolution itself stays on oneDNN (called by the op's composite).
+//
+// Parallel over groups (instance: N*C planes; batch: C channels, each N planes). A group is
+// at most a few hundred KB, so its passes after the first hit L1/L2:
+//   forward : sum -> mean, sum of squared deviations -> rstd (two-pass: exact for any mean),
+//             then out = lrelu(y * scale + shift) in one vectorised pass;
+//   backward: one pass for sum(gz) and sum(gz * yhat) (gz from grad_out and the sign of out,
+//             yhat recomputed from y, mean, rstd: nothing but y, out and the per-group
+//             statistics is saved), one pass writing grad_y.
+// Inner loops are contiguous runs of H*W elements over the per-element functions of
+// patchgan_conv.h, vectorised with `omp simd`. Per-channel parameter gradients are summed
+// from per-group partials in a fixed order: deterministic for any thread count.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <array>
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+#include "../call_counter.h"
+#include "patchgan_conv.h"
+
+namespace bsrops {
+namespace patchgan_conv {
+namespace {
+
+int64_t group_grain(const Groups& g) { return std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(1, g.size())); }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(
+    const at::Tensor& y_in, const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+    const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
+    c10::string_view norm_name, bool training, double momentum, double eps, double slope, bool activation) {
+  count_call("_patchgan_norm_act.cpu");
+  const int norm = parse_norm(norm_name);
+  const at::Tensor y = y_in.contiguous();
+  const Groups g = make_groups(y, norm);
+  for (const auto& [t, name] : {std::pair{&weight, "norm_weight"}, std::pair{&bias, "norm_bias"},
+                                std::pair{&running_mean, "running_mean"}, std::pair{&running_var, "running_var"}})
+    check_channel_vector(*t, y, name);
+  const bool tracked = present(running_mean) && present(running_var);
+  TORCH_CHECK(present(running_mean) == present(running_var), "patchgan_conv: give both running_mean and running_var or neither");
+  TORCH_CHECK(!tracked || (running_mean->is_contiguous() && running_var->is_contiguous()),
+              "patchgan_conv: running statistics must be contiguous");
+  const bool data_stats = norm == kInstance || (norm == kBatch && (training || !tracked));
+  TORCH_CHECK(!(norm == kBatch && data_stats && g.size() <= 1 && training),
+              "patchgan_conv: batch norm in training mode needs more than one value per channel, got ", y.sizes());
+  at::Tensor out = at::empty_like(y);
+  const auto stat_shape = norm == kInstance ? std::vector<int64_t>{g.N, g.C}
+                                            : std::vector<int64_t>{norm == kBatch ? g.C : 0};
+  at::Tensor mean = at::empty(stat_shape, y.options()), rstd = at::empty(stat_shape, y.options());
+  if (y.numel() == 0 && norm != kBatch) return {out, mean, rstd};
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "patchgan_norm_act_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* yd = y.data_ptr<scalar_t>();
+    scalar_t* od = out.data_ptr<scalar_t>();
+    scalar_t *md = mean.data_ptr<scalar_t>(), *rd = rstd.data_ptr<scalar_t>();
+    const scalar_t* wd = present(weight) ? weight->data_ptr<scalar_t>() : nullptr;
+    const scalar_t* bd = present(bias) ? bias->data_ptr<scalar_t>() : nullptr;
+    scalar_t* rmd = tracked ? running_mean->data_ptr<scalar_t>() : nullptr;
+    scalar_t* rvd = tracked ? running_var->data_ptr<scalar_t>() : nullptr;
+    const acc_t s = static_cast<acc_t>(slope);
+    if (norm == kNone) {  // no groups: chunks of elements
+      at::parallel_for(0, y.numel(), 1 << 15, [&](int64_t begin, int64_t end) {
+        BSR_SIMD
+        for (int64_t e = begin; e < end; ++e) od[e] = norm_act_element<scalar_t, acc_t>(yd[e], 1, 0, s, activation);
+      });
+      return;
+    }
+    const int64_t M = g.size();
+    at::parallel_for(0, g.count(), group_grain(g), [&](int64_t g0, int64_t g1) {
+      for (int64_t group = g0; group < g1; ++group) {
+        acc_t scale = 1, shift = 0;
+        const int64_t segments = g.segments(), length = g.HW;
+        {
+          const int64_t c = g.channel(group);
+          acc_t mu, r;
+          if (data_stats) {
+            acc_t sum = 0;
+            for (int64_t seg = 0; seg < segments; ++seg) {
+              const scalar_t* p = yd + g.segment_offset(group, seg);
+              BSR_SIMD_SUM(sum)
+              for (int64_t e = 0; e < length; ++e) sum += static_cast<acc_t>(p[e]);
+            }
+            mu = M > 0 ? sum / M : acc_t(0);
+            acc_t sq = 0;
+            for (int64_t seg = 0; seg < segments; ++seg) {
+              const scalar_t* p = yd + g.segment_offset(group, seg);
+              BSR_SIMD_SUM(sq)
+              for (int64_t e = 0; e < length; ++e) {
+                const acc_t d = static_cast<acc_t>(p[e]) - mu;
+                sq += d * d;
+              }
+            }
+            const acc_t var = M > 0 ? sq / M : acc_t(0);
+            r = acc_t(1) / std::sqrt(var + static_cast<acc_t>(eps));
+            if (norm == kBatch && training && tracked) {  // as nn.BatchNorm2d: unbiased variance
+              const acc_t m = static_cast<acc_t>(momentum);
+              rmd[c] = static_cast<scalar_t>((1 - m) * rmd[c] + m * mu);
+              rvd[c] = static_cast<scalar_t>((1 - m) * rvd[c] + m * sq / (M - 1));
+            }
+          } else {
+            mu = static_cast<acc_t>(rmd[c]);
+            r = acc_t(1) / std::sqrt(static_cast<acc_t>(rvd[c]) + static_cast<acc_t>(eps));
+          }
+          md[group] = static_cast<scalar_t>(mu);
+          rd[group] = static_cast<scalar_t>(r);
+          scale = (wd ? static_cast<acc_t>(wd[c]) : acc_t(1)) * r;
+          shift = (bd ? static_cast<acc_t>(bd[c]) : acc_t(0)) - mu * scale;
+        }
+        for (int64_t seg = 0; seg < segments; ++seg) {
+          const int64_t base = g.segment_offset(group, seg);
+          const scalar_t* p = yd + base;
+          scalar_t* q = od + base;
+BSR_SIMD
+          for (int64_t e = 0; e < length; ++e) q[e] = norm_act_element<scalar_t, acc_t>(p[e], scale, shift, s, activation);
+        }
+      }
+    });
+  });
+  return {out, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cpu(
+    const at::Tensor& grad_in, const at::Tensor& y_in, const at::Tensor& out_in, const at::Tensor& mean_in,
+    const at::Tensor& rstd_in, const c10::optional<at::Tensor>& weight, c10::string_view norm_name, bool training,
+    double slope, bool activation, std::array<bool, 3> mask) {
+  count_call("_patchgan_norm_act_backward.cpu");
+  const int norm = parse_norm(norm_name);
+  const at::Tensor grad = grad_in.contiguous(), out = out_in.contiguous();
+  const at::Tensor y = norm == kNone ? out : y_in.contiguous();
+  const Groups g = make_groups(out, norm);
+  TORCH_CHECK(grad.sizes() == out.sizes() && y.sizes() == out.sizes(),
+              "_patchgan_norm_act_backward: grad_out, y and out must have one shape");
+  check_channel_vector(weight, out, "norm_weight");
+  const at::Tensor mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
+  const int64_t groups = norm == kNone ? 0 : g.count();
+  TORCH_CHECK(mean.numel() == groups && rstd.numel() == groups, "_patchgan_norm_act_backward: mean and rstd must hold ",
+              groups, " values");
+  const bool data_stats = norm == kInstance || (norm == kBatch && training);
+  at::Tensor grad_y = mask[0] ? at::empty_like(out) : out.new_empty({0});
+  const bool param_grads = norm != kNone && (mask[1] || mask[2]);
+  at::Tensor sums = at::empty({2, std::max<int64_t>(groups, 1)}, out.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "patchgan_norm_act_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t *gd = grad.data_ptr<scalar_t>(), *yd = y.data_ptr<scalar_t>(), *od = out.data_ptr<scalar_t>();
+    scalar_t* gyd = mask[0] ? grad_y.data_ptr<scalar_t>() : nullptr;
+    const acc_t s = static_cast<acc_t>(slope);
+    if (norm == kNone) {
+      if (!gyd) return;
+      at::parallel_for(0, out.numel(), 1 << 15, [&](int64_t begin, int64_t end) {
+BSR_SIMD
+        for (int64_t e = begin; e < end; ++e) gyd[e] = static_cast<scalar_t>(grad_z_element<scalar_t, acc_t>(gd[e], od[e], s, activation));
+      });
+      return;
+    }
+    const scalar_t *md = mean.data_ptr<scalar_t>(), *rd = rstd.data_ptr<scalar_t>();
+    const scalar_t* wd = present(weight) ? weight->data_ptr<scalar_t>() : nullptr;
+    double* sum_gz = sums.data_ptr<double>();
+    double* sum_gz_yhat = sum_gz + sums.size(1);
+    const int64_t M = g.size();
+    at::parallel_for(0, groups, group_grain(g), [&](int64_t g0, int64_t g1) {
+      for (int64_t group = g0; group < g1; ++group) {
+        const acc_t mu = static_cast<acc_t>(md[group]), r = static_cast<acc_t>(rd[group]);
+        const acc_t gamma = wd ? static_cast<acc_t>(wd[g.channel(group)]) : acc_t(1);
+        acc_t s1 = 0, s2 = 0;
+        if (data_stats || param_grads) {
+          for (int64_t seg = 0; seg < g.segments(); ++seg) {
+            const int64_t base = g.segment_offset(group, seg);
+            const scalar_t *gp = gd + base, *yp = yd + base, *op = od + base;
+BSR_SIMD_SUM(s1, s2)
+            for (int64_t e = 0; e < g.HW; ++e) {
+              const acc_t gz = grad_z_element<scalar_t, acc_t>(gp[e], op[e], s, activation);
+              s1 += gz;
+              s2 += gz * ((static_cast<acc_t>(yp[e]) - mu) * r);
+            }
+          }
+        }
+        sum_gz[group] = s1;
+        sum_gz_yhat[group] = s2;
+        if (!gyd) continue;
+        const acc_t mean_gz = data_stats ? s1 / M : acc_t(0), mean_gz_yhat = data_stats ? s2 / M : acc_t(0);
+        const acc_t gamma_r = gamma * r;
+        for (int64_t seg = 0; seg < g.segments(); ++seg) {
+          const int64_t base = g.segment_offset(group, seg);
+          const scalar_t *gp = gd + base, *yp = yd + base, *op = od + base;
+          scalar_t* q = gyd + base;
+BSR_SIMD
+          for (int64_t e = 0; e < g.HW; ++e) {
+            const acc_t gz = grad_z_element<scalar_t, acc_t>(gp[e], op[e], s, activation);
+            const acc_t yhat = (static_cast<acc_t>(yp[e]) - mu) * r;
+            q[e] = static_cast<scalar_t>(grad_y_element<acc_t>(gz, yhat, gamma_r, mean_gz, mean_gz_yhat, data_stats));
+          }
+        }
+      }
+    });
+  });
+  at::Tensor grad_weight = out.new_empty({0}), grad_bias = out.new_empty({0});
+  if (param_grads) {  // per-group partial sums -> per channel, in a fixed order
+    const at::Tensor per_channel = norm == kInstance ? sums.view({2, g.N, g.C}).sum(1) : sums;
+    if (mask[1]) grad_weight = per_channel[1].to(out.scalar_type());
+    if (mask[2]) grad_bias = per_channel[0].to(out.scalar_type());
+  }
+  return {grad_y, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(bsrops, CPU, m) {
+  m.impl("_patchgan_norm_act", &norm_act_cpu);
+  m.impl("_patchgan_norm_act_backward", &norm_act_backward_cpu);
+}
+
+}  // namespace patchgan_conv
+}  // namespace bsrops

@@ -1,0 +1,244 @@
+// CUDA kernels of bsrops::patchgan_conv's fused part (norm statistics + affine + LeakyReLU and
+// their backward); the convolution itself runs on cuDNN in the op's composite.
+//
+// One block per group (instance: an (n, c) plane; batch: a channel over all n). Threads
+// stride over the group's elements (Groups::offset), reduce in a fixed-shape shared-memory
+// tree (deterministic, no atomics), and apply the per-element functions of
+// patchgan_conv.h, the functions the CPU kernels loop over. Forward: sum -> mean, squared
+// deviations -> rstd (two-pass), then out; backward: sum(gz), sum(gz * yhat) -> grad_y.
+// Only minimal headers (shared/DESIGN.md §5).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/sum.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <tuple>
+#include <vector>
+
+#include "../call_counter.h"
+#include "patchgan_conv.h"
+
+namespace bsrops {
+namespace patchgan_conv {
+namespace {
+
+constexpr int kThreads = 256;
+
+// Sum of one value per thread, in a fixed order; every thread gets the result.
+template <typename acc_t>
+__device__ acc_t block_sum(acc_t value, acc_t* shared) {
+  shared[threadIdx.x] = value;
+  __syncthreads();
+  for (int width = kThreads / 2; width > 0; width /= 2) {
+    if (threadIdx.x < width) shared[threadIdx.x] += shared[threadIdx.x + width];
+    __syncthreads();
+  }
+  const acc_t total = shared[0];
+  __syncthreads();
+  return total;
+}
+
+struct ForwardParams {
+  Groups g;
+  bool data_stats, training, tracked, activation;
+  double momentum, eps, slope;
+};
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    norm_act_kernel(const scalar_t* __restrict__ y, scalar_t* __restrict__ out, scalar_t* __restrict__ mean,
+                    scalar_t* __restrict__ rstd, const scalar_t* __restrict__ weight,
+                    const scalar_t* __restrict__ bias, scalar_t* __restrict__ running_mean,
+                    scalar_t* __restrict__ running_var, const ForwardParams p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ acc_t shared[kThreads];
+  const Groups& g = p.g;
+  const int64_t group = blockIdx.x, M = g.norm == kNone ? g.N * g.C * g.HW : g.size();
+  acc_t scale = 1, shift = 0;
+  if (g.norm != kNone) {
+    const int64_t c = g.channel(group);
+    acc_t mu, r;
+    if (p.data_stats) {
+      acc_t sum = 0;
+      for (int64_t e = threadIdx.x; e < M; e += kThreads) sum += static_cast<acc_t>(y[g.offset(group, e)]);
+      mu = M > 0 ? block_sum(sum, shared) / M : acc_t(0);
+      acc_t sq = 0;
+      for (int64_t e = threadIdx.x; e < M; e += kThreads) {
+        const acc_t d = static_cast<acc_t>(y[g.offset(group, e)]) - mu;
+        sq += d * d;
+      }
+      sq = block_sum(sq, shared);
+      r = acc_t(1) / sqrt((M > 0 ? sq / M : acc_t(0)) + static_cast<acc_t>(p.eps));
+      if (threadIdx.x == 0 && g.norm == kBatch && p.training && p.tracked) {
+        const acc_t m = static_cast<acc_t>(p.momentum);
+        running_mean[c] = static_cast<scalar_t>((1 - m) * running_mean[c] + m * mu);
+        running_var[c] = static_cast<scalar_t>((1 - m) * running_var[c] + m * sq / (M - 1));
+      }
+    } else {
+      mu = static_cast<acc_t>(running_mean[c]);
+      r = acc_t(1) / sqrt(static_cast<acc_t>(running_var[c]) + static_cast<acc_t>(p.eps));
+    }
+    if (threadIdx.x == 0) {
+      mean[group] = static_cast<scalar_t>(mu);
+      rstd[group] = static_cast<scalar_t>(r);
+    }
+    scale = (weight ? static_cast<acc_t>(weight[c]) : acc_t(1)) * r;
+    shift = (bias ? static_cast<acc_t>(bias[c]) : acc_t(0)) - mu * scale;
+  }
+  const acc_t slope = static_cast<acc_t>(p.slope);
+  if (g.norm == kNone) {  // no groups: a plain grid-stride loop over all elements
+    for (int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; e < M;
+         e += static_cast<int64_t>(kThreads) * gridDim.x)
+      out[e] = norm_act_element<scalar_t, acc_t>(y[e], scale, shift, slope, p.activation);
+    return;
+  }
+  for (int64_t e = threadIdx.x; e < M; e += kThreads) {
+    const int64_t o = g.offset(group, e);
+    out[o] = norm_act_element<scalar_t, acc_t>(y[o], scale, shift, slope, p.activation);
+  }
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    norm_act_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ y,
+                             const scalar_t* __restrict__ out, const scalar_t* __restrict__ mean,
+                             const scalar_t* __restrict__ rstd, const scalar_t* __restrict__ weight,
+                             scalar_t* __restrict__ grad_y, double* __restrict__ sums, const Groups g,
+                             bool data_stats, bool activation, double slope_in) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ acc_t shared[kThreads];
+  const acc_t slope = static_cast<acc_t>(slope_in);
+  if (g.norm == kNone) {
+    const int64_t total = g.N * g.C * g.HW;
+    for (int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; e < total;
+         e += static_cast<int64_t>(kThreads) * gridDim.x)
+      grad_y[e] = static_cast<scalar_t>(grad_z_element<scalar_t, acc_t>(grad[e], out[e], slope, activation));
+    return;
+  }
+  const int64_t group = blockIdx.x, M = g.size();
+  const acc_t mu = static_cast<acc_t>(mean[group]), r = static_cast<acc_t>(rstd[group]);
+  const acc_t gamma = weight ? static_cast<acc_t>(weight[g.channel(group)]) : acc_t(1);
+  acc_t s1 = 0, s2 = 0;
+  for (int64_t e = threadIdx.x; e < M; e += kThreads) {
+    const int64_t o = g.offset(group, e);
+    const acc_t gz = grad_z_element<scalar_t, acc_t>(grad[o], out[o], slope, activation);
+    s1 += gz;
+    s2 += gz * ((static_cast<acc_t>(y[o]) - mu) * r);
+  }
+  s1 = block_sum(s1, shared);
+  s2 = block_sum(s2, shared);
+  if (threadIdx.x == 0) {
+    sums[group] = s1;
+    sums[gridDim.x + group] = s2;
+  }
+  if (!grad_y) return;
+  const acc_t mean_gz = data_stats ? s1 / M : acc_t(0), mean_gz_yhat = data_stats ? s2 / M : acc_t(0);
+  for (int64_t e = threadIdx.x; e < M; e += kThreads) {
+    const int64_t o = g.offset(group, e);
+    const acc_t gz = grad_z_element<scalar_t, acc_t>(grad[o], out[o], slope, activation);
+    const acc_t yhat = (static_cast<acc_t>(y[o]) - mu) * r;
+    grad_y[o] = static_cast<scalar_t>(grad_y_element<acc_t>(gz, yhat, gamma * r, mean_gz, mean_gz_yhat, data_stats));
+  }
+}
+
+template <typename T>
+const T* optional_ptr(const c10::optional<at::Tensor>& t) {
+  return present(t) ? t->const_data_ptr<T>() : nullptr;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_cuda(
+    const at::Tensor& y_in, const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+    const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
+    c10::string_view norm_name, bool training, double momentum, double eps, double slope, bool activation) {
+  count_call("_patchgan_norm_act.cuda");
+  TORCH_CHECK(y_in.is_cuda(), "patchgan_conv (cuda): y must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(y_in.device());
+  const int norm = parse_norm(norm_name);
+  const at::Tensor y = y_in.contiguous();
+  const Groups g = make_groups(y, norm);
+  check_channel_vector(weight, y, "norm_weight");
+  check_channel_vector(bias, y, "norm_bias");
+  check_channel_vector(running_mean, y, "running_mean");
+  check_channel_vector(running_var, y, "running_var");
+  const bool tracked = present(running_mean) && present(running_var);
+  TORCH_CHECK(!tracked || (running_mean->is_contiguous() && running_var->is_contiguous()),
+              "patchgan_conv: running statistics must be contiguous");
+  ForwardParams p{g, norm == kInstance || (norm == kBatch && (training || !tracked)), training, tracked, activation,
+                  momentum, eps, slope};
+  at::Tensor out = at::empty_like(y);
+  const auto stat_shape = norm == kInstance ? std::vector<int64_t>{g.N, g.C}
+                                            : std::vector<int64_t>{norm == kBatch ? g.C : 0};
+  at::Tensor mean = at::empty(stat_shape, y.options()), rstd = at::empty(stat_shape, y.options());
+  const int64_t blocks = norm == kNone ? std::min<int64_t>((y.numel() + kThreads - 1) / kThreads, 65536) : g.count();
+  if (blocks == 0) return {out, mean, rstd};
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "patchgan_norm_act_cuda", [&] {
+    norm_act_kernel<scalar_t><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
+        y.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), mean.mutable_data_ptr<scalar_t>(),
+        rstd.mutable_data_ptr<scalar_t>(), optional_ptr<scalar_t>(weight), optional_ptr<scalar_t>(bias),
+        tracked ? running_mean->mutable_data_ptr<scalar_t>() : nullptr,
+        tracked ? running_var->mutable_data_ptr<scalar_t>() : nullptr, p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {out, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cuda(
+    const at::Tensor& grad_in, const at::Tensor& y_in, const at::Tensor& out_in, const at::Tensor& mean_in,
+    const at::Tensor& rstd_in, const c10::optional<at::Tensor>& weight, c10::string_view norm_name, bool training,
+    double slope, bool activation, std::array<bool, 3> mask) {
+  count_call("_patchgan_norm_act_backward.cuda");
+  TORCH_CHECK(out_in.is_cuda() && grad_in.device() == out_in.device(),
+              "patchgan_conv (cuda): grad_out and out must be CUDA tensors on one device");
+  const c10::cuda::CUDAGuard guard(out_in.device());
+  const int norm = parse_norm(norm_name);
+  const at::Tensor grad = grad_in.contiguous(), out = out_in.contiguous();
+  const at::Tensor y = norm == kNone ? out : y_in.contiguous();
+  const Groups g = make_groups(out, norm);
+  TORCH_CHECK(grad.sizes() == out.sizes() && y.sizes() == out.sizes(),
+              "_patchgan_norm_act_backward: grad_out, y and out must have one shape");
+  check_channel_vector(weight, out, "norm_weight");
+  const at::Tensor mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
+  const int64_t groups = norm == kNone ? 0 : g.count();
+  TORCH_CHECK(mean.numel() == groups && rstd.numel() == groups, "_patchgan_norm_act_backward: mean and rstd must hold ",
+              groups, " values");
+  at::Tensor grad_y = mask[0] ? at::empty_like(out) : out.new_empty({0});
+  at::Tensor sums = at::empty({2, std::max<int64_t>(groups, 1)}, out.options().dtype(at::kDouble));
+  const int64_t blocks = norm == kNone ? std::min<int64_t>((out.numel() + kThreads - 1) / kThreads, 65536) : groups;
+  if (blocks > 0 && (mask[0] || norm != kNone)) {
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "patchgan_norm_act_backward_cuda", [&] {
+      norm_act_backward_kernel<scalar_t><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
+          grad.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(),
+          mean.const_data_ptr<scalar_t>(), rstd.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(weight),
+          mask[0] ? grad_y.mutable_data_ptr<scalar_t>() : nullptr, sums.mutable_data_ptr<double>(), g,
+          norm == kInstance || (norm == kBatch && training), activation, slope);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  at::Tensor grad_weight = out.new_empty({0}), grad_bias = out.new_empty({0});
+  if (norm != kNone && (mask[1] || mask[2])) {  // per-group partial sums -> per channel
+    const at::Tensor per_channel = norm == kInstance ? sums.view({2, g.N, g.C}).sum(1) : sums;
+    if (mask[1]) grad_weight = per_channel[1].to(out.scalar_type());
+    if (mask[2]) grad_bias = per_channel[0].to(out.scalar_type());
+  }
+  return {grad_y, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(bsrops, CUDA, m) {
+  m.impl("_patchgan_norm_act", &norm_act_cuda);
+  m.impl("_patchgan_norm_act_backward", &norm_act_backward_cuda);
+}
+
+}  // namespace patchgan_conv
+}  // namespace bsrops

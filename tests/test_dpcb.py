@@ -1,0 +1,216 @@
+"""bsrops.dpcb / bsrops.nn.DPCB / DPCG against nn.Module references written from the official
+structure (float64, random weights): outputs and every input / parameter gradient, both DANv2
+uses (Restorer: 1x1 condition; Estimator: image-sized condition), both DPCG modes, backends,
+registration (opcheck, torch.compile) and bad inputs."""
+import pytest
+import torch
+
+import bsrops
+from bsrops.nn import DPCB, DPCG
+from bsrops.reference.dpcb import DPCBReference, DPCGReference
+from tolerances import assert_close_to_float64
+
+# name: (nf, ksize1, ksize2, image (H, W), condition (H, W))
+USES = {
+    "restorer": (4, 3, 1, (7, 10), (1, 1)),
+    "estimator": (3, 3, 3, (6, 5), (6, 5)),
+}
+BACKEND_CALLS = {
+    "cpu": ("_dpcb_epilogue.cpu", "_dpcb_epilogue_backward.cpu", "_leaky_relu_.cpu", "_leaky_relu_backward_.cpu"),
+    "reference": ("dpcb.reference", "_dpcb_epilogue_backward.reference", "_leaky_relu_backward_.reference"),
+}
+
+
+def calls_delta(run):
+    before = bsrops.kernel_calls()
+    result = run()
+    after = bsrops.kernel_calls()
+    return result, {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+
+
+def make_pair(use, n=2, dtype=torch.float64):
+    nf, k1, k2, image, cond = USES[use]
+    ours = DPCB(nf, nf, k1, k2).to(dtype)
+    reference = DPCBReference(nf, nf, k1, k2).to(dtype)
+    reference.load_state_dict(ours.state_dict())
+    x_img = torch.randn(n, nf, *image, dtype=dtype)
+    x_cond = torch.randn(n, nf, *cond, dtype=dtype)
+    return ours, reference, x_img, x_cond
+
+
+def outputs_and_grads(run, module, x_img, x_cond, grads):
+    x_img, x_cond = x_img.detach().requires_grad_(), x_cond.detach().requires_grad_()
+    module.zero_grad(set_to_none=True)
+    out_img, out_cond = run(x_img, x_cond)
+    torch.autograd.backward([out_img, out_cond], grads)
+    params = [p.grad for p in module.parameters()]
+    return [out_img.detach(), out_cond.detach(), x_img.grad, x_cond.grad, *params]
+
+
+def reference_run(reference):
+    return lambda a, b: tuple(reference([a, b]))
+
+
+def assert_all_close(actual, expected):
+    assert len(actual) == len(expected)
+    for index, (a, e) in enumerate(zip(actual, expected)):
+        assert a.shape == e.shape, (index, a.shape, e.shape)
+        assert_close_to_float64(a, e)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("use", sorted(USES))
+def test_dpcb_matches_official_structure(use, backend):
+    ours, reference, x_img, x_cond = make_pair(use)
+    grads = [torch.randn_like(x_img), torch.randn_like(x_cond)]
+    with bsrops.use_backend(backend):
+        actual, delta = calls_delta(lambda: outputs_and_grads(ours, ours, x_img, x_cond, grads))
+    assert all(delta.get(name, 0) >= 1 for name in BACKEND_CALLS[backend]), delta
+    other = "reference" if backend == "cpu" else "cpu"
+    assert not any(name.endswith("." + other) for name in delta), delta
+    expected = outputs_and_grads(reference_run(reference), reference, x_img, x_cond, grads)
+    assert_all_close(actual, expected)
+
+
+def test_dpcb_float32_and_non_contiguous_inputs():
+    ours, reference, x_img, x_cond = make_pair("estimator", dtype=torch.float32)
+    x_img = x_img.to(memory_format=torch.channels_last)
+    x_cond = x_cond.transpose(2, 3).contiguous().transpose(2, 3)
+    grads = [torch.randn_like(x_img), torch.randn_like(x_cond)]
+    actual = outputs_and_grads(ours, ours, x_img, x_cond, grads)
+    exact = outputs_and_grads(reference_run(reference.double()), reference, x_img.double(), x_cond.double(),
+                              [g.double() for g in grads])
+    for a, e in zip(actual, exact):
+        assert a.dtype == torch.float32
+        assert_close_to_float64(a, e)
+
+
+def test_dpcb_batch_zero_and_one_output_used():
+    ours, _, x_img, x_cond = make_pair("restorer", n=0)
+    x_img.requires_grad_()
+    out_img, out_cond = ours(x_img, x_cond)
+    out_img.sum().backward()
+    assert out_img.shape == x_img.shape and out_cond.shape == x_cond.shape
+    assert x_img.grad.shape == x_img.shape and not ours.body1[0].weight.grad.any()
+    # only out_cond feeds the loss: the image path's weights get no gradient signal
+    ours, reference, x_img, x_cond = make_pair("restorer")
+    ours.zero_grad(set_to_none=True)
+    _, out_cond = ours(x_img, x_cond.requires_grad_())
+    out_cond.sum().backward()
+    reference.zero_grad(set_to_none=True)
+    reference([x_img, x_cond.detach().requires_grad_()])[1].sum().backward()
+    for name, p in ours.named_parameters():
+        expected = reference.get_parameter(name).grad
+        assert_close_to_float64(p.grad if p.grad is not None else torch.zeros_like(p),
+                                expected if expected is not None else torch.zeros_like(p))
+
+
+@pytest.mark.parametrize("legacy_doubling", [True, False])
+@pytest.mark.parametrize("use", sorted(USES))
+def test_dpcg_modes_and_official_state_dict(use, legacy_doubling):
+    nf, k1, k2, image, cond = USES[use]
+    reference = DPCGReference(nf, nf, k1, k2, nb=2).double()
+    ours = DPCG(nf, nf, k1, k2, nb=2, legacy_doubling=legacy_doubling).double()
+    ours.load_state_dict(reference.state_dict())  # official keys: body.{b}.body1.0.weight, ...
+    assert "body.1.body2.2.bias" in ours.state_dict()
+    x_img, x_cond = torch.randn(2, nf, *image, dtype=torch.float64), torch.randn(2, nf, *cond, dtype=torch.float64)
+    grads = [torch.randn_like(x_img), torch.randn_like(x_cond)]
+    actual = outputs_and_grads(ours, ours, x_img, x_cond, grads)
+    if legacy_doubling:  # the official module, list aliasing included
+        expected = outputs_and_grads(reference_run(reference), reference, x_img, x_cond, grads)
+    else:  # intended: input + chain output
+        def intended(a, b):
+            chain = reference.body([a, b])
+            return a + chain[0], b + chain[1]
+        expected = outputs_and_grads(intended, reference, x_img, x_cond, grads)
+    assert_all_close(actual, expected)
+
+
+def test_gradcheck():
+    ours, _, x_img, x_cond = make_pair("estimator", n=1)
+    params = [p.detach().requires_grad_() for p in ours.parameters()]
+    assert torch.autograd.gradcheck(lambda a, b, *w: bsrops.dpcb(a, b, *w),
+                                    (x_img.requires_grad_(), x_cond.requires_grad_(), *params), fast_mode=True)
+
+
+@pytest.mark.parametrize("use", sorted(USES))
+def test_opcheck(use):
+    ours, _, x_img, x_cond = make_pair(use, n=1)
+    params = [p.detach().clone().requires_grad_() for p in ours.parameters()]
+    torch.library.opcheck(torch.ops.bsrops.dpcb.default, (x_img.requires_grad_(), x_cond, *params, 0.2))
+    out = torch.ops.bsrops.dpcb(x_img.detach(), x_cond, *[p.detach() for p in params], 0.2)
+    h1, f1 = out[2], out[3]
+    torch.library.opcheck(torch.ops.bsrops._leaky_relu_.default, (h1.clone(), 0.1))
+    torch.library.opcheck(torch.ops.bsrops._leaky_relu_backward_.default, (torch.randn_like(h1), h1, 0.1))
+    torch.library.opcheck(torch.ops.bsrops._dpcb_epilogue.default, (x_img.detach(), f1, x_cond, out[5]))
+    torch.library.opcheck(torch.ops.bsrops._dpcb_epilogue_backward.default,
+                          (torch.randn_like(f1), None, f1, out[5]))
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph():
+    ours, _, x_img, x_cond = make_pair("restorer", dtype=torch.float32)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda a, b: sum(t.square().sum() for t in ours(a, b)), fullgraph=True)
+    x_img.requires_grad_()
+    value = compiled(x_img, x_cond)
+    value.backward()
+    grad = x_img.grad.clone()
+    x_img.grad = None
+    expected = sum(t.square().sum() for t in ours(x_img, x_cond))
+    expected.backward()
+    torch.testing.assert_close(value, expected)
+    torch.testing.assert_close(grad, x_img.grad)
+
+
+def test_python_schemas_equal_native_schemas():
+    from bsrops.ops.dpcb import SCHEMAS
+
+    for name, schema in SCHEMAS.items():
+        native = str(getattr(torch.ops.bsrops, name).default._schema)
+        assert native == str(torch._C.parse_schema("bsrops::" + schema)), name
+
+
+def test_channel_mismatch_in_module_is_a_clear_error():
+    with pytest.raises(ValueError, match="nf1 \\(4\\) must equal nf2 \\(8\\)"):
+        DPCB(4, 8)
+
+
+def _args(**change):
+    nf = 4
+    args = dict(x_img=torch.randn(2, nf, 6, 7), x_cond=torch.randn(2, nf, 1, 1),
+                w1=torch.randn(nf, nf, 3, 3), b1=torch.randn(nf), w2=torch.randn(nf, nf, 3, 3), b2=None,
+                w3=torch.randn(nf, nf, 1, 1), b3=None, w4=torch.randn(nf, nf, 1, 1), b4=torch.randn(nf))
+    args.update(change)
+    return args
+
+
+BAD_INPUTS = [
+    (dict(x_cond=torch.randn(2, 8, 1, 1)), ValueError, "nf1 must equal nf2"),
+    (dict(x_cond=torch.randn(2, 4, 3, 3)), ValueError, "neither 1x1 nor image-sized"),
+    (dict(x_cond=torch.randn(3, 4, 1, 1)), ValueError, "x_cond must have x_img's batch 2"),
+    (dict(x_img=torch.randn(4, 6, 7)), ValueError, "x_img must have 4 dimensions"),
+    (dict(w1=torch.randn(4, 4, 2, 2)), ValueError, "w1 must be \\(4, 4, k, k\\) with odd k"),
+    (dict(w2=torch.randn(4, 4, 5, 5)), ValueError, "w2 must have the shape of the path's first weight"),
+    (dict(b1=torch.randn(3)), ValueError, "b1 must be \\(4,\\)"),
+    (dict(x_cond=torch.randn(2, 4, 1, 1, dtype=torch.float64)), TypeError, "x_cond dtype torch.float64"),
+    (dict(x_img=torch.randn(2, 4, 6, 7).half()), TypeError, "x_img must be float32 or float64"),
+    (dict(w3=[1.0]), TypeError, "w3 must be a torch.Tensor"),
+]
+
+
+@pytest.mark.parametrize("change,error,message", BAD_INPUTS)
+def test_bad_input_gives_clear_error(change, error, message):
+    with pytest.raises(error, match=message):
+        bsrops.dpcb(**_args(**change))
+
+
+def test_negative_slope_must_be_non_negative():
+    with pytest.raises(ValueError, match="negative_slope must be a float >= 0"):
+        bsrops.dpcb(**_args(), negative_slope=-0.1)
+
+
+def test_native_epilogue_checks_shapes_too():
+    with pytest.raises(RuntimeError, match="condition must be \\(N, C, 1, 1\\) or"):
+        torch.ops.bsrops._dpcb_epilogue(torch.randn(1, 2, 4, 4), torch.randn(1, 2, 4, 4), torch.randn(1, 2, 2, 2),
+                                        torch.randn(1, 2, 2, 2))

@@ -1,0 +1,222 @@
+"""bsrops.patchgan_conv / bsrops.nn.PatchGANConv / PatchGANDiscriminator against references written
+from the official structures (float64, random weights): outputs and all gradients for every
+norm, batch norm in train and eval mode with its running statistics, the official discriminator
+layouts (state dicts in the official `model.{i}` layout), backends, opcheck, compile, bad inputs."""
+import pytest
+import torch
+import torch.nn as nn
+
+import bsrops
+from bsrops.nn import PatchGANConv, PatchGANDiscriminator
+from bsrops.reference.patchgan_conv import NLayerDiscriminatorReference, PDMDiscriminatorReference
+from tolerances import assert_close_to_float64
+
+
+def calls_delta(run):
+    before = bsrops.kernel_calls()
+    result = run()
+    after = bsrops.kernel_calls()
+    return result, {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+
+
+def reference_block(ours):
+    """The eager module sequence the block stands for, with the block's parameters and buffers."""
+    conv = ours.conv
+    layers = [nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                        bias=conv.bias is not None)]
+    if ours.norm is not None:
+        layers.append(type(ours.norm)(conv.out_channels, affine=ours.norm.affine,
+                                      track_running_stats=ours.norm.track_running_stats))
+    if ours.activation:
+        layers.append(nn.LeakyReLU(ours.negative_slope, True))
+    reference = nn.Sequential(*layers).to(conv.weight.dtype)
+    state = {("0." if key.startswith("conv.") else "1.") + key.split(".", 1)[1]: value.clone()
+             for key, value in ours.state_dict().items()}
+    reference.load_state_dict(state)
+    return reference
+
+
+def randomise(module):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    return module
+
+
+def outputs_and_grads(module, x, grad):
+    x = x.detach().requires_grad_()
+    module.zero_grad(set_to_none=True)
+    out = module(x)
+    out.backward(grad)
+    return [out.detach(), x.grad, *[p.grad for p in module.parameters()]]
+
+
+def assert_all_close(actual, expected):
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        assert a.shape == e.shape
+        assert_close_to_float64(a, e)
+
+
+BLOCKS = [  # norm, activation, affine (instance), bias, kernel, stride, padding
+    ("none", True, False, True, 4, 2, 1),
+    ("none", False, False, True, 3, 1, 1),
+    ("instance", True, False, True, 4, 2, 1),
+    ("instance", False, True, False, 3, 2, 2),
+    ("batch", True, True, False, 4, 1, 2),
+    ("batch", False, True, True, 3, 2, 1),
+]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("block", BLOCKS, ids=[f"{b[0]}-act{int(b[1])}-k{b[4]}s{b[5]}p{b[6]}" for b in BLOCKS])
+def test_block_matches_eager_modules(block, backend):
+    norm, activation, affine, bias, k, stride, padding = block
+    ours = randomise(PatchGANConv(3, 5, k, stride, padding, norm, 0.2, activation, bias, affine=affine).double())
+    reference = reference_block(ours)
+    x = torch.randn(2, 3, 11, 8, dtype=torch.float64)
+    out_shape = reference[0](x).shape
+    grad = torch.randn(out_shape, dtype=torch.float64)
+    with bsrops.use_backend(backend):
+        actual, delta = calls_delta(lambda: outputs_and_grads(ours, x, grad))
+    if norm != "none" or activation:
+        assert delta.get(f"_patchgan_norm_act_backward.{backend}", 0) == 1, delta
+        other = "reference" if backend == "cpu" else "cpu"
+        assert not any(name.endswith("." + other) for name in delta), delta
+    assert_all_close(actual, outputs_and_grads(reference, x, grad))
+    if norm == "batch":
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            assert torch.equal(getattr(ours.norm, name), getattr(reference[1], name)) or \
+                (getattr(ours.norm, name) - getattr(reference[1], name)).abs().max() < 1e-12, name
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batch_norm_train_then_eval_like_batchnorm2d(momentum):
+    ours = randomise(PatchGANConv(3, 4, 3, 1, 1, "batch").double())
+    ours.norm.momentum = momentum
+    reference = reference_block(ours)
+    reference[1].momentum = momentum
+    for step in range(3):  # running statistics evolve identically
+        x = torch.randn(3, 3, 6, 7, dtype=torch.float64) + step
+        grad = torch.randn(3, 4, 6, 7, dtype=torch.float64)
+        assert_all_close(outputs_and_grads(ours, x, grad), outputs_and_grads(reference, x, grad))
+    assert ours.norm.num_batches_tracked.item() == 3
+    assert_close_to_float64(ours.norm.running_mean, reference[1].running_mean)
+    assert_close_to_float64(ours.norm.running_var, reference[1].running_var)
+    ours.eval()
+    reference.eval()
+    x, grad = torch.randn(2, 3, 5, 6, dtype=torch.float64), torch.randn(2, 4, 5, 6, dtype=torch.float64)
+    before = ours.norm.running_mean.clone()
+    assert_all_close(outputs_and_grads(ours, x, grad), outputs_and_grads(reference, x, grad))
+    assert torch.equal(ours.norm.running_mean, before) and ours.norm.num_batches_tracked.item() == 3
+
+
+def test_float32_and_non_contiguous_input():
+    ours = randomise(PatchGANConv(3, 6, 4, 2, 1, "instance", bias=False))  # a bias before IN has zero gradient
+    reference = reference_block(ours).double()
+    x = torch.randn(2, 3, 12, 10).to(memory_format=torch.channels_last)
+    grad = torch.randn(2, 6, 6, 5)
+    actual = outputs_and_grads(ours, x, grad)
+    expected = outputs_and_grads(reference, x.double(), grad.double())
+    for a, e in zip(actual, expected):
+        assert a.dtype == torch.float32
+        assert_close_to_float64(a, e)
+
+
+def test_batch_zero_instance_norm():
+    ours = PatchGANConv(3, 4, 4, 2, 1, "instance").double()
+    x = torch.randn(0, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    out = ours(x)
+    out.sum().backward()
+    assert out.shape == (0, 4, 4, 4) and x.grad.shape == x.shape and not ours.conv.weight.grad.any()
+
+
+@pytest.mark.parametrize("padding", [1, 2])
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+def test_nlayer_discriminator_loads_official_layout(norm, padding):
+    reference = randomise(NLayerDiscriminatorReference(3, 4, 3, norm, padding).double())
+    ours = PatchGANDiscriminator.nlayer(3, 4, 3, norm, padding).double()
+    ours.load_state_dict(reference.state_dict())  # keys model.{i} of the interleaved official sequence
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    grad = torch.randn_like(reference(x))
+    assert_all_close(outputs_and_grads(ours, x, grad), outputs_and_grads(reference, x, grad))
+
+
+def test_pdm_discriminator_loads_official_layout():
+    reference = randomise(PDMDiscriminatorReference(3, 4, 3, 2).double())
+    ours = PatchGANDiscriminator.pdm(3, 4, 3, 2).double()
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    out = reference(x)
+    assert out.shape == (2, 4, 4, 4)  # nf channels, not 1 (spec/methods.md §1.2)
+    grad = torch.randn_like(out)
+    assert_all_close(outputs_and_grads(ours, x, grad), outputs_and_grads(reference, x, grad))
+
+
+@pytest.mark.parametrize("norm,training", [("none", True), ("instance", True), ("batch", True), ("batch", False)])
+def test_opcheck(norm, training):
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    affine = [torch.randn(4, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    running = [torch.randn(4, dtype=torch.float64), torch.rand(4, dtype=torch.float64) + 0.5]
+    if norm != "batch":
+        running = [None, None]
+    torch.library.opcheck(torch.ops.bsrops.patchgan_conv.default,
+                          (x, weight, None, 2, 1, norm, *affine, *running, training, 0.1, 1e-5, 0.2, True))
+    y = torch.randn(2, 4, 5, 3, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.bsrops._patchgan_norm_act.default,
+                          (y, *[a.detach() for a in affine], *[r.clone() if r is not None else None for r in running],
+                           norm, training, 0.1, 1e-5, 0.2, True))
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph():
+    ours = PatchGANDiscriminator.nlayer(3, 4, 2, "batch")
+    x = torch.randn(2, 3, 16, 16, requires_grad=True)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda a: ours(a).square().sum(), fullgraph=True)
+    value = compiled(x)
+    value.backward()
+    grad = x.grad.clone()
+    x.grad = None
+    expected = ours(x).square().sum()
+    expected.backward()
+    torch.testing.assert_close(value, expected, rtol=1e-4, atol=1e-5)  # batch statistics moved on one step
+    torch.testing.assert_close(grad, x.grad)
+    assert ours.model[1].norm.num_batches_tracked.item() == 2
+
+
+def test_python_schemas_equal_native_schemas():
+    from bsrops.ops.patchgan_conv import SCHEMAS
+
+    for name, schema in SCHEMAS.items():
+        native = str(getattr(torch.ops.bsrops, name).default._schema)
+        assert native == str(torch._C.parse_schema("bsrops::" + schema)), name
+
+
+BAD_INPUTS = [
+    (dict(norm="group"), ValueError, "norm must be one of none, instance, batch"),
+    (dict(weight=torch.randn(4, 5, 3, 3)), ValueError, "weight must be \\(C_out, 3, k, k\\)"),
+    (dict(stride=0), ValueError, "stride must be >= 1"),
+    (dict(padding=1.0), TypeError, "padding must be an int"),
+    (dict(norm_weight=torch.randn(3)), ValueError, "norm_weight must be \\(4,\\)"),
+    (dict(running_mean=torch.zeros(4)), ValueError, "give both running_mean and running_var"),
+    (dict(x=torch.randn(2, 3, 1, 1)), ValueError, "smaller than the 3x3 kernel"),
+    (dict(x=torch.randn(1, 3, 3, 3), norm="batch", stride=3), ValueError, "more than one value per channel"),
+    (dict(negative_slope=-1.0), ValueError, "negative_slope must be a float >= 0"),
+    (dict(x=torch.randn(2, 3, 8, 8).half()), TypeError, "x must be float32 or float64"),
+]
+
+
+@pytest.mark.parametrize("change,error,message", BAD_INPUTS)
+def test_bad_input_gives_clear_error(change, error, message):
+    args = dict(x=torch.randn(2, 3, 8, 8), weight=torch.randn(4, 3, 3, 3), bias=None, stride=2, padding=0,
+                norm="instance")
+    args.update(change)
+    with pytest.raises(error, match=message):
+        bsrops.patchgan_conv(**args)
+
+
+def test_module_rejects_unknown_norm():
+    with pytest.raises(ValueError, match="norm must be one of"):
+        PatchGANConv(3, 4, norm="layer")
