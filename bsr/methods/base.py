@@ -14,7 +14,29 @@ Data the engine hands to a method (tensors float32 RGB in [0, 1], NCHW):
   "kernel" (k, k) when the true degradation kernel is known. For data_kind "hr" the LR is
   made by `method.degrade_for_validation(hr, index)` (deterministic); for "unpaired" the
   data module degrades with the documented demo degradation (or reads paired folders).
+
+Additions (backward compatible; a method that ignores them keeps working):
+- Training batches also carry "seed": (B,) int64, one seed per sample derived from the
+  run seed and the sample's global number (bsr/data/datasets.py). Draw per-sample random
+  degradations from it (and per-batch ones from `step`) instead of the global RNG, and
+  2 DDP processes with batch B train exactly like 1 process with batch 2B. (Or draw the
+  whole global batch's degradations from a generator seeded by `step` and keep the slice
+  of `self.rank` (of `self.world_size`), which is what USRNet does to batch its draws.)
+- `degrade_for_validation` may return a list of such dicts (several degradations of
+  one image; items are named <image>_<j>), and an entry may carry "scale" (default
+  data.scale): the metrics crop `border(scale)` pixels.
+- The engine calls `scheduler.step()` once after every `train_step` for every entry of
+  `self.schedulers` (schedules count iterations); methods do not step them.
+- `optimize(loss, *names)` does zero_grad, backward, gradient clipping
+  (train.grad_clip) and the optimiser steps, AMP-aware: use it and the engine's clipping
+  and AMP options work for the method.
+- `module(name)` is the network without its DDP wrapper (for evaluation-only paths).
+- `infer(lr, kernel, noise_level)` (python -m bsr.infer) defaults to super_resolve;
+  `baselines()` adds rows to the evaluation table (bsr.evaluate).
+- `modcrop_multiple()` and `border(scale)` set the validation crop and the metric border.
 """
+import contextlib
+
 import torch
 
 
@@ -31,6 +53,65 @@ class Method:
         self.nets = {}
         self.optimizers = {}
         self.schedulers = {}
+        # Set by the engine when train.amp is on for CUDA float16 (None: no loss scaling).
+        self.grad_scaler = None
+        # Set by the engine under DDP: this process' rank and the number of processes.
+        self.rank, self.world_size = 0, 1
+
+    def module(self, name):
+        """self.nets[name] without a DDP wrapper."""
+        net = self.nets[name]
+        return net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
+
+    def optimize(self, loss, *names):
+        """Backward of `loss` and a step of the optimisers `names` (all if none given), with
+        gradient clipping to train.grad_clip (global norm per optimiser; 0/None: off)."""
+        optimizers = [self.optimizers[n] for n in (names or self.optimizers)]
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        scaler = self.grad_scaler
+        (scaler.scale(loss) if scaler else loss).backward()
+        clip = self.cfg.get("train", {}).get("grad_clip")
+        for optimizer in optimizers:
+            if clip:
+                if scaler:
+                    scaler.unscale_(optimizer)
+                params = [p for group in optimizer.param_groups for p in group["params"]]
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            scaler.step(optimizer) if scaler else optimizer.step()
+        if scaler:
+            scaler.update()
+
+    def modcrop_multiple(self):
+        """Validation HR images are cropped to multiples of this (at least data.scale)."""
+        return self.cfg.data.scale
+
+    def border(self, scale):
+        """Pixels cropped at each side before PSNR/SSIM (the method's paper protocol)."""
+        return scale
+
+    @contextlib.contextmanager
+    def eval_mode(self):
+        """Networks in eval mode inside the block, their previous modes restored after."""
+        modes = {name: net.training for name, net in self.nets.items()}
+        for net in self.nets.values():
+            net.eval()
+        try:
+            yield
+        finally:
+            for name, net in self.nets.items():
+                net.train(modes[name])
+
+    @torch.no_grad()
+    def infer(self, lr, kernel=None, noise_level=None):
+        """Super-resolve a real image (python -m bsr.infer): super_resolve, plus whatever
+        boundary handling the method needs for images it did not synthesise itself."""
+        return self.super_resolve(lr, kernel, noise_level)
+
+    def baselines(self):
+        """Extra rows of the evaluation table: {name: fn(item) -> SR tensor}, e.g. an ablation.
+        Bicubic upsampling is always added by the evaluator."""
+        return {}
 
     def train_step(self, batch, step):
         """One iteration: forward, losses, backward, optimiser steps (the method zeroes

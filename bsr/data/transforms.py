@@ -1,0 +1,32 @@
+"""Crops aligned to the scale and the 8-way (dihedral) augmentation, on HWC numpy arrays."""
+import numpy as np
+
+from .io import ImageError
+
+
+def check_size(image, min_h, min_w, name):
+    if image.shape[0] < min_h or image.shape[1] < min_w:
+        raise ImageError(f"image {name!r} is {image.shape[0]}x{image.shape[1]}, smaller than the "
+                         f"{min_h}x{min_w} it must provide (crop size / scale)")
+
+
+def random_crop(image, size, rng, align=1):
+    """A size x size crop at a random position whose corner is a multiple of `align`
+    (so that an HR crop maps onto whole LR pixels of the upper-left decimation phase)."""
+    top = rng.integers(0, (image.shape[0] - size) // align + 1) * align
+    left = rng.integers(0, (image.shape[1] - size) // align + 1) * align
+    return image[top:top + size, left:left + size]
+
+
+def augment(image, mode):
+    """Dihedral transform `mode` in 0..7: rotate by 90 * (mode % 4) degrees, then flip if mode >= 4."""
+    image = np.rot90(image, mode % 4)
+    if mode >= 4:
+        image = image[::-1]
+    return np.ascontiguousarray(image)
+
+
+def modcrop(image, multiple):
+    """Crop (H, W, C) bottom/right so that both sides are multiples of `multiple`."""
+    h, w = image.shape[:2]
+    return image[:h - h % multiple, :w - w % multiple]

@@ -1,0 +1,349 @@
+"""One training loop for every method (contract: bsr/methods/base.py).
+
+    engine = Engine(cfg, out_dir, resume=False)   # builds the method, data, logs; resumes last.pt
+    engine.train()                                 # -> "done" | "interrupted"; raises NonFiniteLoss
+
+What it owns: the seeded data stream (bsr/data), DDP when started by torchrun (gloo on
+CPU, NCCL on GPU; train.batch_size is per process), optional AMP (train.amp: bfloat16 on
+CPU, float16 + loss scaling on CUDA), scheduler steps, validation every train.val_every
+iterations (metrics to log.jsonl and TensorBoard, LR | SR | HR grids to samples/),
+atomic checkpoints (checkpoints/last.pt every train.save_every iterations and at the end,
+checkpoints/iter_<n>.pt every train.ckpt_every), exact resume, SIGINT/SIGTERM (save and
+stop after the current iteration), and the non-finite loss guard (stop without saving:
+the last good checkpoint stays).
+
+Exact resume: a checkpoint holds the networks, optimisers, schedulers, the loss scaler,
+the step and the RNG states; the data stream is a function of (seed, step) only, and the
+DataLoader draws its worker seeds from its own generator, not from the global RNG.
+"""
+import json
+import math
+import os
+import random
+import signal
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from . import config as config_lib
+from . import data, methods
+from .data.io import write_image
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss became NaN or infinite; training stopped and nothing was saved."""
+
+
+# ----------------------------------------------------------------------------- distributed
+def distributed_setup(device):
+    """(rank, world_size, device) — initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, torch.device(device)
+    device = torch.device(device)
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world, device
+
+
+def _any_rank(flag, world, device):
+    """True on every rank if `flag` is true on one (keeps DDP ranks stepping in lockstep)."""
+    if world == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def rng_state():
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_save(obj, path):
+    """torch.save to a temporary file, then os.replace: a reader never sees half a file."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def method_state(method, step):
+    return {
+        "step": step,
+        "method": method.name,
+        "config": method.cfg.to_dict(),
+        "nets": {k: method.module(k).state_dict() for k in method.nets},
+        "optimizers": {k: v.state_dict() for k, v in method.optimizers.items()},
+        "schedulers": {k: v.state_dict() for k, v in method.schedulers.items()},
+        "grad_scaler": method.grad_scaler.state_dict() if method.grad_scaler else None,
+        "extra": method.extra_state(),
+        "rng": rng_state(),
+    }
+
+
+def load_method_state(method, state, training=True):
+    """Networks (and with `training`, optimisers, schedulers, scaler) from a checkpoint dict."""
+    for name, net_state in state["nets"].items():
+        method.module(name).load_state_dict(net_state)
+    method.load_extra_state(state.get("extra", {}))
+    if training:
+        for name, opt_state in state["optimizers"].items():
+            method.optimizers[name].load_state_dict(opt_state)
+        for name, sched_state in state["schedulers"].items():
+            method.schedulers[name].load_state_dict(sched_state)
+        if method.grad_scaler and state.get("grad_scaler"):
+            method.grad_scaler.load_state_dict(state["grad_scaler"])
+
+
+def load_checkpoint(path, device="cpu", overrides=()):
+    """(method, cfg, step) of a checkpoint, networks loaded, in eval mode (for evaluate/infer)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = config_lib.Config(state["config"])
+    for text in overrides:
+        cfg = config_lib.Config(config_lib.merge(cfg.to_dict(), config_lib.parse_override(text)))
+    cfg.device = device
+    method = methods.get(state["method"])(cfg, device)
+    load_method_state(method, state, training=False)
+    for net in method.nets.values():
+        net.eval()
+    return method, cfg, state["step"]
+
+
+# ----------------------------------------------------------------------------- validation
+def image_metrics(sr, hr, border, kernel=None, kernel_est=None):
+    """PSNR/SSIM on Y (BasicSR formula) and RGB of the 8-bit quantised SR (as the official
+    evaluations save it) with `border` pixels cropped; kernel error where estimated."""
+    from . import metrics
+
+    out = metrics.image_metrics(metrics.quantize_8bit(sr), hr, border)
+    if kernel is not None and kernel_est is not None:
+        out["kernel_error"] = metrics.kernel_error(kernel_est.cpu(), kernel.cpu())
+    return {k: float(v.mean()) for k, v in out.items()}
+
+
+def kernel_image(kernel, height):
+    """A (3, height, height) picture of a (k, k) kernel scaled to its peak (nearest upscaling)."""
+    k = kernel.detach().float().cpu()
+    k = (k / k.abs().max().clamp_min(1e-12)).clamp(0, 1)
+    size = max(1, height // k.shape[-1]) * k.shape[-1]
+    big = torch.nn.functional.interpolate(k[None, None], size=(size, size), mode="nearest")[0]
+    out = torch.zeros(3, height, height)
+    out[:, :size, :size] = big[:, :height, :height]
+    return out
+
+
+def sample_grid(item, output):
+    """LR (nearest-upscaled) | SR | HR side by side, then the true and estimated kernels."""
+    hr, sr = item["hr"][0].cpu(), output["sr"][0].detach().float().cpu().clamp(0, 1)
+    lr = torch.nn.functional.interpolate(item["lr"].cpu(), size=hr.shape[-2:], mode="nearest")[0]
+    panels = [lr, sr, hr]
+    for key in ("kernel", "kernel_est"):
+        source = item if key == "kernel" else output
+        if source.get(key) is not None:
+            panels.append(kernel_image(source[key], hr.shape[-2]))
+    return torch.cat(panels, dim=2)
+
+
+def run_validation(method, items, sample_dir=None, prefix="", sr_fn=None):
+    """Metrics per item and their mean; writes sample grids to `sample_dir` if given.
+    `sr_fn(item) -> output dict` defaults to method.validate (e.g. a baseline instead)."""
+    rows = []
+    sr_fn = sr_fn or method.validate
+    with method.eval_mode():
+        for item in items:
+            item_dev = {k: v.to(method.device) if torch.is_tensor(v) else v for k, v in item.items()}
+            output = sr_fn(item_dev)
+            scale = item.get("scale", method.cfg.data.scale)
+            row = image_metrics(output["sr"].float().cpu().clamp(0, 1), item["hr"], method.border(scale),
+                                item.get("kernel"), output.get("kernel_est"))
+            rows.append({"name": item["name"], **row})
+            if sample_dir:
+                write_image(os.path.join(sample_dir, f"{prefix}{item['name']}.png"), sample_grid(item, output))
+    keys = [k for k in rows[0] if k != "name"] if rows else []
+    mean = {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
+    return rows, mean
+
+
+# ----------------------------------------------------------------------------- logging
+class RunLog:
+    """log.jsonl (one JSON record per line) + TensorBoard events, on rank 0 only."""
+
+    def __init__(self, out_dir):
+        self.path = os.path.join(out_dir, "log.jsonl")
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(os.path.join(out_dir, "tensorboard"))
+
+    def write(self, kind, step, values):
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"kind": kind, "step": step, "time": time.time(), **values}) + "\n")
+        for key, value in values.items():
+            if isinstance(value, (int, float)):
+                self.tb.add_scalar(f"{kind}/{key}", value, step)
+        self.tb.flush()
+
+    def close(self):
+        self.tb.close()
+
+
+# ----------------------------------------------------------------------------- engine
+class Engine:
+    def __init__(self, cfg, out_dir, resume=False):
+        self.cfg, self.out_dir = cfg, out_dir
+        self.rank, self.world, device = distributed_setup(cfg.device)
+        self.is_main = self.rank == 0
+        t = cfg.train
+        self.iters, self.val_every = int(t.iters), int(t.get("val_every") or 0)
+        self.save_every, self.ckpt_every = int(t.get("save_every") or 0), int(t.get("ckpt_every") or 0)
+        self.log_every = int(t.get("log_every") or 10)
+
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        np.random.seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.method = methods.get(cfg.method)(cfg, device)
+        self.method.rank, self.method.world_size = self.rank, self.world
+        self._setup_amp(device)
+        self.step = 0
+        self.ckpt_dir = os.path.join(out_dir, "checkpoints")
+        if resume:
+            self._resume()
+        self._wrap_ddp(device)
+        self.dataset = data.train_dataset(cfg, self.method.data_kind)
+        self.val_items = data.validation_items(cfg, self.method) if self.is_main and self.val_every else []
+        self.log = None
+        if self.is_main:
+            os.makedirs(out_dir, exist_ok=True)
+            config_lib.save(cfg, os.path.join(out_dir, "config.yaml"))
+            self.log = RunLog(out_dir)
+        self._stop_signal = None
+
+    def _setup_amp(self, device):
+        self.amp_dtype = None
+        if self.cfg.train.get("amp"):
+            self.amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+            if device.type == "cuda":
+                self.method.grad_scaler = torch.amp.GradScaler("cuda")
+
+    def _wrap_ddp(self, device):
+        if self.world == 1:
+            return
+        for name, net in self.method.nets.items():
+            if any(p.requires_grad for p in net.parameters()):
+                ids = [device.index] if device.type == "cuda" else None
+                self.method.nets[name] = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+
+    def _resume(self):
+        path = os.path.join(self.ckpt_dir, "last.pt")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state["method"] != self.method.name:
+            raise ValueError(f"--resume: {path} is a {state['method']} checkpoint, not {self.method.name}")
+        load_method_state(self.method, state)
+        set_rng_state(state["rng"])
+        self.step = state["step"]
+
+    def save(self, periodic=False):
+        if not self.is_main:
+            return
+        state = method_state(self.method, self.step)
+        atomic_save(state, os.path.join(self.ckpt_dir, "last.pt"))
+        if periodic:
+            atomic_save(state, os.path.join(self.ckpt_dir, f"iter_{self.step:07d}.pt"))
+
+    def loader(self):
+        """A DataLoader continuing the seeded sample stream at the current step."""
+        bs = int(self.cfg.train.batch_size)
+        sampler = data.SeededSampler(len(self.dataset), bs, int(self.cfg.seed), self.step, self.rank, self.world)
+        workers = int(self.cfg.data.get("num_workers") or 0)
+        return DataLoader(self.dataset, batch_size=bs, sampler=sampler, num_workers=workers,
+                          collate_fn=data.collate_seeds, generator=torch.Generator().manual_seed(self.cfg.seed),
+                          persistent_workers=workers > 0, pin_memory=self.method.device.type == "cuda")
+
+    def validate(self):
+        if not (self.is_main and self.val_items):
+            return None
+        sample_dir = os.path.join(self.out_dir, "samples")
+        _, mean = run_validation(self.method, self.val_items, sample_dir, prefix=f"{self.step:07d}_")
+        self.log.write("val", self.step, mean)
+        return mean
+
+    def _on_signal(self, signum, frame):
+        if self._stop_signal is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+
+    def train_step(self, batch):
+        batch = {k: v.to(self.method.device, non_blocking=True) for k, v in batch.items()}
+        for net in self.method.nets.values():
+            net.train()
+        device_type = self.method.device.type
+        with torch.autocast(device_type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            losses = self.method.train_step(batch, self.step)
+        bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+        if _any_rank(bool(bad), self.world, self.method.device):
+            last = os.path.join(self.ckpt_dir, "last.pt")
+            kept = f"the last good checkpoint is {last}" if os.path.exists(last) else "no checkpoint was saved yet"
+            raise NonFiniteLoss(f"non-finite loss at iteration {self.step + 1} ({bad or 'on another rank'}); "
+                                f"training stopped without saving; {kept}. Lower train.lr or set train.grad_clip.")
+        for scheduler in self.method.schedulers.values():
+            scheduler.step()
+        return losses
+
+    def train(self):
+        """Train to train.iters; returns "done", or "interrupted" after SIGINT/SIGTERM."""
+        from tqdm import tqdm
+
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        progress = tqdm(total=self.iters, initial=self.step, disable=not self.is_main, dynamic_ncols=True)
+        status = "done"
+        try:
+            batches = iter(self.loader())
+            while self.step < self.iters:
+                losses = self.train_step(next(batches))
+                self.step += 1
+                progress.update(1)
+                progress.set_postfix({k: f"{v:.4g}" for k, v in losses.items()})
+                if self.is_main and (self.step % self.log_every == 0 or self.step == 1):
+                    lrs = {f"lr_{k}": o.param_groups[0]["lr"] for k, o in self.method.optimizers.items()}
+                    self.log.write("train", self.step, {**losses, **lrs, "it_per_s": progress.format_dict["rate"] or 0})
+                if self.val_every and self.step % self.val_every == 0:
+                    self.validate()
+                if _any_rank(self._stop_signal is not None, self.world, self.method.device):
+                    status = "interrupted"
+                    break
+                periodic = bool(self.ckpt_every) and self.step % self.ckpt_every == 0
+                if periodic or (self.save_every and self.step % self.save_every == 0):
+                    self.save(periodic)
+            self.save()
+        finally:
+            progress.close()
+            for s, h in handlers.items():
+                signal.signal(s, h)
+            if self.log:
+                self.log.close()
+        if status == "interrupted" and self.is_main:
+            print(f"stopped by signal {self._stop_signal} at iteration {self.step}; "
+                  f"saved {os.path.join(self.ckpt_dir, 'last.pt')}", flush=True)
+        return status

@@ -1,0 +1,52 @@
+"""python -m bsr.train <method> [--preset demo|paper] [--config FILE.yaml] [--set key=value ...]
+                       [--out RUN_DIR] [--resume] [--no-eval]
+
+Trains a method (default: the `demo` preset on the embedded demo photos), then prints the
+evaluation table of the final checkpoint on the validation images. Multi-process:
+`torchrun --nproc_per_node=N -m bsr.train ...` (train.batch_size is per process).
+`--resume` continues RUN_DIR/checkpoints/last.pt exactly (pass the same options; a larger
+train.iters extends the run). Ctrl-C / SIGTERM save last.pt and exit with status 0; a
+non-finite loss stops with status 3 and keeps the last good checkpoint.
+"""
+import argparse
+import os
+import sys
+
+from . import config as config_lib
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bsr.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("method")
+    parser.add_argument("--preset", default="demo")
+    parser.add_argument("--config", help="YAML file merged over the preset")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (repeatable), e.g. --set train.iters=2")
+    parser.add_argument("--out", help="run directory (default runs/<method>-<preset>)")
+    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.pt")
+    parser.add_argument("--no-eval", action="store_true", help="skip the final evaluation table")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = config_lib.load(args.method, args.preset, args.config, args.overrides)
+    out = args.out or os.path.join("runs", f"{args.method}-{args.preset}")
+    from .engine import Engine, NonFiniteLoss
+
+    engine = Engine(cfg, out, resume=args.resume)
+    try:
+        status = engine.train()
+    except NonFiniteLoss as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 3
+    if status == "done" and engine.is_main and not args.no_eval:
+        from .evaluate import evaluate_method
+
+        evaluate_method(engine.method, engine.val_items or None, os.path.join(out, "eval"),
+                        title=f"{args.method} ({args.preset}) after {engine.step} iterations")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
