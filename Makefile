@@ -6,9 +6,13 @@ PY := $(VENV)/bin/python
 PIN := torch==2.13.0 triton==3.7.1
 export MAX_JOBS ?= 2
 
-.PHONY: demo test bench targets venv cuda-check clean
+.PHONY: demo op-demo test bench targets venv cuda-check clean
 
+# The main job: USRNet's demo preset on the embedded photos, then its evaluation table.
 demo: venv
+	$(PY) -m bsr.train usrnet
+
+op-demo: venv
 	$(PY) -m bsr.demo --out demo_output
 
 # BSROPS_REQUIRE_EXT=1: a broken native build fails instead of falling back to the references.

@@ -200,7 +200,7 @@ def _motion_kernel(trajectory, size, generator):
     kernel = _centre_fit(kernel / kernel.sum(), size)
     if torch.randint(0, 4, (1,), generator=generator).item() == 1:
         kernel = _random_stretch(kernel, generator)
-    if kernel.sum() < 0.1:
+    if not kernel.sum() >= 0.1:  # also NaN: a walk whose points all fall in the dropped last bins sums to 0
         sigma = 0.1 + 6 * torch.rand(1, generator=generator, dtype=torch.float64)
         return gaussian_kernels(covariance(sigma, sigma, 0.0), size, centre=(size - 1) / 2)[0]
     return kernel / kernel.sum()

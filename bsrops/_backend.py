@@ -30,6 +30,20 @@ _python_calls = collections.Counter()
 _active = []  # stack of (backend, devices, Library); the last one serving a device wins
 
 
+def define_schemas_if_missing(schemas):
+    """Without a usable _C the op schemas ({name: schema}) are defined here, with the reference
+    kernels behind them. Returns the Library holding them (keep it alive), or None."""
+    first = next(iter(schemas))
+    try:
+        getattr(torch.ops.bsrops, first).default
+        return None
+    except (AttributeError, RuntimeError):
+        library = torch.library.Library("bsrops", "FRAGMENT")
+        for schema in schemas.values():
+            library.define(schema)
+        return library
+
+
 def register_kernel(backend, op_name, fn):
     """Declare `fn` as `backend`'s kernel for torch.ops.bsrops.<op_name>."""
     _kernels[backend][op_name] = fn

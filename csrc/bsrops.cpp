@@ -51,6 +51,22 @@ TORCH_LIBRARY(bsrops, m) {
       "_blur_downsample_shared_backward(Tensor grad_out, Tensor x, Tensor kernel, int stride, str padding, "
       "bool flip, bool[2] output_mask) -> (Tensor, Tensor)");
 
+  // usrnet_data_step: USRNet's closed-form FFT data step. usrnet_solve is the per-iteration
+  // part over the loop invariants of _usrnet_precompute: FB (N, H, W, 2) and FBFy
+  // (N, C, H, W, 2), complex spectra as real views, and F2B_mean (N, h, w).
+  m.def("usrnet_data_step(Tensor z, Tensor y, Tensor kernel, Tensor alpha, int scale) -> Tensor");
+  m.def(
+      "_usrnet_data_step_backward(Tensor grad_x, Tensor z, Tensor y, Tensor kernel, Tensor alpha, int scale, "
+      "bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("usrnet_solve(Tensor z, Tensor FB, Tensor FBFy, Tensor F2B_mean, Tensor alpha, int scale) -> Tensor");
+  m.def(
+      "_usrnet_solve_backward(Tensor grad_x, Tensor z, Tensor FB, Tensor FBFy, Tensor F2B_mean, Tensor alpha, "
+      "int scale, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("_usrnet_precompute(Tensor y, Tensor kernel, int scale) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "_usrnet_precompute_backward(Tensor grad_FB, Tensor grad_FBFy, Tensor grad_F2B_mean, Tensor y, "
+      "Tensor kernel, int scale, bool[2] output_mask) -> (Tensor, Tensor)");
+
   // dpcb: DANv2's dual-path conditional block. The convolutions run on oneDNN/cuDNN inside the
   // op; h1, f1, h2, f2 (LeakyReLU outputs and second conv outputs) are returned for the backward.
   m.def(

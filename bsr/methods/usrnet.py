@@ -56,6 +56,21 @@ def protocol_kernels(size=KERNEL_SIZE, shift=0.0):
     return torch.stack([shift_kernel(k.float(), shift) if shift else k.float() for k in kernels])
 
 
+def smooth_periodic_pad(x, height, width):
+    """Extend (N, C, h, w) to (N, C, height, width) so that the result is continuous when
+    tiled periodically: the added columns (then rows) blend from the last column to the first
+    with a raised-cosine weight. The FFT data step assumes a circular boundary; this is a
+    simpler stand-in for USRNet's `wrap_boundary_liu` (Liu & Jia's boundary smoothing)."""
+    def extend(x, extra, dim):
+        if extra <= 0:
+            return x
+        t = torch.arange(1, extra + 1, dtype=x.dtype, device=x.device) / (extra + 1)
+        weight = ((1 - torch.cos(math.pi * t)) / 2).view(*([1] * (x.dim() - 1)), extra).transpose(-1, dim)
+        last, first = x.narrow(dim, x.shape[dim] - 1, 1), x.narrow(dim, 0, 1)
+        return torch.cat((x, last * (1 - weight) + first * weight), dim=dim)
+    return extend(extend(x, width - x.shape[-1], -1), height - x.shape[-2], -2)
+
+
 @register("usrnet")
 class USRNet(Method):
     data_kind = "hr"
@@ -117,6 +132,15 @@ class USRNet(Method):
     @torch.no_grad()
     def validate(self, item):
         return {"sr": self.super_resolve(item["lr"], item["kernel"], item.get("noise_level"), item.get("scale"))}
+
+    @torch.no_grad()
+    def infer(self, lr, kernel=None, noise_level=None):
+        """Real images: extend to a smooth periodic image (sides a multiple of 8, at least 16
+        more pixels, as main_test_realapplication.py), super-resolve, crop back."""
+        h, w = lr.shape[-2:]
+        padded = smooth_periodic_pad(lr, (math.ceil(h / 8) + 2) * 8, (math.ceil(w / 8) + 2) * 8)
+        scale = self.cfg.data.scale
+        return self.super_resolve(padded, kernel, noise_level)[..., :h * scale, :w * scale]
 
     def baselines(self):
         def identity_prior(item):

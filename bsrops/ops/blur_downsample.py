@@ -80,19 +80,7 @@ def check_inputs(x, kernel, stride, padding):
 
 # ---- registration ----
 
-def _define_schemas_if_missing():
-    """Without a usable _C the schemas are defined here, with the reference kernels behind them."""
-    try:
-        torch.ops.bsrops.blur_downsample.default
-        return None
-    except (AttributeError, RuntimeError):
-        library = torch.library.Library("bsrops", "FRAGMENT")
-        for schema in SCHEMAS.values():
-            library.define(schema)
-        return library
-
-
-_schema_library = _define_schemas_if_missing()
+_schema_library = _backend.define_schemas_if_missing(SCHEMAS)
 
 
 @torch.library.register_fake("bsrops::blur_downsample")

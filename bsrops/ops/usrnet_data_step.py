@@ -1,0 +1,259 @@
+"""torch.ops.bsrops.usrnet_data_step / usrnet_solve: USRNet's closed-form FFT data step.
+
+x = argmin ||y - (k * x)|s||^2 + alpha ||x - z||^2 (circular true convolution, upper-left
+decimation), pinned in shared/DESIGN.md §3; `bsrops.reference.usrnet_data_step` holds the
+official and hoisted PyTorch formulations. Ops:
+
+- `usrnet_data_step(z, y, kernel, alpha, scale)`: the whole step;
+- `_usrnet_precompute(y, kernel, scale) -> (FB, FBFy, F2B_mean)`: the loop invariants, FB and
+  FBFy as real views (N, H, W, 2) and (N, C, H, W, 2) of complex spectra;
+- `usrnet_solve(z, FB, FBFy, F2B_mean, alpha, scale)`: one iteration over them (the fused
+  kernel between rfft2(z) and irfft2), what `USRNetDataTerm.solve` runs K times;
+- and an explicit backward op for each.
+
+Gradients of usrnet_solve. Per LR frequency w with aliases j (the s^2 HR frequencies that
+fold onto w), a = alpha, R_j = FBFy_j + a F(z)_j, D = F2B_mean(w) + a:
+    Q = mean_j(FB_j R_j) / D,   FX_j = (R_j - conj(FB_j) Q) / a,   x = real(ifft2(FX)).
+With G = F(grad_x) and g^u = dL/dRe(u) + i dL/dIm(u) (so g^FX = G / HW):
+    T = mean_j(FB_j G_j) / D,   B_j = G_j - conj(FB_j) T  (= a HW g^R_j)
+    g^z = real(ifft2(B)),   g^FBFy_j = B_j / (a HW)
+    g^FB_j = -sum_c (Q conj(G_j) + T conj(R_j)) / (a HW)
+    dL/dF2B_mean(w) = sum_c s^2 Re(conj(Q) T) / (a HW)
+    dL/da = sum_{c,j} [Re(conj(F(z)_j) B_j) - Re(conj(FX_j) G_j)] / (a HW) + sum_w dL/dF2B_mean(w)
+(the three ways a enters: through R, through D, and the division). The precompute's
+adjoint (p2o, conj(FB) F(y upsampled), mean |FB|^2) is in the composite backward op.
+"""
+import math
+
+import torch
+
+from .. import _backend
+from ..reference import usrnet_data_step as ref
+
+SCHEMAS = {
+    "usrnet_data_step": "usrnet_data_step(Tensor z, Tensor y, Tensor kernel, Tensor alpha, int scale) -> Tensor",
+    "_usrnet_data_step_backward": "_usrnet_data_step_backward(Tensor grad_x, Tensor z, Tensor y, Tensor kernel, Tensor alpha, int scale, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)",
+    "usrnet_solve": "usrnet_solve(Tensor z, Tensor FB, Tensor FBFy, Tensor F2B_mean, Tensor alpha, int scale) -> Tensor",
+    "_usrnet_solve_backward": "_usrnet_solve_backward(Tensor grad_x, Tensor z, Tensor FB, Tensor FBFy, Tensor F2B_mean, Tensor alpha, int scale, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "_usrnet_precompute": "_usrnet_precompute(Tensor y, Tensor kernel, int scale) -> (Tensor, Tensor, Tensor)",
+    "_usrnet_precompute_backward": "_usrnet_precompute_backward(Tensor grad_FB, Tensor grad_FBFy, Tensor grad_F2B_mean, Tensor y, Tensor kernel, int scale, bool[2] output_mask) -> (Tensor, Tensor)",
+}
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _compute_dtype(dtype):
+    """float16/bfloat16 are computed in float32 (no half-precision CPU FFT; cuFFT half needs powers of two)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check_tensor(name, value):
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"usrnet_data_step: {name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"usrnet_data_step: {name} must be float16/bfloat16/float32/float64, got {value.dtype}")
+
+
+def _check_scale(scale):
+    if isinstance(scale, bool) or not isinstance(scale, int):
+        raise TypeError(f"usrnet_data_step: scale must be an int, got {type(scale).__name__}")
+    if scale < 1:
+        raise ValueError(f"usrnet_data_step: scale must be >= 1, got {scale}")
+
+
+def check_lr_inputs(y, kernel, scale):
+    """y (N, C, h, w) and kernel (kh, kw) or (N, kh, kw), kh <= s*h, kw <= s*w."""
+    _check_tensor("y", y)
+    _check_tensor("kernel", kernel)
+    _check_scale(scale)
+    if kernel.dtype != y.dtype:
+        raise TypeError(f"usrnet_data_step: kernel dtype {kernel.dtype} must equal y dtype {y.dtype}")
+    if kernel.device != y.device:
+        raise ValueError(f"usrnet_data_step: kernel is on {kernel.device} but y is on {y.device}")
+    if y.dim() != 4 or y.shape[2] < 1 or y.shape[3] < 1:
+        raise ValueError(f"usrnet_data_step: y must be (N, C, h, w) with h, w >= 1, got shape {tuple(y.shape)}")
+    n, _, h, w = y.shape
+    if kernel.dim() not in (2, 3) or (kernel.dim() == 3 and kernel.shape[0] != n):
+        raise ValueError(f"usrnet_data_step: kernel must be (kh, kw) or (N, kh, kw) with N = {n}, "
+                         f"got shape {tuple(kernel.shape)}")
+    kh, kw = kernel.shape[-2:]
+    if not (1 <= kh <= scale * h and 1 <= kw <= scale * w):
+        raise ValueError(f"usrnet_data_step: kernel ({kh}, {kw}) must not be larger than the HR image "
+                         f"({scale * h}, {scale * w})")
+
+
+def check_hr_inputs(z, y_shape, y_dtype, y_device, alpha, scale):
+    """z (N, C, s*h, s*w) against y's shape; alpha a number, (N,) or (N, 1, 1, 1)."""
+    _check_tensor("z", z)
+    n, c, h, w = y_shape
+    if z.dtype != y_dtype:
+        raise TypeError(f"usrnet_data_step: z dtype {z.dtype} must equal y dtype {y_dtype}")
+    if z.device != y_device:
+        raise ValueError(f"usrnet_data_step: z is on {z.device} but y is on {y_device}")
+    if tuple(z.shape) != (n, c, scale * h, scale * w):
+        raise ValueError(f"usrnet_data_step: z must be (N, C, s*h, s*w) = {(n, c, scale * h, scale * w)} for y of "
+                         f"shape {tuple(y_shape)} and scale {scale}, got {tuple(z.shape)}")
+    if isinstance(alpha, torch.Tensor):
+        _check_tensor("alpha", alpha)
+        if tuple(alpha.shape) not in ((n,), (n, 1, 1, 1)):
+            raise ValueError(f"usrnet_data_step: alpha must be a float, (N,) or (N, 1, 1, 1) with N = {n}, "
+                             f"got shape {tuple(alpha.shape)}")
+        if alpha.device != z.device:
+            raise ValueError(f"usrnet_data_step: alpha is on {alpha.device} but z is on {z.device}")
+    elif isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"usrnet_data_step: alpha must be a float or a tensor, got {type(alpha).__name__}")
+
+
+def _alpha_tensor(alpha, z, dtype):
+    """alpha as the op takes it: a tensor of `dtype`; its value is checked inside the kernels."""
+    if isinstance(alpha, torch.Tensor):
+        return alpha.to(dtype)
+    return torch.full((z.shape[0],), float(alpha), dtype=dtype, device=z.device)
+
+
+def usrnet_data_step(z, y, kernel, alpha, scale):
+    """x = argmin ||y - (kernel * x)|s||^2 + alpha ||x - z||^2 -> (N, C, s*h, s*w).
+
+    z: (N, C, s*h, s*w); y: (N, C, h, w); kernel: (kh, kw) or (N, kh, kw), one per image,
+    applied as a circular true convolution centred as USRNet's p2o; decimation keeps
+    x[..., 0::s, 0::s]; alpha > 0: a float, (N,) or (N, 1, 1, 1). float16/bfloat16 are
+    computed in float32. Differentiable w.r.t. z, y, kernel and alpha.
+    """
+    check_lr_inputs(y, kernel, scale)
+    check_hr_inputs(z, y.shape, y.dtype, y.device, alpha, scale)
+    dtype = _compute_dtype(z.dtype)
+    out = torch.ops.bsrops.usrnet_data_step(z.to(dtype), y.to(dtype), kernel.to(dtype),
+                                            _alpha_tensor(alpha, z, dtype), scale)
+    return out.to(z.dtype)
+
+
+class USRNetDataTerm:
+    """USRNet's data term for one (y, kernel, scale): the loop invariants once, `.solve` per iteration.
+
+        term = bsrops.USRNetDataTerm(y, kernel, scale)   # FB, FBFy, F2B_mean (the s^2-block mean of |FB|^2)
+        for alpha_i in alphas:                           # USRNet: K = 8 iterations
+            x = prior(term.solve(x, alpha_i), beta_i)
+
+    Gradients flow to y and kernel through the invariants, and to z and alpha through each solve.
+    """
+
+    def __init__(self, y, kernel, scale):
+        check_lr_inputs(y, kernel, scale)
+        self.scale = scale
+        self.lr_shape, self.dtype, self.device = tuple(y.shape), y.dtype, y.device
+        compute = _compute_dtype(y.dtype)
+        self.FB, self.FBFy, self.F2B_mean = torch.ops.bsrops._usrnet_precompute(y.to(compute), kernel.to(compute),
+                                                                                scale)
+
+    def solve(self, z, alpha):
+        """argmin ||y - (k * x)|s||^2 + alpha ||x - z||^2 for z (N, C, s*h, s*w); alpha as in usrnet_data_step."""
+        check_hr_inputs(z, self.lr_shape, self.dtype, self.device, alpha, self.scale)
+        dtype = self.FB.dtype
+        out = torch.ops.bsrops.usrnet_solve(z.to(dtype), self.FB, self.FBFy, self.F2B_mean,
+                                            _alpha_tensor(alpha, z, dtype), self.scale)
+        return out.to(z.dtype)
+
+
+# ---- registration ----
+
+_schema_library = _backend.define_schemas_if_missing(SCHEMAS)
+
+
+def _like(tensor, wanted):
+    return tensor.new_empty(tensor.shape) if wanted else tensor.new_empty(0)
+
+
+@torch.library.register_fake("bsrops::usrnet_data_step")
+def _data_step_fake(z, y, kernel, alpha, scale):
+    return z.new_empty(z.shape)
+
+
+@torch.library.register_fake("bsrops::_usrnet_data_step_backward")
+def _data_step_backward_fake(grad_x, z, y, kernel, alpha, scale, output_mask):
+    return tuple(_like(t, want) for t, want in zip((z, y, kernel, alpha), output_mask))
+
+
+@torch.library.register_fake("bsrops::usrnet_solve")
+def _solve_fake(z, fb, fbfy, f2b_mean, alpha, scale):
+    return z.new_empty(z.shape)
+
+
+@torch.library.register_fake("bsrops::_usrnet_solve_backward")
+def _solve_backward_fake(grad_x, z, fb, fbfy, f2b_mean, alpha, scale, output_mask):
+    return tuple(_like(t, want) for t, want in zip((z, fb, fbfy, f2b_mean, alpha), output_mask))
+
+
+@torch.library.register_fake("bsrops::_usrnet_precompute")
+def _precompute_fake(y, kernel, scale):
+    n, c, h, w = y.shape
+    return (y.new_empty(n, scale * h, scale * w, 2), y.new_empty(n, c, scale * h, scale * w, 2),
+            y.new_empty(n, h, w))
+
+
+@torch.library.register_fake("bsrops::_usrnet_precompute_backward")
+def _precompute_backward_fake(grad_fb, grad_fbfy, grad_f2b_mean, y, kernel, scale, output_mask):
+    return _like(y, output_mask[0]), _like(kernel, output_mask[1])
+
+
+def _save_inputs(ctx, inputs, output):
+    *tensors, scale = inputs
+    ctx.save_for_backward(*tensors)
+    ctx.scale = scale
+
+
+def _masked(grads, mask):
+    return tuple(g if want else None for g, want in zip(grads, mask))
+
+
+def _data_step_backward(ctx, grad_x):
+    mask = list(ctx.needs_input_grad[:4])
+    grads = torch.ops.bsrops._usrnet_data_step_backward(grad_x, *ctx.saved_tensors, ctx.scale, mask)
+    return (*_masked(grads, mask), None)
+
+
+def _solve_backward(ctx, grad_x):
+    mask = list(ctx.needs_input_grad[:5])
+    grads = torch.ops.bsrops._usrnet_solve_backward(grad_x, *ctx.saved_tensors, ctx.scale, mask)
+    return (*_masked(grads, mask), None)
+
+
+def _precompute_backward(ctx, grad_fb, grad_fbfy, grad_f2b_mean):
+    y, kernel = ctx.saved_tensors
+    mask = list(ctx.needs_input_grad[:2])
+    grad_fb, grad_fbfy, grad_f2b_mean = (torch.zeros_like(like) if g is None else g for g, like in zip(
+        (grad_fb, grad_fbfy, grad_f2b_mean), _precompute_fake(y, kernel, ctx.scale)))
+    grads = torch.ops.bsrops._usrnet_precompute_backward(grad_fb, grad_fbfy, grad_f2b_mean, y, kernel, ctx.scale, mask)
+    return (*_masked(grads, mask), None)
+
+
+torch.library.register_autograd("bsrops::usrnet_data_step", _data_step_backward, setup_context=_save_inputs)
+torch.library.register_autograd("bsrops::usrnet_solve", _solve_backward, setup_context=_save_inputs)
+torch.library.register_autograd("bsrops::_usrnet_precompute", _precompute_backward, setup_context=_save_inputs)
+
+
+def _reference_backward(fn, outputs=1):
+    """The backward op of `fn`'s op via autograd of the reference, re-entered below the op's autograd kernel.
+
+    Its arguments: the gradients of fn's `outputs` outputs, fn's tensor inputs, scale, output_mask."""
+
+    def backward(*args):
+        grads, (*tensors, scale, mask) = args[:outputs], args[outputs:]
+        inputs = [t.detach().requires_grad_(want) for t, want in zip(tensors, mask)]
+        with torch.enable_grad():
+            out = fn(*inputs, scale)
+            wanted = [t for t in inputs if t.requires_grad]
+            found = iter(torch.autograd.grad(out, wanted, grads, allow_unused=True) if wanted else ())
+        result = []
+        for t, want in zip(inputs, mask):
+            grad = next(found) if want else t.new_empty(0)
+            result.append(torch.zeros_like(t) if grad is None else grad)
+        return tuple(result)
+
+    return backward
+
+
+_backend.register_kernel("reference", "usrnet_data_step", ref.data_step_reference)
+_backend.register_kernel("reference", "_usrnet_data_step_backward", _reference_backward(ref.data_step_reference))
+_backend.register_kernel("reference", "usrnet_solve", ref.solve_reference)
+_backend.register_kernel("reference", "_usrnet_solve_backward", _reference_backward(ref.solve_reference))
+_backend.register_kernel("reference", "_usrnet_precompute", ref.precompute_reference)
+_backend.register_kernel("reference", "_usrnet_precompute_backward", _reference_backward(ref.precompute_reference, 3))

@@ -1,0 +1,121 @@
+"""USRNet: official parameter names and sizes, training-data synthesis, evaluation protocol,
+smooth periodic padding, and a short "learns" run on tiny data."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import bsrops
+from bsr import config, degradations
+from bsr.archs.usrnet import USRNet as USRNetArch
+from bsr.archs.usrnet import parameter_count
+from bsr.methods import usrnet as usrnet_method
+
+TINY = ["usrnet.n_iter=2", "usrnet.h_nc=8", "usrnet.nc=[8,8,8,8]", "usrnet.nb=1", "data.hr_patch=32",
+        "train.batch_size=2", "eval.kernels=[0,8]", "eval.scales=[2,4]"]
+
+
+def tiny_method(*overrides):
+    cfg = config.load("usrnet", "demo", overrides=TINY + list(overrides))
+    return usrnet_method.USRNet(cfg, "cpu")
+
+
+def test_paper_and_tiny_sizes_and_official_names():
+    paper = USRNetArch()  # K=8, h_nc=64, nc [64,128,256,512]: 17.02 M (USRNet README)
+    assert round(parameter_count(paper) / 1e6, 2) == 17.02
+    assert round(parameter_count(USRNetArch(6, 32, nc=(16, 32, 64, 64))) / 1e6, 2) == 0.59
+    keys = set(paper.state_dict())
+    for key in ("h.mlp.0.weight", "h.mlp.4.bias", "p.m_head.weight", "p.m_down1.0.res.0.weight",
+                "p.m_down1.1.res.2.weight", "p.m_down1.2.weight", "p.m_body.1.res.2.weight",
+                "p.m_up3.0.weight", "p.m_up1.2.res.0.weight", "p.m_tail.weight"):
+        assert key in keys, key
+    assert not any(k.startswith("p.") and k.endswith("bias") for k in keys)  # the prior is bias-free
+
+
+def test_resunet_keeps_odd_sizes():
+    net = USRNetArch(2, 8, nc=(4, 4, 4, 4), nb=1).p
+    assert net(torch.rand(1, 4, 13, 18)).shape == (1, 3, 13, 18)
+
+
+def test_identity_prior_without_noise_reproduces_the_data():
+    """With prior=False and small α the unrolled steps approach the least-squares solution:
+    re-degrading the output gives back the LR."""
+    net = USRNetArch(4, 8, nc=(4, 4, 4, 4), nb=1)
+    torch.nn.init.constant_(net.h.mlp[4].bias, -12.0)  # softplus(-12) ~ 6e-6: tiny α
+    hr = torch.rand(1, 3, 32, 40, dtype=torch.float64)
+    kernel = degradations.isotropic_gaussian_kernels([1.2], 25)
+    lr = degradations.blur_downsample(hr, kernel, 2, padding="circular", flip=True)
+    x = net.double()(lr, kernel, 2, torch.zeros(1, dtype=torch.float64), prior=False)
+    relred = degradations.blur_downsample(x, kernel, 2, padding="circular", flip=True)
+    assert torch.allclose(relred, lr, atol=1e-3)
+
+
+def test_synthesis_shapes_determinism_and_rank_slices():
+    method = tiny_method("usrnet.scales=[3]")
+    hr = torch.rand(4, 3, 48, 48)
+    lr, kernels, sigma, scale = method.synthesize(hr, step=5)
+    assert scale == 3 and lr.shape == (4, 3, 16, 16) and kernels.shape == (4, 25, 25) and sigma.shape == (4,)
+    assert torch.allclose(kernels.sum((1, 2)), torch.ones(4)) and ((sigma >= 0) & (sigma < 25 / 255)).all()
+    again = method.synthesize(hr, step=5)
+    assert torch.equal(lr, again[0]) and not torch.equal(lr, method.synthesize(hr, step=6)[0])
+    assert torch.isfinite(method.synthesize(torch.rand(8, 3, 48, 48), step=124)[1]).all()  # was a NaN motion kernel
+    method.world_size = 2
+    halves = []
+    for rank in range(2):
+        method.rank = rank
+        halves.append(method.synthesize(hr[2 * rank:2 * rank + 2], step=5))
+    assert torch.equal(torch.cat([h[0] for h in halves]), lr)
+    assert torch.equal(torch.cat([h[1] for h in halves]), kernels)
+
+
+def test_protocol_kernels_and_centre_shift():
+    kernels = usrnet_method.protocol_kernels()
+    assert kernels.shape == (12, 25, 25) and torch.allclose(kernels.sum((1, 2)), torch.ones(12))
+    grid = torch.arange(25.0)
+    for shift in (0.5, 1.5):
+        shifted = usrnet_method.protocol_kernels(shift=shift)
+        for k, s in ((kernels, 0.0), (shifted, shift)):
+            centroid_row = (k[1] * grid.view(25, 1)).sum()
+            assert abs(centroid_row - (12 - s)) < 1e-4  # an isotropic Gaussian: centroid moves by -shift
+
+
+def test_validation_degradations_follow_the_protocol():
+    method = tiny_method("eval.noise=0.03")
+    assert method.modcrop_multiple() == 8 and method.border(4) == 16
+    hr = torch.rand(1, 3, 32, 40)
+    items = method.degrade_for_validation(hr, 0)
+    assert [i["tag"] for i in items] == ["x2_k0", "x2_k8", "x4_k0", "x4_k8"]
+    item = items[2]
+    clean = bsrops.blur_downsample(hr, item["kernel"], stride=4, padding="circular", flip=True)
+    assert item["lr"].shape == (1, 3, 8, 10) and item["noise_level"] == 0.03
+    assert 0.02 < (item["lr"] - clean).std() < 0.04
+    assert torch.equal(item["lr"], method.degrade_for_validation(hr, 0)[2]["lr"])
+    with pytest.raises(ValueError, match="non-blind"):
+        method.super_resolve(item["lr"])
+
+
+def test_infer_pads_to_a_smooth_periodic_image_and_crops_back():
+    padded = usrnet_method.smooth_periodic_pad(torch.rand(1, 3, 5, 7), 24, 24)
+    assert padded.shape == (1, 3, 24, 24)
+    jumps = (padded - torch.roll(padded, 1, -1)).abs().amax()  # includes the wrap-around seam
+    assert jumps <= (padded[..., :5, :7] - torch.roll(padded[..., :5, :7], 1, -1))[..., 1:].abs().amax() + 1e-6 or jumps < 1
+    method = tiny_method()
+    kernel = degradations.isotropic_gaussian_kernels([1.0], 25)[0].float()
+    assert method.infer(torch.rand(1, 3, 11, 9), kernel, 0.01).shape == (1, 3, 44, 36)
+
+
+def test_usrnet_learns_on_tiny_data():
+    torch.manual_seed(0)
+    method = tiny_method("train.lr=2e-3")
+    hr = F.avg_pool2d(torch.rand(2, 3, 64, 64), 2)  # smooth-ish 32x32 crops
+    lr, kernels, sigma, scale = method.synthesize(hr, step=0)
+
+    def loss():
+        with torch.no_grad():
+            return F.l1_loss(method.nets["usrnet"](lr, kernels, scale, sigma), hr).item()
+
+    before = loss()
+    for _ in range(25):  # the optimisation of train_step, on one fixed synthesised batch
+        method.optimize(F.l1_loss(method.nets["usrnet"](lr, kernels, scale, sigma), hr))
+    assert loss() < 0.5 * before
