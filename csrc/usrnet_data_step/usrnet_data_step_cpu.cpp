@@ -362,30 +362,23 @@ at::Tensor solve_shared(const at::Tensor& z, const at::Tensor& fb, const at::Ten
   return solve_impl("usrnet_solve", true, z, fb, fbfy, f2b_mean, alpha, scale);
 }
 
-using SolveGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
-
 // output_mask: z, FB, FBFy, F2B_mean, alpha.
 SolveGrads solve_backward_impl(bool shared, const at::Tensor& grad_x_in, const at::Tensor& z_in,
                                const at::Tensor& fb_in, const at::Tensor& fbfy_in, const at::Tensor& f2b_mean_in,
                                const at::Tensor& alpha_in, int64_t scale, std::array<bool, 5> output_mask) {
   const char* op = "usrnet_solve backward";
-  const Geometry g = make_solve_geometry(op, z_in, fb_in, fbfy_in, f2b_mean_in, alpha_in, scale);
-  TORCH_CHECK(grad_x_in.sizes() == z_in.sizes() && grad_x_in.scalar_type() == z_in.scalar_type(), op,
-              ": grad_x must have z's shape and dtype");
+  SolveGrads empty;
+  const Geometry g = make_solve_backward_geometry(op, grad_x_in, z_in, fb_in, fbfy_in, f2b_mean_in, alpha_in, scale,
+                                                  output_mask, empty);
   check_alpha_values(op, alpha_in);
+  if (z_in.numel() == 0) return empty;
   const auto& [want_z, want_fb, want_fbfy, want_w, want_alpha] = output_mask;
-  auto maybe = [](bool want, const at::Tensor& like, bool zero) {
-    return !want ? like.new_empty({0}) : zero ? at::zeros_like(like) : at::empty_like(like);
-  };
-  if (z_in.numel() == 0)
-    return {maybe(want_z, z_in, true), maybe(want_fb, fb_in, true), maybe(want_fbfy, fbfy_in, true),
-            maybe(want_w, f2b_mean_in, true), maybe(want_alpha, alpha_in, true)};
   const at::Tensor fb = fb_in.contiguous(), fbfy = fbfy_in.contiguous(), f2b_mean = f2b_mean_in.contiguous();
   const at::Tensor alpha = alpha_in.contiguous();
   at::Tensor grad_spectrum = at::view_as_real(at::fft_rfft2(grad_x_in.contiguous()));
   const at::Tensor z_spectrum = at::view_as_real(at::fft_rfft2(z_in.contiguous()));
-  at::Tensor grad_fb = maybe(want_fb, fb, false), grad_fbfy = maybe(want_fbfy, fbfy, false);
-  at::Tensor grad_w = maybe(want_w, f2b_mean, false);
+  at::Tensor grad_fb = wanted_like(want_fb, fb), grad_fbfy = wanted_like(want_fbfy, fbfy);
+  at::Tensor grad_w = wanted_like(want_w, f2b_mean);
   // grad_alpha's share per work item: per LR frequency (shared) or per LR row (fast)
   at::Tensor alpha_partial =
       want_alpha ? at::zeros(shared ? f2b_mean.sizes() : at::IntArrayRef({g.N, g.h}), f2b_mean.options())
