@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .. import degradations
 from ..archs.usrnet import USRNet as USRNetArch
-from ..archs.usrnet import init_orthogonal
+from ..archs.usrnet import init_identity_skip, init_orthogonal
 from . import register
 from .base import Method
 
@@ -82,6 +82,8 @@ class USRNet(Method):
             raise ValueError(f"usrnet needs data.hr_patch >= {KERNEL_SIZE} (the kernel size); got {cfg.data.hr_patch}")
         net = USRNetArch(n_iter=u.n_iter, h_nc=u.h_nc, nc=tuple(u.nc), nb=u.nb)
         init_orthogonal(net, u.init_gain)
+        if u.get("init_identity_skip"):
+            init_identity_skip(net.p)
         self.nets["usrnet"] = net.to(self.device)
         self.optimizers["usrnet"] = torch.optim.Adam(net.parameters(), lr=cfg.train.lr)
         self.schedulers["usrnet"] = torch.optim.lr_scheduler.MultiStepLR(
