@@ -27,6 +27,9 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]
 import torch  # noqa: E402
 
 import bench_blur_downsample as bd  # noqa: E402
+import bench_usrnet_data_step as ud  # noqa: E402
+import bench_dpcb as dpcb_bench  # noqa: E402
+import bench_patchgan_conv as pg_bench  # noqa: E402
 import bsrops  # noqa: E402
 from memory import format_bytes, peak_extra_memory  # noqa: E402
 
@@ -165,6 +168,109 @@ def blur_downsample_per_image(ctx):
         results.append(Result(f"per-image fwd+bwd speedup vs grouped conv (N={d['n']})", ref_t / ours, 2, ">=",
                               note=f"{ref_t * 1e3:.1f} ms vs {ours * 1e3:.2f} ms"))
     return results
+
+
+# ---- issue #3: usrnet_data_step ----
+
+@target("issue #3: usrnet_data_step")
+def usrnet_data_step_chain(ctx):
+    size = "paper"
+    assert bsrops.backend_info("cpu")["backend"] == "cpu", "bsrops' native cpu backend is not active"
+    d = ud.shape("chain", size)
+    shape = f"N={d['n']} C={d['c']} HR {d['s'] * d['h']}x{d['s'] * d['w']} s={d['s']} k={d['k']}"
+    fb = "forward+backward"
+    calls = bsrops.kernel_calls()
+    t = ctx.time({f"{provider} chain fwd+bwd": ud.make_case("chain", provider, fb, size)
+                  for provider in ud.PROVIDERS}, repeats=min(ctx.args.repeats, 7))
+    after = bsrops.kernel_calls()
+    assert after.get("_usrnet_solve_backward.cpu", 0) > calls.get("_usrnet_solve_backward.cpu", 0)
+    ours = t["bsrops chain fwd+bwd"]
+    results = []
+    for provider, required in (("official", 3), ("hoisted", 1.3)):
+        theirs = t[f"{provider} chain fwd+bwd"]
+        results.append(Result(f"{d['iterations']}-step chain fwd+bwd speedup vs {provider} ({shape})",
+                              theirs / ours, required, ">=", note=f"{theirs * 1e3:.1f} ms vs {ours * 1e3:.1f} ms"))
+    large = ud.shape("large", size)
+    peaks = {provider: ctx.memory(ud.make_case, "large", provider, "forward", size)
+             for provider in ("official", "bsrops")}
+    results.append(Result(f"large image ({large['n']}x{large['c']}x{large['s'] * large['h']}x{large['s'] * large['w']}, "
+                          f"{large['iterations']}-step chain forward) peak extra memory vs official",
+                          peaks["bsrops"] / peaks["official"], 0.5, "<=",
+                          shown=f"{peaks['bsrops'] / peaks['official']:.2f}x",
+                          note=f"{format_bytes(peaks['bsrops'])} vs {format_bytes(peaks['official'])}"))
+    return results
+
+
+# ---- issue #4: dpcb and patchgan_conv (fused part around oneDNN convolutions) ----
+
+def conv_block_results(ctx, label, block_case, fused_case, conv_case, memory_args):
+    """The issue #4 targets of one block: fused part vs eager / torch.compile, whole block vs eager
+    (forward+backward, inference), peak extra memory; the conv share as a note."""
+    fb = "forward+backward"
+    cases = {
+        "fused eager": fused_case("eager"),
+        "fused bsrops": fused_case("bsrops_cpu"),
+        "block eager fwd+bwd": block_case("reference", fb),
+        "block bsrops fwd+bwd": block_case("bsrops_cpu", fb),
+        "block eager inference": block_case("reference", "inference"),
+        "block bsrops inference": block_case("bsrops_cpu", "inference"),
+        "convs alone fwd+bwd": conv_case(),
+    }
+    if not ctx.args.no_compile:
+        ctx.note("compiling torch.compile of the fused part, this takes a minute ...")
+        cases["fused compiled"] = fused_case("compiled")
+    t = ctx.time(cases)
+    ours = t["fused bsrops"]
+    share = t["convs alone fwd+bwd"] / t["block eager fwd+bwd"]
+    ctx.note(f"{label}: conv share of the eager block (fwd+bwd) {share:.0%}; "
+             f"fused part eager {t['fused eager'] * 1e3:.2f} ms = {t['fused eager'] / t['block eager fwd+bwd']:.0%}")
+    results = [Result(f"{label}: fused part fwd+bwd speedup vs eager ops", t["fused eager"] / ours, 2, ">=",
+                      note=f"{t['fused eager'] * 1e3:.2f} ms vs {ours * 1e3:.2f} ms; conv share {share:.0%}")]
+    if ctx.args.no_compile:
+        results.append(Result(f"{label}: fused part vs torch.compile", 0, 1, ">=", skipped="--no-compile"))
+    else:
+        results.append(Result(f"{label}: fused part vs torch.compile (compiled / ours)", t["fused compiled"] / ours,
+                              1, ">=", note=f"{t['fused compiled'] * 1e3:.2f} ms vs {ours * 1e3:.2f} ms"))
+    for mode, key in (("fwd+bwd", "fwd+bwd"), ("inference", "inference")):
+        eager, fused = t[f"block eager {key}"], t[f"block bsrops {key}"]
+        results.append(Result(f"{label}: whole block {mode} speedup vs eager", eager / fused, 1, ">=",
+                              note=f"{eager * 1e3:.1f} ms vs {fused * 1e3:.1f} ms"))
+    eager_peak = ctx.memory(memory_args[0], *memory_args[1]("reference"))
+    our_peak = ctx.memory(memory_args[0], *memory_args[1]("bsrops_cpu"))
+    results.append(Result(f"{label}: whole block fwd+bwd peak extra memory / eager's", our_peak / eager_peak, 0.8,
+                          "<=", shown=f"{our_peak / eager_peak:.2f}x",
+                          note=f"{format_bytes(our_peak)} vs {format_bytes(eager_peak)}"))
+    return results
+
+
+@target("issue #4: dpcb")
+def dpcb_targets(ctx):
+    size = "paper"
+    assert bsrops.backend_info("cpu")["backend"] == "cpu", "bsrops' native cpu backend is not active"
+    results = []
+    for kind in dpcb_bench.KINDS:
+        d = dpcb_bench.shape(kind, size)
+        label = f"dpcb {kind} (N={d['n']}, {d['c']} ch, {d['h']}x{d['w']}, cond {d['cond']}x{d['cond']})"
+        results += conv_block_results(
+            ctx, label,
+            lambda provider, mode: dpcb_bench.make_case(kind, provider, mode, size),
+            lambda provider: dpcb_bench.make_fused_case(kind, provider, size),
+            lambda: dpcb_bench.make_conv_case(kind, size),
+            (dpcb_bench.make_case, lambda provider: (kind, provider, "forward+backward", size)))
+    return results
+
+
+@target("issue #4: patchgan_conv")
+def patchgan_targets(ctx):
+    size = "paper"
+    d = pg_bench.SHAPES[size]
+    label = f"patchgan {d['cin']}->{d['cout']} {d['k']}x{d['k']} s{d['s']} instance on ({d['n']}, {d['cin']}, {d['h']}, {d['w']})"
+    return conv_block_results(
+        ctx, label,
+        lambda provider, mode: pg_bench.make_case(provider, mode, size),
+        lambda provider: pg_bench.make_fused_case(provider, size),
+        lambda: pg_bench.make_conv_case(size),
+        (pg_bench.make_case, lambda provider: (provider, "forward+backward", size)))
 
 
 # ---- issue #5: USRNet training step ----

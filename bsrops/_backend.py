@@ -14,6 +14,7 @@ Choose with BSROPS_BACKEND=auto|cpu|cuda|triton|reference|cpu_shared at import, 
 """
 import collections
 import contextlib
+import importlib
 import os
 import warnings
 
@@ -47,6 +48,15 @@ def define_schemas_if_missing(schemas):
 def register_kernel(backend, op_name, fn):
     """Declare `fn` as `backend`'s kernel for torch.ops.bsrops.<op_name>."""
     _kernels[backend][op_name] = fn
+
+
+def register_lazy_kernel(backend, op_name, module, function):
+    """Declare bsrops.<module>.<function> as `backend`'s kernel, importing the module on the first
+    call only (the Triton kernels are never imported at package import)."""
+    def kernel(*args):
+        return getattr(importlib.import_module(f"bsrops.{module}"), function)(*args)
+
+    register_kernel(backend, op_name, kernel)
 
 
 def _devices(backend):

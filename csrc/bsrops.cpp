@@ -66,6 +66,11 @@ TORCH_LIBRARY(bsrops, m) {
   m.def(
       "_usrnet_precompute_backward(Tensor grad_FB, Tensor grad_FBFy, Tensor grad_F2B_mean, Tensor y, "
       "Tensor kernel, int scale, bool[2] output_mask) -> (Tensor, Tensor)");
+  // usrnet_solve through the per-element functions the CUDA kernels use (debug backend "cpu_shared").
+  m.def("_usrnet_solve_shared(Tensor z, Tensor FB, Tensor FBFy, Tensor F2B_mean, Tensor alpha, int scale) -> Tensor");
+  m.def(
+      "_usrnet_solve_shared_backward(Tensor grad_x, Tensor z, Tensor FB, Tensor FBFy, Tensor F2B_mean, "
+      "Tensor alpha, int scale, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 
   // dpcb: DANv2's dual-path conditional block. The convolutions run on oneDNN/cuDNN inside the
   // op; h1, f1, h2, f2 (LeakyReLU outputs and second conv outputs) are returned for the backward.

@@ -111,8 +111,9 @@ def test_batch_norm_train_then_eval_like_batchnorm2d(momentum):
     assert torch.equal(ours.norm.running_mean, before) and ours.norm.num_batches_tracked.item() == 3
 
 
-def test_float32_and_non_contiguous_input():
-    ours = randomise(PatchGANConv(3, 6, 4, 2, 1, "instance", bias=False))  # a bias before IN has zero gradient
+@pytest.mark.parametrize("norm", ["instance", "none"])  # none + LeakyReLU: oneDNN's post-op in float32
+def test_float32_and_non_contiguous_input(norm):
+    ours = randomise(PatchGANConv(3, 6, 4, 2, 1, norm, bias=norm == "none"))  # a bias before IN has zero gradient
     reference = reference_block(ours).double()
     x = torch.randn(2, 3, 12, 10).to(memory_format=torch.channels_last)
     grad = torch.randn(2, 6, 6, 5)

@@ -68,6 +68,16 @@ def test_cpu_matches_official_float64(case):
                      "_usrnet_precompute_backward.composite": 1}, delta
 
 
+@pytest.mark.parametrize("case", CASES[::2], ids=[case_id(c) for c in CASES[::2]])
+def test_cpu_shared_maths_matches_official_float64(case):
+    """The per-element functions of usrnet_data_step.h, which the CUDA kernels run."""
+    with bsrops.use_backend("cpu_shared"):
+        assert bsrops.backend_info("cpu")["backend"] == "cpu_shared"
+        _, delta = calls_delta(lambda: assert_matches_official(bsrops.usrnet_data_step, case))
+    assert delta["_usrnet_solve_shared.cpu"] == 1 and delta["_usrnet_solve_shared_backward.cpu"] == 1, delta
+    assert "usrnet_solve.cpu" not in delta and "_usrnet_solve_backward.cpu" not in delta
+
+
 @pytest.mark.parametrize("case", CASES[1::3], ids=[case_id(c) for c in CASES[1::3]])
 def test_reference_backend_matches_official_float64(case):
     with bsrops.use_backend("reference"):
@@ -158,8 +168,14 @@ def test_non_contiguous_inputs_and_batch_zero():
     assert grad_alpha.shape == (0,)
 
 
-def test_gradcheck_data_step_and_solve_with_arbitrary_invariants():
+@pytest.mark.parametrize("backend", ["cpu", "cpu_shared"])
+def test_gradcheck_data_step_and_solve_with_arbitrary_invariants(backend):
     z, y, kernel, alpha = make_inputs(2, 2, 3, 4, 2, 3, 2, "per_image")
+    with bsrops.use_backend(backend):
+        _gradcheck_all(z, y, kernel, alpha)
+
+
+def _gradcheck_all(z, y, kernel, alpha):
     assert torch.autograd.gradcheck(lambda *t: bsrops.usrnet_data_step(*t, 2),
                                     tuple(t.requires_grad_() for t in (z, y, kernel, alpha)), fast_mode=True)
     # usrnet_solve is a function of any FB, FBFy (not only Hermitian spectra) and F2B_mean > -alpha

@@ -41,3 +41,17 @@ def check_slope(op, negative_slope):
     if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)) or negative_slope < 0:
         raise ValueError(f"{op}: negative_slope must be a float >= 0 (the backward reads the activation's "
                          f"mask from the sign of its output), got {negative_slope!r}")
+
+
+def uses_onednn_post_ops(x):
+    """Whether convolutions on x run with oneDNN post-ops (CPU float32 with mkldnn, as inductor does)."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+
+
+def onednn_conv_leaky_relu(x, weight, bias, stride, padding, negative_slope):
+    """conv2d + LeakyReLU as one oneDNN primitive (a post-op), or None where torch does not expose it
+    (see uses_onednn_post_ops). Saves the activation's pass over the conv output."""
+    if not uses_onednn_post_ops(x):
+        return None
+    return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, [padding, padding], [stride, stride], [1, 1], 1,
+                                                   "leaky_relu", [negative_slope], "")

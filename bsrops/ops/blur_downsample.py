@@ -130,17 +130,5 @@ _backend.register_kernel("cpu_shared", "_blur_downsample_backward",
                          lambda *args: torch.ops.bsrops._blur_downsample_shared_backward(*args))
 
 
-def _triton_forward(*args):
-    from ..triton import blur_downsample as kernels  # imported on first use only
-
-    return kernels.forward(*args)
-
-
-def _triton_backward(*args):
-    from ..triton import blur_downsample as kernels
-
-    return kernels.backward(*args)
-
-
-_backend.register_kernel("triton", "blur_downsample", _triton_forward)
-_backend.register_kernel("triton", "_blur_downsample_backward", _triton_backward)
+_backend.register_lazy_kernel("triton", "blur_downsample", "triton.blur_downsample", "forward")
+_backend.register_lazy_kernel("triton", "_blur_downsample_backward", "triton.blur_downsample", "backward")

@@ -13,8 +13,14 @@ the LeakyReLU backward comes from the sign of its output), the modulation and bo
 residual adds are one pass (`_dpcb_epilogue`), and so is their backward
 (`_dpcb_epilogue_backward`: grad_f1 and the reduced grad_f2 together).
 
-Where the time goes and why the fusion helps: see the docstring of
-benchmarks/bench_dpcb.py (measured conv share, GPU roofline).
+Where the time goes (details and the arithmetic: benchmarks/bench_dpcb.py). At the Restorer
+shape (N=8, 64 ch, 64x64) forward+backward is 6 conv-sized passes (7.2 GMAC) against ~17
+passes over 8 MiB tensors for the eager elementwise part; the fused kernels need 9 (the
+forward LeakyReLU is a oneDNN post-op of the conv on CPU float32) and 2 instead of 5
+tensor-sized allocations. On a 2-core CPU the convs are ~85-90% of the block, so the ~2x
+faster fused part gains the block a few percent; on a GPU (cuDNN convs at tens of us,
+elementwise passes bound by HBM bandwidth and launches) the elementwise part is ~35-40% of
+the block and the fusion saves ~15-20% of it.
 
 The convolutions run on oneDNN / cuDNN through F.conv2d and aten.convolution_backward in
 the composite kernel below, whatever the backend; the backend (cpu, cuda, triton,
@@ -25,7 +31,7 @@ import torch.nn.functional as F
 
 from .. import _backend
 from ..reference import dpcb as ref
-from ._common import check_slope, check_tensor, conv_backward, define_schemas_if_missing
+from ._common import check_slope, check_tensor, conv_backward, define_schemas_if_missing, onednn_conv_leaky_relu
 
 SCHEMAS = {
     "dpcb": "dpcb(Tensor x_img, Tensor x_cond, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor w3, Tensor? b3, Tensor w4, Tensor? b4, float negative_slope=0.2) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
@@ -85,10 +91,12 @@ def check_inputs(x_img, x_cond, params, negative_slope):
 # ---- the composite kernels: convolutions around the fused kernels ----
 
 def _path_forward(x, wa, ba, wb, bb, negative_slope):
-    """(h, f): h = lrelu(conv(x)) in place of the conv output, f = conv(h)."""
-    h = F.conv2d(x, wa, ba, padding=wa.shape[-1] // 2).contiguous()
-    torch.ops.bsrops._leaky_relu_(h, negative_slope)
-    return h, F.conv2d(h, wb, bb, padding=wb.shape[-1] // 2).contiguous()
+    """(h, f): h = lrelu(conv(x)) (oneDNN's fused post-op, else in place of the conv output), f = conv(h)."""
+    h = onednn_conv_leaky_relu(x, wa, ba, 1, wa.shape[-1] // 2, negative_slope)
+    if h is None:
+        h = F.conv2d(x, wa, ba, padding=wa.shape[-1] // 2).contiguous()
+        torch.ops.bsrops._leaky_relu_(h, negative_slope)
+    return h.contiguous(), F.conv2d(h, wb, bb, padding=wb.shape[-1] // 2).contiguous()
 
 
 def _forward_composite(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope=0.2):
@@ -99,10 +107,13 @@ def _forward_composite(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_s
     return out_img, out_cond, h1, f1, h2, f2
 
 
-def _path_backward(grad_f, grad_residual, x, wa, wb, h, negative_slope, mask):
-    """Grads of x + path(x) for one path: (grad_x, grad_wa, grad_ba, grad_wb, grad_bb); mask in that order."""
+def _path_backward(grads_f, grad_residual, x, wa, wb, h, negative_slope, mask):
+    """Grads of x + path(x) for one path: (grad_x, grad_wa, grad_ba, grad_wb, grad_bb); mask in that order.
+
+    grads_f: a one-element list holding grad_f, emptied once the second conv's backward has used it,
+    so that it is freed before the first conv's backward allocates grad_x (peak memory)."""
     need_h = any(mask[:3])
-    grad_h, grad_wb, grad_bb = conv_backward(grad_f, h, wb, 1, wb.shape[-1] // 2, (need_h, mask[3], mask[4]))
+    grad_h, grad_wb, grad_bb = conv_backward(grads_f.pop(), h, wb, 1, wb.shape[-1] // 2, (need_h, mask[3], mask[4]))
     grad_x, grad_wa, grad_ba = x.new_empty(0), x.new_empty(0), x.new_empty(0)
     if need_h:
         torch.ops.bsrops._leaky_relu_backward_(grad_h, h, negative_slope)
@@ -117,7 +128,7 @@ def _backward_composite(grad_img, grad_cond, x_img, x_cond, w1, w2, w3, w4, h1, 
     x_img, x_cond = x_img.contiguous(), x_cond.contiguous()
     grad_img = grad_img.contiguous() if grad_img is not None else None
     grad_cond = grad_cond.contiguous() if grad_cond is not None else None
-    grad_f1, grad_f2 = torch.ops.bsrops._dpcb_epilogue_backward(grad_img, grad_cond, f1, f2)
+    grad_f1, grad_f2 = (list(g) for g in zip(torch.ops.bsrops._dpcb_epilogue_backward(grad_img, grad_cond, f1, f2)))
     m = list(output_mask)
     img = _path_backward(grad_f1, grad_img, x_img, w1, w2, h1, negative_slope, [m[0], *m[2:6]])
     cond = _path_backward(grad_f2, grad_cond, x_cond, w3, w4, h2, negative_slope, [m[1], *m[6:10]])
@@ -212,3 +223,16 @@ for _name, _fn in (("dpcb", ref.dpcb_reference),
                    ("_leaky_relu_", _reference_leaky_relu_), ("_leaky_relu_backward_", _reference_leaky_relu_backward_),
                    ("_dpcb_epilogue", _reference_epilogue), ("_dpcb_epilogue_backward", _reference_epilogue_backward)):
     _backend.register_kernel("reference", _name, _fn)
+
+
+def _triton(name):
+    def kernel(*args):
+        from ..triton import dpcb as kernels  # imported on first use only
+
+        return getattr(kernels, name)(*args)
+    return kernel
+
+
+for _op, _fn in (("_leaky_relu_", "leaky_relu_"), ("_leaky_relu_backward_", "leaky_relu_backward_"),
+                 ("_dpcb_epilogue", "epilogue"), ("_dpcb_epilogue_backward", "epilogue_backward")):
+    _backend.register_kernel("triton", _op, _triton(_fn))

@@ -257,3 +257,8 @@ _backend.register_kernel("reference", "usrnet_solve", ref.solve_reference)
 _backend.register_kernel("reference", "_usrnet_solve_backward", _reference_backward(ref.solve_reference))
 _backend.register_kernel("reference", "_usrnet_precompute", ref.precompute_reference)
 _backend.register_kernel("reference", "_usrnet_precompute_backward", _reference_backward(ref.precompute_reference, 3))
+_backend.register_kernel("cpu_shared", "usrnet_solve", lambda *args: torch.ops.bsrops._usrnet_solve_shared(*args))
+_backend.register_kernel("cpu_shared", "_usrnet_solve_backward",
+                         lambda *args: torch.ops.bsrops._usrnet_solve_shared_backward(*args))
+_backend.register_lazy_kernel("triton", "usrnet_solve", "triton.usrnet_data_step", "forward")
+_backend.register_lazy_kernel("triton", "_usrnet_solve_backward", "triton.usrnet_data_step", "backward")

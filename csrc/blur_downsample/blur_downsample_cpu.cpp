@@ -53,19 +53,13 @@
 #include <vector>
 
 #include "../call_counter.h"
+#include "../cpu_isa.h"  // BSR_CLONES, BSR_INLINE
 #include "blur_downsample.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define BSR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define BSR_CLONES
-#endif
 #if defined(__GNUC__) || defined(__clang__)
-#define BSR_INLINE inline __attribute__((always_inline))
 #define BSR_PREFETCH(p, write) __builtin_prefetch((p), (write), 3)
 #define BSR_PRAGMA(x) _Pragma(#x)
 #else
-#define BSR_INLINE inline
 #define BSR_PREFETCH(p, write) ((void)0)
 #define BSR_PRAGMA(x)
 #endif

@@ -2,7 +2,8 @@
 //
 // Every kernel is one pass over its tensors, parallel over (n, c) planes (or equal chunks),
 // with the loops over the per-element functions of dpcb.h vectorised by the compiler
-// (`omp simd`, reductions included). No temporaries: the LeakyReLU forward and backward
+// (`omp simd`, reductions included; float loops also compiled for AVX2 / AVX-512 and picked
+// at load time, cpu_isa.h). No temporaries: the LeakyReLU forward and backward
 // work in place, the epilogue writes out_img and out_cond in the same pass, and its
 // backward writes grad_f1 and reduces grad_f2 in one pass.
 #include <ATen/Dispatch.h>
@@ -15,6 +16,7 @@
 #include <tuple>
 
 #include "../call_counter.h"
+#include "../cpu_isa.h"
 #include "dpcb.h"
 
 namespace bsrops {
@@ -37,8 +39,10 @@ void leaky_relu_cpu(at::Tensor& x, double slope) {
     scalar_t* data = x.data_ptr<scalar_t>();
     const scalar_t s = static_cast<scalar_t>(slope);
     at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
-BSR_SIMD
-      for (int64_t e = begin; e < end; ++e) data[e] = leaky_relu_element(data[e], s);
+      with_best_isa<scalar_t>([&]() BSR_LAMBDA_INLINE {
+        BSR_SIMD
+        for (int64_t e = begin; e < end; ++e) data[e] = leaky_relu_element(data[e], s);
+      });
     });
   });
 }
@@ -54,8 +58,10 @@ void leaky_relu_backward_cpu(at::Tensor& grad, const at::Tensor& out_in, double 
     const scalar_t* o = out.data_ptr<scalar_t>();
     const scalar_t s = static_cast<scalar_t>(slope);
     at::parallel_for(0, grad.numel(), kGrain, [&](int64_t begin, int64_t end) {
-BSR_SIMD
-      for (int64_t e = begin; e < end; ++e) g[e] = leaky_relu_grad_element(g[e], o[e], s);
+      with_best_isa<scalar_t>([&]() BSR_LAMBDA_INLINE {
+        BSR_SIMD
+        for (int64_t e = begin; e < end; ++e) g[e] = leaky_relu_grad_element(g[e], o[e], s);
+      });
     });
   });
 }
@@ -73,6 +79,7 @@ std::tuple<at::Tensor, at::Tensor> epilogue_cpu(const at::Tensor& x_in, const at
     const scalar_t *xcd = xc.data_ptr<scalar_t>(), *f2d = f2.data_ptr<scalar_t>();
     scalar_t *od = out.data_ptr<scalar_t>(), *ocd = out_cond.data_ptr<scalar_t>();
     at::parallel_for(0, planes, std::max<int64_t>(1, kGrain / std::max<int64_t>(hw, 1)), [&](int64_t p0, int64_t p1) {
+      with_best_isa<scalar_t>([&]() BSR_LAMBDA_INLINE {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t base = p * hw;
         if (pointwise) {  // f2 is one scalar per plane
@@ -88,6 +95,7 @@ BSR_SIMD
           }
         }
       }
+      });
     });
   });
   return {out, out_cond};
@@ -117,6 +125,7 @@ std::tuple<at::Tensor, at::Tensor> epilogue_backward_cpu(const c10::optional<at:
     const scalar_t* gcd = has_gc ? gc.data_ptr<scalar_t>() : nullptr;
     scalar_t *g1 = grad_f1.data_ptr<scalar_t>(), *g2 = grad_f2.data_ptr<scalar_t>();
     at::parallel_for(0, planes, std::max<int64_t>(1, kGrain / std::max<int64_t>(hw, 1)), [&](int64_t p0, int64_t p1) {
+      with_best_isa<scalar_t>([&]() BSR_LAMBDA_INLINE {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t base = p * hw;
         if (!has_gi) {
@@ -139,6 +148,7 @@ BSR_SIMD
           }
         }
       }
+      });
     });
   });
   return {grad_f1, grad_f2};

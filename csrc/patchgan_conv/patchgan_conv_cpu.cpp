@@ -9,7 +9,8 @@
 //             yhat recomputed from y, mean, rstd: nothing but y, out and the per-group
 //             statistics is saved), one pass writing grad_y.
 // Inner loops are contiguous runs of H*W elements over the per-element functions of
-// patchgan_conv.h, vectorised with `omp simd`. Per-channel parameter gradients are summed
+// patchgan_conv.h, vectorised with `omp simd` (float also compiled for AVX2 / AVX-512 and
+// picked at load time, cpu_isa.h). Per-channel parameter gradients are summed
 // from per-group partials in a fixed order: deterministic for any thread count.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -25,6 +26,7 @@
 #include <vector>
 
 #include "../call_counter.h"
+#include "../cpu_isa.h"
 #include "patchgan_conv.h"
 
 namespace bsrops {
@@ -68,13 +70,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(
     const acc_t s = static_cast<acc_t>(slope);
     if (norm == kNone) {  // no groups: chunks of elements
       at::parallel_for(0, y.numel(), 1 << 15, [&](int64_t begin, int64_t end) {
-        BSR_SIMD
-        for (int64_t e = begin; e < end; ++e) od[e] = norm_act_element<scalar_t, acc_t>(yd[e], 1, 0, s, activation);
+        with_best_isa<scalar_t>([&]() BSR_LAMBDA_INLINE {
+          BSR_SIMD
+          for (int64_t e = begin; e < end; ++e) od[e] = norm_act_element<scalar_t, acc_t>(yd[e], 1, 0, s, activation);
+        });
       });
       return;
     }
     const int64_t M = g.size();
     at::parallel_for(0, g.count(), group_grain(g), [&](int64_t g0, int64_t g1) {
+      with_best_isa<scalar_t>([&]() BSR_LAMBDA_INLINE {
       for (int64_t group = g0; group < g1; ++group) {
         acc_t scale = 1, shift = 0;
         const int64_t segments = g.segments(), length = g.HW;
@@ -122,6 +127,7 @@ BSR_SIMD
           for (int64_t e = 0; e < length; ++e) q[e] = norm_act_element<scalar_t, acc_t>(p[e], scale, shift, s, activation);
         }
       }
+      });
     });
   });
   return {out, mean, rstd};
@@ -155,8 +161,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cpu(
     if (norm == kNone) {
       if (!gyd) return;
       at::parallel_for(0, out.numel(), 1 << 15, [&](int64_t begin, int64_t end) {
-BSR_SIMD
-        for (int64_t e = begin; e < end; ++e) gyd[e] = static_cast<scalar_t>(grad_z_element<scalar_t, acc_t>(gd[e], od[e], s, activation));
+        with_best_isa<scalar_t>([&]() BSR_LAMBDA_INLINE {
+          BSR_SIMD
+          for (int64_t e = begin; e < end; ++e)
+            gyd[e] = static_cast<scalar_t>(grad_z_element<scalar_t, acc_t>(gd[e], od[e], s, activation));
+        });
       });
       return;
     }
@@ -166,6 +175,7 @@ BSR_SIMD
     double* sum_gz_yhat = sum_gz + sums.size(1);
     const int64_t M = g.size();
     at::parallel_for(0, groups, group_grain(g), [&](int64_t g0, int64_t g1) {
+      with_best_isa<scalar_t>([&]() BSR_LAMBDA_INLINE {
       for (int64_t group = g0; group < g1; ++group) {
         const acc_t mu = static_cast<acc_t>(md[group]), r = static_cast<acc_t>(rd[group]);
         const acc_t gamma = wd ? static_cast<acc_t>(wd[g.channel(group)]) : acc_t(1);
@@ -199,6 +209,7 @@ BSR_SIMD
           }
         }
       }
+      });
     });
   });
   at::Tensor grad_weight = out.new_empty({0}), grad_bias = out.new_empty({0});

@@ -83,15 +83,14 @@ C10_HOST_DEVICE inline bool is_pair_representative(const Geometry& g, int64_t u,
   return u * g.w + v <= mirror_lr(g, u, v);
 }
 
-// Full-spectrum (row, column) of alias `j` = a * s + b of the LR frequency (u, v).
-C10_HOST_DEVICE inline int64_t alias_row(const Geometry& g, int64_t u, int64_t j) { return u + (j / g.s) * g.h; }
-C10_HOST_DEVICE inline int64_t alias_col(const Geometry& g, int64_t v, int64_t j) { return v + (j % g.s) * g.w; }
+// The bin -(r, q) of a full spectrum (H, W), one axis at a time (no division in the hot loops).
+C10_HOST_DEVICE inline int64_t negate(int64_t r, int64_t size) { return r == 0 ? 0 : size - r; }
 
 // F(z) at full-spectrum bin (r, q) from a half spectrum (H, Wh).
 template <typename T>
 C10_HOST_DEVICE inline Cx<T> half_at(const Geometry& g, const T* half, int64_t r, int64_t q) {
   if (q < g.Wh) return load(half, r * g.Wh + q);
-  return conj(load(half, ((g.H - r) % g.H) * g.Wh + (g.W - q)));
+  return conj(load(half, negate(r, g.H) * g.Wh + (g.W - q)));
 }
 
 // Everything one (image, channel) plane needs: base pointers into interleaved complex data.
@@ -107,18 +106,19 @@ C10_HOST_DEVICE inline Cx<T> rhs(const Plane<T>& p, const Geometry& g, const T* 
   return load(p.fbfy, r * g.W + q) + half_at(g, fz_half, r, q) * p.alpha;
 }
 
-// mean_j(FB_j * X_j) / (F2B_mean + alpha) over the aliases of (u, v), X = R (kRhs) or the gradient spectrum.
+// mean_j(FB_j * X_j) / (F2B_mean + alpha) over the aliases (u + a h, v + b w) of (u, v),
+// X = R (kRhs) or the gradient spectrum.
 template <bool kRhs, typename T>
 C10_HOST_DEVICE inline Cx<T> alias_mean(const Plane<T>& p, const Geometry& g, const T* spectrum_half, T f2b_mean,
                                         int64_t u, int64_t v) {
   Cx<T> sum = cx<T>(0, 0);
-  const int64_t aliases = g.s * g.s;
-  for (int64_t j = 0; j < aliases; ++j) {
-    const int64_t r = alias_row(g, u, j), q = alias_col(g, v, j);
-    const Cx<T> x = kRhs ? rhs(p, g, spectrum_half, r, q) : half_at(g, spectrum_half, r, q);
-    sum = sum + mul(load(p.fb, r * g.W + q), x);
+  for (int64_t r = u; r < g.H; r += g.h) {
+    for (int64_t q = v; q < g.W; q += g.w) {
+      const Cx<T> x = kRhs ? rhs(p, g, spectrum_half, r, q) : half_at(g, spectrum_half, r, q);
+      sum = sum + mul(load(p.fb, r * g.W + q), x);
+    }
   }
-  return sum * (T(1) / (T(aliases) * (f2b_mean + p.alpha)));
+  return sum * (T(1) / (T(g.s * g.s) * (f2b_mean + p.alpha)));
 }
 
 // Calls visit(r, q, rm, qm) once for every unordered pair {(r, q), (rm, qm) = -(r, q)} of full-spectrum
@@ -126,12 +126,13 @@ C10_HOST_DEVICE inline Cx<T> alias_mean(const Plane<T>& p, const Geometry& g, co
 template <typename Visit>
 C10_HOST_DEVICE inline void for_each_mirror_pair(const Geometry& g, int64_t u, int64_t v, Visit visit) {
   const bool self_mirror = u * g.w + v == mirror_lr(g, u, v);
-  const int64_t aliases = g.s * g.s;
-  for (int64_t j = 0; j < aliases; ++j) {
-    const int64_t r = alias_row(g, u, j), q = alias_col(g, v, j);
-    const int64_t rm = (g.H - r) % g.H, qm = (g.W - q) % g.W;
-    if (self_mirror && rm * g.W + qm < r * g.W + q) continue;  // its pair was visited from the other side
-    visit(r, q, rm, qm);
+  for (int64_t r = u; r < g.H; r += g.h) {
+    const int64_t rm = negate(r, g.H);
+    for (int64_t q = v; q < g.W; q += g.w) {
+      const int64_t qm = negate(q, g.W);
+      if (self_mirror && rm * g.W + qm < r * g.W + q) continue;  // its pair was visited from the other side
+      visit(r, q, rm, qm);
+    }
   }
 }
 

@@ -23,9 +23,22 @@
 #include <array>
 #include <cmath>
 #include <tuple>
+#include <type_traits>
+#include <vector>
 
 #include "../call_counter.h"
 #include "usrnet_data_step.h"
+
+// The row passes of float32 (what training runs) are compiled for x86-64-v4 (AVX-512),
+// x86-64-v3 (AVX2 + FMA) and the baseline and picked at load time, as blur_downsample's
+// kernels: extensions are built for the baseline ISA.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define USR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define USR_INLINE inline __attribute__((always_inline))
+#else
+#define USR_CLONES
+#define USR_INLINE inline
+#endif
 
 namespace bsrops {
 namespace usrnet_data_step {
@@ -46,10 +59,269 @@ int64_t grain(const Geometry& g, int64_t items_per_row, int64_t planes) {
   return std::max<int64_t>(1, (int64_t(1) << 16) / work);
 }
 
-at::Tensor solve_cpu(const at::Tensor& z_in, const at::Tensor& fb_in, const at::Tensor& fbfy_in,
-                     const at::Tensor& f2b_mean_in, const at::Tensor& alpha_in, int64_t scale) {
-  count_call("usrnet_solve.cpu");
-  const char* op = "usrnet_solve";
+// ---- the fast passes: one task per plane (or image) and pair of LR rows {u, -u} ----
+//
+// The per-element functions of the header reach every bin through index maths and branches.
+// Here a task copies the full-spectrum rows it reads, the s alias rows of LR row u and the s
+// of its mirror row -u, into split real / imaginary scratch rows, and every loop runs over
+// contiguous columns, which the compiler vectorises. The arithmetic is the header's; the
+// bins of a task are those of the header's work items (u, v) and (-u, -v) for all v, so the
+// output may again overwrite the input spectrum.
+
+struct RowPair {
+  const Geometry& g;
+  int64_t u, um;  // LR rows u and -u
+  bool self;      // u == -u: the s alias rows of u are closed under negation
+  int64_t rows() const { return self ? g.s : 2 * g.s; }
+  // spectrum row of scratch row k: alias a of u for k < s, of -u for k >= s
+  int64_t row(int64_t k) const { return k < g.s ? u + k * g.h : um + (k - g.s) * g.h; }
+  int64_t slot(int64_t r) const { return (r % g.h == u ? 0 : g.s) + r / g.h; }
+  int64_t lr_slot(int64_t k) const { return k < g.s ? 0 : 1; }  // 0: LR row u, 1: -u
+};
+
+RowPair make_row_pair(const Geometry& g, int64_t u) {
+  const int64_t um = negate(u, g.h);
+  return {g, u, um, u == um};
+}
+
+// Full-spectrum rows of the pair from a half spectrum (H, Wh), into re / im (rows x W).
+template <typename T>
+USR_INLINE void load_full_rows(const RowPair& t, const T* half, T* __restrict re, T* __restrict im) {
+  const Geometry& g = t.g;
+  for (int64_t k = 0; k < t.rows(); ++k) {
+    const int64_t r = t.row(k);
+    const T* __restrict src = half + 2 * r * g.Wh;
+    const T* __restrict mirror = half + 2 * negate(r, g.H) * g.Wh;
+    T* __restrict dre = re + k * g.W;
+    T* __restrict dim = im + k * g.W;
+    for (int64_t q = 0; q < g.Wh; ++q) {
+      dre[q] = src[2 * q];
+      dim[q] = src[2 * q + 1];
+    }
+    for (int64_t q = g.Wh; q < g.W; ++q) {
+      dre[q] = mirror[2 * (g.W - q)];
+      dim[q] = -mirror[2 * (g.W - q) + 1];
+    }
+  }
+}
+
+// alias_mean of the header for every v of the LR row of scratch rows [first, first + s):
+// out[v] = mean over the aliases of FB * X / (F2B_mean + alpha), X = P + alpha Z (kRhs) or Z.
+template <bool kRhs, typename T>
+USR_INLINE void row_means(const RowPair& t, int64_t first, const T* fb, const T* fbfy, const T* re, const T* im, T alpha,
+               const T* w_mean_row, T* __restrict out_re, T* __restrict out_im) {
+  const Geometry& g = t.g;
+  std::fill(out_re, out_re + g.w, T(0));
+  std::fill(out_im, out_im + g.w, T(0));
+  for (int64_t k = first; k < first + g.s; ++k) {
+    const int64_t r = t.row(k);
+    for (int64_t q0 = 0; q0 < g.W; q0 += g.w) {
+      const T* __restrict fbq = fb + 2 * (r * g.W + q0);
+      const T* __restrict pq = fbfy + 2 * (r * g.W + q0);
+      const T* __restrict xre = re + k * g.W + q0;
+      const T* __restrict xim = im + k * g.W + q0;
+      for (int64_t v = 0; v < g.w; ++v) {
+        const T xr = kRhs ? pq[2 * v] + alpha * xre[v] : xre[v];
+        const T xi = kRhs ? pq[2 * v + 1] + alpha * xim[v] : xim[v];
+        out_re[v] += fbq[2 * v] * xr - fbq[2 * v + 1] * xi;
+        out_im[v] += fbq[2 * v] * xi + fbq[2 * v + 1] * xr;
+      }
+    }
+  }
+  for (int64_t v = 0; v < g.w; ++v) {
+    const T d = T(1) / (T(g.s * g.s) * (w_mean_row[v] + alpha));
+    out_re[v] *= d;
+    out_im[v] *= d;
+  }
+}
+
+// Half-spectrum row r of the Hermitian part of X, given the full rows a (row r) and b (row -r).
+template <typename T>
+USR_INLINE void store_hermitian_row(const Geometry& g, T* half, int64_t r, const T* a_re, const T* a_im,
+                                    const T* b_re, const T* b_im) {
+  T* __restrict out = half + 2 * r * g.Wh;
+  out[0] = T(0.5) * (a_re[0] + b_re[0]);
+  out[1] = T(0.5) * (a_im[0] - b_im[0]);
+  for (int64_t q = 1; q < g.Wh; ++q) {
+    out[2 * q] = T(0.5) * (a_re[q] + b_re[g.W - q]);
+    out[2 * q + 1] = T(0.5) * (a_im[q] - b_im[g.W - q]);
+  }
+}
+
+// Half-spectrum rows r and rm = -r of the Hermitian part of X, given full rows a (row r) and b (row rm).
+template <typename T>
+USR_INLINE void store_hermitian_rows(const Geometry& g, T* half, int64_t r, int64_t rm, const T* a_re,
+                                     const T* a_im, const T* b_re, const T* b_im) {
+  store_hermitian_row(g, half, r, a_re, a_im, b_re, b_im);
+  if (rm != r) store_hermitian_row(g, half, rm, b_re, b_im, a_re, a_im);
+}
+
+// Calls visit(k, km) for every pair of scratch rows {row k, row km = -row k}, k an alias row of u.
+template <typename Visit>
+USR_INLINE void for_each_mirror_row(const RowPair& t, Visit visit) {
+  for (int64_t k = 0; k < t.g.s; ++k) {
+    const int64_t r = t.row(k), rm = negate(r, t.g.H);
+    if (t.self && rm < r) continue;
+    visit(k, t.slot(rm));
+  }
+}
+
+// Task (plane, u) of the forward: replaces the half rows of the pair by those of x's spectrum.
+template <typename T>
+USR_INLINE void solve_rows(const Geometry& g, T* half, const T* fb, const T* fbfy, const T* w_mean, T alpha, int64_t u,
+                T* scratch) {
+  const RowPair t = make_row_pair(g, u);
+  T *zre = scratch, *zim = zre + 2 * g.s * g.W;
+  T *qre = zim + 2 * g.s * g.W, *qim = qre + 2 * g.w;  // Q of LR rows u ([0, w)) and -u ([w, 2w))
+  T* fx = qim + 2 * g.w;                                 // two full rows, re and im
+  load_full_rows(t, half, zre, zim);
+  row_means<true>(t, 0, fb, fbfy, zre, zim, alpha, w_mean + t.u * g.w, qre, qim);
+  if (!t.self) row_means<true>(t, g.s, fb, fbfy, zre, zim, alpha, w_mean + t.um * g.w, qre + g.w, qim + g.w);
+  const T inv_alpha = T(1) / alpha;
+  auto fx_row = [&](int64_t k, T* __restrict out_re, T* __restrict out_im) {
+    const int64_t r = t.row(k), lr = t.self ? 0 : t.lr_slot(k);
+    const T *qr = qre + lr * g.w, *qi = qim + lr * g.w;
+    for (int64_t q0 = 0; q0 < g.W; q0 += g.w) {
+      const T* __restrict fbq = fb + 2 * (r * g.W + q0);
+      const T* __restrict pq = fbfy + 2 * (r * g.W + q0);
+      const T *zr = zre + k * g.W + q0, *zi = zim + k * g.W + q0;
+      for (int64_t v = 0; v < g.w; ++v) {
+        const T fr = fbq[2 * v], fi = fbq[2 * v + 1];
+        out_re[q0 + v] = (pq[2 * v] + alpha * zr[v] - (fr * qr[v] + fi * qi[v])) * inv_alpha;
+        out_im[q0 + v] = (pq[2 * v + 1] + alpha * zi[v] - (fr * qi[v] - fi * qr[v])) * inv_alpha;
+      }
+    }
+  };
+  for_each_mirror_row(t, [&](int64_t k, int64_t km) {
+    T *a_re = fx, *a_im = fx + g.W, *b_re = fx + 2 * g.W, *b_im = fx + 3 * g.W;
+    fx_row(k, a_re, a_im);
+    fx_row(km, b_re, b_im);
+    store_hermitian_rows(g, half, t.row(k), t.row(km), a_re, a_im, b_re, b_im);
+  });
+}
+
+int64_t solve_scratch(const Geometry& g) { return 4 * g.s * g.W + 4 * g.w + 4 * g.W; }
+
+// Task (image n, u) of the backward, summing over the channels; see solve_backward_element.
+template <typename T>
+USR_INLINE void solve_backward_rows(const Geometry& g, const T* grad_half, const T* fz_half, const T* fb, const T* fbfy,
+                         const T* f2b_mean, const T* alpha, const Grads<T>& out, int64_t n, int64_t u, T* scratch) {
+  const RowPair t = make_row_pair(g, u);
+  const int64_t plane = g.H * g.W, half_plane = g.H * g.Wh, rows = 2 * g.s * g.W;
+  T *zre = scratch, *zim = zre + rows, *gre = zim + rows, *gim = gre + rows;
+  T *qre = gim + rows, *qim = qre + 2 * g.w, *tre = qim + 2 * g.w, *tim = tre + 2 * g.w;
+  T *grad_w = tim + 2 * g.w, *alpha_lanes = grad_w + 2 * g.w;  // per-v sums (vectorisable, unlike one scalar)
+  T* b = alpha_lanes + g.w;                                       // two full rows of B, re and im
+  const T a = alpha[n], inv_alpha = T(1) / a, scale = T(1) / (a * T(plane)), aliases = T(g.s * g.s);
+  const T* w_mean = f2b_mean + n * g.h * g.w;
+  const T* fbn = fb + 2 * n * plane;
+  std::fill(grad_w, grad_w + 3 * g.w, T(0));
+  for (int64_t c = 0; c < g.C; ++c) {
+    const int64_t nc = n * g.C + c;
+    const T* p = fbfy + 2 * nc * plane;
+    load_full_rows(t, fz_half + 2 * nc * half_plane, zre, zim);
+    load_full_rows(t, grad_half + 2 * nc * half_plane, gre, gim);
+    for (int64_t lr = 0; lr < (t.self ? 1 : 2); ++lr) {
+      const int64_t first = lr * g.s, o = lr * g.w;
+      const T* w_row = w_mean + (lr == 0 ? t.u : t.um) * g.w;
+      row_means<true>(t, first, fbn, p, zre, zim, a, w_row, qre + o, qim + o);
+      row_means<false>(t, first, fbn, p, gre, gim, a, w_row, tre + o, tim + o);
+      for (int64_t v = 0; v < g.w; ++v) grad_w[o + v] += aliases * (qre[o + v] * tre[o + v] + qim[o + v] * tim[o + v]);
+    }
+    // B of scratch row k into (b_re, b_im), with its shares of grad_FB, grad_FBFy and grad_alpha
+    auto bin_row = [&](int64_t k, T* __restrict b_re, T* __restrict b_im) {
+      const int64_t r = t.row(k), o = t.self ? 0 : t.lr_slot(k) * g.w;
+      const T *qr = qre + o, *qi = qim + o, *tr = tre + o, *ti = tim + o;
+      for (int64_t q0 = 0; q0 < g.W; q0 += g.w) {
+        const int64_t i = r * g.W + q0;
+        const T* __restrict fbq = fbn + 2 * i;
+        const T* __restrict pq = p + 2 * i;
+        T* __restrict gfb = out.grad_fb ? out.grad_fb + 2 * (n * plane + i) : nullptr;
+        T* __restrict gp = out.grad_fbfy ? out.grad_fbfy + 2 * (nc * plane + i) : nullptr;
+        const T *zr = zre + k * g.W + q0, *zi = zim + k * g.W + q0;
+        const T *gr = gre + k * g.W + q0, *gi = gim + k * g.W + q0;
+        for (int64_t v = 0; v < g.w; ++v) {
+          const T fr = fbq[2 * v], fi = fbq[2 * v + 1];
+          const T rr = pq[2 * v] + a * zr[v], ri = pq[2 * v + 1] + a * zi[v];
+          const T br = gr[v] - (fr * tr[v] + fi * ti[v]), bi = gi[v] - (fr * ti[v] - fi * tr[v]);
+          b_re[q0 + v] = br;
+          b_im[q0 + v] = bi;
+          if (gfb) {
+            const T sr = -(qr[v] * gr[v] + qi[v] * gi[v] + tr[v] * rr + ti[v] * ri) * scale;
+            const T si = -(qi[v] * gr[v] - qr[v] * gi[v] + ti[v] * rr - tr[v] * ri) * scale;
+            gfb[2 * v] = c == 0 ? sr : gfb[2 * v] + sr;
+            gfb[2 * v + 1] = c == 0 ? si : gfb[2 * v + 1] + si;
+          }
+          if (gp) {
+            gp[2 * v] = br * scale;
+            gp[2 * v + 1] = bi * scale;
+          }
+          if (out.alpha_partial) {
+            const T xr = (rr - (fr * qr[v] + fi * qi[v])) * inv_alpha;
+            const T xi = (ri - (fr * qi[v] - fi * qr[v])) * inv_alpha;
+            alpha_lanes[v] += zr[v] * br + zi[v] * bi - (xr * gr[v] + xi * gi[v]);
+          }
+        }
+      }
+    };
+    for_each_mirror_row(t, [&](int64_t k, int64_t km) {
+      T *a_re = b, *a_im = b + g.W, *b_re = b + 2 * g.W, *b_im = b + 3 * g.W;
+      bin_row(k, a_re, a_im);
+      if (km != k) bin_row(km, b_re, b_im);
+      if (out.grad_z_half)
+        store_hermitian_rows(g, out.grad_z_half + 2 * nc * half_plane, t.row(k), t.row(km), a_re, a_im,
+                             km != k ? b_re : a_re, km != k ? b_im : a_im);
+    });
+  }
+  T grad_alpha = 0;
+  for (int64_t v = 0; v < g.w; ++v) grad_alpha += alpha_lanes[v];
+  T grad_w_sum = 0;
+  for (int64_t lr = 0; lr < (t.self ? 1 : 2); ++lr)
+    for (int64_t v = 0; v < g.w; ++v) {
+      grad_w_sum += grad_w[lr * g.w + v];
+      if (out.grad_f2b_mean) out.grad_f2b_mean[(n * g.h + (lr == 0 ? t.u : t.um)) * g.w + v] = grad_w[lr * g.w + v] * scale;
+    }
+  if (out.alpha_partial) out.alpha_partial[n * g.h + u] = (grad_alpha + grad_w_sum) * scale;
+}
+
+int64_t solve_backward_scratch(const Geometry& g) { return 8 * g.s * g.W + 11 * g.w + 4 * g.W; }
+
+USR_CLONES void solve_rows_f32(const Geometry& g, float* half, const float* fb, const float* fbfy,
+                               const float* w_mean, float alpha, int64_t u, float* scratch) {
+  solve_rows(g, half, fb, fbfy, w_mean, alpha, u, scratch);
+}
+
+USR_CLONES void solve_backward_rows_f32(const Geometry& g, const float* grad_half, const float* fz_half,
+                                        const float* fb, const float* fbfy, const float* f2b_mean,
+                                        const float* alpha, const Grads<float>& out, int64_t n, int64_t u,
+                                        float* scratch) {
+  solve_backward_rows(g, grad_half, fz_half, fb, fbfy, f2b_mean, alpha, out, n, u, scratch);
+}
+
+// float32 through its multi-ISA build, float64 (checks) through the baseline one.
+template <typename T>
+void solve_task(const Geometry& g, T* half, const T* fb, const T* fbfy, const T* w_mean, T alpha, int64_t u,
+                T* scratch) {
+  if constexpr (std::is_same_v<T, float>)
+    solve_rows_f32(g, half, fb, fbfy, w_mean, alpha, u, scratch);
+  else
+    solve_rows(g, half, fb, fbfy, w_mean, alpha, u, scratch);
+}
+
+template <typename T>
+void solve_backward_task(const Geometry& g, const T* grad_half, const T* fz_half, const T* fb, const T* fbfy,
+                         const T* f2b_mean, const T* alpha, const Grads<T>& out, int64_t n, int64_t u, T* scratch) {
+  if constexpr (std::is_same_v<T, float>)
+    solve_backward_rows_f32(g, grad_half, fz_half, fb, fbfy, f2b_mean, alpha, out, n, u, scratch);
+  else
+    solve_backward_rows(g, grad_half, fz_half, fb, fbfy, f2b_mean, alpha, out, n, u, scratch);
+}
+
+// ---- the CPU ops: FFTs around one fused pass, fast (rows) or through the shared per-element functions ----
+
+at::Tensor solve_impl(const char* op, bool shared, const at::Tensor& z_in, const at::Tensor& fb_in,
+                      const at::Tensor& fbfy_in, const at::Tensor& f2b_mean_in, const at::Tensor& alpha_in,
+                      int64_t scale) {
   const Geometry g = make_solve_geometry(op, z_in, fb_in, fbfy_in, f2b_mean_in, alpha_in, scale);
   check_alpha_values(op, alpha_in);
   if (z_in.numel() == 0) return at::empty_like(z_in, at::MemoryFormat::Contiguous);
@@ -61,43 +333,63 @@ at::Tensor solve_cpu(const at::Tensor& z_in, const at::Tensor& fb_in, const at::
     const scalar_t *fbd = fb.const_data_ptr<scalar_t>(), *fbfyd = fbfy.const_data_ptr<scalar_t>();
     const scalar_t *wd = f2b_mean.const_data_ptr<scalar_t>(), *ad = alpha.const_data_ptr<scalar_t>();
     at::parallel_for(0, g.N * g.C * g.h, grain(g, g.w, 1), [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> scratch(shared ? 0 : solve_scratch(g));
       for (int64_t row = begin; row < end; ++row) {
-        const int64_t u = row % g.h, nc = row / g.h;
+        const int64_t u = row % g.h, nc = row / g.h, n = nc / g.C;
+        if (!shared) {
+          if (u <= negate(u, g.h))
+            solve_task(g, spec + 2 * nc * g.H * g.Wh, fbd + 2 * n * g.H * g.W, fbfyd + 2 * nc * g.H * g.W,
+                       wd + n * g.h * g.w, ad[n], u, scratch.data());
+          continue;
+        }
         for (int64_t v = 0; v < g.w; ++v)
-          if (is_pair_representative(g, u, v)) solve_element(spec, fbd, fbfyd, wd, ad, g, nc / g.C, nc % g.C, u, v);
+          if (is_pair_representative(g, u, v)) solve_element(spec, fbd, fbfyd, wd, ad, g, n, nc % g.C, u, v);
       }
     });
   });
   return at::fft_irfft2(at::view_as_complex(spectrum), at::IntArrayRef({g.H, g.W}));
 }
 
+at::Tensor solve_cpu(const at::Tensor& z, const at::Tensor& fb, const at::Tensor& fbfy, const at::Tensor& f2b_mean,
+                     const at::Tensor& alpha, int64_t scale) {
+  count_call("usrnet_solve.cpu");
+  return solve_impl("usrnet_solve", false, z, fb, fbfy, f2b_mean, alpha, scale);
+}
+
+at::Tensor solve_shared(const at::Tensor& z, const at::Tensor& fb, const at::Tensor& fbfy,
+                        const at::Tensor& f2b_mean, const at::Tensor& alpha, int64_t scale) {
+  count_call("_usrnet_solve_shared.cpu");
+  return solve_impl("usrnet_solve", true, z, fb, fbfy, f2b_mean, alpha, scale);
+}
+
+using SolveGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
 // output_mask: z, FB, FBFy, F2B_mean, alpha.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> solve_backward_cpu(
-    const at::Tensor& grad_x_in, const at::Tensor& z_in, const at::Tensor& fb_in, const at::Tensor& fbfy_in,
-    const at::Tensor& f2b_mean_in, const at::Tensor& alpha_in, int64_t scale, std::array<bool, 5> output_mask) {
-  count_call("_usrnet_solve_backward.cpu");
+SolveGrads solve_backward_impl(bool shared, const at::Tensor& grad_x_in, const at::Tensor& z_in,
+                               const at::Tensor& fb_in, const at::Tensor& fbfy_in, const at::Tensor& f2b_mean_in,
+                               const at::Tensor& alpha_in, int64_t scale, std::array<bool, 5> output_mask) {
   const char* op = "usrnet_solve backward";
   const Geometry g = make_solve_geometry(op, z_in, fb_in, fbfy_in, f2b_mean_in, alpha_in, scale);
   TORCH_CHECK(grad_x_in.sizes() == z_in.sizes() && grad_x_in.scalar_type() == z_in.scalar_type(), op,
               ": grad_x must have z's shape and dtype");
   check_alpha_values(op, alpha_in);
   const auto& [want_z, want_fb, want_fbfy, want_w, want_alpha] = output_mask;
-  auto empty = [](const at::Tensor& like) { return like.new_empty({0}); };
-  at::Tensor grad_z = empty(z_in), grad_fb = empty(fb_in), grad_fbfy = empty(fbfy_in), grad_w = empty(f2b_mean_in);
-  at::Tensor grad_alpha = empty(alpha_in);
-  if (z_in.numel() == 0) {
-    auto zeros = [](bool want, const at::Tensor& like) { return want ? at::zeros_like(like) : like.new_empty({0}); };
-    return {zeros(want_z, z_in), zeros(want_fb, fb_in), zeros(want_fbfy, fbfy_in), zeros(want_w, f2b_mean_in),
-            zeros(want_alpha, alpha_in)};
-  }
+  auto maybe = [](bool want, const at::Tensor& like, bool zero) {
+    return !want ? like.new_empty({0}) : zero ? at::zeros_like(like) : at::empty_like(like);
+  };
+  if (z_in.numel() == 0)
+    return {maybe(want_z, z_in, true), maybe(want_fb, fb_in, true), maybe(want_fbfy, fbfy_in, true),
+            maybe(want_w, f2b_mean_in, true), maybe(want_alpha, alpha_in, true)};
   const at::Tensor fb = fb_in.contiguous(), fbfy = fbfy_in.contiguous(), f2b_mean = f2b_mean_in.contiguous();
   const at::Tensor alpha = alpha_in.contiguous();
   at::Tensor grad_spectrum = at::view_as_real(at::fft_rfft2(grad_x_in.contiguous()));
   const at::Tensor z_spectrum = at::view_as_real(at::fft_rfft2(z_in.contiguous()));
-  if (want_fb) grad_fb = at::empty_like(fb);
-  if (want_fbfy) grad_fbfy = at::empty_like(fbfy);
-  if (want_w) grad_w = at::empty_like(f2b_mean);
-  at::Tensor alpha_partial = want_alpha ? at::empty_like(f2b_mean) : empty(f2b_mean);
+  at::Tensor grad_fb = maybe(want_fb, fb, false), grad_fbfy = maybe(want_fbfy, fbfy, false);
+  at::Tensor grad_w = maybe(want_w, f2b_mean, false);
+  // grad_alpha's share per work item: per LR frequency (shared) or per LR row (fast)
+  at::Tensor alpha_partial =
+      want_alpha ? at::zeros(shared ? f2b_mean.sizes() : at::IntArrayRef({g.N, g.h}), f2b_mean.options())
+                 : f2b_mean.new_empty({0});
   AT_DISPATCH_FLOATING_TYPES(z_in.scalar_type(), "usrnet_solve_backward_cpu", [&] {
     auto ptr = [](at::Tensor& t, bool want) { return want ? t.data_ptr<scalar_t>() : nullptr; };
     const Grads<scalar_t> out{ptr(grad_spectrum, want_z), ptr(grad_fbfy, want_fbfy), ptr(grad_fb, want_fb),
@@ -106,16 +398,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> solve_bac
     const scalar_t *fbd = fb.const_data_ptr<scalar_t>(), *fbfyd = fbfy.const_data_ptr<scalar_t>();
     const scalar_t *wd = f2b_mean.const_data_ptr<scalar_t>(), *ad = alpha.const_data_ptr<scalar_t>();
     at::parallel_for(0, g.N * g.h, grain(g, g.w, 2 * g.C), [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> scratch(shared ? 0 : solve_backward_scratch(g));
       for (int64_t row = begin; row < end; ++row) {
         const int64_t u = row % g.h, n = row / g.h;
+        if (!shared) {
+          if (u <= negate(u, g.h)) solve_backward_task(g, gd, zd, fbd, fbfyd, wd, ad, out, n, u, scratch.data());
+          continue;
+        }
         for (int64_t v = 0; v < g.w; ++v)
           if (is_pair_representative(g, u, v)) solve_backward_element(gd, zd, fbd, fbfyd, wd, ad, out, g, n, u, v);
       }
     });
   });
-  if (want_z) grad_z = at::fft_irfft2(at::view_as_complex(grad_spectrum), at::IntArrayRef({g.H, g.W}));
-  if (want_alpha) grad_alpha = alpha_partial.sum({1, 2}).view(alpha_in.sizes());
+  at::Tensor grad_z = want_z ? at::fft_irfft2(at::view_as_complex(grad_spectrum), at::IntArrayRef({g.H, g.W}))
+                             : z_in.new_empty({0});
+  at::Tensor grad_alpha =
+      want_alpha ? alpha_partial.flatten(1).sum(1).view(alpha_in.sizes()) : alpha_in.new_empty({0});
   return {grad_z, grad_fb, grad_fbfy, grad_w, grad_alpha};
+}
+
+SolveGrads solve_backward_cpu(const at::Tensor& grad_x, const at::Tensor& z, const at::Tensor& fb,
+                              const at::Tensor& fbfy, const at::Tensor& f2b_mean, const at::Tensor& alpha,
+                              int64_t scale, std::array<bool, 5> output_mask) {
+  count_call("_usrnet_solve_backward.cpu");
+  return solve_backward_impl(false, grad_x, z, fb, fbfy, f2b_mean, alpha, scale, output_mask);
+}
+
+SolveGrads solve_backward_shared(const at::Tensor& grad_x, const at::Tensor& z, const at::Tensor& fb,
+                                 const at::Tensor& fbfy, const at::Tensor& f2b_mean, const at::Tensor& alpha,
+                                 int64_t scale, std::array<bool, 5> output_mask) {
+  count_call("_usrnet_solve_shared_backward.cpu");
+  return solve_backward_impl(true, grad_x, z, fb, fbfy, f2b_mean, alpha, scale, output_mask);
 }
 
 // ---- composites ----
@@ -152,9 +465,15 @@ at::Tensor kernel_spectrum(const at::Tensor& kernel3, int64_t H, int64_t W) {
   return fft2(at::roll(otf, {-(kh / 2), -(kw / 2)}, {1, 2}));
 }
 
-// F(y upsampled by zero insertion) = the LR spectrum tiled s x s -> (N, C, H, W) complex.
-at::Tensor upsampled_spectrum(const at::Tensor& y, int64_t scale) {
-  return fft2(y).repeat({1, 1, scale, scale});
+// F(y upsampled by zero insertion) is the LR spectrum tiled s x s: as a (N, C, 1, h, 1, w) view that
+// broadcasts against an HR spectrum seen as (N, C, s, h, s, w) (no tiled copy is made).
+at::Tensor upsampled_spectrum(const at::Tensor& y) {
+  return fft2(y).view({y.size(0), y.size(1), 1, y.size(2), 1, y.size(3)});
+}
+
+// An HR spectrum (N, [C,] H, W) as (N, C or 1, s, h, s, w), its alias blocks on their own axes.
+at::Tensor alias_view(const at::Tensor& t, int64_t scale, int64_t h, int64_t w) {
+  return t.view({t.size(0), t.dim() == 4 ? t.size(1) : 1, scale, h, scale, w});
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> precompute(const at::Tensor& y, const at::Tensor& kernel,
@@ -164,7 +483,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> precompute(const at::Tensor& y, c
   const int64_t N = y.size(0), h = y.size(2), w = y.size(3);
   const at::Tensor fb = kernel_spectrum(kernel3, scale * h, scale * w);
   // conj_physical: a lazily conjugated view loses its conj bit under torch.compile tracing
-  const at::Tensor fbfy = at::conj_physical(fb).unsqueeze(1) * upsampled_spectrum(y, scale);
+  const at::Tensor fbfy = (alias_view(at::conj_physical(fb), scale, h, w) * upsampled_spectrum(y)).view(
+      {N, y.size(1), scale * h, scale * w});
   const at::Tensor f2b_mean = at::view_as_real(fb).square().sum(-1).view({N, scale, h, scale, w}).mean({1, 3});
   return {at::view_as_real(fb), at::view_as_real(fbfy), f2b_mean};
 }
@@ -176,20 +496,20 @@ std::tuple<at::Tensor, at::Tensor> precompute_backward(const at::Tensor& grad_fb
                                                        std::array<bool, 2> output_mask) {
   count_call("_usrnet_precompute_backward.composite");
   const at::Tensor kernel3 = per_image_kernel("usrnet precompute backward", y, kernel, scale);
-  const int64_t N = y.size(0), C = y.size(1), h = y.size(2), w = y.size(3), H = scale * h, W = scale * w;
+  const int64_t N = y.size(0), h = y.size(2), w = y.size(3), H = scale * h, W = scale * w;
   const int64_t kh = kernel3.size(1), kw = kernel3.size(2);
   const at::Tensor fb = kernel_spectrum(kernel3, H, W);
   const at::Tensor g_fbfy = at::view_as_complex(grad_fbfy.contiguous());
   at::Tensor grad_y = y.new_empty({0}), grad_kernel = kernel.new_empty({0});
   if (output_mask[0]) {  // FBFy = conj(FB) Fy_up: d/dFy_up = FB g, summed over the s^2 tiles; y real
     const at::Tensor g_up = fb.unsqueeze(1) * g_fbfy;
-    const at::Tensor g_lr = g_up.view({N, C, scale, h, scale, w}).sum({2, 4});
+    const at::Tensor g_lr = alias_view(g_up, scale, h, w).sum({2, 4});
     grad_y = at::real(ifft2_unscaled(g_lr)).contiguous();
   }
   if (output_mask[1]) {  // FB = fft2(otf): the three paths into FB, then the adjoint of p2o
-    at::Tensor g_fb = at::view_as_complex(grad_fb.contiguous()) +
-                      (upsampled_spectrum(y, scale) * at::conj_physical(g_fbfy)).sum(1) +
-                      fb * (grad_f2b_mean.repeat({1, scale, scale}) * (2.0 / double(scale * scale)));
+    const at::Tensor via_fbfy = upsampled_spectrum(y) * alias_view(at::conj_physical(g_fbfy), scale, h, w);
+    const at::Tensor g_fb = at::view_as_complex(grad_fb.contiguous()) + via_fbfy.sum(1).view({N, H, W}) +
+                            fb * (grad_f2b_mean.repeat({1, scale, scale}) * (2.0 / double(scale * scale)));
     const at::Tensor g_otf = at::real(ifft2_unscaled(g_fb));
     const at::Tensor g_kernel3 = at::roll(g_otf, {kh / 2, kw / 2}, {1, 2}).slice(1, 0, kh).slice(2, 0, kw);
     grad_kernel = (kernel.dim() == 2 ? g_kernel3.sum(0) : g_kernel3).contiguous();
@@ -205,8 +525,6 @@ at::Tensor solve_via_dispatcher(const at::Tensor& z, const at::Tensor& fb, const
                                                const at::Tensor&, const at::Tensor&, int64_t)>();
   return op.call(z, fb, fbfy, f2b_mean, alpha, scale);
 }
-
-using SolveGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 SolveGrads solve_backward_via_dispatcher(const at::Tensor& grad_x, const at::Tensor& z, const at::Tensor& fb,
                                          const at::Tensor& fbfy, const at::Tensor& f2b_mean, const at::Tensor& alpha,
@@ -267,6 +585,8 @@ void register_composites(torch::Library& m) {
 TORCH_LIBRARY_IMPL(bsrops, CPU, m) {
   m.impl("usrnet_solve", &solve_cpu);
   m.impl("_usrnet_solve_backward", &solve_backward_cpu);
+  m.impl("_usrnet_solve_shared", &solve_shared);
+  m.impl("_usrnet_solve_shared_backward", &solve_backward_shared);
   register_composites(m);
 }
 

@@ -1,0 +1,182 @@
+"""bsrops.dpcb and bsrops.patchgan_conv on the Triton backend.
+
+Under TRITON_INTERPRET=1 (tests/conftest.py) the `triton` backend serves CPU tensors, so the
+ops' own paths (modules, autograd, opcheck) run the Triton fused kernels against the float64
+references. The kernels are also compiled for sm_90 in a subprocess with TRITON_INTERPRET=0.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import bsrops
+import test_dpcb as dp
+import test_patchgan_conv as pg
+
+try:
+    import triton  # noqa: F401
+
+    TRITON_ERROR = None
+except ImportError as error:
+    TRITON_ERROR = f"triton is not importable ({error})"
+
+
+def require_interpreter():
+    if TRITON_ERROR:
+        pytest.skip(TRITON_ERROR)
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the Triton backend serves CPU tensors only with TRITON_INTERPRET=1 (set by tests/conftest.py)")
+
+
+def assert_only_triton(delta, names):
+    assert all(delta.get(f"{name}.triton", 0) >= 1 for name in names), delta
+    assert not any(name.endswith(".cpu") or name.endswith(".reference") for name in delta), delta
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("use", sorted(dp.USES))
+def test_dpcb_triton_matches_official_structure(use):
+    require_interpreter()
+    ours, reference, x_img, x_cond = dp.make_pair(use)
+    grads = [torch.randn_like(x_img), torch.randn_like(x_cond)]
+    with bsrops.use_backend("triton"):
+        actual, delta = dp.calls_delta(lambda: dp.outputs_and_grads(ours, ours, x_img, x_cond, grads))
+    assert_only_triton(delta, ("_dpcb_epilogue", "_dpcb_epilogue_backward", "_leaky_relu_", "_leaky_relu_backward_"))
+    dp.assert_all_close(actual, dp.outputs_and_grads(dp.reference_run(reference), reference, x_img, x_cond, grads))
+
+
+@pytest.mark.timeout(60)
+def test_dpcb_triton_float32_one_output_and_opcheck():
+    require_interpreter()
+    ours, reference, x_img, x_cond = dp.make_pair("restorer", n=1, dtype=torch.float32)
+    with bsrops.use_backend("triton"):
+        _, out_cond = ours(x_img, x_cond.requires_grad_())
+        out_cond.sum().backward()  # grad_img is None in the epilogue backward
+        params = [p.detach().clone().requires_grad_() for p in ours.parameters()]
+        _, delta = dp.calls_delta(lambda: torch.library.opcheck(
+            torch.ops.bsrops.dpcb.default, (x_img.double().requires_grad_(), x_cond.detach().double(),
+                                            *[p.double() for p in params], 0.2)))
+    assert_only_triton(delta, ("_dpcb_epilogue",))
+    reference([x_img, x_cond.detach().requires_grad_()])[1].sum().backward()
+    for name, p in ours.named_parameters():
+        expected = reference.get_parameter(name).grad
+        if expected is not None:
+            torch.testing.assert_close(p.grad, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("block", pg.BLOCKS, ids=[f"{b[0]}-act{int(b[1])}" for b in pg.BLOCKS])
+def test_patchgan_triton_matches_eager_modules(block):
+    require_interpreter()
+    norm, activation, affine, bias, k, stride, padding = block
+    ours = pg.randomise(pg.PatchGANConv(3, 5, k, stride, padding, norm, 0.2, activation, bias,
+                                        affine=affine).double())
+    reference = pg.reference_block(ours)
+    x = torch.randn(2, 3, 11, 8, dtype=torch.float64)
+    grad = torch.randn(reference[0](x).shape, dtype=torch.float64)
+    with bsrops.use_backend("triton"):
+        actual, delta = pg.calls_delta(lambda: pg.outputs_and_grads(ours, x, grad))
+    if norm != "none" or activation:
+        assert_only_triton(delta, ("_patchgan_norm_act", "_patchgan_norm_act_backward"))
+    pg.assert_all_close(actual, pg.outputs_and_grads(reference, x, grad))
+    if norm == "batch":
+        pg.assert_close_to_float64(ours.norm.running_var, reference[1].running_var)
+
+
+@pytest.mark.timeout(60)
+def test_patchgan_triton_batch_norm_eval():
+    require_interpreter()
+    ours = pg.randomise(pg.PatchGANConv(3, 4, 3, 1, 1, "batch").double())
+    with torch.no_grad():
+        ours.norm.running_mean.normal_()
+        ours.norm.running_var.uniform_(0.5, 2.0)
+    ours.eval()
+    reference = pg.reference_block(ours).eval()
+    x, grad = torch.randn(2, 3, 5, 6, dtype=torch.float64), torch.randn(2, 4, 5, 6, dtype=torch.float64)
+    with bsrops.use_backend("triton"):
+        actual = pg.outputs_and_grads(ours, x, grad)
+    pg.assert_all_close(actual, pg.outputs_and_grads(reference, x, grad))
+
+
+# ---- sm_90 compile check ----
+
+F = dict(F64=False, BLOCK=1024)
+COMPILE_CONFIGS = {
+    "dpcb": {
+        "_leaky_relu_kernel": [("fp32", dict(SLOPE=0.2, BLOCK=1024))],
+        "_leaky_relu_backward_kernel": [("fp32", dict(SLOPE=0.2, BLOCK=1024))],
+        "_epilogue_kernel": [("fp32", dict(POINTWISE=True, BLOCK=1024)),
+                             ("fp64", dict(POINTWISE=False, BLOCK=1024))],
+        "_epilogue_backward_kernel": [("fp32", dict(HAS_GI=True, HAS_GC=True, POINTWISE=True, **F)),
+                                      ("fp32", dict(HAS_GI=True, HAS_GC=False, POINTWISE=False, **F))],
+    },
+    "patchgan_conv": {
+        "_norm_act_kernel": [
+            ("fp32", dict(NORM=1, DATA_STATS=True, UPDATE=False, HAS_W=False, HAS_B=False, ACTIVATION=True,
+                          SLOPE=0.2, EPS=1e-5, MOMENTUM=0.1, **F)),
+            ("fp32", dict(NORM=2, DATA_STATS=True, UPDATE=True, HAS_W=True, HAS_B=True, ACTIVATION=False,
+                          SLOPE=0.2, EPS=1e-5, MOMENTUM=0.1, **F)),
+            ("fp32", dict(NORM=0, DATA_STATS=False, UPDATE=False, HAS_W=False, HAS_B=False, ACTIVATION=True,
+                          SLOPE=0.2, EPS=1e-5, MOMENTUM=0.1, **F)),
+        ],
+        "_norm_act_backward_kernel": [
+            ("fp32", dict(NORM=1, DATA_STATS=True, HAS_W=False, WANT_GY=True, ACTIVATION=True, SLOPE=0.2, **F)),
+            ("fp32", dict(NORM=2, DATA_STATS=False, HAS_W=True, WANT_GY=True, ACTIVATION=False, SLOPE=0.2, **F)),
+        ],
+    },
+}
+
+COMPILE_SCRIPT = textwrap.dedent("""
+    import importlib, json, sys
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    module = importlib.import_module("bsrops.triton." + sys.argv[1])
+    name, configs = sys.argv[2], json.loads(sys.argv[3])
+    fn = getattr(module, name)
+    results = []
+    for dtype, constexprs in configs:
+        signature = {}
+        for arg in fn.arg_names:
+            if arg in constexprs:
+                signature[arg] = "constexpr"
+            elif arg == "sums_ptr":
+                signature[arg] = "*fp32"
+            elif arg.endswith("_ptr"):
+                signature[arg] = "*" + dtype
+            else:
+                signature[arg] = "i32"
+        compiled = triton.compile(triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                                  target=GPUTarget("cuda", 90, 32))
+        results.append(".target sm_90" in compiled.asm["ptx"] and len(compiled.asm.get("cubin", b"")) > 0)
+    print("RESULT " + json.dumps(results))
+""")
+
+
+def test_compile_configs_cover_every_kernel():
+    if TRITON_ERROR:
+        pytest.skip(TRITON_ERROR)
+    import importlib
+
+    for module_name, configs in COMPILE_CONFIGS.items():
+        module = importlib.import_module("bsrops.triton." + module_name)
+        assert {fn.__name__ for fn in module.KERNELS} == set(configs), module_name
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("module,name", [(m, n) for m, kernels in COMPILE_CONFIGS.items() for n in kernels])
+def test_triton_compiles_for_sm90(module, name, tmp_path):
+    if TRITON_ERROR:
+        pytest.skip(TRITON_ERROR)
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp_path / "cache")}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT, module, name,
+                           json.dumps(COMPILE_CONFIGS[module][name])],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert line and all(json.loads(line[-1][len("RESULT "):])), proc.stdout[-2000:]
