@@ -181,6 +181,14 @@ def _memory_info(benchmark, factory, *args, always=False):
     return {"peak_extra_bytes": info["peak_extra_bytes"], "memory_method": info["method"]}
 
 
+def skip_compiled(benchmark, bench_size):
+    """torch.compile providers: skipped (with the reason) with --benchmark-disable and at smoke size."""
+    if benchmark.disabled:
+        pytest.skip("torch.compile providers are skipped with --benchmark-disable (compilation takes minutes)")
+    if bench_size == "smoke":
+        pytest.skip("torch.compile providers are skipped at BSR_BENCH_SIZE=smoke")
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("kind", KINDS)
@@ -188,10 +196,7 @@ def test_blur_downsample(benchmark, bench_size, kind, provider, mode):
     benchmark.group = f"blur_downsample/{kind}"
     benchmark.name = f"{provider} {mode}"
     if provider == "compiled_reference":
-        if benchmark.disabled:
-            pytest.skip("torch.compile providers are skipped with --benchmark-disable (compilation takes minutes)")
-        if bench_size == "smoke":
-            pytest.skip("torch.compile providers are skipped at BSR_BENCH_SIZE=smoke")
+        skip_compiled(benchmark, bench_size)
     if provider == "bsrops_cpu":
         info = bsrops.backend_info("cpu")
         assert info["backend"] == "cpu", f"bsrops would not run its native cpu backend: {info}"

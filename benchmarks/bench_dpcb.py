@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 import bsrops
-from bench_blur_downsample import _benchmark, _memory_info
+from bench_blur_downsample import _benchmark, _memory_info, skip_compiled
 from bsrops.nn import DPCB
 from bsrops.ops._common import uses_onednn_post_ops
 from bsrops.reference.dpcb import DPCBReference
@@ -209,13 +209,6 @@ def make_conv_case(kind, size):
     return run
 
 
-def _skip_compiled(benchmark, bench_size):
-    if benchmark.disabled:
-        pytest.skip("torch.compile providers are skipped with --benchmark-disable (compilation takes minutes)")
-    if bench_size == "smoke":
-        pytest.skip("torch.compile providers are skipped at BSR_BENCH_SIZE=smoke")
-
-
 def _calls():
     return sum(v for k, v in bsrops.kernel_calls().items() if k.endswith(".cpu") and ("dpcb" in k or "leaky" in k))
 
@@ -227,7 +220,7 @@ def test_dpcb_block(benchmark, bench_size, kind, provider, mode):
     benchmark.group = f"dpcb/{kind}"
     benchmark.name = f"{provider} {mode}"
     if provider == "compiled_reference":
-        _skip_compiled(benchmark, bench_size)
+        skip_compiled(benchmark, bench_size)
     extra = {"kind": kind, "provider": provider, "mode": mode, "size": bench_size, **shape(kind, bench_size),
              "threads": torch.get_num_threads()}
     smoke_memory = provider == "bsrops_cpu" and mode == "forward+backward" and kind == "restorer"
@@ -244,7 +237,7 @@ def test_dpcb_fused_part(benchmark, bench_size, kind, provider):
     benchmark.group = f"dpcb/fused/{kind}"
     benchmark.name = f"{provider} forward+backward"
     if provider == "compiled":
-        _skip_compiled(benchmark, bench_size)
+        skip_compiled(benchmark, bench_size)
     out = _benchmark(benchmark, make_fused_case(kind, provider, bench_size), {"kind": kind, "provider": provider})
     assert len(out) == 6
 

@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import bsrops
-from bench_blur_downsample import _benchmark, _memory_info
+from bench_blur_downsample import _benchmark, _memory_info, skip_compiled
 from bsrops.nn import PatchGANConv
 
 SHAPES = {
@@ -153,13 +153,6 @@ def make_conv_case(size):
     return run
 
 
-def _skip_compiled(benchmark, bench_size):
-    if benchmark.disabled:
-        pytest.skip("torch.compile providers are skipped with --benchmark-disable (compilation takes minutes)")
-    if bench_size == "smoke":
-        pytest.skip("torch.compile providers are skipped at BSR_BENCH_SIZE=smoke")
-
-
 def _calls():
     return sum(v for k, v in bsrops.kernel_calls().items() if k.startswith("_patchgan") and k.endswith(".cpu"))
 
@@ -170,7 +163,7 @@ def test_patchgan_block(benchmark, bench_size, provider, mode):
     benchmark.group = "patchgan_conv/instance"
     benchmark.name = f"{provider} {mode}"
     if provider == "compiled_reference":
-        _skip_compiled(benchmark, bench_size)
+        skip_compiled(benchmark, bench_size)
     extra = {"provider": provider, "mode": mode, "size": bench_size, **SHAPES[bench_size],
              "threads": torch.get_num_threads()}
     smoke_memory = provider == "bsrops_cpu" and mode == "forward+backward"
@@ -185,7 +178,7 @@ def test_patchgan_fused_part(benchmark, bench_size, provider):
     benchmark.group = "patchgan_conv/fused"
     benchmark.name = f"{provider} forward+backward"
     if provider == "compiled":
-        _skip_compiled(benchmark, bench_size)
+        skip_compiled(benchmark, bench_size)
     out = _benchmark(benchmark, make_fused_case(provider, bench_size), {"provider": provider})
     assert out[1] is not None
 

@@ -27,6 +27,7 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]
 import torch  # noqa: E402
 
 import bench_blur_downsample as bd  # noqa: E402
+import bench_dan_train_step as bdan  # noqa: E402
 import bench_usrnet_data_step as ud  # noqa: E402
 import bench_dpcb as dpcb_bench  # noqa: E402
 import bench_patchgan_conv as pg_bench  # noqa: E402
@@ -288,6 +289,21 @@ def usrnet_train_step(ctx):
     return results
 
 
+# ---- issue #7: DANv2 training step ----
+
+@target("issue #7: DANv2 training step")
+def dan_train_step(ctx):
+    """bsrops (native DPCB, blur_downsample) vs every op on the reference backend; at the demo
+    shape by default (the paper model takes minutes per step on 2 CPU cores: --dan-size paper)."""
+    size = ctx.args.dan_size
+    d = bdan.SHAPES[size]
+    t = ctx.time({"reference": bdan.make_case(size, "reference"), "bsrops": bdan.make_case(size, "default")},
+                 repeats=min(ctx.args.repeats, 5))
+    return [Result(f"DANv2 train step speedup vs BSROPS_BACKEND=reference ({size}: batch {d['batch']}, HR {d['patch']})",
+                   t["reference"] / t["bsrops"], 1.0, ">=",
+                   note=f"{t['reference'] * 1e3:.0f} ms vs {t['bsrops'] * 1e3:.0f} ms")]
+
+
 def print_table(results):
     header = ["target", "measured", "required", "pass"]
     rows = [header] + [r.cells() for r in results]
@@ -309,6 +325,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--no-compile", action="store_true",
                         help="skip the torch.compile comparisons (reported as SKIP, not as a pass)")
+    parser.add_argument("--dan-size", default="demo", choices=sorted(bdan.SHAPES),
+                        help="shape of the issue #7 DANv2 step (default demo)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -5,11 +5,7 @@ subset of the case matrix runs the Triton kernels through the op itself (forward
 opcheck) against the float64 loop reference. The kernels are also compiled for sm_90 in a
 subprocess with TRITON_INTERPRET=0 (an interpreted kernel cannot be compiled).
 """
-import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -17,6 +13,7 @@ import torch
 import bsrops
 from bsrops.reference.blur_downsample import blur_downsample_loop, blur_downsample_reference, geometry
 from tolerances import assert_close_to_float64
+from triton_sm90 import assert_compiles_for_sm90, jitted_kernels
 
 try:
     import triton  # noqa: F401
@@ -197,35 +194,10 @@ COMPILE_CONFIGS = {
     ],
 }
 
-COMPILE_SCRIPT = textwrap.dedent("""
-    import json, sys
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from bsrops.triton import blur_downsample as module
-
-    name, configs = sys.argv[1], json.loads(sys.argv[2])
-    fn = getattr(module, name)
-    assert isinstance(fn, triton.runtime.jit.JITFunction), type(fn)
-    results = []
-    for dtype, constexprs in configs:
-        accumulator = "fp64" if constexprs["F64"] else "fp32"
-        signature = {}
-        for arg in fn.arg_names:
-            if arg in constexprs:
-                signature[arg] = "constexpr"
-            elif arg == "part_ptr" or (arg == "gk_ptr" and constexprs.get("REDUCE")):
-                signature[arg] = "*" + accumulator
-            elif arg.endswith("_ptr"):
-                signature[arg] = "*" + dtype
-            else:
-                signature[arg] = "i32"
-        source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs)
-        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
-        results.append({"ptx_target": ".target sm_90" in compiled.asm["ptx"],
-                        "ptx_entry": (".entry " + name) in compiled.asm["ptx"],
-                        "cubin_bytes": len(compiled.asm.get("cubin", b""))})
-    print("RESULT " + json.dumps(results))
-""")
+def _pointer_overrides(constexprs):
+    """part_ptr, and gk_ptr of the REDUCE variant, hold the accumulator dtype."""
+    accumulator = "fp64" if constexprs["F64"] else "fp32"
+    return {"part_ptr": accumulator, **({"gk_ptr": accumulator} if constexprs.get("REDUCE") else {})}
 
 
 def test_compile_configs_cover_every_kernel():
@@ -234,9 +206,7 @@ def test_compile_configs_cover_every_kernel():
     from bsrops.triton import blur_downsample as module
 
     names = {fn.__name__ for fn in module.KERNELS}
-    jitted = {name for name, value in vars(module).items()
-              if name.endswith("_kernel") and type(value).__name__ in ("JITFunction", "InterpretedFunction")}
-    assert names == jitted == set(COMPILE_CONFIGS), (names, jitted, set(COMPILE_CONFIGS))
+    assert names == jitted_kernels(module) == set(COMPILE_CONFIGS), (names, set(COMPILE_CONFIGS))
 
 
 @pytest.mark.timeout(60)
@@ -244,15 +214,5 @@ def test_compile_configs_cover_every_kernel():
 def test_triton_compiles_for_sm90(name, tmp_path):
     if TRITON_ERROR:
         pytest.skip(TRITON_ERROR)
-    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp_path / "cache")}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT, name, json.dumps(COMPILE_CONFIGS[name])],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=55)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert line, proc.stdout[-2000:] + proc.stderr[-2000:]
-    results = json.loads(line[-1][len("RESULT "):])
-    assert len(results) == len(COMPILE_CONFIGS[name])
-    for config, result in zip(COMPILE_CONFIGS[name], results):
-        assert result["ptx_target"] and result["ptx_entry"], (config, result)
-        assert result["cubin_bytes"] > 0, (config, result)
+    configs = [(dtype, constexprs, _pointer_overrides(constexprs)) for dtype, constexprs in COMPILE_CONFIGS[name]]
+    assert_compiles_for_sm90("bsrops.triton.blur_downsample", name, configs, tmp_path)

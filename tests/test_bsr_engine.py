@@ -91,3 +91,9 @@ def test_atomic_save_leaves_no_temporary_file(tmp_path):
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         Engine(toy_config(), str(tmp_path), resume=True)
+
+
+def test_dataloader_workers_give_the_same_training(tmp_path):
+    Engine(toy_config(train={"iters": 3, "val_every": 0}, data={"num_workers": 1}), str(tmp_path / "w")).train()
+    Engine(toy_config(train={"iters": 3, "val_every": 0}), str(tmp_path / "i")).train()
+    assert_same_state(weights(tmp_path / "w/checkpoints/last.pt"), weights(tmp_path / "i/checkpoints/last.pt"))

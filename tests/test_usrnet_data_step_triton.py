@@ -5,11 +5,7 @@ op itself (forward, autograd) runs the Triton kernels against the official formu
 float64 (tiny shapes: the interpreter runs the alias loops in Python). The kernels are also
 compiled for sm_90 in a subprocess with TRITON_INTERPRET=0.
 """
-import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -18,6 +14,7 @@ import bsrops
 from bsrops.reference import usrnet_data_step as ref
 from test_usrnet_data_step import calls_delta, forward_and_grads, make_inputs
 from tolerances import FLOAT32_RTOL, assert_close_to_float64, relative_error
+from triton_sm90 import assert_compiles_for_sm90, jitted_kernels
 
 try:
     import triton  # noqa: F401
@@ -118,7 +115,7 @@ def test_triton_opcheck():
 
 # ---- sm_90 compile check ----
 
-# Per kernel: (element type of every pointer, constexprs); the other arguments are i32.
+# Per kernel: (element type of every pointer, constexprs).
 COMPILE_CONFIGS = {
     "_solve_kernel": [("fp32", dict(BLOCK=128)), ("fp64", dict(BLOCK=64))],
     "_solve_backward_kernel": [
@@ -127,35 +124,13 @@ COMPILE_CONFIGS = {
     ],
 }
 
-COMPILE_SCRIPT = textwrap.dedent("""
-    import importlib, json, sys
-    import triton
-    from triton.backends.compiler import GPUTarget
-
-    module_name, name, configs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-    fn = getattr(importlib.import_module(module_name), name)
-    assert isinstance(fn, triton.runtime.jit.JITFunction), type(fn)
-    results = []
-    for dtype, constexprs in configs:
-        signature = {arg: "constexpr" if arg in constexprs else ("*" + dtype if arg.endswith("_ptr") else "i32")
-                     for arg in fn.arg_names}
-        compiled = triton.compile(triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs),
-                                  target=GPUTarget("cuda", 90, 32))
-        results.append({"ptx_target": ".target sm_90" in compiled.asm["ptx"],
-                        "ptx_entry": (".entry " + name) in compiled.asm["ptx"],
-                        "cubin_bytes": len(compiled.asm.get("cubin", b""))})
-    print("RESULT " + json.dumps(results))
-""")
-
 
 def test_compile_configs_cover_every_kernel():
     if TRITON_ERROR:
         pytest.skip(TRITON_ERROR)
     from bsrops.triton import usrnet_data_step as module
 
-    jitted = {name for name, value in vars(module).items()
-              if name.endswith("_kernel") and type(value).__name__ in ("JITFunction", "InterpretedFunction")}
-    assert {fn.__name__ for fn in module.KERNELS} == jitted == set(COMPILE_CONFIGS)
+    assert {fn.__name__ for fn in module.KERNELS} == jitted_kernels(module) == set(COMPILE_CONFIGS)
 
 
 @pytest.mark.timeout(120)
@@ -163,15 +138,5 @@ def test_compile_configs_cover_every_kernel():
 def test_triton_compiles_for_sm90(name, tmp_path):
     if TRITON_ERROR:
         pytest.skip(TRITON_ERROR)
-    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp_path / "cache")}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT, "bsrops.triton.usrnet_data_step", name,
-                           json.dumps(COMPILE_CONFIGS[name])], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=110)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert line, proc.stdout[-2000:] + proc.stderr[-2000:]
-    results = json.loads(line[-1][len("RESULT "):])
-    assert len(results) == len(COMPILE_CONFIGS[name])
-    for config, result in zip(COMPILE_CONFIGS[name], results):
-        assert result["ptx_target"] and result["ptx_entry"] and result["cubin_bytes"] > 0, (config, result)
+    configs = [(dtype, constexprs, {}) for dtype, constexprs in COMPILE_CONFIGS[name]]
+    assert_compiles_for_sm90("bsrops.triton.usrnet_data_step", name, configs, tmp_path, timeout=110)

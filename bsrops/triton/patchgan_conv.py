@@ -41,6 +41,15 @@ def _accumulator(F64: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _grad_z(g_ptr, out_ptr, offsets, mask, like, ACTIVATION: tl.constexpr, SLOPE: tl.constexpr):
+    """d loss / d z in the accumulator dtype of `like`: grad_out, masked by the sign of out."""
+    gz = tl.load(g_ptr + offsets, mask=mask, other=0.0).to(like.dtype)
+    if ACTIVATION:
+        gz = tl.where(tl.load(out_ptr + offsets, mask=mask, other=0.0) > 0, gz, gz * SLOPE)
+    return gz
+
+
+@triton.jit
 def _norm_act_kernel(y_ptr, out_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, rm_ptr, rv_ptr, total, C, HW, M,
                      NORM: tl.constexpr, DATA_STATS: tl.constexpr, UPDATE: tl.constexpr, HAS_W: tl.constexpr,
                      HAS_B: tl.constexpr, ACTIVATION: tl.constexpr, SLOPE: tl.constexpr, EPS: tl.constexpr,
@@ -118,9 +127,7 @@ def _norm_act_backward_kernel(g_ptr, y_ptr, out_ptr, mean_ptr, rstd_ptr, w_ptr, 
         for start in range(0, M, BLOCK):
             e = start + tl.arange(0, BLOCK)
             offsets = _group_offsets(group, e, C, HW, NORM)
-            gz = tl.load(g_ptr + offsets, mask=e < M, other=0.0).to(acc.dtype)
-            if ACTIVATION:
-                gz = tl.where(tl.load(out_ptr + offsets, mask=e < M, other=0.0) > 0, gz, gz * SLOPE)
+            gz = _grad_z(g_ptr, out_ptr, offsets, e < M, acc, ACTIVATION, SLOPE)
             yhat = (tl.load(y_ptr + offsets, mask=e < M, other=0.0).to(acc.dtype) - mean) * rstd
             s1 += gz
             s2 += gz * yhat
@@ -135,9 +142,7 @@ def _norm_act_backward_kernel(g_ptr, y_ptr, out_ptr, mean_ptr, rstd_ptr, w_ptr, 
             for start in range(0, M, BLOCK):
                 e = start + tl.arange(0, BLOCK)
                 offsets = _group_offsets(group, e, C, HW, NORM)
-                gz = tl.load(g_ptr + offsets, mask=e < M, other=0.0).to(acc.dtype)
-                if ACTIVATION:
-                    gz = tl.where(tl.load(out_ptr + offsets, mask=e < M, other=0.0) > 0, gz, gz * SLOPE)
+                gz = _grad_z(g_ptr, out_ptr, offsets, e < M, acc, ACTIVATION, SLOPE)
                 if DATA_STATS:
                     yhat = (tl.load(y_ptr + offsets, mask=e < M, other=0.0).to(acc.dtype) - mean) * rstd
                     gy = gamma_rstd * (gz - sum1 / M - yhat * (sum2 / M))

@@ -248,8 +248,12 @@ C10_HOST_DEVICE inline void solve_backward_element(const T* grad_half, const T* 
 // ---- host-side shape checks (CPU and CUDA entry points) ----
 // Not guarded by __CUDA_ARCH__: nvcc parses host functions in its device pass too.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
 
+#include <array>
+#include <tuple>
 #include <utility>
 
 namespace torch {
@@ -302,6 +306,27 @@ inline Geometry make_solve_geometry(const char* op, const at::Tensor& z, const a
   TORCH_CHECK(fbfy.sizes() == at::IntArrayRef({g.N, g.C, g.H, g.W, 2}), op, ": FBFy must be (N, C, H, W, 2) = (",
               g.N, ", ", g.C, ", ", g.H, ", ", g.W, ", 2), got ", fbfy.sizes());
   check_alpha_shape(op, alpha, g.N);
+  return g;
+}
+
+using SolveGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// An output of a backward op: shaped like `like` when wanted (zero-filled if `zero`), else empty.
+inline at::Tensor wanted_like(bool want, const at::Tensor& like, bool zero = false) {
+  return !want ? like.new_empty({0}) : zero ? at::zeros_like(like) : at::empty_like(like);
+}
+
+// _usrnet_solve_backward's checks; `empty` receives the result for a batch without elements.
+inline Geometry make_solve_backward_geometry(const char* op, const at::Tensor& grad_x, const at::Tensor& z,
+                                             const at::Tensor& fb, const at::Tensor& fbfy, const at::Tensor& f2b_mean,
+                                             const at::Tensor& alpha, int64_t scale, const std::array<bool, 5>& mask,
+                                             SolveGrads& empty) {
+  const Geometry g = make_solve_geometry(op, z, fb, fbfy, f2b_mean, alpha, scale);
+  TORCH_CHECK(grad_x.sizes() == z.sizes() && grad_x.scalar_type() == z.scalar_type(), op,
+              ": grad_x must have z's shape and dtype");
+  if (z.numel() == 0)
+    empty = {wanted_like(mask[0], z, true), wanted_like(mask[1], fb, true), wanted_like(mask[2], fbfy, true),
+             wanted_like(mask[3], f2b_mean, true), wanted_like(mask[4], alpha, true)};
   return g;
 }
 

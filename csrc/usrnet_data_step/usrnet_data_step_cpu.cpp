@@ -23,22 +23,11 @@
 #include <array>
 #include <cmath>
 #include <tuple>
-#include <type_traits>
 #include <vector>
 
 #include "../call_counter.h"
+#include "../cpu_isa.h"
 #include "usrnet_data_step.h"
-
-// The row passes of float32 (what training runs) are compiled for x86-64-v4 (AVX-512),
-// x86-64-v3 (AVX2 + FMA) and the baseline and picked at load time, as blur_downsample's
-// kernels: extensions are built for the baseline ISA.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define USR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#define USR_INLINE inline __attribute__((always_inline))
-#else
-#define USR_CLONES
-#define USR_INLINE inline
-#endif
 
 namespace bsrops {
 namespace usrnet_data_step {
@@ -64,9 +53,9 @@ int64_t grain(const Geometry& g, int64_t items_per_row, int64_t planes) {
 // The per-element functions of the header reach every bin through index maths and branches.
 // Here a task copies the full-spectrum rows it reads, the s alias rows of LR row u and the s
 // of its mirror row -u, into split real / imaginary scratch rows, and every loop runs over
-// contiguous columns, which the compiler vectorises. The arithmetic is the header's; the
-// bins of a task are those of the header's work items (u, v) and (-u, -v) for all v, so the
-// output may again overwrite the input spectrum.
+// contiguous columns, which the compiler vectorises (float32 in the multi-ISA build of
+// cpu_isa.h). The arithmetic is the header's; the bins of a task are those of the header's
+// work items (u, v) and (-u, -v) for all v, so the output may again overwrite the input spectrum.
 
 struct RowPair {
   const Geometry& g;
@@ -86,7 +75,7 @@ RowPair make_row_pair(const Geometry& g, int64_t u) {
 
 // Full-spectrum rows of the pair from a half spectrum (H, Wh), into re / im (rows x W).
 template <typename T>
-USR_INLINE void load_full_rows(const RowPair& t, const T* half, T* __restrict re, T* __restrict im) {
+BSR_INLINE void load_full_rows(const RowPair& t, const T* half, T* __restrict re, T* __restrict im) {
   const Geometry& g = t.g;
   for (int64_t k = 0; k < t.rows(); ++k) {
     const int64_t r = t.row(k);
@@ -108,7 +97,7 @@ USR_INLINE void load_full_rows(const RowPair& t, const T* half, T* __restrict re
 // alias_mean of the header for every v of the LR row of scratch rows [first, first + s):
 // out[v] = mean over the aliases of FB * X / (F2B_mean + alpha), X = P + alpha Z (kRhs) or Z.
 template <bool kRhs, typename T>
-USR_INLINE void row_means(const RowPair& t, int64_t first, const T* fb, const T* fbfy, const T* re, const T* im, T alpha,
+BSR_INLINE void row_means(const RowPair& t, int64_t first, const T* fb, const T* fbfy, const T* re, const T* im, T alpha,
                const T* w_mean_row, T* __restrict out_re, T* __restrict out_im) {
   const Geometry& g = t.g;
   std::fill(out_re, out_re + g.w, T(0));
@@ -137,7 +126,7 @@ USR_INLINE void row_means(const RowPair& t, int64_t first, const T* fb, const T*
 
 // Half-spectrum row r of the Hermitian part of X, given the full rows a (row r) and b (row -r).
 template <typename T>
-USR_INLINE void store_hermitian_row(const Geometry& g, T* half, int64_t r, const T* a_re, const T* a_im,
+BSR_INLINE void store_hermitian_row(const Geometry& g, T* half, int64_t r, const T* a_re, const T* a_im,
                                     const T* b_re, const T* b_im) {
   T* __restrict out = half + 2 * r * g.Wh;
   out[0] = T(0.5) * (a_re[0] + b_re[0]);
@@ -150,7 +139,7 @@ USR_INLINE void store_hermitian_row(const Geometry& g, T* half, int64_t r, const
 
 // Half-spectrum rows r and rm = -r of the Hermitian part of X, given full rows a (row r) and b (row rm).
 template <typename T>
-USR_INLINE void store_hermitian_rows(const Geometry& g, T* half, int64_t r, int64_t rm, const T* a_re,
+BSR_INLINE void store_hermitian_rows(const Geometry& g, T* half, int64_t r, int64_t rm, const T* a_re,
                                      const T* a_im, const T* b_re, const T* b_im) {
   store_hermitian_row(g, half, r, a_re, a_im, b_re, b_im);
   if (rm != r) store_hermitian_row(g, half, rm, b_re, b_im, a_re, a_im);
@@ -158,7 +147,7 @@ USR_INLINE void store_hermitian_rows(const Geometry& g, T* half, int64_t r, int6
 
 // Calls visit(k, km) for every pair of scratch rows {row k, row km = -row k}, k an alias row of u.
 template <typename Visit>
-USR_INLINE void for_each_mirror_row(const RowPair& t, Visit visit) {
+BSR_INLINE void for_each_mirror_row(const RowPair& t, Visit visit) {
   for (int64_t k = 0; k < t.g.s; ++k) {
     const int64_t r = t.row(k), rm = negate(r, t.g.H);
     if (t.self && rm < r) continue;
@@ -168,7 +157,7 @@ USR_INLINE void for_each_mirror_row(const RowPair& t, Visit visit) {
 
 // Task (plane, u) of the forward: replaces the half rows of the pair by those of x's spectrum.
 template <typename T>
-USR_INLINE void solve_rows(const Geometry& g, T* half, const T* fb, const T* fbfy, const T* w_mean, T alpha, int64_t u,
+BSR_INLINE void solve_rows(const Geometry& g, T* half, const T* fb, const T* fbfy, const T* w_mean, T alpha, int64_t u,
                 T* scratch) {
   const RowPair t = make_row_pair(g, u);
   T *zre = scratch, *zim = zre + 2 * g.s * g.W;
@@ -204,7 +193,7 @@ int64_t solve_scratch(const Geometry& g) { return 4 * g.s * g.W + 4 * g.w + 4 * 
 
 // Task (image n, u) of the backward, summing over the channels; see solve_backward_element.
 template <typename T>
-USR_INLINE void solve_backward_rows(const Geometry& g, const T* grad_half, const T* fz_half, const T* fb, const T* fbfy,
+BSR_INLINE void solve_backward_rows(const Geometry& g, const T* grad_half, const T* fz_half, const T* fb, const T* fbfy,
                          const T* f2b_mean, const T* alpha, const Grads<T>& out, int64_t n, int64_t u, T* scratch) {
   const RowPair t = make_row_pair(g, u);
   const int64_t plane = g.H * g.W, half_plane = g.H * g.Wh, rows = 2 * g.s * g.W;
@@ -286,37 +275,6 @@ USR_INLINE void solve_backward_rows(const Geometry& g, const T* grad_half, const
 
 int64_t solve_backward_scratch(const Geometry& g) { return 8 * g.s * g.W + 11 * g.w + 4 * g.W; }
 
-USR_CLONES void solve_rows_f32(const Geometry& g, float* half, const float* fb, const float* fbfy,
-                               const float* w_mean, float alpha, int64_t u, float* scratch) {
-  solve_rows(g, half, fb, fbfy, w_mean, alpha, u, scratch);
-}
-
-USR_CLONES void solve_backward_rows_f32(const Geometry& g, const float* grad_half, const float* fz_half,
-                                        const float* fb, const float* fbfy, const float* f2b_mean,
-                                        const float* alpha, const Grads<float>& out, int64_t n, int64_t u,
-                                        float* scratch) {
-  solve_backward_rows(g, grad_half, fz_half, fb, fbfy, f2b_mean, alpha, out, n, u, scratch);
-}
-
-// float32 through its multi-ISA build, float64 (checks) through the baseline one.
-template <typename T>
-void solve_task(const Geometry& g, T* half, const T* fb, const T* fbfy, const T* w_mean, T alpha, int64_t u,
-                T* scratch) {
-  if constexpr (std::is_same_v<T, float>)
-    solve_rows_f32(g, half, fb, fbfy, w_mean, alpha, u, scratch);
-  else
-    solve_rows(g, half, fb, fbfy, w_mean, alpha, u, scratch);
-}
-
-template <typename T>
-void solve_backward_task(const Geometry& g, const T* grad_half, const T* fz_half, const T* fb, const T* fbfy,
-                         const T* f2b_mean, const T* alpha, const Grads<T>& out, int64_t n, int64_t u, T* scratch) {
-  if constexpr (std::is_same_v<T, float>)
-    solve_backward_rows_f32(g, grad_half, fz_half, fb, fbfy, f2b_mean, alpha, out, n, u, scratch);
-  else
-    solve_backward_rows(g, grad_half, fz_half, fb, fbfy, f2b_mean, alpha, out, n, u, scratch);
-}
-
 // ---- the CPU ops: FFTs around one fused pass, fast (rows) or through the shared per-element functions ----
 
 at::Tensor solve_impl(const char* op, bool shared, const at::Tensor& z_in, const at::Tensor& fb_in,
@@ -333,18 +291,21 @@ at::Tensor solve_impl(const char* op, bool shared, const at::Tensor& z_in, const
     const scalar_t *fbd = fb.const_data_ptr<scalar_t>(), *fbfyd = fbfy.const_data_ptr<scalar_t>();
     const scalar_t *wd = f2b_mean.const_data_ptr<scalar_t>(), *ad = alpha.const_data_ptr<scalar_t>();
     at::parallel_for(0, g.N * g.C * g.h, grain(g, g.w, 1), [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> scratch(shared ? 0 : solve_scratch(g));
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t u = row % g.h, nc = row / g.h, n = nc / g.C;
-        if (!shared) {
-          if (u <= negate(u, g.h))
-            solve_task(g, spec + 2 * nc * g.H * g.Wh, fbd + 2 * n * g.H * g.W, fbfyd + 2 * nc * g.H * g.W,
-                       wd + n * g.h * g.w, ad[n], u, scratch.data());
-          continue;
-        }
-        for (int64_t v = 0; v < g.w; ++v)
-          if (is_pair_representative(g, u, v)) solve_element(spec, fbd, fbfyd, wd, ad, g, n, nc % g.C, u, v);
+      if (shared) {
+        for (int64_t row = begin; row < end; ++row)
+          for (int64_t v = 0, u = row % g.h, nc = row / g.h; v < g.w; ++v)
+            if (is_pair_representative(g, u, v)) solve_element(spec, fbd, fbfyd, wd, ad, g, nc / g.C, nc % g.C, u, v);
+        return;
       }
+      std::vector<scalar_t> scratch(solve_scratch(g));
+      with_best_isa<scalar_t>([&]() BSR_LAMBDA_INLINE {
+        for (int64_t row = begin; row < end; ++row) {
+          const int64_t u = row % g.h, nc = row / g.h, n = nc / g.C;
+          if (u <= negate(u, g.h))
+            solve_rows(g, spec + 2 * nc * g.H * g.Wh, fbd + 2 * n * g.H * g.W, fbfyd + 2 * nc * g.H * g.W,
+                       wd + n * g.h * g.w, ad[n], u, scratch.data());
+        }
+      });
     });
   });
   return at::fft_irfft2(at::view_as_complex(spectrum), at::IntArrayRef({g.H, g.W}));
@@ -362,30 +323,23 @@ at::Tensor solve_shared(const at::Tensor& z, const at::Tensor& fb, const at::Ten
   return solve_impl("usrnet_solve", true, z, fb, fbfy, f2b_mean, alpha, scale);
 }
 
-using SolveGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
-
 // output_mask: z, FB, FBFy, F2B_mean, alpha.
 SolveGrads solve_backward_impl(bool shared, const at::Tensor& grad_x_in, const at::Tensor& z_in,
                                const at::Tensor& fb_in, const at::Tensor& fbfy_in, const at::Tensor& f2b_mean_in,
                                const at::Tensor& alpha_in, int64_t scale, std::array<bool, 5> output_mask) {
   const char* op = "usrnet_solve backward";
-  const Geometry g = make_solve_geometry(op, z_in, fb_in, fbfy_in, f2b_mean_in, alpha_in, scale);
-  TORCH_CHECK(grad_x_in.sizes() == z_in.sizes() && grad_x_in.scalar_type() == z_in.scalar_type(), op,
-              ": grad_x must have z's shape and dtype");
+  SolveGrads empty;
+  const Geometry g = make_solve_backward_geometry(op, grad_x_in, z_in, fb_in, fbfy_in, f2b_mean_in, alpha_in, scale,
+                                                  output_mask, empty);
   check_alpha_values(op, alpha_in);
+  if (z_in.numel() == 0) return empty;
   const auto& [want_z, want_fb, want_fbfy, want_w, want_alpha] = output_mask;
-  auto maybe = [](bool want, const at::Tensor& like, bool zero) {
-    return !want ? like.new_empty({0}) : zero ? at::zeros_like(like) : at::empty_like(like);
-  };
-  if (z_in.numel() == 0)
-    return {maybe(want_z, z_in, true), maybe(want_fb, fb_in, true), maybe(want_fbfy, fbfy_in, true),
-            maybe(want_w, f2b_mean_in, true), maybe(want_alpha, alpha_in, true)};
   const at::Tensor fb = fb_in.contiguous(), fbfy = fbfy_in.contiguous(), f2b_mean = f2b_mean_in.contiguous();
   const at::Tensor alpha = alpha_in.contiguous();
   at::Tensor grad_spectrum = at::view_as_real(at::fft_rfft2(grad_x_in.contiguous()));
   const at::Tensor z_spectrum = at::view_as_real(at::fft_rfft2(z_in.contiguous()));
-  at::Tensor grad_fb = maybe(want_fb, fb, false), grad_fbfy = maybe(want_fbfy, fbfy, false);
-  at::Tensor grad_w = maybe(want_w, f2b_mean, false);
+  at::Tensor grad_fb = wanted_like(want_fb, fb), grad_fbfy = wanted_like(want_fbfy, fbfy);
+  at::Tensor grad_w = wanted_like(want_w, f2b_mean);
   // grad_alpha's share per work item: per LR frequency (shared) or per LR row (fast)
   at::Tensor alpha_partial =
       want_alpha ? at::zeros(shared ? f2b_mean.sizes() : at::IntArrayRef({g.N, g.h}), f2b_mean.options())
@@ -398,16 +352,19 @@ SolveGrads solve_backward_impl(bool shared, const at::Tensor& grad_x_in, const a
     const scalar_t *fbd = fb.const_data_ptr<scalar_t>(), *fbfyd = fbfy.const_data_ptr<scalar_t>();
     const scalar_t *wd = f2b_mean.const_data_ptr<scalar_t>(), *ad = alpha.const_data_ptr<scalar_t>();
     at::parallel_for(0, g.N * g.h, grain(g, g.w, 2 * g.C), [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> scratch(shared ? 0 : solve_backward_scratch(g));
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t u = row % g.h, n = row / g.h;
-        if (!shared) {
-          if (u <= negate(u, g.h)) solve_backward_task(g, gd, zd, fbd, fbfyd, wd, ad, out, n, u, scratch.data());
-          continue;
-        }
-        for (int64_t v = 0; v < g.w; ++v)
-          if (is_pair_representative(g, u, v)) solve_backward_element(gd, zd, fbd, fbfyd, wd, ad, out, g, n, u, v);
+      if (shared) {
+        for (int64_t row = begin; row < end; ++row)
+          for (int64_t v = 0, u = row % g.h; v < g.w; ++v)
+            if (is_pair_representative(g, u, v))
+              solve_backward_element(gd, zd, fbd, fbfyd, wd, ad, out, g, row / g.h, u, v);
+        return;
       }
+      std::vector<scalar_t> scratch(solve_backward_scratch(g));
+      with_best_isa<scalar_t>([&]() BSR_LAMBDA_INLINE {
+        for (int64_t row = begin; row < end; ++row)
+          if (row % g.h <= negate(row % g.h, g.h))
+            solve_backward_rows(g, gd, zd, fbd, fbfyd, wd, ad, out, row / g.h, row % g.h, scratch.data());
+      });
     });
   });
   at::Tensor grad_z = want_z ? at::fft_irfft2(at::view_as_complex(grad_spectrum), at::IntArrayRef({g.H, g.W}))

@@ -12,12 +12,10 @@
 // Only minimal headers are included (shared/DESIGN.md §5).
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty_like.h>
 #include <ATen/ops/fft_irfft2.h>
 #include <ATen/ops/fft_rfft2.h>
 #include <ATen/ops/view_as_complex.h>
 #include <ATen/ops/view_as_real.h>
-#include <ATen/ops/zeros_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -104,29 +102,24 @@ at::Tensor solve_cuda(const at::Tensor& z_in, const at::Tensor& fb_in, const at:
 }
 
 // output_mask: z, FB, FBFy, F2B_mean, alpha.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> solve_backward_cuda(
+SolveGrads solve_backward_cuda(
     const at::Tensor& grad_x_in, const at::Tensor& z_in, const at::Tensor& fb_in, const at::Tensor& fbfy_in,
     const at::Tensor& f2b_mean_in, const at::Tensor& alpha_in, int64_t scale, std::array<bool, 5> output_mask) {
   count_call("_usrnet_solve_backward.cuda");
   const char* op = "usrnet_solve backward";
   check_cuda_inputs(op, z_in, {grad_x_in, fb_in, fbfy_in, f2b_mean_in, alpha_in});
   const c10::cuda::CUDAGuard guard(z_in.device());
-  const Geometry g = make_solve_geometry(op, z_in, fb_in, fbfy_in, f2b_mean_in, alpha_in, scale);
-  TORCH_CHECK(grad_x_in.sizes() == z_in.sizes() && grad_x_in.scalar_type() == z_in.scalar_type(), op,
-              ": grad_x must have z's shape and dtype");
+  SolveGrads empty;
+  const Geometry g = make_solve_backward_geometry(op, grad_x_in, z_in, fb_in, fbfy_in, f2b_mean_in, alpha_in, scale,
+                                                  output_mask, empty);
+  if (z_in.numel() == 0) return empty;
   const auto& [want_z, want_fb, want_fbfy, want_w, want_alpha] = output_mask;
-  auto maybe = [](bool want, const at::Tensor& like, bool zero) {
-    return !want ? like.new_empty({0}) : zero ? at::zeros_like(like) : at::empty_like(like);
-  };
-  if (z_in.numel() == 0)
-    return {maybe(want_z, z_in, true), maybe(want_fb, fb_in, true), maybe(want_fbfy, fbfy_in, true),
-            maybe(want_w, f2b_mean_in, true), maybe(want_alpha, alpha_in, true)};
   const at::Tensor fb = fb_in.contiguous(), fbfy = fbfy_in.contiguous(), f2b_mean = f2b_mean_in.contiguous();
   const at::Tensor alpha = alpha_in.contiguous();
   at::Tensor grad_spectrum = at::view_as_real(at::fft_rfft2(grad_x_in.contiguous()));
   const at::Tensor z_spectrum = at::view_as_real(at::fft_rfft2(z_in.contiguous()));
-  at::Tensor grad_fb = maybe(want_fb, fb, false), grad_fbfy = maybe(want_fbfy, fbfy, false);
-  at::Tensor grad_w = maybe(want_w, f2b_mean, false), alpha_partial = maybe(want_alpha, f2b_mean, false);
+  at::Tensor grad_fb = wanted_like(want_fb, fb), grad_fbfy = wanted_like(want_fbfy, fbfy);
+  at::Tensor grad_w = wanted_like(want_w, f2b_mean), alpha_partial = wanted_like(want_alpha, f2b_mean);
   const int64_t total = g.N * g.h * g.w;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(z_in.scalar_type(), "usrnet_solve_backward_cuda", [&] {

@@ -1,0 +1,179 @@
+"""DANv2 — end-to-end alternating kernel estimation and restoration (greatlog/DAN, spec/methods.md §5).
+
+Training as the official `train.py` + `blind_model.py`: every step draws one random Gaussian
+kernel per HR crop (setting 1: isotropic; setting 2: anisotropic, disturbed), blurs by
+reflect-padded correlation (`bsrops.blur_downsample`, stride 1), MATLAB-bicubic ↓s with
+antialias, rounds to 8 bit; loss = L1(SR, HR) + L1(kernel, true kernel) of the last
+alternating iteration only; one Adam with a Restorer group (lr_G) and an Estimator group
+(lr_E, which every shipped yml omits: defaults to lr_G here); MultiStepLR.
+
+Validation and evaluation: the Gaussian8 protocol of setting 1 — every HR image degraded by
+the 8 isotropic kernels σ = linspace(1.8, 3.2, 8) (×4; 0.8–1.6 ×2, 1.35–2.4 ×3) the same way;
+PSNR/SSIM on Y and RGB with border = scale, kernel error of the estimate. The baseline
+"delta kernel, no estimation" (the Restorer on the initial code) gives the delta kernel's error.
+"""
+import hashlib
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+
+from .. import degradations
+from ..archs.dan import DAN, kernel_pca
+from . import register
+from .base import Method
+
+# Gaussian8 σ range per scale (DAN `generate_mod_blur_LR_bic.py`, IKC's protocol).
+GAUSSIAN8_SIGMA = {2: (0.8, 1.6), 3: (1.35, 2.4), 4: (1.8, 3.2)}
+PCA_SEED = 0
+
+
+def gaussian8_kernels(scale, ksize=21):
+    """The 8 isotropic test kernels of setting 1 -> (8, ksize, ksize) float64."""
+    if scale not in GAUSSIAN8_SIGMA:
+        raise ValueError(f"Gaussian8 is defined for scale 2, 3, 4, got {scale}")
+    return degradations.isotropic_gaussian_kernels(torch.linspace(*GAUSSIAN8_SIGMA[scale], 8, dtype=torch.float64), ksize)
+
+
+def degrade(hr, kernels, scale):
+    """The official LR synthesis: reflect-padded correlation with one kernel per image,
+    MATLAB bicubic ↓scale with antialias, rounding to 8 bit (not clamped, as train.py)."""
+    blurred = degradations.blur(hr, kernels, padding="reflect")
+    lr = degradations.imresize(blurred, scale=1 / scale)
+    return (lr * 255).round() / 255
+
+
+def kernel_setting(cfg):
+    """The degradation setting of the config as plain values (it also names the PCA cache file)."""
+    d = cfg.dan
+    return {"ksize": int(d.kernel_size), "code_length": int(d.code_length), "sig_min": float(d.sig_min),
+            "sig_max": float(d.sig_max), "rate_iso": float(d.rate_iso), "random_disturb": bool(d.random_disturb),
+            "pca_kernels": int(d.pca_kernels)}
+
+
+def random_kernels(setting, batch, generator=None):
+    return degradations.dan_random_kernels(batch, setting["ksize"], (setting["sig_min"], setting["sig_max"]),
+                                           setting["rate_iso"], setting["random_disturb"], generator)
+
+
+def pca_cache_dir():
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "bsr", "dan")
+
+
+def pca_matrix(setting, cache_dir=None):
+    """The (k², L) PCA matrix of the setting: `pca_kernels` random kernels (30 000, as creat_PCA.py,
+    from a fixed seed), cached as a .pt file named after the setting in `cache_dir`."""
+    name = hashlib.sha1(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:12]
+    path = os.path.join(cache_dir or pca_cache_dir(), f"pca_k{setting['ksize']}_L{setting['code_length']}_{name}.pt")
+    if os.path.exists(path):
+        return torch.load(path)
+    generator = torch.Generator().manual_seed(PCA_SEED)
+    pca = kernel_pca(random_kernels(setting, setting["pca_kernels"], generator), setting["code_length"])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    torch.save(pca, tmp)
+    os.replace(tmp, path)  # atomic: concurrent runs never read a half-written file
+    return pca
+
+
+def build_net(cfg, pca):
+    d = cfg.dan
+    return DAN(pca, nf=d.nf, nb=d.nb, ng=d.ng, scale=cfg.data.scale, loop=d.loop, legacy_doubling=d.legacy_doubling)
+
+
+@register("dan")
+class DANv2(Method):
+    data_kind = "hr"
+
+    def __init__(self, cfg, device):
+        super().__init__(cfg, device)
+        self.scale = cfg.data.scale
+        self.setting = kernel_setting(cfg)
+        net = build_net(cfg, pca_matrix(self.setting, cfg.dan.get("pca_cache"))).to(self.device)
+        self.nets["G"] = net
+        t = cfg.train
+        lr_e = t.get("lr_E") or t.lr_G  # the official ymls omit lr_E (Adam then fails): default to lr_G
+        self.optimizers["G"] = torch.optim.Adam(
+            [{"params": net.Restorer.parameters(), "lr": t.lr_G}, {"params": net.Estimator.parameters(), "lr": lr_e}],
+            betas=(t.beta1, t.beta2), weight_decay=t.get("weight_decay", 0) or 0)
+        self.schedulers["G"] = torch.optim.lr_scheduler.MultiStepLR(self.optimizers["G"], t.lr_steps, t.lr_gamma)
+
+    def synthesize(self, hr, seeds=None):
+        """HR batch -> (LR, true kernels (B, k, k)): one random kernel per image, drawn from its
+        sample seed (the engine's batch["seed"], so resumed and DDP runs see the same kernels),
+        or from the global RNG without seeds."""
+        if seeds is None:
+            kernels = random_kernels(self.setting, hr.shape[0])
+        else:
+            kernels = torch.cat([random_kernels(self.setting, 1, torch.Generator().manual_seed(int(seed)))
+                                 for seed in seeds])
+        kernels = kernels.to(hr)
+        return degrade(hr, kernels, self.scale), kernels
+
+    def train_step(self, batch, step):
+        hr = batch["hr"].to(self.device)
+        lr, kernels = self.synthesize(hr, batch.get("seed"))
+        sr, kernel_est = self.nets["G"](lr)
+        l_pix = F.l1_loss(sr, hr)
+        l_ker = F.l1_loss(kernel_est, kernels.flatten(1))
+        self.optimize(l_pix + l_ker)
+        return {"l_pix": l_pix.item(), "l_ker": l_ker.item()}
+
+    @torch.no_grad()
+    def super_resolve(self, lr, kernel=None, noise_level=None):
+        return self.nets["G"](lr.to(self.device))[0]
+
+    @torch.no_grad()
+    def validate(self, item):
+        sr, kernel = self.nets["G"](item["lr"].to(self.device))
+        k = self.module("G").ksize
+        return {"sr": sr, "kernel_est": kernel[0].view(k, k)}
+
+    def degrade_for_validation(self, hr, index):
+        """The Gaussian8 protocol: the image degraded by each of the 8 test kernels (eval.kernels
+        picks a subset, e.g. for quick checks)."""
+        sigmas = torch.linspace(*GAUSSIAN8_SIGMA[self.scale], 8).tolist()
+        kernels = gaussian8_kernels(self.scale, self.setting["ksize"])
+        return [{"lr": degrade(hr, kernels[i][None].to(hr), self.scale), "kernel": kernels[i].to(hr),
+                 "tag": f"sigma{sigmas[i]:.1f}"} for i in self.cfg.get("eval", {}).get("kernels", range(8))]
+
+    def baselines(self):
+        """The Restorer on the initial (delta) kernel's code with no estimation: what the alternation adds,
+        and the delta kernel's error."""
+        def delta(item):
+            net = self.module("G")
+            lr = item["lr"].to(self.device)
+            return {"sr": net.Restorer(lr, net.init_ker_map.expand(lr.shape[0], -1)), "kernel_est": net.init_kernel[0]}
+        return {"delta kernel, no estimation": delta}
+
+
+def official_hyperparameters(state):
+    """nf, nb, ng, scale of the Restorer in an official DANv2 state dict (read from its keys/shapes)."""
+    nf = state["Restorer.head1.weight"].shape[0]
+    groups = {k.split(".")[2] for k in state if k.startswith("Restorer.body.")}
+    blocks = {k.split(".")[4] for k in state if k.startswith("Restorer.body.0.body.")}
+    if "Restorer.upscale.weight" in state:
+        scale = 1
+    elif "Restorer.upscale.4.weight" in state:
+        scale = 4
+    else:
+        scale = int(round((state["Restorer.upscale.0.weight"].shape[0] / nf) ** 0.5))
+    return {"nf": nf, "nb": len(blocks), "ng": len(groups), "scale": scale}
+
+
+def load_official(path, loop=4, legacy_doubling=True, device="cpu"):
+    """A ready DAN (eval mode) from an official DANv2 checkpoint file (`*_G.pth` of greatlog/DAN):
+    a state dict, optionally under "state_dict"/"params", keys optionally prefixed by DataParallel's
+    "module."; the network size comes from the tensors, the PCA matrix from the `encoder` buffer."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "params"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    if "encoder" not in state or "Restorer.head1.weight" not in state:
+        raise ValueError(f"{path} is not a DANv2 state dict (no 'encoder' / 'Restorer.head1.weight' key)")
+    net = DAN(state["encoder"][0], loop=loop, legacy_doubling=legacy_doubling, **official_hyperparameters(state))
+    net.load_state_dict(state)
+    return net.to(device).eval()

@@ -1,0 +1,205 @@
+"""DANv2 (bsr/archs/dan.py, bsr/methods/dan.py): official state-dict layout, the alternating loop,
+kernel PCA, the degradation, the Gaussian8 protocol and an estimator that learns on tiny data."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import bsrops
+from bsr import config, degradations
+from bsr.archs.dan import DAN, kernel_pca
+from bsr.methods import dan as dan_method
+
+
+def official_layout(nf, nb, ng, scale, ksize, code_length):
+    """{key: shape} of an official DANv2 state dict, written from spec/methods.md §5, §7
+    (dan_arch.py: Restorer(nf, nb, ng), Estimator(nf=64, 5 blocks)), not from our modules."""
+    shapes = {"encoder": (1, ksize ** 2, code_length), "init_kernel": (1, ksize, ksize), "init_ker_map": (1, code_length)}
+
+    def conv(name, cin, cout, k):
+        shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (cout, cin, k, k), (cout,)
+
+    def dpcb(prefix, nf1, k1, k2):
+        conv(f"{prefix}.body1.0", nf1, nf1, k1), conv(f"{prefix}.body1.2", nf1, nf1, k1)
+        conv(f"{prefix}.body2.0", nf1, nf1, k2), conv(f"{prefix}.body2.2", nf1, nf1, k2)
+
+    conv("Restorer.head1", 3, nf, 3)
+    conv("Restorer.head2", code_length, nf, 1)
+    for g in range(ng):
+        for b in range(nb):
+            dpcb(f"Restorer.body.{g}.body.{b}", nf, 3, 1)
+    conv("Restorer.fusion", nf, nf, 3)
+    if scale == 4:
+        conv("Restorer.upscale.0", nf, 4 * nf, 3), conv("Restorer.upscale.2", nf, 4 * nf, 3), conv("Restorer.upscale.4", nf, 3, 3)
+    else:
+        conv("Restorer.upscale.0", nf, scale ** 2 * nf, 3), conv("Restorer.upscale.2", nf, 3, 3)
+    conv("Estimator.head_LR.0", 3, 32, 5)
+    conv("Estimator.head_HR.0", 3, 32, 4 * scale + 1)
+    for b in range(5):
+        dpcb(f"Estimator.body.body.{b}", 32, 3, 3)
+    conv("Estimator.tail.0", 32, 64, 3)
+    conv("Estimator.tail.2", 64, ksize ** 2, 1)
+    return shapes
+
+
+def tiny_pca(ksize=7, code_length=4):
+    kernels = degradations.dan_random_kernels(200, ksize, (0.3, 2.0), generator=torch.Generator().manual_seed(1))
+    return kernel_pca(kernels, code_length)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_state_dict_has_the_official_layout(scale):
+    net = DAN(tiny_pca(), nf=8, nb=2, ng=3, scale=scale)
+    expected = official_layout(8, 2, 3, scale, 7, 4)
+    assert {k: tuple(v.shape) for k, v in net.state_dict().items()} == expected
+
+
+def test_load_official_checkpoint_file(tmp_path):
+    """An official-layout file (DataParallel prefix, random tensors) loads into a ready model of that size."""
+    layout = official_layout(8, 2, 3, 4, 7, 4)
+    state = {f"module.{k}": torch.randn(shape) for k, shape in layout.items()}
+    pca = tiny_pca()
+    state["module.encoder"] = pca[None]
+    state["module.init_kernel"] = torch.zeros(1, 7, 7)
+    state["module.init_kernel"][0, 3, 3] = 1
+    state["module.init_ker_map"] = pca[24][None]
+    path = tmp_path / "DANv2_G.pth"
+    torch.save(state, path)
+    net = dan_method.load_official(str(path), loop=2)
+    assert not net.training and net.loop == 2
+    assert (net.Restorer.body[0].body[0].body1[0].weight.shape, len(net.Restorer.body), len(net.Restorer.body[0].body)) == \
+        ((8, 8, 3, 3), 3, 2)
+    loaded = net.state_dict()
+    assert all(torch.equal(loaded[k[len("module."):]], v) for k, v in state.items())
+    bad = tmp_path / "other.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, bad)
+    with pytest.raises(ValueError, match="not a DANv2 state dict"):
+        dan_method.load_official(str(bad))
+
+
+def official_loop(net, lr):
+    """The official DAN.forward: every iteration with autograd, cross inputs detached."""
+    code = net.init_ker_map.repeat(lr.shape[0], 1)
+    for _ in range(net.loop):
+        sr = net.Restorer(lr, code.detach())
+        kernel = net.Estimator(sr.detach(), lr)
+        code = kernel.view(lr.shape[0], 1, -1).matmul(net.encoder)[:, 0]
+    return sr, kernel
+
+
+def test_loop_equals_the_official_loop_in_values_and_gradients():
+    """Running the first loop-1 iterations without autograd changes neither outputs nor gradients."""
+    torch.manual_seed(0)
+    net = DAN(tiny_pca(), nf=8, nb=1, ng=2, scale=2, loop=3).double()
+    lr, hr = torch.rand(2, 3, 7, 6, dtype=torch.float64), torch.rand(2, 3, 14, 12, dtype=torch.float64)
+    target = torch.softmax(torch.randn(2, 49, dtype=torch.float64), 1)
+    grads = []
+    for forward in (net, lambda x: official_loop(net, x)):
+        net.zero_grad()
+        sr, kernel = forward(lr)
+        (F.l1_loss(sr, hr) + F.l1_loss(kernel, target)).backward()
+        grads.append(([p.grad.clone() for p in net.parameters()], sr.detach(), kernel.detach()))
+    (g1, sr1, k1), (g2, sr2, k2) = grads
+    assert torch.allclose(sr1, sr2, atol=1e-12) and torch.allclose(k1, k2, atol=1e-12)
+    assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(g1, g2))
+    assert sr1.shape == (2, 3, 14, 12) and k1.shape == (2, 49)
+    assert torch.allclose(k1.sum(1), torch.ones(2, dtype=torch.float64)) and (k1 >= 0).all()
+
+
+def test_restorer_runs_on_the_bsrops_dpcb():
+    net = DAN(tiny_pca(), nf=8, nb=1, ng=1, scale=4, loop=1)
+    before = bsrops.kernel_calls()
+    net(torch.rand(1, 3, 5, 5))
+    assert sum(bsrops.kernel_calls().values()) > sum(before.values())
+
+
+def test_kernel_pca_is_the_centred_svd():
+    kernels = degradations.dan_random_kernels(500, 7, (0.3, 2.0), generator=torch.Generator().manual_seed(2))
+    pca = kernel_pca(kernels, 4)
+    assert pca.shape == (49, 4) and pca.dtype == torch.float32
+    assert torch.allclose(pca.t() @ pca, torch.eye(4), atol=1e-5)
+    data = kernels.reshape(500, -1)
+    centred = data - data.mean(0)
+    _, vectors = torch.linalg.eigh(centred.t() @ centred)  # ascending eigenvalues
+    top = vectors[:, -4:].float()
+    assert torch.allclose((top.t() @ pca).abs().sum(0), torch.ones(4), atol=1e-4)  # same directions, up to sign
+
+
+def test_pca_matrix_is_cached(tmp_path):
+    setting = {"ksize": 5, "code_length": 3, "sig_min": 0.2, "sig_max": 2.0, "rate_iso": 1.0,
+               "random_disturb": False, "pca_kernels": 300}
+    first = dan_method.pca_matrix(setting, str(tmp_path))
+    assert len(list(tmp_path.iterdir())) == 1
+    assert torch.equal(first, dan_method.pca_matrix(setting, str(tmp_path)))
+    assert first.shape == (25, 3)
+
+
+def test_degradation_is_blur_bicubic_and_8bit():
+    hr = torch.rand(2, 3, 16, 12)
+    kernels = degradations.isotropic_gaussian_kernels([1.0, 2.0], 7).float()
+    lr = dan_method.degrade(hr, kernels, 4)
+    blurred = torch.stack([F.conv2d(F.pad(hr[i:i + 1], (3, 3, 3, 3), mode="reflect"), kernels[i].expand(3, 1, 7, 7),
+                                    groups=3)[0] for i in range(2)])  # DAN BatchBlur
+    expected = degradations.imresize(blurred, scale=1 / 4)
+    assert lr.shape == (2, 3, 4, 3)
+    assert torch.allclose(lr * 255, (lr * 255).round()) and (lr - expected).abs().max() <= 0.5 / 255 + 1e-6
+
+
+@pytest.fixture(scope="module")
+def pca_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("dan_pca"))  # shared: the PCA matrix is built once
+
+
+def demo_method(pca_dir, **dan):
+    overrides = [f"dan.{k}={v}" for k, v in dict(nf=8, nb=1, ng=1, **dan).items()]
+    cfg = config.load("dan", "demo", overrides=overrides + ["dan.pca_kernels=2000", f"dan.pca_cache={pca_dir}"])
+    return dan_method.DANv2(cfg, "cpu")
+
+
+def test_config_and_optimiser(pca_dir):
+    cfg = config.load("dan", "paper")
+    assert (cfg.dan.nb, cfg.dan.ng, cfg.dan.loop, cfg.train.batch_size, cfg.data.hr_patch) == (10, 5, 4, 64, 256)
+    method = demo_method(pca_dir)
+    groups = method.optimizers["G"].param_groups
+    assert groups[0]["lr"] == groups[1]["lr"] == method.cfg.train.lr_G  # lr_E: null -> lr_G
+    net = method.module("G")
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in net.Restorer.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in net.Estimator.parameters()}
+
+
+def test_validation_is_gaussian8(pca_dir):
+    method = demo_method(pca_dir)
+    items = method.degrade_for_validation(torch.rand(1, 3, 32, 24), 0)
+    assert [i["tag"] for i in items] == [f"sigma{s:.1f}" for s in (1.8, 2.0, 2.2, 2.4, 2.6, 2.8, 3.0, 3.2)]
+    assert all(i["lr"].shape == (1, 3, 8, 6) and i["kernel"].shape == (21, 21) for i in items)
+    out = method.validate(items[0])
+    assert out["sr"].shape == (1, 3, 32, 24) and out["kernel_est"].shape == (21, 21)
+    assert method.baselines()["delta kernel, no estimation"](items[0])["kernel_est"][10, 10] == 1
+
+
+def test_training_kernels_follow_the_sample_seeds(pca_dir):
+    method = demo_method(pca_dir)
+    hr = torch.rand(3, 3, 16, 16)
+    seeds = torch.tensor([5, 6, 5])
+    lr, kernels = method.synthesize(hr, seeds)
+    assert torch.equal(kernels[0], kernels[2]) and not torch.equal(kernels[0], kernels[1])
+    assert torch.equal(method.synthesize(hr, seeds)[1], kernels) and lr.shape == (3, 3, 4, 4)
+
+
+def test_estimator_learns_on_tiny_data(pca_dir):
+    """Kernel error of a held-out batch falls over a few dozen training steps."""
+    torch.manual_seed(0)
+    method = demo_method(pca_dir, loop=1, kernel_size=11, code_length=6)
+    images = torch.rand(4, 3, 8, 8)
+    images = F.interpolate(images, size=(32, 32), mode="bicubic", align_corners=False).clamp(0, 1)  # smooth, textured
+    held_out = {"hr": images.flip(-1), "seed": torch.arange(100, 104)}
+
+    def kernel_error():
+        with torch.no_grad():
+            lr, kernels = method.synthesize(held_out["hr"], held_out["seed"])
+            return (method.nets["G"](lr)[1] - kernels.flatten(1)).abs().sum(1).mean().item()
+
+    before = kernel_error()
+    for step in range(30):
+        method.train_step({"hr": images, "seed": torch.arange(4) + 4 * step}, step)
+    after = kernel_error()
+    assert after < 0.6 * before, (before, after)
