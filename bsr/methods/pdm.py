@@ -35,6 +35,7 @@ from . import register
 from .base import Method
 
 WORKFLOWS = ("joint", "degradation", "sr")
+DISCRIMINATORS = ("netD1", "netD2")  # train.lr_d applies to these (netDeg also starts with "netD")
 
 
 def build_sr(opt, scale):
@@ -110,7 +111,7 @@ class PDM(Method):
             params = [q for q in net.parameters() if q.requires_grad]
             if not params:
                 continue
-            lr = t.get("lr_d") or t.lr if name.startswith("netD") else t.lr
+            lr = (t.get("lr_d") or t.lr) if name in DISCRIMINATORS else t.lr
             self.optimizers[name] = torch.optim.Adam(params, lr=lr, betas=tuple(t.get("betas", (0.9, 0.999))))
             self.schedulers[name] = torch.optim.lr_scheduler.MultiStepLR(
                 self.optimizers[name], milestones=list(t.get("milestones", [])), gamma=t.get("gamma", 0.5))
