@@ -115,6 +115,41 @@ def test_data_term_chain_matches_official_chain(backend):
     assert delta[f"usrnet_solve{suffix}"] == 3 and delta[f"_usrnet_solve_backward{suffix}"] == 3, delta
 
 
+@pytest.mark.parametrize("backend", ["cpu", "cpu_shared", "reference"])
+def test_data_term_chain_with_fixed_y_and_kernel_matches_official_chain(backend):
+    """USRNet's loop: gradients to z and alpha only, through <z - x, grad_z> / alpha (no spectrum of z)."""
+    z, y, kernel, _ = make_inputs(2, 3, 5, 6, 3, 7, 7, "per_image")
+    alphas = torch.rand(2, 3, dtype=torch.float64) + 0.05
+    grad_out = torch.randn_like(z)
+    grads = []
+    for chain, name in ((data_term_chain, backend), (official_chain, None)):
+        inputs = [z.clone().requires_grad_(), alphas.clone().requires_grad_()]
+        with bsrops.use_backend(name or "reference"):
+            out, delta = calls_delta(lambda: torch.autograd.grad(chain(inputs[0], y, kernel, inputs[1], 3), inputs,
+                                                                 grad_out) + (chain(z, y, kernel, alphas, 3),))
+        grads.append((*out, delta))
+    (*ours, delta), (*expected, _) = grads
+    for actual, truth in zip(ours, expected):
+        assert_close_to_float64(actual, truth)
+    solve, backward = {"cpu": ("usrnet_solve.cpu", "_usrnet_solve_backward.cpu"),
+                       "cpu_shared": ("_usrnet_solve_shared.cpu", "_usrnet_solve_shared_backward.cpu"),
+                       "reference": ("usrnet_solve.reference", "_usrnet_solve_backward.reference")}[backend]
+    assert delta[solve] == 6 and delta[backward] == 3, delta
+
+
+def test_data_term_alpha_forms_give_their_own_gradient_shapes():
+    z, y, kernel, alpha = make_inputs(2, 1, 4, 3, 2, 3, 3, "shared")
+    term = bsrops.USRNetDataTerm(y, kernel, 2)
+    flat, column = alpha.clone().requires_grad_(), alpha.view(2, 1, 1, 1).clone().requires_grad_()
+    grad_out = torch.randn_like(z)
+    for a in (flat, column):
+        term.solve(z, a).backward(grad_out)
+    assert flat.grad.shape == (2,) and column.grad.shape == (2, 1, 1, 1)
+    torch.testing.assert_close(column.grad.flatten(), flat.grad)
+    assert torch.autograd.gradcheck(lambda z, a: term.solve(z, a), (z.clone().requires_grad_(), flat.detach()
+                                                                      .clone().requires_grad_()), fast_mode=True)
+
+
 @pytest.mark.parametrize("scale,k,layout", [(1, 3, "shared"), (2, 6, "per_image"), (3, 25, "per_image"),
                                             (4, 8, "shared")])
 def test_output_solves_the_normal_equations(scale, k, layout):
