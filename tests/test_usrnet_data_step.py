@@ -131,10 +131,10 @@ def test_data_term_chain_with_fixed_y_and_kernel_matches_official_chain(backend)
     (*ours, delta), (*expected, _) = grads
     for actual, truth in zip(ours, expected):
         assert_close_to_float64(actual, truth)
-    solve, backward = {"cpu": ("usrnet_solve.cpu", "_usrnet_solve_backward.cpu"),
-                       "cpu_shared": ("_usrnet_solve_shared.cpu", "_usrnet_solve_shared_backward.cpu"),
-                       "reference": ("usrnet_solve.reference", "_usrnet_solve_backward.reference")}[backend]
-    assert delta[solve] == 6 and delta[backward] == 3, delta
+    solve = {"cpu": "usrnet_solve.cpu", "cpu_shared": "_usrnet_solve_shared.cpu",
+             "reference": "usrnet_solve.reference"}[backend]
+    # 3 solves forward, 3 backward (grad_z is the solve of y = 0, z = grad_x), 3 in the gradient-free chain
+    assert delta[solve] == 9 and not any("backward" in name for name in delta), delta
 
 
 def test_data_term_alpha_forms_give_their_own_gradient_shapes():
@@ -230,6 +230,12 @@ def test_only_requested_gradients_are_computed():
     grads = torch.ops.bsrops._usrnet_solve_backward(torch.ones_like(z), z, term.FB, term.FBFy, term.F2B_mean, alpha,
                                                     2, [False, False, False, False, True])
     assert [g.numel() for g in grads[:4]] == [0, 0, 0, 0] and grads[4].shape == alpha.shape
+    # grad_z alone skips z's spectrum in the fast pass: it must equal grad_z of the full backward
+    grad_x = torch.randn_like(z)
+    full, only_z = (torch.ops.bsrops._usrnet_solve_backward(grad_x, z, term.FB, term.FBFy, term.F2B_mean, alpha, 2, mask)
+                    for mask in ([True] * 5, [True, False, False, False, False]))
+    assert only_z[1].numel() == 0 and only_z[4].numel() == 0
+    torch.testing.assert_close(only_z[0], full[0], rtol=0, atol=1e-12)
     grads = torch.ops.bsrops._usrnet_data_step_backward(torch.ones_like(z), z, y, kernel, alpha, 2,
                                                         [False, True, False, False])
     assert grads[1].shape == y.shape and [grads[i].numel() for i in (0, 2, 3)] == [0, 0, 0]
