@@ -118,21 +118,26 @@ def test_data_term_chain_matches_official_chain(backend):
 @pytest.mark.parametrize("backend", ["cpu", "cpu_shared", "reference"])
 def test_data_term_chain_with_fixed_y_and_kernel_matches_official_chain(backend):
     """USRNet's loop: gradients to z and alpha only, through <z - x, grad_z> / alpha (no spectrum of z)."""
-    z, y, kernel, _ = make_inputs(2, 3, 5, 6, 3, 7, 7, "per_image")
-    alphas = torch.rand(2, 3, dtype=torch.float64) + 0.05
+    solve = {"cpu": "usrnet_solve.cpu", "cpu_shared": "_usrnet_solve_shared.cpu",
+             "reference": "usrnet_solve.reference"}[backend]
+    assert_fixed_chain_matches_official(backend, solve, (2, 3, 5, 6, 3, 7, 7, "per_image"))
+
+
+def assert_fixed_chain_matches_official(backend, solve, case):
+    z, y, kernel, _ = make_inputs(*case)
+    scale = case[4]
+    alphas = torch.rand(case[0], 3, dtype=torch.float64) + 0.05
     grad_out = torch.randn_like(z)
     grads = []
     for chain, name in ((data_term_chain, backend), (official_chain, None)):
         inputs = [z.clone().requires_grad_(), alphas.clone().requires_grad_()]
         with bsrops.use_backend(name or "reference"):
-            out, delta = calls_delta(lambda: torch.autograd.grad(chain(inputs[0], y, kernel, inputs[1], 3), inputs,
-                                                                 grad_out) + (chain(z, y, kernel, alphas, 3),))
+            out, delta = calls_delta(lambda: torch.autograd.grad(chain(inputs[0], y, kernel, inputs[1], scale), inputs,
+                                                                 grad_out) + (chain(z, y, kernel, alphas, scale),))
         grads.append((*out, delta))
     (*ours, delta), (*expected, _) = grads
     for actual, truth in zip(ours, expected):
         assert_close_to_float64(actual, truth)
-    solve = {"cpu": "usrnet_solve.cpu", "cpu_shared": "_usrnet_solve_shared.cpu",
-             "reference": "usrnet_solve.reference"}[backend]
     # 3 solves forward, 3 backward (grad_z is the solve of y = 0, z = grad_x), 3 in the gradient-free chain
     assert delta[solve] == 9 and not any("backward" in name for name in delta), delta
 
@@ -270,6 +275,13 @@ def test_torch_compile_fullgraph_no_graph_break():
     expected = step(*eager)
     torch.testing.assert_close(value, expected)
     for actual, truth in zip(grads, torch.autograd.grad(expected, eager)):
+        torch.testing.assert_close(actual, truth)
+    # y and kernel fixed: USRNetDataTerm differentiates through _SolveForZAndAlpha
+    fixed = torch.compile(lambda z, alphas: data_term_chain(z, y, kernel, alphas, 2).sum(), fullgraph=True)
+    inputs, eager = ([t.clone().requires_grad_() for t in (z, alphas)] for _ in range(2))
+    value, expected = fixed(*inputs), data_term_chain(eager[0], y, kernel, eager[1], 2).sum()
+    torch.testing.assert_close(value, expected)
+    for actual, truth in zip(torch.autograd.grad(value, inputs), torch.autograd.grad(expected, eager)):
         torch.testing.assert_close(actual, truth)
 
 
