@@ -8,9 +8,9 @@ export MAX_JOBS ?= 2
 
 .PHONY: demo op-demo test bench targets venv cuda-check clean
 
-# The main job: USRNet's demo preset on the embedded photos, then its evaluation table.
+# The main job: PDM-SR's demo preset on the embedded photos, then its evaluation table.
 demo: venv
-	$(PY) -m bsr.train usrnet
+	$(PY) -m bsr.train pdm
 
 op-demo: venv
 	$(PY) -m bsr.demo --out demo_output

@@ -175,8 +175,9 @@ def run_validation(method, items, sample_dir=None, prefix="", sr_fn=None):
             item_dev = {k: v.to(method.device) if torch.is_tensor(v) else v for k, v in item.items()}
             output = sr_fn(item_dev)
             scale = item.get("scale", method.cfg.data.scale)
-            row = image_metrics(output["sr"].float().cpu().clamp(0, 1), item["hr"], method.border(scale),
-                                item.get("kernel"), output.get("kernel_est"))
+            sr = output["sr"].float().cpu().clamp(0, 1)
+            row = image_metrics(sr, item["hr"], method.border(scale), item.get("kernel"), output.get("kernel_est"))
+            row.update(method.extra_metrics(sr, item["hr"], method.border(scale)))
             rows.append({"name": item["name"], **row})
             if sample_dir:
                 write_image(os.path.join(sample_dir, f"{prefix}{item['name']}.png"), sample_grid(item, output))

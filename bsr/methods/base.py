@@ -108,6 +108,11 @@ class Method:
         boundary handling the method needs for images it did not synthesise itself."""
         return self.super_resolve(lr, kernel, noise_level)
 
+    def extra_metrics(self, sr, hr, border):
+        """Method-specific metrics of one validation SR (CPU, [0, 1]) against its HR, also
+        for the baselines' SR: {name: float} (e.g. PDM's LPIPS when its weights are set)."""
+        return {}
+
     def baselines(self):
         """Extra rows of the evaluation table: {name: fn(item) -> SR tensor}, e.g. an ablation.
         Bicubic upsampling is always added by the evaluator."""

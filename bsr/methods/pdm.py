@@ -1,0 +1,216 @@
+"""PDM-SR / PDM-SRGAN: "Learning the Degradation Distribution for Blind Image Super-Resolution"
+(Luo et al., CVPR 2022; greatlog/UnpairedSR `DegSRModel`, spec/methods.md §1).
+
+Unpaired training: HR crops x (target domain of the SR net) and real LR crops y (the domain
+whose degradation is unknown). Networks (official names, so their checkpoints load):
+- netDeg: DegModel — kernel generator netK (blur + decimation by `bsrops.blur_downsample`) and
+  noise generator netN: fake LR = K(z_k) * x ↓s + N(z_n, LR).
+- netD1: PatchGAN on LR (real y vs fake LR), LSGAN.
+- netSR: EDSR or RRDBNet, trained on (quantise(fake LR), x).
+- netD2: PatchGAN on HR (PDM-SRGAN only), LSGAN.
+
+One step (`optimize_parameters` of the official model, pdm.workflow decides which parts run):
+1. degradation (workflow joint | degradation): fake LR = netDeg(x);
+   L = w_lr_adv LSGAN_G(D1(fake LR)) + λ mean(noise²)  (λ = 100); step netDeg; then
+   L_D1 = w_lr_adv (LSGAN(D1(y), 1) + LSGAN(D1(fake LR), 0)) / 2 every d_ratio steps.
+2. SR (workflow joint | sr): SR = netSR(quantise(fake LR).detach()), where a frozen netDeg makes
+   the fake LR in workflow sr (loaded from pdm.deg_checkpoint, the first stage's checkpoint);
+   L = w_pix L1 + w_percep VGG19-conv5_4 + w_sr_adv LSGAN_G(D2(SR)); step netSR; D2 update.
+The two parts are decoupled (the SR loss never reaches netDeg), as in every official config.
+Gradient clipping: train.grad_clip (official max_grad_norm 50).
+
+Validation: SR of the validation LR (made by the true degradation), and the learned kernel
+("kernel_est": the mean of pdm.kernel_samples draws of netK on the validation HR, in eval
+mode), which the engine compares with the true kernel and draws next to it.
+"""
+import torch
+import torch.nn.functional as F
+
+from ..archs.edsr import EDSR
+from ..archs.lpips import load_lpips
+from ..archs.pdm import DegModel, quantize
+from ..archs.rrdb import RRDBNet
+from ..losses import GANLoss
+from . import register
+from .base import Method
+
+WORKFLOWS = ("joint", "degradation", "sr")
+
+
+def build_sr(opt, scale):
+    arch = opt.get("arch", "edsr")
+    if arch == "edsr":
+        return EDSR(nf=opt.get("nf", 64), nb=opt.get("nb", 16), upscale=scale, res_scale=opt.get("res_scale", 1.0))
+    if arch == "rrdb":
+        return RRDBNet(nf=opt.get("nf", 64), nb=opt.get("nb", 23), gc=opt.get("gc", 32), upscale=scale)
+    raise ValueError(f"pdm.sr.arch must be 'edsr' or 'rrdb', got {arch!r}")
+
+
+def build_discriminator(opt):
+    from bsrops.nn import PatchGANDiscriminator
+
+    return PatchGANDiscriminator.pdm(in_c=3, nf=opt.get("nf", 64), nb=opt.get("nb", 3), stride=opt.get("stride", 1))
+
+
+def load_net_state(path, name):
+    """A network's state dict from a bsr checkpoint (nets[name]) or a bare state dict file."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(state, dict) and "nets" in state:
+        if name not in state["nets"]:
+            raise ValueError(f"checkpoint {path!r} has no network {name!r} (it has {sorted(state['nets'])})")
+        return state["nets"][name]
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+@register("pdm")
+class PDM(Method):
+    data_kind = "unpaired"
+
+    def __init__(self, cfg, device):
+        super().__init__(cfg, device)
+        p, scale = cfg.pdm, cfg.data.scale
+        if p.workflow not in WORKFLOWS:
+            raise ValueError(f"pdm.workflow must be one of {WORKFLOWS}, got {p.workflow!r}")
+        self.optim_deg = p.workflow in ("joint", "degradation")
+        self.optim_sr = p.workflow in ("joint", "sr")
+        self.weights = dict(p.loss)
+        self.gan = GANLoss("lsgan")
+        self.nets["netDeg"] = DegModel(scale, 3, p.kernel, p.noise)
+        if self.optim_deg:
+            self.nets["netD1"] = build_discriminator(p.d_lr)
+        else:
+            self._load_frozen_degradation(p.get("deg_checkpoint"))
+        if self.optim_sr:
+            self.nets["netSR"] = build_sr(p.sr, scale)
+            if p.sr.get("pretrained"):
+                self.nets["netSR"].load_state_dict(load_net_state(p.sr.pretrained, "netSR"))
+            if self.weights.get("sr_adv"):
+                self.nets["netD2"] = build_discriminator(p.d_hr)
+            if self.weights.get("sr_percep"):
+                from ..losses import PerceptualLoss
+
+                # VGG19 conv5_4 (before ReLU), ImageNet input norm, L1: the official sr_percep
+                self.perceptual = PerceptualLoss({"conv5_4": 1.0}, weights=p.get("vgg_weights") or True).to(device)
+        for net in self.nets.values():
+            net.to(self.device)
+        self._build_optimizers(cfg.train)
+        lpips = p.get("lpips") or {}
+        self.lpips = load_lpips(lpips["lin"], lpips.get("alexnet")) if lpips.get("lin") else None
+
+    def _load_frozen_degradation(self, path):
+        if not path:
+            raise ValueError("pdm.workflow=sr needs pdm.deg_checkpoint: the checkpoint of a "
+                             "pdm.workflow=degradation run (or an official netDeg state dict)")
+        self.nets["netDeg"].load_state_dict(load_net_state(path, "netDeg"))
+        self.nets["netDeg"].requires_grad_(False)
+
+    def _build_optimizers(self, t):
+        """Adam per network; train.lr_d (default train.lr, as official) for the discriminators."""
+        for name, net in self.nets.items():
+            params = [q for q in net.parameters() if q.requires_grad]
+            if not params:
+                continue
+            lr = t.get("lr_d") or t.lr if name.startswith("netD") else t.lr
+            self.optimizers[name] = torch.optim.Adam(params, lr=lr, betas=tuple(t.get("betas", (0.9, 0.999))))
+            self.schedulers[name] = torch.optim.lr_scheduler.MultiStepLR(
+                self.optimizers[name], milestones=list(t.get("milestones", [])), gamma=t.get("gamma", 0.5))
+
+    # --------------------------------------------------------------------------- training
+    def train_step(self, batch, step):
+        hr, real_lr = batch["hr"].to(self.device), batch["lr"].to(self.device)
+        logs = {}
+        fake_lr = self._degradation_step(hr, real_lr, step, logs) if self.optim_deg else None
+        if self.optim_sr:
+            self._sr_step(hr, fake_lr, step, logs)
+        return logs
+
+    def generator_adv(self, name, fake):
+        """LSGAN generator loss through the unwrapped D with frozen parameters (official
+        set_requires_grad(D, False)); the D update itself goes through self.nets[name]."""
+        d = self.module(name)
+        d.requires_grad_(False)
+        loss = self.gan(d(fake), True)
+        d.requires_grad_(True)
+        return loss
+
+    def discriminator_step(self, name, weight, real, fake, step, logs):
+        if step % int(self.cfg.pdm.get("d_ratio", 1)):
+            return
+        d = self.nets[name]
+        loss = (self.gan(d(real), True, is_disc=True) + self.gan(d(fake.detach()), False, is_disc=True)) / 2
+        logs[f"{name}_adv"] = loss.item()
+        self.optimize(weight * loss, name)
+
+    def _degradation_step(self, hr, real_lr, step, logs):
+        fake_lr, _, noise = self.nets["netDeg"](hr)
+        w_adv = self.weights.get("lr_adv", 1.0)
+        adv = self.generator_adv("netD1", fake_lr)
+        loss = w_adv * adv
+        logs["lr_adv"] = adv.item()
+        if noise is not None and self.weights.get("noise_mean"):
+            noise_mean = noise.square().mean()
+            loss = loss + self.weights["noise_mean"] * noise_mean
+            logs["noise_mean"] = noise_mean.item()
+        self.optimize(loss, "netDeg")
+        self.discriminator_step("netD1", w_adv, real_lr, fake_lr, step, logs)
+        return fake_lr.detach()
+
+    def _sr_step(self, hr, fake_lr, step, logs):
+        if fake_lr is None:
+            with torch.no_grad():
+                fake_lr = self.nets["netDeg"](hr)[0]
+        sr = self.nets["netSR"](quantize(fake_lr).detach())
+        w = self.weights
+        pix = F.l1_loss(sr, hr)
+        loss = w.get("sr_pix", 1.0) * pix
+        logs["sr_pix"] = pix.item()
+        if w.get("sr_percep"):
+            percep = self.perceptual(sr, hr)
+            loss = loss + w["sr_percep"] * percep
+            logs["sr_percep"] = percep.item()
+        if w.get("sr_adv"):
+            adv = self.generator_adv("netD2", sr)
+            loss = loss + w["sr_adv"] * adv
+            logs["sr_adv"] = adv.item()
+        self.optimize(loss, "netSR")
+        if w.get("sr_adv"):
+            self.discriminator_step("netD2", w["sr_adv"], hr, sr, step, logs)
+
+    # --------------------------------------------------------------------------- inference
+    @torch.no_grad()
+    def super_resolve(self, lr, kernel=None, noise_level=None):
+        if "netSR" not in self.nets:  # a degradation-only run has no SR network
+            return F.interpolate(lr, scale_factor=self.cfg.data.scale, mode="bicubic", align_corners=False)
+        return self.nets["netSR"](lr)
+
+    @torch.no_grad()
+    def estimate_kernel(self, hr, samples=None):
+        """The mean of `samples` kernels netK draws for `hr` (1, 3, H, W): (k, k), or
+        (k*k, h, w) per LR pixel for a spatially variant netK. Deterministic (seeded draws)."""
+        net = self.module("netDeg").deg_kernel
+        if net is None:
+            return None
+        samples = samples or int(self.cfg.pdm.get("kernel_samples", 16))
+        generator = torch.Generator(device=hr.device).manual_seed(0)
+        s = net.scale
+        size = (hr.shape[-2] // s, hr.shape[-1] // s) if net.per_pixel else (1, 1)
+        z = torch.randn(samples, net.nc, *size, generator=generator, device=hr.device) if net.nc else None
+        return net.kernels(hr.expand(samples, -1, -1, -1), z).mean(0)
+
+    @torch.no_grad()
+    def extra_metrics(self, sr, hr, border):
+        """LPIPS (AlexNet, v0.1) on the border-cropped images, when pdm.lpips names its weights."""
+        if self.lpips is None:
+            return {}
+        crop = (..., slice(border, -border or None), slice(border, -border or None))
+        return {"lpips": float(self.lpips(sr[crop], hr[crop]).mean())}
+
+    @torch.no_grad()
+    def validate(self, item):
+        out = {"sr": self.super_resolve(item["lr"])}
+        kernel = self.estimate_kernel(item["hr"])
+        if kernel is not None:
+            # per-pixel kernels are reported as their image mean (the true demo kernel is global)
+            k = self.module("netDeg").deg_kernel.ksize
+            out["kernel_est"] = kernel if kernel.dim() == 2 else kernel.mean((1, 2)).view(k, k)
+        return out
