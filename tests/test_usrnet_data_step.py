@@ -115,6 +115,46 @@ def test_data_term_chain_matches_official_chain(backend):
     assert delta[f"usrnet_solve{suffix}"] == 3 and delta[f"_usrnet_solve_backward{suffix}"] == 3, delta
 
 
+@pytest.mark.parametrize("backend", ["cpu", "cpu_shared", "reference"])
+def test_data_term_chain_with_fixed_y_and_kernel_matches_official_chain(backend):
+    """USRNet's loop: gradients to z and alpha only, through <z - x, grad_z> / alpha (no spectrum of z)."""
+    solve = {"cpu": "usrnet_solve.cpu", "cpu_shared": "_usrnet_solve_shared.cpu",
+             "reference": "usrnet_solve.reference"}[backend]
+    assert_fixed_chain_matches_official(backend, solve, (2, 3, 5, 6, 3, 7, 7, "per_image"))
+
+
+def assert_fixed_chain_matches_official(backend, solve, case):
+    z, y, kernel, _ = make_inputs(*case)
+    scale = case[4]
+    alphas = torch.rand(case[0], 3, dtype=torch.float64) + 0.05
+    grad_out = torch.randn_like(z)
+    grads = []
+    for chain, name in ((data_term_chain, backend), (official_chain, None)):
+        inputs = [z.clone().requires_grad_(), alphas.clone().requires_grad_()]
+        with bsrops.use_backend(name or "reference"):
+            out, delta = calls_delta(lambda: torch.autograd.grad(chain(inputs[0], y, kernel, inputs[1], scale), inputs,
+                                                                 grad_out) + (chain(z, y, kernel, alphas, scale),))
+        grads.append((*out, delta))
+    (*ours, delta), (*expected, _) = grads
+    for actual, truth in zip(ours, expected):
+        assert_close_to_float64(actual, truth)
+    # 3 solves forward, 3 backward (grad_z is the solve of y = 0, z = grad_x), 3 in the gradient-free chain
+    assert delta[solve] == 9 and not any("backward" in name for name in delta), delta
+
+
+def test_data_term_alpha_forms_give_their_own_gradient_shapes():
+    z, y, kernel, alpha = make_inputs(2, 1, 4, 3, 2, 3, 3, "shared")
+    term = bsrops.USRNetDataTerm(y, kernel, 2)
+    flat, column = alpha.clone().requires_grad_(), alpha.view(2, 1, 1, 1).clone().requires_grad_()
+    grad_out = torch.randn_like(z)
+    for a in (flat, column):
+        term.solve(z, a).backward(grad_out)
+    assert flat.grad.shape == (2,) and column.grad.shape == (2, 1, 1, 1)
+    torch.testing.assert_close(column.grad.flatten(), flat.grad)
+    assert torch.autograd.gradcheck(lambda z, a: term.solve(z, a), (z.clone().requires_grad_(), flat.detach()
+                                                                      .clone().requires_grad_()), fast_mode=True)
+
+
 @pytest.mark.parametrize("scale,k,layout", [(1, 3, "shared"), (2, 6, "per_image"), (3, 25, "per_image"),
                                             (4, 8, "shared")])
 def test_output_solves_the_normal_equations(scale, k, layout):
@@ -195,6 +235,12 @@ def test_only_requested_gradients_are_computed():
     grads = torch.ops.bsrops._usrnet_solve_backward(torch.ones_like(z), z, term.FB, term.FBFy, term.F2B_mean, alpha,
                                                     2, [False, False, False, False, True])
     assert [g.numel() for g in grads[:4]] == [0, 0, 0, 0] and grads[4].shape == alpha.shape
+    # grad_z alone skips z's spectrum in the fast pass: it must equal grad_z of the full backward
+    grad_x = torch.randn_like(z)
+    full, only_z = (torch.ops.bsrops._usrnet_solve_backward(grad_x, z, term.FB, term.FBFy, term.F2B_mean, alpha, 2, mask)
+                    for mask in ([True] * 5, [True, False, False, False, False]))
+    assert only_z[1].numel() == 0 and only_z[4].numel() == 0
+    torch.testing.assert_close(only_z[0], full[0], rtol=0, atol=1e-12)
     grads = torch.ops.bsrops._usrnet_data_step_backward(torch.ones_like(z), z, y, kernel, alpha, 2,
                                                         [False, True, False, False])
     assert grads[1].shape == y.shape and [grads[i].numel() for i in (0, 2, 3)] == [0, 0, 0]
@@ -229,6 +275,13 @@ def test_torch_compile_fullgraph_no_graph_break():
     expected = step(*eager)
     torch.testing.assert_close(value, expected)
     for actual, truth in zip(grads, torch.autograd.grad(expected, eager)):
+        torch.testing.assert_close(actual, truth)
+    # y and kernel fixed: USRNetDataTerm differentiates through _SolveForZAndAlpha
+    fixed = torch.compile(lambda z, alphas: data_term_chain(z, y, kernel, alphas, 2).sum(), fullgraph=True)
+    inputs, eager = ([t.clone().requires_grad_() for t in (z, alphas)] for _ in range(2))
+    value, expected = fixed(*inputs), data_term_chain(eager[0], y, kernel, eager[1], 2).sum()
+    torch.testing.assert_close(value, expected)
+    for actual, truth in zip(torch.autograd.grad(value, inputs), torch.autograd.grad(expected, eager)):
         torch.testing.assert_close(actual, truth)
 
 

@@ -12,7 +12,7 @@ import torch
 
 import bsrops
 from bsrops.reference import usrnet_data_step as ref
-from test_usrnet_data_step import calls_delta, forward_and_grads, make_inputs
+from test_usrnet_data_step import assert_fixed_chain_matches_official, calls_delta, forward_and_grads, make_inputs
 from tolerances import FLOAT32_RTOL, assert_close_to_float64, relative_error
 from triton_sm90 import assert_compiles_for_sm90, jitted_kernels
 
@@ -62,6 +62,12 @@ def test_triton_matches_official(case):
             assert relative_error(actual, truth) <= max(FLOAT32_RTOL, 2 * relative_error(baseline, truth))
         else:
             assert_close_to_float64(actual, truth)
+
+
+@pytest.mark.timeout(120)
+def test_triton_data_term_chain_with_fixed_y_and_kernel_matches_official():
+    require_interpreter()
+    assert_fixed_chain_matches_official("triton", "usrnet_solve.triton", (1, 2, 3, 2, 2, 3, 3, "per_image"))
 
 
 @pytest.mark.timeout(120)

@@ -143,14 +143,49 @@ class USRNetDataTerm:
         compute = _compute_dtype(y.dtype)
         self.FB, self.FBFy, self.F2B_mean = torch.ops.bsrops._usrnet_precompute(y.to(compute), kernel.to(compute),
                                                                                 scale)
+        self._zero_fbfy = None  # FBFy of y = 0, made on the first solve that _SolveForZAndAlpha differentiates
 
     def solve(self, z, alpha):
         """argmin ||y - (k * x)|s||^2 + alpha ||x - z||^2 for z (N, C, s*h, s*w); alpha as in usrnet_data_step."""
         check_hr_inputs(z, self.lr_shape, self.dtype, self.device, alpha, self.scale)
         dtype = self.FB.dtype
-        out = torch.ops.bsrops.usrnet_solve(z.to(dtype), self.FB, self.FBFy, self.F2B_mean,
-                                            _alpha_tensor(alpha, z, dtype), self.scale)
+        z_c, alpha_c = z.to(dtype), _alpha_tensor(alpha, z, dtype)
+        if torch.is_grad_enabled() and not any(t.requires_grad for t in (self.FB, self.FBFy, self.F2B_mean)):
+            if self._zero_fbfy is None:
+                self._zero_fbfy = torch.zeros_like(self.FBFy)
+            out = _SolveForZAndAlpha.apply(z_c, alpha_c, self.FB, self.FBFy, self.F2B_mean, self._zero_fbfy,
+                                           self.scale)
+        else:
+            out = torch.ops.bsrops.usrnet_solve(z_c, self.FB, self.FBFy, self.F2B_mean, alpha_c, self.scale)
         return out.to(z.dtype)
+
+
+class _SolveForZAndAlpha(torch.autograd.Function):
+    """usrnet_solve over constant invariants of one precompute (USRNet's loop with y and kernel fixed).
+
+    From the normal equations (A^T A + a I) x = A^T y + a z, with A^T A symmetric (FB Hermitian,
+    F2B_mean = mean |FB|^2, which only a precompute guarantees, not any op input):
+        grad_z = a (A^T A + a I)^-1 grad_x = the solve of (y = 0, z = grad_x),
+        dL/da = <z - x, (A^T A + a I)^-1 grad_x> = <z - x, grad_z> / a per image,
+    so the backward is one more forward solve (FBFy = 0): no spectrum of z, and the forward's
+    lighter fused pass instead of the backward op's.
+    """
+
+    @staticmethod
+    def forward(ctx, z, alpha, fb, fbfy, f2b_mean, zero_fbfy, scale):
+        x = torch.ops.bsrops.usrnet_solve(z, fb, fbfy, f2b_mean, alpha, scale)
+        ctx.save_for_backward(z, alpha, fb, f2b_mean, zero_fbfy, x)
+        ctx.scale = scale
+        return x
+
+    @staticmethod
+    def backward(ctx, grad_x):
+        z, alpha, fb, f2b_mean, zero_fbfy, x = ctx.saved_tensors
+        grad_z = torch.ops.bsrops.usrnet_solve(grad_x, fb, zero_fbfy, f2b_mean, alpha, ctx.scale)
+        grad_alpha = None
+        if ctx.needs_input_grad[1]:
+            grad_alpha = ((z - x) * grad_z).flatten(1).sum(1).view(alpha.shape) / alpha
+        return grad_z if ctx.needs_input_grad[0] else None, grad_alpha, None, None, None, None, None
 
 
 # ---- registration ----

@@ -204,17 +204,20 @@ BSR_INLINE void solve_backward_rows(const Geometry& g, const T* grad_half, const
   const T a = alpha[n], inv_alpha = T(1) / a, scale = T(1) / (a * T(plane)), aliases = T(g.s * g.s);
   const T* w_mean = f2b_mean + n * g.h * g.w;
   const T* fbn = fb + 2 * n * plane;
+  // Q (and so z's spectrum) only enters grad_FB, grad_F2B_mean and grad_alpha; grad_FBFy and grad_z need T alone
+  const bool need_q = out.grad_fb || out.grad_f2b_mean || out.alpha_partial;
   std::fill(grad_w, grad_w + 3 * g.w, T(0));
   for (int64_t c = 0; c < g.C; ++c) {
     const int64_t nc = n * g.C + c;
     const T* p = fbfy + 2 * nc * plane;
-    load_full_rows(t, fz_half + 2 * nc * half_plane, zre, zim);
+    if (need_q) load_full_rows(t, fz_half + 2 * nc * half_plane, zre, zim);
     load_full_rows(t, grad_half + 2 * nc * half_plane, gre, gim);
     for (int64_t lr = 0; lr < (t.self ? 1 : 2); ++lr) {
       const int64_t first = lr * g.s, o = lr * g.w;
       const T* w_row = w_mean + (lr == 0 ? t.u : t.um) * g.w;
-      row_means<true>(t, first, fbn, p, zre, zim, a, w_row, qre + o, qim + o);
       row_means<false>(t, first, fbn, p, gre, gim, a, w_row, tre + o, tim + o);
+      if (!need_q) continue;
+      row_means<true>(t, first, fbn, p, zre, zim, a, w_row, qre + o, qim + o);
       for (int64_t v = 0; v < g.w; ++v) grad_w[o + v] += aliases * (qre[o + v] * tre[o + v] + qim[o + v] * tim[o + v]);
     }
     // B of scratch row k into (b_re, b_im), with its shares of grad_FB, grad_FBFy and grad_alpha
@@ -337,7 +340,10 @@ SolveGrads solve_backward_impl(bool shared, const at::Tensor& grad_x_in, const a
   const at::Tensor fb = fb_in.contiguous(), fbfy = fbfy_in.contiguous(), f2b_mean = f2b_mean_in.contiguous();
   const at::Tensor alpha = alpha_in.contiguous();
   at::Tensor grad_spectrum = at::view_as_real(at::fft_rfft2(grad_x_in.contiguous()));
-  const at::Tensor z_spectrum = at::view_as_real(at::fft_rfft2(z_in.contiguous()));
+  // the fast pass reads z's spectrum only for Q (see solve_backward_rows); the shared per-element one always
+  const bool need_z_spectrum = shared || want_fb || want_w || want_alpha;
+  const at::Tensor z_spectrum =
+      need_z_spectrum ? at::view_as_real(at::fft_rfft2(z_in.contiguous())) : grad_spectrum.new_empty({0});
   at::Tensor grad_fb = wanted_like(want_fb, fb), grad_fbfy = wanted_like(want_fbfy, fbfy);
   at::Tensor grad_w = wanted_like(want_w, f2b_mean);
   // grad_alpha's share per work item: per LR frequency (shared) or per LR row (fast)
