@@ -5,18 +5,6 @@ CONV_BACKWARD = torch.ops.aten.convolution_backward.default
 FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
-def define_schemas_if_missing(probe, schemas):
-    """Without a usable _C the schemas are defined here, with the reference kernels behind them."""
-    try:
-        getattr(torch.ops.bsrops, probe).default
-        return None
-    except (AttributeError, RuntimeError):
-        library = torch.library.Library("bsrops", "FRAGMENT")
-        for schema in schemas.values():
-            library.define(schema)
-        return library
-
-
 def conv_backward(grad, x, weight, stride, padding, mask):
     """(grad_x, grad_weight, grad_bias) of conv2d(x, weight, bias, stride, padding); empty where not wanted."""
     if not any(mask):

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .. import _backend
 from ..reference import dpcb as ref
-from ._common import check_slope, check_tensor, conv_backward, define_schemas_if_missing, onednn_conv_leaky_relu
+from ._common import check_slope, check_tensor, conv_backward, onednn_conv_leaky_relu
 
 SCHEMAS = {
     "dpcb": "dpcb(Tensor x_img, Tensor x_cond, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor w3, Tensor? b3, Tensor w4, Tensor? b4, float negative_slope=0.2) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
@@ -137,7 +137,7 @@ def _backward_composite(grad_img, grad_cond, x_img, x_cond, w1, w2, w3, w4, h1, 
 
 # ---- registration ----
 
-_schema_library = define_schemas_if_missing("dpcb", SCHEMAS)
+_schema_library = _backend.define_schemas_if_missing(SCHEMAS)
 torch.library.impl("bsrops::dpcb", "CompositeExplicitAutograd")(_forward_composite)
 torch.library.impl("bsrops::_dpcb_backward", "CompositeExplicitAutograd")(_backward_composite)
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from .. import _backend
 from ..reference import patchgan_conv as ref
-from ._common import check_slope, check_tensor, conv_backward, define_schemas_if_missing, onednn_conv_leaky_relu
+from ._common import check_slope, check_tensor, conv_backward, onednn_conv_leaky_relu
 
 SCHEMAS = {
     "patchgan_conv": "patchgan_conv(Tensor x, Tensor weight, Tensor? bias, int stride, int padding, str norm, Tensor? norm_weight, Tensor? norm_bias, Tensor? running_mean, Tensor? running_var, bool training, float momentum, float eps, float negative_slope, bool activation) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
@@ -141,7 +141,7 @@ def _backward_composite(grad_out, x, weight, stride, padding, norm, norm_weight,
 
 # ---- registration ----
 
-_schema_library = define_schemas_if_missing("patchgan_conv", SCHEMAS)
+_schema_library = _backend.define_schemas_if_missing(SCHEMAS)
 torch.library.impl("bsrops::patchgan_conv", "CompositeExplicitAutograd")(_forward_composite)
 torch.library.impl("bsrops::_patchgan_conv_backward", "CompositeExplicitAutograd")(_backward_composite)
 
