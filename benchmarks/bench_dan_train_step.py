@@ -11,13 +11,9 @@ Shapes (BSR_BENCH_SIZE):
 
     pytest benchmarks/bench_dan_train_step.py --benchmark-only
 """
-import os
-
 import pytest
-import torch
 
-import bsrops
-from bsr import config, methods
+from train_step import BACKENDS, benchmark_step, make_step
 
 SHAPES = {
     "paper": dict(preset="paper", batch=2, patch=256, overrides=[]),
@@ -25,37 +21,14 @@ SHAPES = {
     "smoke": dict(preset="demo", batch=2, patch=32,
                   overrides=["dan.nf=8", "dan.nb=1", "dan.ng=1", "dan.loop=2", "dan.pca_kernels=2000"]),
 }
-BACKENDS = ("reference", "default")
 
 
 def make_case(size, backend):
     """A zero-argument callable running one training step on `backend`."""
-    d = SHAPES[size]
-    cfg = config.load("dan", d["preset"], overrides=d["overrides"] + [f"data.hr_patch={d['patch']}"])
-    torch.manual_seed(0)
-    method = methods.get("dan")(cfg, "cpu")
-    batch = {"hr": torch.rand(d["batch"], 3, d["patch"], d["patch"]), "seed": torch.arange(d["batch"])}
-
-    def step():
-        if backend == "reference":
-            with bsrops.use_backend("reference"):
-                return method.train_step(batch, 0)
-        return method.train_step(batch, 0)
-    return step
-
-
-def backends_ran(before, after):
-    return {k.split(".", 1)[1] for k in after if after[k] != before.get(k, 0) and "dpcb" in k}
+    return make_step("dan", SHAPES[size], backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_dan_train_step(benchmark, bench_size, backend):
     benchmark.group = f"dan_train_step/{bench_size}"
-    step = make_case(bench_size, backend)
-    before = bsrops.kernel_calls()
-    benchmark(step)
-    ran = backends_ran(before, bsrops.kernel_calls())
-    expected = "reference" if backend == "reference" else bsrops.backend_info("cpu")["backend"]
-    assert ran and all(b.startswith(expected) for b in ran), (ran, expected)
-    benchmark.extra_info.update(SHAPES[bench_size], backends_ran=sorted(ran), threads=torch.get_num_threads(),
-                                load_average=os.getloadavg()[0])
+    benchmark_step(benchmark, "dan", SHAPES[bench_size], backend, "dpcb")

@@ -10,47 +10,23 @@ Shapes (BSR_BENCH_SIZE):
 
     pytest benchmarks/bench_usrnet_train_step.py --benchmark-only
 """
-import os
-
 import pytest
-import torch
 
-import bsrops
-from bsr import config, methods
+from train_step import BACKENDS, benchmark_step, make_step
 
 SHAPES = {
     "paper": dict(preset="paper", batch=2, patch=96, overrides=["usrnet.scales=[4]"]),
     "demo": dict(preset="demo", batch=8, patch=48, overrides=[]),
     "smoke": dict(preset="smoke", batch=2, patch=32, overrides=["usrnet.scales=[4]"]),
 }
-BACKENDS = ("reference", "default")
 
 
 def make_case(size, backend):
     """A zero-argument callable running one training step on `backend`."""
-    d = SHAPES[size]
-    cfg = config.load("usrnet", d["preset"], overrides=d["overrides"] + [f"data.hr_patch={d['patch']}"])
-    torch.manual_seed(0)
-    method = methods.get("usrnet")(cfg, "cpu")
-    batch = {"hr": torch.rand(d["batch"], 3, d["patch"], d["patch"]), "seed": torch.arange(d["batch"])}
-
-    def step():
-        if backend == "reference":
-            with bsrops.use_backend("reference"):
-                return method.train_step(batch, 0)
-        return method.train_step(batch, 0)
-    return step
+    return make_step("usrnet", SHAPES[size], backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_usrnet_train_step(benchmark, bench_size, backend):
     benchmark.group = f"usrnet_train_step/{bench_size}"
-    step = make_case(bench_size, backend)
-    before = bsrops.kernel_calls()
-    benchmark(step)
-    after = bsrops.kernel_calls()
-    ran = {k.split(".", 1)[1] for k in after if after[k] != before.get(k, 0) and k.startswith("usrnet")}
-    expected = "reference" if backend == "reference" else bsrops.backend_info("cpu")["backend"]
-    assert ran and all(b.startswith(expected) for b in ran), (ran, expected)
-    benchmark.extra_info.update(SHAPES[bench_size], backends_ran=sorted(ran), threads=torch.get_num_threads(),
-                                load_average=os.getloadavg()[0])
+    benchmark_step(benchmark, "usrnet", SHAPES[bench_size], backend, "usrnet")
