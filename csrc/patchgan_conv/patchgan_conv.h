@@ -64,7 +64,9 @@ C10_HOST_DEVICE inline acc_t grad_y_element(acc_t gz, acc_t yhat, acc_t gamma_rs
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
+#include <array>
 #include <string_view>
+#include <tuple>
 
 namespace bsrops {
 namespace patchgan_conv {
@@ -90,6 +92,19 @@ inline void check_channel_vector(const c10::optional<at::Tensor>& t, const at::T
   TORCH_CHECK(t->dim() == 1 && t->size(0) == y.size(1) && t->scalar_type() == y.scalar_type(), "patchgan_conv: ",
               name, " must be a (C,) = (", y.size(1), ",) tensor of dtype ", y.scalar_type(), ", got ", t->sizes(),
               " ", t->scalar_type());
+}
+
+// (grad norm_weight, grad norm_bias) from the per-group sums of the backward, rows
+// (sum gz, sum gz * yhat): instance norm adds its N groups of each channel, batch norm's
+// groups are the channels. Empty tensors where not asked for.
+inline std::tuple<at::Tensor, at::Tensor> norm_param_grads(const at::Tensor& sums, const Groups& g, int norm,
+                                                           std::array<bool, 3> mask, const at::Tensor& out) {
+  at::Tensor grad_weight = out.new_empty({0}), grad_bias = out.new_empty({0});
+  if (norm == kNone || !(mask[1] || mask[2])) return {grad_weight, grad_bias};
+  const at::Tensor per_channel = norm == kInstance ? sums.view({2, g.N, g.C}).sum(1) : sums;
+  if (mask[1]) grad_weight = per_channel[1].to(out.scalar_type());
+  if (mask[2]) grad_bias = per_channel[0].to(out.scalar_type());
+  return {grad_weight, grad_bias};
 }
 
 }  // namespace patchgan_conv

@@ -212,12 +212,7 @@ BSR_SIMD
       });
     });
   });
-  at::Tensor grad_weight = out.new_empty({0}), grad_bias = out.new_empty({0});
-  if (param_grads) {  // per-group partial sums -> per channel, in a fixed order
-    const at::Tensor per_channel = norm == kInstance ? sums.view({2, g.N, g.C}).sum(1) : sums;
-    if (mask[1]) grad_weight = per_channel[1].to(out.scalar_type());
-    if (mask[2]) grad_bias = per_channel[0].to(out.scalar_type());
-  }
+  const auto [grad_weight, grad_bias] = norm_param_grads(sums, g, norm, mask, out);  // in a fixed order
   return {grad_y, grad_weight, grad_bias};
 }
 

@@ -224,12 +224,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cuda(
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  at::Tensor grad_weight = out.new_empty({0}), grad_bias = out.new_empty({0});
-  if (norm != kNone && (mask[1] || mask[2])) {  // per-group partial sums -> per channel
-    const at::Tensor per_channel = norm == kInstance ? sums.view({2, g.N, g.C}).sum(1) : sums;
-    if (mask[1]) grad_weight = per_channel[1].to(out.scalar_type());
-    if (mask[2]) grad_bias = per_channel[0].to(out.scalar_type());
-  }
+  const auto [grad_weight, grad_bias] = norm_param_grads(sums, g, norm, mask, out);  // in a fixed order
   return {grad_y, grad_weight, grad_bias};
 }
 
