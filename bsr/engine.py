@@ -123,7 +123,7 @@ def load_checkpoint(path, device="cpu", overrides=()):
     for text in overrides:
         cfg = config_lib.Config(config_lib.merge(cfg.to_dict(), config_lib.parse_override(text)))
     cfg.device = device
-    method = methods.get(state["method"])(cfg, device)
+    method = methods.get(state["method"])(cfg, device, for_training=False)
     load_method_state(method, state, training=False)
     for net in method.nets.values():
         net.eval()

@@ -55,6 +55,22 @@ def test_train_evaluate_infer_through_the_clis(method, tmp_path):
     assert data.read_uint8(str(tmp_path / "sr" / "photo.png")).shape == (30 * scale, 41 * scale, 3)
 
 
+def test_usrgan_option_trains_and_evaluates_through_the_clis(tmp_path):
+    from bsr.archs.vgg import VGG19
+
+    torch.save(VGG19("conv5_4").state_dict(), tmp_path / "vgg19.pth")  # random: no download here
+    out = tmp_path / "run"
+    stdout = run("-m", "bsr.train", "usrnet", "--preset", "smoke", "--set", "usrnet.gan.enabled=true",
+                 "--set", f"usrnet.gan.vgg_weights={tmp_path / 'vgg19.pth'}", "--set", "usrnet.gan.discriminator.ndf=8",
+                 "--out", str(out))
+    assert "PSNR-RGB" in stdout
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    assert state["step"] == 2 and set(state["nets"]) == {"usrnet", "netD"}
+    os.remove(tmp_path / "vgg19.pth")  # evaluation needs neither the loss network nor its weights
+    run("-m", "bsr.evaluate", "usrnet", "--ckpt", str(out / "checkpoints" / "last.pt"), "--out", str(tmp_path / "eval"))
+    assert "usrnet" in json.load(open(tmp_path / "eval" / "metrics.json"))["models"]
+
+
 def test_sigterm_saves_a_loadable_checkpoint_and_exits_cleanly(tmp_path):
     out = tmp_path / "run"
     process = subprocess.Popen(

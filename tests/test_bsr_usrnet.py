@@ -1,5 +1,6 @@
 """USRNet: official parameter names and sizes, training-data synthesis, evaluation protocol,
 smooth periodic padding, and a short "learns" run on tiny data."""
+import copy
 import math
 
 import pytest
@@ -10,6 +11,7 @@ import bsrops
 from bsr import config, degradations
 from bsr.archs.usrnet import USRNet as USRNetArch
 from bsr.archs.usrnet import parameter_count
+from bsr.archs.vgg import VGG19
 from bsr.methods import usrnet as usrnet_method
 
 TINY = ["usrnet.n_iter=2", "usrnet.h_nc=8", "usrnet.nc=[8,8,8,8]", "usrnet.nb=1", "data.hr_patch=32",
@@ -96,10 +98,19 @@ def test_validation_degradations_follow_the_protocol():
 
 
 def test_infer_pads_to_a_smooth_periodic_image_and_crops_back():
-    padded = usrnet_method.smooth_periodic_pad(torch.rand(1, 3, 5, 7), 24, 24)
-    assert padded.shape == (1, 3, 24, 24)
-    jumps = (padded - torch.roll(padded, 1, -1)).abs().amax()  # includes the wrap-around seam
-    assert jumps <= (padded[..., :5, :7] - torch.roll(padded[..., :5, :7], 1, -1))[..., 1:].abs().amax() + 1e-6 or jumps < 1
+    x = torch.rand(1, 3, 5, 7, dtype=torch.float64)
+    padded = usrnet_method.smooth_periodic_pad(x, 24, 19)
+    assert padded.shape == (1, 3, 24, 19) and torch.equal(padded[..., :5, :7], x)
+
+    def seam_steps(t, n, dim):
+        """|steps| from the last original sample through the added ones and the wrap back to the first."""
+        path = torch.cat((t.narrow(dim, n - 1, t.shape[dim] - n + 1), t.narrow(dim, 0, 1)), dim)
+        return path.diff(dim=dim).abs()
+
+    # a raised cosine over extra + 1 intervals never steps by more than π/2 / (extra + 1) of the gap
+    for t, n, dim, extra in ((padded[..., :5, :], 7, -1, 12), (padded, 5, -2, 19)):
+        gap = (t.narrow(dim, n - 1, 1) - t.narrow(dim, 0, 1)).abs()
+        assert (seam_steps(t, n, dim) <= math.pi / 2 / (extra + 1) * gap + 1e-12).all()
     method = tiny_method()
     kernel = degradations.isotropic_gaussian_kernels([1.0], 25)[0].float()
     assert method.infer(torch.rand(1, 3, 11, 9), kernel, 0.01).shape == (1, 3, 44, 36)
@@ -119,3 +130,44 @@ def test_usrnet_learns_on_tiny_data():
     for _ in range(25):  # the optimisation of train_step, on one fixed synthesised batch
         method.optimize(F.l1_loss(method.nets["usrnet"](lr, kernels, scale, sigma), hr))
     assert loss() < 0.5 * before
+
+
+def usrgan_method(tmp_path, *overrides):
+    weights = tmp_path / "vgg19.pth"
+    torch.save(VGG19("conv5_4").state_dict(), weights)  # random weights: tests only check the wiring
+    return tiny_method("usrnet.gan.enabled=true", f"usrnet.gan.vgg_weights={weights}",
+                       "usrnet.gan.discriminator.ndf=8", "usrnet.gan.discriminator.n_layers=2", *overrides)
+
+
+def test_usrgan_step_updates_generator_and_discriminator(tmp_path):
+    torch.manual_seed(0)
+    method = usrgan_method(tmp_path)
+    before = {name: copy.deepcopy(net.state_dict()) for name, net in method.nets.items()}
+    logs = method.train_step({"hr": torch.rand(2, 3, 32, 32)}, step=0)
+    assert set(logs) == {"l1", "perceptual", "adversarial", "netD"} and all(math.isfinite(v) for v in logs.values())
+    for name in ("usrnet", "netD"):
+        after = method.nets[name].state_dict()
+        assert any(not torch.equal(before[name][k], after[k]) for k in after), name
+    assert all(p.requires_grad for p in method.nets["netD"].parameters())  # unfrozen after the G step
+
+
+@pytest.mark.parametrize("adversarial, same", [(0.0, True), (0.5, False)])
+def test_usrgan_generator_update_is_l1_plus_the_weighted_gan_terms(tmp_path, adversarial, same):
+    """With the perceptual and adversarial weights 0 the generator takes exactly the plain USRNet
+    step (the discriminator never leaks into it); with an adversarial weight it does not."""
+    hr = torch.rand(2, 3, 32, 32)
+    updated = []
+    for method in (tiny_method(), usrgan_method(tmp_path, "usrnet.gan.perceptual=0", f"usrnet.gan.adversarial={adversarial}")):
+        torch.manual_seed(0)
+        method.nets["usrnet"].load_state_dict(tiny_method().nets["usrnet"].state_dict())
+        method.train_step({"hr": hr}, step=3)
+        updated.append(method.nets["usrnet"].state_dict())
+    assert all(torch.equal(updated[0][k], updated[1][k]) for k in updated[0]) == same
+
+
+def test_usrgan_starts_from_a_pretrained_usrnet(tmp_path):
+    source = tiny_method()
+    torch.save({"nets": {"usrnet": source.nets["usrnet"].state_dict()}}, tmp_path / "last.pt")
+    method = usrgan_method(tmp_path, f"usrnet.pretrained={tmp_path / 'last.pt'}")
+    for key, value in source.nets["usrnet"].state_dict().items():
+        assert torch.equal(method.nets["usrnet"].state_dict()[key], value), key

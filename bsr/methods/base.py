@@ -34,19 +34,35 @@ Additions (backward compatible; a method that ignores them keeps working):
 - `infer(lr, kernel, noise_level)` (python -m bsr.infer) defaults to super_resolve;
   `baselines()` adds rows to the evaluation table (bsr.evaluate).
 - `modcrop_multiple()` and `border(scale)` set the validation crop and the metric border.
+- `for_training` is False when engine.load_checkpoint builds the method for evaluation or
+  inference: skip loss networks and weights the checkpoint replaces (see Method.__init__).
 """
 import contextlib
 
 import torch
 
 
+def load_net_state(path, name):
+    """A network's state dict from a bsr checkpoint (nets[name]) or a bare state dict file."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(state, dict) and "nets" in state:
+        if name not in state["nets"]:
+            raise ValueError(f"checkpoint {path!r} has no network {name!r} (it has {sorted(state['nets'])})")
+        return state["nets"][name]
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
 class Method:
     name = "base"
     data_kind = "hr"  # "hr" or "unpaired" (see the module docstring)
 
-    def __init__(self, cfg, device):
+    def __init__(self, cfg, device, for_training=True):
         self.cfg = cfg
         self.device = torch.device(device)
+        # False when a checkpoint is loaded for evaluation/inference (engine.load_checkpoint):
+        # skip what only training needs (loss networks, pretrained or frozen-stage weights that
+        # the checkpoint replaces anyway), so a checkpoint evaluates without those files.
+        self.for_training = for_training
         # Filled by the subclass; the engine saves/loads every entry by name and may
         # replace a network entry by its DDP wrapper (call self.nets[...] in train_step,
         # never a reference kept elsewhere).
@@ -62,6 +78,18 @@ class Method:
         """self.nets[name] without a DDP wrapper."""
         net = self.nets[name]
         return net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
+
+    @contextlib.contextmanager
+    def frozen(self, name):
+        """The unwrapped network `name` with requires_grad off inside the block: a generator's
+        adversarial loss then trains the generator only (the official set_requires_grad(D, False));
+        the discriminator's own update goes through self.nets[name]."""
+        net = self.module(name)
+        net.requires_grad_(False)
+        try:
+            yield net
+        finally:
+            net.requires_grad_(True)
 
     def optimize(self, loss, *names):
         """Backward of `loss` and a step of the optimisers `names` (all if none given), with

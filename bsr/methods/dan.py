@@ -87,8 +87,8 @@ def build_net(cfg, pca):
 class DANv2(Method):
     data_kind = "hr"
 
-    def __init__(self, cfg, device):
-        super().__init__(cfg, device)
+    def __init__(self, cfg, device, for_training=True):
+        super().__init__(cfg, device, for_training)
         self.scale = cfg.data.scale
         self.setting = kernel_setting(cfg)
         net = build_net(cfg, pca_matrix(self.setting, cfg.dan.get("pca_cache"))).to(self.device)

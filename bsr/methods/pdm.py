@@ -32,7 +32,7 @@ from ..archs.pdm import DegModel, quantize
 from ..archs.rrdb import RRDBNet
 from ..losses import GANLoss
 from . import register
-from .base import Method
+from .base import Method, load_net_state
 
 WORKFLOWS = ("joint", "degradation", "sr")
 DISCRIMINATORS = ("netD1", "netD2")  # train.lr_d applies to these (netDeg also starts with "netD")
@@ -53,22 +53,12 @@ def build_discriminator(opt):
     return PatchGANDiscriminator.pdm(in_c=3, nf=opt.get("nf", 64), nb=opt.get("nb", 3), stride=opt.get("stride", 1))
 
 
-def load_net_state(path, name):
-    """A network's state dict from a bsr checkpoint (nets[name]) or a bare state dict file."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(state, dict) and "nets" in state:
-        if name not in state["nets"]:
-            raise ValueError(f"checkpoint {path!r} has no network {name!r} (it has {sorted(state['nets'])})")
-        return state["nets"][name]
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
 @register("pdm")
 class PDM(Method):
     data_kind = "unpaired"
 
-    def __init__(self, cfg, device):
-        super().__init__(cfg, device)
+    def __init__(self, cfg, device, for_training=True):
+        super().__init__(cfg, device, for_training)
         p, scale = cfg.pdm, cfg.data.scale
         if p.workflow not in WORKFLOWS:
             raise ValueError(f"pdm.workflow must be one of {WORKFLOWS}, got {p.workflow!r}")
@@ -79,15 +69,15 @@ class PDM(Method):
         self.nets["netDeg"] = DegModel(scale, 3, p.kernel, p.noise)
         if self.optim_deg:
             self.nets["netD1"] = build_discriminator(p.d_lr)
-        else:
+        elif for_training:
             self._load_frozen_degradation(p.get("deg_checkpoint"))
         if self.optim_sr:
             self.nets["netSR"] = build_sr(p.sr, scale)
-            if p.sr.get("pretrained"):
+            if p.sr.get("pretrained") and for_training:
                 self.nets["netSR"].load_state_dict(load_net_state(p.sr.pretrained, "netSR"))
             if self.weights.get("sr_adv"):
                 self.nets["netD2"] = build_discriminator(p.d_hr)
-            if self.weights.get("sr_percep"):
+            if self.weights.get("sr_percep") and for_training:
                 from ..losses import PerceptualLoss
 
                 # VGG19 conv5_4 (before ReLU), ImageNet input norm, L1: the official sr_percep
@@ -126,13 +116,9 @@ class PDM(Method):
         return logs
 
     def generator_adv(self, name, fake):
-        """LSGAN generator loss through the unwrapped D with frozen parameters (official
-        set_requires_grad(D, False)); the D update itself goes through self.nets[name]."""
-        d = self.module(name)
-        d.requires_grad_(False)
-        loss = self.gan(d(fake), True)
-        d.requires_grad_(True)
-        return loss
+        """LSGAN generator loss through the frozen D (Method.frozen)."""
+        with self.frozen(name) as d:
+            return self.gan(d(fake), True)
 
     def discriminator_step(self, name, weight, real, fake, step, logs):
         if step % int(self.cfg.pdm.get("d_ratio", 1)):

@@ -7,6 +7,15 @@ decimation (`blur_downsample(padding="circular", flip=True)`), then AWGN with σ
 (probability 1/9) or σ ~ U{0..24}/255 (bsr.degradations), drawn from (seed, step). LR stays float (KAIR blurs the uint8 HR into uint8: a
 quantisation we drop). L1 loss, Adam, MultiStepLR (train.milestones, train.gamma).
 
+USRGAN (usrnet.gan.enabled; preset paper-usrgan): the same network and data
+with w_pixel L1 + w_perceptual VGG19-conv5_4 (L1, ImageNet input norm) + w_adversarial
+relativistic-average GAN (ESRGAN's RaGAN, BCE), and a pix2pix NLayer PatchGAN discriminator
+("netD", built from bsrops.nn.PatchGANConv) trained with the discriminator side of the same
+loss. KAIR ships USRGAN weights but no training config (spec/methods.md §4.7, §9): the loss
+types and the weights 1 / 1 / 0.005 follow the USRNet paper's description and ESRGAN's
+adversarial weight, the discriminator is our choice; all are config keys. usrnet.pretrained
+starts the generator from a USRNet checkpoint (ESRGAN's practice: GAN training from the PSNR model).
+
 Evaluation protocol (`eval` config section): HR modcropped to lcm(8, scales); for each
 image, scale in eval.scales and kernel in eval.kernels (indices into protocol_kernels,
 the 12 kernels of Table 1): LR made exactly as in training plus AWGN of σ = eval.noise
@@ -23,8 +32,9 @@ import torch.nn.functional as F
 from .. import degradations
 from ..archs.usrnet import USRNet as USRNetArch
 from ..archs.usrnet import init_identity_skip, init_orthogonal
+from ..losses import PerceptualLoss, RelativisticGANLoss
 from . import register
-from .base import Method
+from .base import Method, load_net_state
 
 KERNEL_SIZE = 25
 
@@ -75,8 +85,8 @@ def smooth_periodic_pad(x, height, width):
 class USRNet(Method):
     data_kind = "hr"
 
-    def __init__(self, cfg, device):
-        super().__init__(cfg, device)
+    def __init__(self, cfg, device, for_training=True):
+        super().__init__(cfg, device, for_training)
         u = cfg.usrnet
         if cfg.data.hr_patch < KERNEL_SIZE:  # the FFT data term embeds the kernel in the HR patch
             raise ValueError(f"usrnet needs data.hr_patch >= {KERNEL_SIZE} (the kernel size); got {cfg.data.hr_patch}")
@@ -84,11 +94,28 @@ class USRNet(Method):
         init_orthogonal(net, u.init_gain)
         if u.get("init_identity_skip"):
             init_identity_skip(net.p)
-        self.nets["usrnet"] = net.to(self.device)
-        self.optimizers["usrnet"] = torch.optim.Adam(net.parameters(), lr=cfg.train.lr)
-        self.schedulers["usrnet"] = torch.optim.lr_scheduler.MultiStepLR(
-            self.optimizers["usrnet"], milestones=list(cfg.train.milestones), gamma=cfg.train.gamma)
+        if u.get("pretrained") and for_training:  # USRGAN starts from a trained USRNet, as ESRGAN from its PSNR model
+            net.load_state_dict(load_net_state(u.pretrained, "usrnet"))
+        self._add_net("usrnet", net, cfg.train.lr)
+        self.gan = u.get("gan") if u.get("gan", {}).get("enabled") else None
+        if self.gan:
+            self._build_usrgan(self.gan)
         self.eval_kernels = {}
+
+    def _add_net(self, name, net, lr):
+        self.nets[name] = net.to(self.device)
+        self.optimizers[name] = torch.optim.Adam(net.parameters(), lr=lr)
+        self.schedulers[name] = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizers[name], milestones=list(self.cfg.train.milestones), gamma=self.cfg.train.gamma)
+
+    def _build_usrgan(self, g):
+        from bsrops.nn import PatchGANDiscriminator
+
+        d = g.discriminator
+        self._add_net("netD", PatchGANDiscriminator.nlayer(3, d.ndf, d.n_layers, d.norm), g.get("lr_d") or self.cfg.train.lr)
+        if self.for_training:
+            self.perceptual = PerceptualLoss({"conv5_4": 1.0}, weights=g.get("vgg_weights") or True).to(self.device)
+        self.adversarial = RelativisticGANLoss("vanilla")
 
     # ------------------------------------------------------------------ training data
     def step_generator(self, step):
@@ -116,10 +143,26 @@ class USRNet(Method):
         hr = batch["hr"]
         with torch.no_grad(), torch.autocast(hr.device.type, enabled=False):
             lr, kernels, sigma, scale = self.synthesize(hr, step)
-        sr = self.nets["usrnet"](lr, kernels, scale, sigma)
-        loss = F.l1_loss(sr.float(), hr)
-        self.optimize(loss)
+        sr = self.nets["usrnet"](lr, kernels, scale, sigma).float()
+        if self.gan:
+            return self._usrgan_step(sr, hr)
+        loss = F.l1_loss(sr, hr)
+        self.optimize(loss, "usrnet")
         return {"l1": loss.item()}
+
+    def _usrgan_step(self, sr, hr):
+        """Generator: weighted L1 + perceptual + RaGAN (through the frozen D, D(real) detached);
+        then the discriminator on (hr, sr.detach()), as ESRGAN / KAIR ModelGAN alternate them."""
+        g = self.gan
+        logs = {"l1": F.l1_loss(sr, hr), "perceptual": self.perceptual(sr, hr)}
+        with self.frozen("netD") as d:
+            logs["adversarial"] = self.adversarial(d(hr), d(sr))
+        loss = g.pixel * logs["l1"] + g.perceptual * logs["perceptual"] + g.adversarial * logs["adversarial"]
+        self.optimize(loss, "usrnet")
+        d = self.nets["netD"]
+        logs["netD"] = self.adversarial(d(hr), d(sr.detach()), is_disc=True)
+        self.optimize(logs["netD"], "netD")
+        return {name: value.item() for name, value in logs.items()}
 
     # ------------------------------------------------------------------ inference / evaluation
     @torch.no_grad()
