@@ -41,11 +41,16 @@ C10_HOST_DEVICE inline T norm_act_element(T y, acc_t scale, acc_t shift, acc_t s
   return static_cast<T>(activation ? dpcb::leaky_relu_element(z, slope) : z);
 }
 
+// The slope grad_z_element applies where out <= 0: the LeakyReLU's, or 1 without activation
+// (one branch-free select on the sign either way).
+C10_HOST_DEVICE inline double grad_z_slope(double negative_slope, bool activation) {
+  return activation ? negative_slope : 1.0;
+}
+
 // d loss / d z from d loss / d out (the activation's mask from the sign of out).
-template <typename T, typename acc_t>
-C10_HOST_DEVICE inline acc_t grad_z_element(T grad_out, T out, acc_t slope, bool activation) {
-  const acc_t g = static_cast<acc_t>(grad_out);
-  return activation ? dpcb::leaky_relu_grad_element(g, static_cast<acc_t>(out), slope) : g;
+template <typename T>
+C10_HOST_DEVICE inline T grad_z_element(T grad_out, T out, T slope) {
+  return dpcb::leaky_relu_grad_element(grad_out, out, slope);
 }
 
 // d loss / d y. With batch statistics (training / instance norm), mean and rstd depend on y:

@@ -112,15 +112,15 @@ __global__ void __launch_bounds__(kThreads)
                              const scalar_t* __restrict__ out, const scalar_t* __restrict__ mean,
                              const scalar_t* __restrict__ rstd, const scalar_t* __restrict__ weight,
                              scalar_t* __restrict__ grad_y, double* __restrict__ sums, const Groups g,
-                             bool data_stats, bool activation, double slope_in) {
+                             bool data_stats, double gz_slope) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t shared[kThreads];
-  const acc_t slope = static_cast<acc_t>(slope_in);
+  const acc_t slope = static_cast<acc_t>(gz_slope);
   if (g.norm == kNone) {
     const int64_t total = g.N * g.C * g.HW;
     for (int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; e < total;
          e += static_cast<int64_t>(kThreads) * gridDim.x)
-      grad_y[e] = static_cast<scalar_t>(grad_z_element<scalar_t, acc_t>(grad[e], out[e], slope, activation));
+      grad_y[e] = static_cast<scalar_t>(grad_z_element<acc_t>(grad[e], out[e], slope));
     return;
   }
   const int64_t group = blockIdx.x, M = g.size();
@@ -129,7 +129,7 @@ __global__ void __launch_bounds__(kThreads)
   acc_t s1 = 0, s2 = 0;
   for (int64_t e = threadIdx.x; e < M; e += kThreads) {
     const int64_t o = g.offset(group, e);
-    const acc_t gz = grad_z_element<scalar_t, acc_t>(grad[o], out[o], slope, activation);
+    const acc_t gz = grad_z_element<acc_t>(grad[o], out[o], slope);
     s1 += gz;
     s2 += gz * ((static_cast<acc_t>(y[o]) - mu) * r);
   }
@@ -143,7 +143,7 @@ __global__ void __launch_bounds__(kThreads)
   const acc_t mean_gz = data_stats ? s1 / M : acc_t(0), mean_gz_yhat = data_stats ? s2 / M : acc_t(0);
   for (int64_t e = threadIdx.x; e < M; e += kThreads) {
     const int64_t o = g.offset(group, e);
-    const acc_t gz = grad_z_element<scalar_t, acc_t>(grad[o], out[o], slope, activation);
+    const acc_t gz = grad_z_element<acc_t>(grad[o], out[o], slope);
     const acc_t yhat = (static_cast<acc_t>(y[o]) - mu) * r;
     grad_y[o] = static_cast<scalar_t>(grad_y_element<acc_t>(gz, yhat, gamma * r, mean_gz, mean_gz_yhat, data_stats));
   }
@@ -220,7 +220,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cuda(
           grad.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(),
           mean.const_data_ptr<scalar_t>(), rstd.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(weight),
           mask[0] ? grad_y.mutable_data_ptr<scalar_t>() : nullptr, sums.mutable_data_ptr<double>(), g,
-          norm == kInstance || (norm == kBatch && training), activation, slope);
+          norm == kInstance || (norm == kBatch && training), grad_z_slope(slope, activation));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
