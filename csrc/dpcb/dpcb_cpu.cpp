@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <tuple>
@@ -31,6 +32,61 @@ void check_cpu_float(const at::Tensor& t, const char* name) {
               " must be float32 or float64, got ", t.scalar_type());
 }
 
+// The loops over one contiguous run of n elements, each its own multi-ISA function
+// (cpu_isa.h). Written inline inside the parallel lambdas, GCC left some of them scalar (a
+// conditional load, a LeakyReLU select kept as a branch); as plain-pointer functions every
+// one vectorises.
+template <typename T>
+BSR_CLONES void leaky_relu_run(T* x, int64_t n, T slope) {
+  BSR_SIMD
+  for (int64_t e = 0; e < n; ++e) x[e] = leaky_relu_element(x[e], slope);
+}
+
+template <typename T>
+BSR_CLONES void leaky_relu_grad_run(T* grad, const T* out, int64_t n, T slope) {
+  BSR_SIMD
+  for (int64_t e = 0; e < n; ++e) grad[e] = leaky_relu_grad_element(grad[e], out[e], slope);
+}
+
+// out = x + f1 * f2, elementwise (also grad_f2 = grad_cond + grad_img * f1)
+template <typename T>
+BSR_CLONES void modulate_run(const T* x, const T* f1, const T* f2, T* out, int64_t n) {
+  BSR_SIMD
+  for (int64_t e = 0; e < n; ++e) out[e] = modulate_element(x[e], f1[e], f2[e]);
+}
+
+// out = x + f1 * f2 with one f2 for the run (the Restorer's 1 x 1 condition)
+template <typename T>
+BSR_CLONES void modulate_scalar_run(const T* x, const T* f1, T f2, T* out, int64_t n) {
+  BSR_SIMD
+  for (int64_t e = 0; e < n; ++e) out[e] = modulate_element(x[e], f1[e], f2);
+}
+
+// out = a * b
+template <typename T>
+BSR_CLONES void multiply_run(const T* a, const T* b, T* out, int64_t n) {
+  BSR_SIMD
+  for (int64_t e = 0; e < n; ++e) out[e] = a[e] * b[e];
+}
+
+template <typename T>
+BSR_CLONES void scale_run(const T* a, T scale, T* out, int64_t n) {
+  BSR_SIMD
+  for (int64_t e = 0; e < n; ++e) out[e] = a[e] * scale;
+}
+
+// sum(grad_img * f1) over a run: the gradient of a 1 x 1 f2
+template <typename T, typename acc_t>
+BSR_CLONES acc_t grad_cond_scale_run(const T* grad_img, const T* f1, int64_t n) {
+  return grad_cond_scale_plane<T, acc_t>(grad_img, f1, 0, n, 1);
+}
+
+// body(begin, end) over equal chunks of [0, numel)
+template <typename F>
+void for_chunks(int64_t numel, const F& body) {
+  at::parallel_for(0, numel, kGrain, body);
+}
+
 void leaky_relu_cpu(at::Tensor& x, double slope) {
   count_call("_leaky_relu_.cpu");
   check_cpu_float(x, "x");
@@ -38,12 +94,7 @@ void leaky_relu_cpu(at::Tensor& x, double slope) {
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "leaky_relu_cpu", [&] {
     scalar_t* data = x.data_ptr<scalar_t>();
     const scalar_t s = static_cast<scalar_t>(slope);
-    at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      with_best_isa<scalar_t>([&]() BSR_LAMBDA_INLINE {
-        BSR_SIMD
-        for (int64_t e = begin; e < end; ++e) data[e] = leaky_relu_element(data[e], s);
-      });
-    });
+    for_chunks(x.numel(), [&](int64_t begin, int64_t end) { leaky_relu_run(data + begin, end - begin, s); });
   });
 }
 
@@ -57,12 +108,15 @@ void leaky_relu_backward_cpu(at::Tensor& grad, const at::Tensor& out_in, double 
     scalar_t* g = grad.data_ptr<scalar_t>();
     const scalar_t* o = out.data_ptr<scalar_t>();
     const scalar_t s = static_cast<scalar_t>(slope);
-    at::parallel_for(0, grad.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      with_best_isa<scalar_t>([&]() BSR_LAMBDA_INLINE {
-        BSR_SIMD
-        for (int64_t e = begin; e < end; ++e) g[e] = leaky_relu_grad_element(g[e], o[e], s);
-      });
-    });
+    for_chunks(grad.numel(), [&](int64_t begin, int64_t end) { leaky_relu_grad_run(g + begin, o + begin, end - begin, s); });
+  });
+}
+
+// planes of hw elements, several per parallel chunk when they are small
+template <typename F>
+void for_planes(int64_t planes, int64_t hw, const F& body) {
+  at::parallel_for(0, planes, std::max<int64_t>(1, kGrain / std::max<int64_t>(hw, 1)), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) body(p);
   });
 }
 
@@ -78,24 +132,16 @@ std::tuple<at::Tensor, at::Tensor> epilogue_cpu(const at::Tensor& x_in, const at
     const scalar_t *xd = x.data_ptr<scalar_t>(), *f1d = f1.data_ptr<scalar_t>();
     const scalar_t *xcd = xc.data_ptr<scalar_t>(), *f2d = f2.data_ptr<scalar_t>();
     scalar_t *od = out.data_ptr<scalar_t>(), *ocd = out_cond.data_ptr<scalar_t>();
-    at::parallel_for(0, planes, std::max<int64_t>(1, kGrain / std::max<int64_t>(hw, 1)), [&](int64_t p0, int64_t p1) {
-      with_best_isa<scalar_t>([&]() BSR_LAMBDA_INLINE {
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t base = p * hw;
-        if (pointwise) {  // f2 is one scalar per plane
-          const scalar_t scale = f2d[p];
-BSR_SIMD
-          for (int64_t e = base; e < base + hw; ++e) od[e] = modulate_element(xd[e], f1d[e], scale);
-          ocd[p] = xcd[p] + scale;
-        } else {
-BSR_SIMD
-          for (int64_t e = base; e < base + hw; ++e) {
-            od[e] = modulate_element(xd[e], f1d[e], f2d[e]);
-            ocd[e] = xcd[e] + f2d[e];
-          }
-        }
-      }
+    if (pointwise) {  // f2 is one scalar per plane
+      for_planes(planes, hw, [&](int64_t p) {
+        modulate_scalar_run(xd + p * hw, f1d + p * hw, f2d[p], od + p * hw, hw);
+        ocd[p] = xcd[p] + f2d[p];
       });
+      return;
+    }
+    for_chunks(x.numel(), [&](int64_t begin, int64_t end) {
+      modulate_run(xd + begin, f1d + begin, f2d + begin, od + begin, end - begin);
+      modulate_scalar_run(xcd + begin, f2d + begin, scalar_t(1), ocd + begin, end - begin);  // x_cond + f2
     });
   });
   return {out, out_cond};
@@ -112,43 +158,30 @@ std::tuple<at::Tensor, at::Tensor> epilogue_backward_cpu(const c10::optional<at:
   const at::Tensor f1 = f1_in.contiguous(), f2 = f2_in.contiguous();
   const bool has_gi = grad_img_in.has_value() && grad_img_in->defined();
   const bool has_gc = grad_cond_in.has_value() && grad_cond_in->defined();
-  const at::Tensor gi = has_gi ? grad_img_in->contiguous() : at::Tensor();
-  const at::Tensor gc = has_gc ? grad_cond_in->contiguous() : at::Tensor();
-  TORCH_CHECK(!has_gi || gi.sizes() == f1.sizes(), "_dpcb_epilogue_backward: grad_img must be ", f1.sizes());
-  TORCH_CHECK(!has_gc || gc.sizes() == f2.sizes(), "_dpcb_epilogue_backward: grad_cond must be ", f2.sizes());
+  TORCH_CHECK(!has_gi || grad_img_in->sizes() == f1.sizes(), "_dpcb_epilogue_backward: grad_img must be ", f1.sizes());
+  TORCH_CHECK(!has_gc || grad_cond_in->sizes() == f2.sizes(), "_dpcb_epilogue_backward: grad_cond must be ", f2.sizes());
+  // zero where there is no gradient (autograd leaves an unused output's gradient undefined)
+  const at::Tensor gc = has_gc ? grad_cond_in->contiguous() : at::zeros_like(f2);
+  if (!has_gi) return {at::zeros_like(f1), gc.clone()};
+  const at::Tensor gi = grad_img_in->contiguous();
   at::Tensor grad_f1 = at::empty_like(f1), grad_f2 = at::empty_like(f2);
   const int64_t planes = f1.size(0) * f1.size(1), hw = f1.size(2) * f1.size(3);
   AT_DISPATCH_FLOATING_TYPES(f1.scalar_type(), "dpcb_epilogue_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t *f1d = f1.data_ptr<scalar_t>(), *f2d = f2.data_ptr<scalar_t>();
-    const scalar_t* gid = has_gi ? gi.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* gcd = has_gc ? gc.data_ptr<scalar_t>() : nullptr;
+    const scalar_t *gid = gi.data_ptr<scalar_t>(), *gcd = gc.data_ptr<scalar_t>();
     scalar_t *g1 = grad_f1.data_ptr<scalar_t>(), *g2 = grad_f2.data_ptr<scalar_t>();
-    at::parallel_for(0, planes, std::max<int64_t>(1, kGrain / std::max<int64_t>(hw, 1)), [&](int64_t p0, int64_t p1) {
-      with_best_isa<scalar_t>([&]() BSR_LAMBDA_INLINE {
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t base = p * hw;
-        if (!has_gi) {
-          for (int64_t e = base; e < base + hw; ++e) g1[e] = 0;
-          if (pointwise) g2[p] = has_gc ? gcd[p] : scalar_t(0);
-          else for (int64_t e = base; e < base + hw; ++e) g2[e] = has_gc ? gcd[e] : scalar_t(0);
-          continue;
-        }
-        if (pointwise) {
-          const scalar_t scale = f2d[p];
-BSR_SIMD
-          for (int64_t e = base; e < base + hw; ++e) g1[e] = gid[e] * scale;
-          const acc_t sum = grad_cond_scale_plane<scalar_t, acc_t>(gid, f1d, base, base + hw, 1);
-          g2[p] = static_cast<scalar_t>(sum + (has_gc ? static_cast<acc_t>(gcd[p]) : acc_t(0)));
-        } else {
-BSR_SIMD
-          for (int64_t e = base; e < base + hw; ++e) {
-            g1[e] = gid[e] * f2d[e];
-            g2[e] = (has_gc ? gcd[e] : scalar_t(0)) + gid[e] * f1d[e];
-          }
-        }
-      }
+    if (pointwise) {
+      for_planes(planes, hw, [&](int64_t p) {
+        scale_run(gid + p * hw, f2d[p], g1 + p * hw, hw);
+        const acc_t sum = grad_cond_scale_run<scalar_t, acc_t>(gid + p * hw, f1d + p * hw, hw);
+        g2[p] = static_cast<scalar_t>(sum + static_cast<acc_t>(gcd[p]));
       });
+      return;
+    }
+    for_chunks(f1.numel(), [&](int64_t begin, int64_t end) {
+      multiply_run(gid + begin, f2d + begin, g1 + begin, end - begin);
+      modulate_run(gcd + begin, gid + begin, f1d + begin, g2 + begin, end - begin);
     });
   });
   return {grad_f1, grad_f2};
