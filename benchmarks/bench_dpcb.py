@@ -36,8 +36,15 @@ LeakyReLU is a oneDNN post-op of the conv), with 2 instead of 5 image-sized allo
   143 MB is ~30 us plus ~10 launches, the fused kernels 9 x 8.4 MB = 76 MB ~16 us in 4
   launches: the elementwise part is ~35-40% of the block on the GPU (~10% on CPU), and the
   fusion saves ~15-20% of the block's time (~25% with BF16 convs, which halve the conv time).
-Estimator shape (both paths 32 ch, full resolution, 3x3): the same ratios per path, with
-4 MiB tensors, and the condition path's epilogue is elementwise instead of a reduction.
+Estimator shape (both paths 32 ch, full resolution, 3x3; 4 MiB tensors): the condition path
+is image-sized too, so eager moves 28 units (LeakyReLUs 2+2, mul 3, add 3, condition add 3,
+grad_f1 3, grad_img*f1 3, + grad_cond 3, LeakyReLU backwards 3+3) and bsrops 18 (epilogue:
+read x_img, f1, x_cond, f2, write both outputs = 6; its backward: read grad_img, f2,
+grad_cond, f1, write grad_f1, grad_f2 = 6; LeakyReLU backwards 3+3): a bandwidth-bound
+ratio of 28/18 = 1.56x, below the issue's 2x; more than that is only measured when eager's
+extra allocations cost page faults (glibc's default malloc returns large blocks to the OS;
+with GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...:glibc.malloc.trim_threshold=... set high,
+or jemalloc/tcmalloc, they do not, and the measured ratios settle near the traffic ratios).
 
 extra_info: peak_extra_bytes (benchmarks/memory.py: a fresh subprocess, peak RSS during one
 call minus the RSS before it).
