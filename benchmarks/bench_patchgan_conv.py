@@ -17,11 +17,12 @@ The norm + activation work on 8 MiB tensors (y, out, grad_out, grad_y); in units
 such tensor read or written, eager runs ~13 (instance-norm statistics 1, normalise 2,
 LeakyReLU 2, LeakyReLU backward 3, norm backward reductions 2 + input gradient 3) and the
 fused kernels 6 (statistics 1, write out 1 - the 4 KB planes stay in L1 between the passes -,
-backward reduction pass 3, grad_y 1), with 2 instead of 4 tensor-sized allocations.
-- CPU (2 cores, measured in the issue #4 closing note): the conv is ~67-74% of the eager
-  block's forward+backward and the norm + activation ~25%; the fused part runs ~2x faster
-  than eager and on par with torch.compile (inductor generates the same one-pass kernels),
-  which makes the whole block ~1.2x faster.
+backward: read grad_out and out, write gz into grad_y's memory 3, then the reductions and
+grad_y in place from L1), with 2 instead of 4 tensor-sized allocations.
+- CPU (2 cores, measured in the issue #4 closing note): the conv is ~86% of the eager
+  block's forward+backward and the norm + activation ~7%; the fused part runs ~5x faster
+  than eager and on par with torch.compile (inductor generates the same one-pass kernels,
+  1.0-1.2x in our favour), which makes the whole block ~1.1x faster.
 - GPU roofline (H200: ~495 TFLOP/s dense TF32, 4.8 TB/s): the conv's 12.9 GFLOP take ~26 us
   ideal, ~40-50 us realistic; eager norm + activation 13 x 8.4 MB = 109 MB ~23 us plus ~8
   launches, fused 6 x 8.4 MB = 50 MB ~11 us in 2 launches: ~12 us of a ~65-75 us block,
