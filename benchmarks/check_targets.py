@@ -10,6 +10,12 @@ every provider gets enough samples. Peak extra memory comes from benchmarks/memo
 (a fresh subprocess per measurement). The cases are the ones benchmarks/bench_*.py
 time (paper shapes), so the table matches `pytest benchmarks --benchmark-only`.
 
+The ratios depend on the allocator: with glibc's default malloc, large freed blocks go back
+to the OS and every fresh tensor costs page faults, which weighs on the providers that
+allocate most (the eager references); GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967295:
+glibc.malloc.trim_threshold=4294967295 (or jemalloc / tcmalloc) removes that cost. The
+header line says which one a table was measured with.
+
 Adding the targets of a later issue: write a function `f(ctx) -> list[Result]` and
 decorate it with @target("issue #N: ..."); ctx.time(...) and ctx.memory(...) do the
 measuring. Paste the printed table into the issue's closing note.
@@ -335,6 +341,8 @@ def main(argv=None):
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bsrops {bsrops.build_info()}", flush=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"load average (1 min) at start: {load:.2f} on {os.cpu_count()} CPUs", flush=True)
+    # the allocator decides how much page faults cost the providers that allocate most
+    print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset: default glibc malloc)')}", flush=True)
     for title, fn in TARGETS:
         if args.only and not any(word.lower() in title.lower() for word in args.only):
             continue
