@@ -16,6 +16,7 @@ Exact resume: a checkpoint holds the networks, optimisers, schedulers, the loss 
 the step and the RNG states; the data stream is a function of (seed, step) only, and the
 DataLoader draws its worker seeds from its own generator, not from the global RNG.
 """
+import inspect
 import json
 import math
 import os
@@ -123,7 +124,10 @@ def load_checkpoint(path, device="cpu", overrides=()):
     for text in overrides:
         cfg = config_lib.Config(config_lib.merge(cfg.to_dict(), config_lib.parse_override(text)))
     cfg.device = device
-    method = methods.get(state["method"])(cfg, device, for_training=False)
+    method_class = methods.get(state["method"])
+    # methods written before the for_training argument keep loading (bsr/methods/base.py)
+    takes_flag = "for_training" in inspect.signature(method_class.__init__).parameters
+    method = method_class(cfg, device, for_training=False) if takes_flag else method_class(cfg, device)
     load_method_state(method, state, training=False)
     for net in method.nets.values():
         net.eval()

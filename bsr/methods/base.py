@@ -36,6 +36,7 @@ Additions (backward compatible; a method that ignores them keeps working):
 - `modcrop_multiple()` and `border(scale)` set the validation crop and the metric border.
 - `for_training` is False when engine.load_checkpoint builds the method for evaluation or
   inference: skip loss networks and weights the checkpoint replaces (see Method.__init__).
+  A method whose __init__ does not take the argument is built as before.
 """
 import contextlib
 
