@@ -14,7 +14,8 @@ The ratios depend on the allocator: with glibc's default malloc, large freed blo
 to the OS and every fresh tensor costs page faults, which weighs on the providers that
 allocate most (the eager references); GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967295:
 glibc.malloc.trim_threshold=4294967295 (or jemalloc / tcmalloc) removes that cost. The
-header line says which one a table was measured with.
+header line says which one a table was measured with. BSR_LIVE_MEMORY=1 measures peak memory
+as live tensors (benchmarks/memory.py), independent of the allocator's history.
 
 Adding the targets of a later issue: write a function `f(ctx) -> list[Result]` and
 decorate it with @target("issue #N: ..."); ctx.time(...) and ctx.memory(...) do the
@@ -342,7 +343,9 @@ def main(argv=None):
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"load average (1 min) at start: {load:.2f} on {os.cpu_count()} CPUs", flush=True)
     # the allocator decides how much page faults cost the providers that allocate most
-    print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset: default glibc malloc)')}", flush=True)
+    print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset: default glibc malloc)')}; memory children: "
+          f"{'live tensors (BSR_LIVE_MEMORY=1)' if os.environ.get('BSR_LIVE_MEMORY') == '1' else 'as configured'}",
+          flush=True)
     for title, fn in TARGETS:
         if args.only and not any(word.lower() in title.lower() for word in args.only):
             continue
