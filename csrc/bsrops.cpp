@@ -88,16 +88,18 @@ TORCH_LIBRARY(bsrops, m) {
   m.def("_dpcb_epilogue_backward(Tensor? grad_img, Tensor? grad_cond, Tensor f1, Tensor f2) -> (Tensor, Tensor)");
 
   // patchgan_conv: conv + bias + norm (none | instance | batch) + optional LeakyReLU. Returns
-  // (out, y = conv output, mean, rstd, new running_mean, new running_var). Functional (autograd
-  // formulas need that): the Python wrapper writes the new running statistics into the buffers.
+  // (out, y = conv output, mean, rstd, new running_mean, new running_var). Functional: the Python
+  // wrapper writes the new running statistics into the buffers. A composite of the conv and
+  // patchgan_norm_act (out, mean, rstd, new running_mean, new running_var), which carries the
+  // autograd formula: two autograd nodes, so y is released before the conv's backward.
   m.def(
       "patchgan_conv(Tensor x, Tensor weight, Tensor? bias, int stride, int padding, str norm, Tensor? norm_weight, "
       "Tensor? norm_bias, Tensor? running_mean, Tensor? running_var, bool training, float momentum, "
       "float eps, float negative_slope, bool activation) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "_patchgan_conv_backward(Tensor grad_out, Tensor x, Tensor weight, int stride, int padding, str norm, "
-      "Tensor? norm_weight, Tensor y, Tensor out, Tensor mean, Tensor rstd, bool training, float negative_slope, "
-      "bool activation, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "patchgan_norm_act(Tensor y, Tensor? norm_weight, Tensor? norm_bias, Tensor? running_mean, "
+      "Tensor? running_var, str norm, bool training, float momentum, float eps, float negative_slope, "
+      "bool activation) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Its fused kernels: norm statistics + affine + activation, and their backward.
   m.def(
       "_patchgan_norm_act(Tensor y, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, Tensor(b!)? running_var, "

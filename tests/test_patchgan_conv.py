@@ -165,6 +165,8 @@ def test_opcheck(norm, training):
     torch.library.opcheck(torch.ops.bsrops.patchgan_conv.default,
                           (x, weight, None, 2, 1, norm, *affine, *running, training, 0.1, 1e-5, 0.2, True))
     y = torch.randn(2, 4, 5, 3, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.bsrops.patchgan_norm_act.default,  # carries the autograd formula
+                          (y.clone().requires_grad_(), *affine, *running, norm, training, 0.1, 1e-5, 0.2, True))
     torch.library.opcheck(torch.ops.bsrops._patchgan_norm_act.default,
                           (y, *[a.detach() for a in affine], *[r.clone() if r is not None else None for r in running],
                            norm, training, 0.1, 1e-5, 0.2, True))
