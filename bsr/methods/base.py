@@ -80,6 +80,14 @@ class Method:
         net = self.nets[name]
         return net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
 
+    def add_adam(self, name, params, lr):
+        """Adam over `params` as self.optimizers[name] (betas train.betas, default torch's) and its
+        MultiStepLR (train.milestones, train.gamma; stepped by the engine every iteration)."""
+        t = self.cfg.train
+        self.optimizers[name] = torch.optim.Adam(params, lr=lr, betas=tuple(t.get("betas", (0.9, 0.999))))
+        self.schedulers[name] = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizers[name], milestones=list(t.get("milestones", [])), gamma=t.get("gamma", 0.5))
+
     @contextlib.contextmanager
     def frozen(self, name):
         """The unwrapped network `name` with requires_grad off inside the block: a generator's

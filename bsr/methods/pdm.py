@@ -101,10 +101,7 @@ class PDM(Method):
             params = [q for q in net.parameters() if q.requires_grad]
             if not params:
                 continue
-            lr = (t.get("lr_d") or t.lr) if name in DISCRIMINATORS else t.lr
-            self.optimizers[name] = torch.optim.Adam(params, lr=lr, betas=tuple(t.get("betas", (0.9, 0.999))))
-            self.schedulers[name] = torch.optim.lr_scheduler.MultiStepLR(
-                self.optimizers[name], milestones=list(t.get("milestones", [])), gamma=t.get("gamma", 0.5))
+            self.add_adam(name, params, (t.get("lr_d") or t.lr) if name in DISCRIMINATORS else t.lr)
 
     # --------------------------------------------------------------------------- training
     def train_step(self, batch, step):

@@ -104,9 +104,7 @@ class USRNet(Method):
 
     def _add_net(self, name, net, lr):
         self.nets[name] = net.to(self.device)
-        self.optimizers[name] = torch.optim.Adam(net.parameters(), lr=lr)
-        self.schedulers[name] = torch.optim.lr_scheduler.MultiStepLR(
-            self.optimizers[name], milestones=list(self.cfg.train.milestones), gamma=self.cfg.train.gamma)
+        self.add_adam(name, net.parameters(), lr)
 
     def _build_usrgan(self, g):
         from bsrops.nn import PatchGANDiscriminator
