@@ -65,13 +65,17 @@ C10_HOST_DEVICE inline acc_t grad_y_element(acc_t gz, acc_t yhat, acc_t gamma_rs
 }  // namespace patchgan_conv
 }  // namespace bsrops
 
-// ---- host-side checks (CPU and CUDA entry points) ----
+// ---- host side (CPU and CUDA entry points): checks, allocation, parameter gradients ----
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
+#include <algorithm>
 #include <array>
 #include <string_view>
 #include <tuple>
+#include <vector>
 
 namespace bsrops {
 namespace patchgan_conv {
@@ -97,6 +101,73 @@ inline void check_channel_vector(const c10::optional<at::Tensor>& t, const at::T
   TORCH_CHECK(t->dim() == 1 && t->size(0) == y.size(1) && t->scalar_type() == y.scalar_type(), "patchgan_conv: ",
               name, " must be a (C,) = (", y.size(1), ",) tensor of dtype ", y.scalar_type(), ", got ", t->sizes(),
               " ", t->scalar_type());
+}
+
+// The forward's checked inputs and allocated outputs, the same on every device: y contiguous,
+// its groups, whether running statistics are tracked (read in eval, updated in training) and
+// whether the statistics come from the data; out and the per-group mean / rstd.
+struct ForwardSetup {
+  at::Tensor y, out, mean, rstd;
+  Groups g;
+  bool tracked, data_stats;
+};
+
+inline ForwardSetup forward_setup(const at::Tensor& y_in, const c10::optional<at::Tensor>& weight,
+                                  const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
+                                  const c10::optional<at::Tensor>& running_var, int norm, bool training) {
+  ForwardSetup f;
+  f.y = y_in.contiguous();
+  f.g = make_groups(f.y, norm);
+  for (const auto& [t, name] : {std::pair{&weight, "norm_weight"}, std::pair{&bias, "norm_bias"},
+                                std::pair{&running_mean, "running_mean"}, std::pair{&running_var, "running_var"}})
+    check_channel_vector(*t, f.y, name);
+  f.tracked = present(running_mean) && present(running_var);
+  TORCH_CHECK(present(running_mean) == present(running_var),
+              "patchgan_conv: give both running_mean and running_var or neither");
+  TORCH_CHECK(!f.tracked || (running_mean->is_contiguous() && running_var->is_contiguous()),
+              "patchgan_conv: running statistics must be contiguous");
+  f.data_stats = norm == kInstance || (norm == kBatch && (training || !f.tracked));
+  TORCH_CHECK(!(norm == kBatch && f.data_stats && f.g.size() <= 1 && training),
+              "patchgan_conv: batch norm in training mode needs more than one value per channel, got ", f.y.sizes());
+  f.out = at::empty_like(f.y);
+  const auto stat_shape = norm == kInstance ? std::vector<int64_t>{f.g.N, f.g.C}
+                                            : std::vector<int64_t>{norm == kBatch ? f.g.C : 0};
+  f.mean = at::empty(stat_shape, f.y.options());
+  f.rstd = at::empty(stat_shape, f.y.options());
+  return f;
+}
+
+// The backward's checked inputs and outputs: grad_out, y (out itself without a norm), out,
+// mean, rstd contiguous; grad_y (empty when not asked for); `sums` (2, groups) in float64 for
+// the per-group sum(gz) and sum(gz * yhat) that norm_param_grads turns into parameter grads.
+struct BackwardSetup {
+  at::Tensor grad, y, out, mean, rstd, grad_y, sums;
+  Groups g;
+  int64_t groups;
+  bool data_stats;
+};
+
+inline BackwardSetup backward_setup(const at::Tensor& grad_in, const at::Tensor& y_in, const at::Tensor& out_in,
+                                    const at::Tensor& mean_in, const at::Tensor& rstd_in,
+                                    const c10::optional<at::Tensor>& weight, int norm, bool training,
+                                    bool want_grad_y) {
+  BackwardSetup b;
+  b.grad = grad_in.contiguous();
+  b.out = out_in.contiguous();
+  b.y = norm == kNone ? b.out : y_in.contiguous();
+  b.g = make_groups(b.out, norm);
+  TORCH_CHECK(b.grad.sizes() == b.out.sizes() && b.y.sizes() == b.out.sizes(),
+              "_patchgan_norm_act_backward: grad_out, y and out must have one shape");
+  check_channel_vector(weight, b.out, "norm_weight");
+  b.mean = mean_in.contiguous();
+  b.rstd = rstd_in.contiguous();
+  b.groups = norm == kNone ? 0 : b.g.count();
+  TORCH_CHECK(b.mean.numel() == b.groups && b.rstd.numel() == b.groups,
+              "_patchgan_norm_act_backward: mean and rstd must hold ", b.groups, " values");
+  b.data_stats = norm == kInstance || (norm == kBatch && training);
+  b.grad_y = want_grad_y ? at::empty_like(b.out) : b.out.new_empty({0});
+  b.sums = at::empty({2, std::max<int64_t>(b.groups, 1)}, b.out.options().dtype(at::kDouble));
+  return b;
 }
 
 // (grad norm_weight, grad norm_bias) from the per-group sums of the backward, rows

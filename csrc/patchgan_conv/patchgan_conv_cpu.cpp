@@ -16,14 +16,12 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <array>
 #include <cmath>
 #include <tuple>
-#include <vector>
 
 #include "../call_counter.h"
 #include "../cpu_isa.h"
@@ -41,22 +39,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(
     c10::string_view norm_name, bool training, double momentum, double eps, double slope, bool activation) {
   count_call("_patchgan_norm_act.cpu");
   const int norm = parse_norm(norm_name);
-  const at::Tensor y = y_in.contiguous();
-  const Groups g = make_groups(y, norm);
-  for (const auto& [t, name] : {std::pair{&weight, "norm_weight"}, std::pair{&bias, "norm_bias"},
-                                std::pair{&running_mean, "running_mean"}, std::pair{&running_var, "running_var"}})
-    check_channel_vector(*t, y, name);
-  const bool tracked = present(running_mean) && present(running_var);
-  TORCH_CHECK(present(running_mean) == present(running_var), "patchgan_conv: give both running_mean and running_var or neither");
-  TORCH_CHECK(!tracked || (running_mean->is_contiguous() && running_var->is_contiguous()),
-              "patchgan_conv: running statistics must be contiguous");
-  const bool data_stats = norm == kInstance || (norm == kBatch && (training || !tracked));
-  TORCH_CHECK(!(norm == kBatch && data_stats && g.size() <= 1 && training),
-              "patchgan_conv: batch norm in training mode needs more than one value per channel, got ", y.sizes());
-  at::Tensor out = at::empty_like(y);
-  const auto stat_shape = norm == kInstance ? std::vector<int64_t>{g.N, g.C}
-                                            : std::vector<int64_t>{norm == kBatch ? g.C : 0};
-  at::Tensor mean = at::empty(stat_shape, y.options()), rstd = at::empty(stat_shape, y.options());
+  const ForwardSetup f = forward_setup(y_in, weight, bias, running_mean, running_var, norm, training);
+  const at::Tensor &y = f.y, &out = f.out, &mean = f.mean, &rstd = f.rstd;
+  const Groups g = f.g;
+  const bool tracked = f.tracked, data_stats = f.data_stats;
   if (y.numel() == 0 && norm != kBatch) return {out, mean, rstd};
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "patchgan_norm_act_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -180,21 +166,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cpu(
     double slope, bool activation, std::array<bool, 3> mask) {
   count_call("_patchgan_norm_act_backward.cpu");
   const int norm = parse_norm(norm_name);
-  const at::Tensor grad = grad_in.contiguous(), out = out_in.contiguous();
-  const at::Tensor y = norm == kNone ? out : y_in.contiguous();
-  const Groups g = make_groups(out, norm);
-  TORCH_CHECK(grad.sizes() == out.sizes() && y.sizes() == out.sizes(),
-              "_patchgan_norm_act_backward: grad_out, y and out must have one shape");
-  check_channel_vector(weight, out, "norm_weight");
-  const at::Tensor mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
-  const int64_t groups = norm == kNone ? 0 : g.count();
-  TORCH_CHECK(mean.numel() == groups && rstd.numel() == groups, "_patchgan_norm_act_backward: mean and rstd must hold ",
-              groups, " values");
-  const bool data_stats = norm == kInstance || (norm == kBatch && training);
-  at::Tensor grad_y = mask[0] ? at::empty_like(out) : out.new_empty({0});
+  const BackwardSetup b = backward_setup(grad_in, y_in, out_in, mean_in, rstd_in, weight, norm, training, mask[0]);
+  const at::Tensor &grad = b.grad, &y = b.y, &out = b.out, &mean = b.mean, &rstd = b.rstd, &grad_y = b.grad_y;
+  const Groups g = b.g;
+  const int64_t groups = b.groups;
+  const bool data_stats = b.data_stats;
   // gz (d loss / d z) is written first to grad_y's memory and turned into grad_y in place
   const at::Tensor gz_buffer = mask[0] ? grad_y : at::empty_like(out);
-  at::Tensor sums = at::empty({2, std::max<int64_t>(groups, 1)}, out.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "patchgan_norm_act_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t *gd = grad.data_ptr<scalar_t>(), *yd = y.data_ptr<scalar_t>(), *od = out.data_ptr<scalar_t>();
@@ -210,8 +188,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cpu(
     }
     const scalar_t *md = mean.data_ptr<scalar_t>(), *rd = rstd.data_ptr<scalar_t>();
     const scalar_t* wd = present(weight) ? weight->data_ptr<scalar_t>() : nullptr;
-    double* sum_gz = sums.data_ptr<double>();
-    double* sum_gz_yhat = sum_gz + sums.size(1);
+    double* sum_gz = b.sums.data_ptr<double>();
+    double* sum_gz_yhat = sum_gz + b.sums.size(1);
     const int64_t M = g.size();
     at::parallel_for(0, groups, group_grain(g), [&](int64_t g0, int64_t g1) {
       for (int64_t group = g0; group < g1; ++group) {
@@ -234,7 +212,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cpu(
       }
     });
   });
-  const auto [grad_weight, grad_bias] = norm_param_grads(sums, g, norm, mask, out);  // in a fixed order
+  const auto [grad_weight, grad_bias] = norm_param_grads(b.sums, g, norm, mask, out);  // in a fixed order
   return {grad_y, grad_weight, grad_bias};
 }
 

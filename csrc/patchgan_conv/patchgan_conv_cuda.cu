@@ -10,8 +10,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <ATen/ops/sum.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -21,7 +19,6 @@
 #include <algorithm>
 #include <array>
 #include <tuple>
-#include <vector>
 
 #include "../call_counter.h"
 #include "patchgan_conv.h"
@@ -162,21 +159,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_cuda(
   TORCH_CHECK(y_in.is_cuda(), "patchgan_conv (cuda): y must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(y_in.device());
   const int norm = parse_norm(norm_name);
-  const at::Tensor y = y_in.contiguous();
-  const Groups g = make_groups(y, norm);
-  check_channel_vector(weight, y, "norm_weight");
-  check_channel_vector(bias, y, "norm_bias");
-  check_channel_vector(running_mean, y, "running_mean");
-  check_channel_vector(running_var, y, "running_var");
-  const bool tracked = present(running_mean) && present(running_var);
-  TORCH_CHECK(!tracked || (running_mean->is_contiguous() && running_var->is_contiguous()),
-              "patchgan_conv: running statistics must be contiguous");
-  ForwardParams p{g, norm == kInstance || (norm == kBatch && (training || !tracked)), training, tracked, activation,
-                  momentum, eps, slope};
-  at::Tensor out = at::empty_like(y);
-  const auto stat_shape = norm == kInstance ? std::vector<int64_t>{g.N, g.C}
-                                            : std::vector<int64_t>{norm == kBatch ? g.C : 0};
-  at::Tensor mean = at::empty(stat_shape, y.options()), rstd = at::empty(stat_shape, y.options());
+  const ForwardSetup f = forward_setup(y_in, weight, bias, running_mean, running_var, norm, training);
+  const at::Tensor &y = f.y, &out = f.out, &mean = f.mean, &rstd = f.rstd;
+  const Groups g = f.g;
+  const bool tracked = f.tracked;
+  ForwardParams p{g, f.data_stats, training, tracked, activation, momentum, eps, slope};
   const int64_t blocks = norm == kNone ? std::min<int64_t>((y.numel() + kThreads - 1) / kThreads, 65536) : g.count();
   if (blocks == 0) return {out, mean, rstd};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -200,18 +187,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cuda(
               "patchgan_conv (cuda): grad_out and out must be CUDA tensors on one device");
   const c10::cuda::CUDAGuard guard(out_in.device());
   const int norm = parse_norm(norm_name);
-  const at::Tensor grad = grad_in.contiguous(), out = out_in.contiguous();
-  const at::Tensor y = norm == kNone ? out : y_in.contiguous();
-  const Groups g = make_groups(out, norm);
-  TORCH_CHECK(grad.sizes() == out.sizes() && y.sizes() == out.sizes(),
-              "_patchgan_norm_act_backward: grad_out, y and out must have one shape");
-  check_channel_vector(weight, out, "norm_weight");
-  const at::Tensor mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
-  const int64_t groups = norm == kNone ? 0 : g.count();
-  TORCH_CHECK(mean.numel() == groups && rstd.numel() == groups, "_patchgan_norm_act_backward: mean and rstd must hold ",
-              groups, " values");
-  at::Tensor grad_y = mask[0] ? at::empty_like(out) : out.new_empty({0});
-  at::Tensor sums = at::empty({2, std::max<int64_t>(groups, 1)}, out.options().dtype(at::kDouble));
+  const BackwardSetup b = backward_setup(grad_in, y_in, out_in, mean_in, rstd_in, weight, norm, training, mask[0]);
+  const at::Tensor &grad = b.grad, &y = b.y, &out = b.out, &mean = b.mean, &rstd = b.rstd, &grad_y = b.grad_y;
+  const at::Tensor& sums = b.sums;
+  const Groups g = b.g;
+  const int64_t groups = b.groups;
   const int64_t blocks = norm == kNone ? std::min<int64_t>((out.numel() + kThreads - 1) / kThreads, 65536) : groups;
   if (blocks > 0 && (mask[0] || norm != kNone)) {
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -220,7 +200,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cuda(
           grad.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(),
           mean.const_data_ptr<scalar_t>(), rstd.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(weight),
           mask[0] ? grad_y.mutable_data_ptr<scalar_t>() : nullptr, sums.mutable_data_ptr<double>(), g,
-          norm == kInstance || (norm == kBatch && training), grad_z_slope(slope, activation));
+          b.data_stats, grad_z_slope(slope, activation));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
