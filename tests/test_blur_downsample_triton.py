@@ -5,31 +5,13 @@ subset of the case matrix runs the Triton kernels through the op itself (forward
 opcheck) against the float64 loop reference. The kernels are also compiled for sm_90 in a
 subprocess with TRITON_INTERPRET=0 (an interpreted kernel cannot be compiled).
 """
-import os
-
 import pytest
 import torch
 
 import bsrops
 from bsrops.reference.blur_downsample import blur_downsample_loop, blur_downsample_reference, geometry
 from tolerances import assert_close_to_float64
-from triton_sm90 import assert_compiles_for_sm90, jitted_kernels
-
-try:
-    import triton  # noqa: F401
-
-    TRITON_ERROR = None
-except ImportError as error:  # CPU-only torch wheels ship without triton
-    TRITON_ERROR = f"triton is not importable ({error})"
-
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def require_interpreter():
-    if TRITON_ERROR:
-        pytest.skip(TRITON_ERROR)
-    if not INTERPRETED:
-        pytest.skip("the Triton backend serves CPU tensors only with TRITON_INTERPRET=1 (set by tests/conftest.py)")
+from triton_sm90 import assert_compiles_for_sm90, jitted_kernels, require_interpreter, require_triton
 
 
 # n, c, height, width, k, stride, padding, layout, flip, dtype
@@ -201,8 +183,7 @@ def _pointer_overrides(constexprs):
 
 
 def test_compile_configs_cover_every_kernel():
-    if TRITON_ERROR:
-        pytest.skip(TRITON_ERROR)
+    require_triton()
     from bsrops.triton import blur_downsample as module
 
     names = {fn.__name__ for fn in module.KERNELS}
@@ -212,7 +193,6 @@ def test_compile_configs_cover_every_kernel():
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("name", sorted(COMPILE_CONFIGS))
 def test_triton_compiles_for_sm90(name, tmp_path):
-    if TRITON_ERROR:
-        pytest.skip(TRITON_ERROR)
+    require_triton()
     configs = [(dtype, constexprs, _pointer_overrides(constexprs)) for dtype, constexprs in COMPILE_CONFIGS[name]]
     assert_compiles_for_sm90("bsrops.triton.blur_downsample", name, configs, tmp_path)

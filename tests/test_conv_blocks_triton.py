@@ -4,32 +4,13 @@ Under TRITON_INTERPRET=1 (tests/conftest.py) the `triton` backend serves CPU ten
 ops' own paths (modules, autograd, opcheck) run the Triton fused kernels against the float64
 references. The kernels are also compiled for sm_90 in a subprocess with TRITON_INTERPRET=0.
 """
-import json
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
 
 import bsrops
 import test_dpcb as dp
 import test_patchgan_conv as pg
-
-try:
-    import triton  # noqa: F401
-
-    TRITON_ERROR = None
-except ImportError as error:
-    TRITON_ERROR = f"triton is not importable ({error})"
-
-
-def require_interpreter():
-    if TRITON_ERROR:
-        pytest.skip(TRITON_ERROR)
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("the Triton backend serves CPU tensors only with TRITON_INTERPRET=1 (set by tests/conftest.py)")
+from triton_sm90 import assert_compiles_for_sm90, require_interpreter, require_triton
 
 
 def assert_only_triton(delta, names):
@@ -130,36 +111,8 @@ COMPILE_CONFIGS = {
     },
 }
 
-COMPILE_SCRIPT = textwrap.dedent("""
-    import importlib, json, sys
-    import triton
-    from triton.backends.compiler import GPUTarget
-
-    module = importlib.import_module("bsrops.triton." + sys.argv[1])
-    name, configs = sys.argv[2], json.loads(sys.argv[3])
-    fn = getattr(module, name)
-    results = []
-    for dtype, constexprs in configs:
-        signature = {}
-        for arg in fn.arg_names:
-            if arg in constexprs:
-                signature[arg] = "constexpr"
-            elif arg == "sums_ptr":
-                signature[arg] = "*fp32"
-            elif arg.endswith("_ptr"):
-                signature[arg] = "*" + dtype
-            else:
-                signature[arg] = "i32"
-        compiled = triton.compile(triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs),
-                                  target=GPUTarget("cuda", 90, 32))
-        results.append(".target sm_90" in compiled.asm["ptx"] and len(compiled.asm.get("cubin", b"")) > 0)
-    print("RESULT " + json.dumps(results))
-""")
-
-
 def test_compile_configs_cover_every_kernel():
-    if TRITON_ERROR:
-        pytest.skip(TRITON_ERROR)
+    require_triton()
     import importlib
 
     for module_name, configs in COMPILE_CONFIGS.items():
@@ -170,13 +123,6 @@ def test_compile_configs_cover_every_kernel():
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("module,name", [(m, n) for m, kernels in COMPILE_CONFIGS.items() for n in kernels])
 def test_triton_compiles_for_sm90(module, name, tmp_path):
-    if TRITON_ERROR:
-        pytest.skip(TRITON_ERROR)
-    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp_path / "cache")}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT, module, name,
-                           json.dumps(COMPILE_CONFIGS[module][name])],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=110)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert line and all(json.loads(line[-1][len("RESULT "):])), proc.stdout[-2000:]
+    require_triton()
+    configs = [(dtype, constexprs, {"sums_ptr": "fp32"}) for dtype, constexprs in COMPILE_CONFIGS[module][name]]
+    assert_compiles_for_sm90("bsrops.triton." + module, name, configs, tmp_path, timeout=110)

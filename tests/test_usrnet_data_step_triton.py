@@ -5,8 +5,6 @@ op itself (forward, autograd) runs the Triton kernels against the official formu
 float64 (tiny shapes: the interpreter runs the alias loops in Python). The kernels are also
 compiled for sm_90 in a subprocess with TRITON_INTERPRET=0.
 """
-import os
-
 import pytest
 import torch
 
@@ -14,21 +12,7 @@ import bsrops
 from bsrops.reference import usrnet_data_step as ref
 from test_usrnet_data_step import assert_fixed_chain_matches_official, calls_delta, forward_and_grads, make_inputs
 from tolerances import FLOAT32_RTOL, assert_close_to_float64, relative_error
-from triton_sm90 import assert_compiles_for_sm90, jitted_kernels
-
-try:
-    import triton  # noqa: F401
-
-    TRITON_ERROR = None
-except ImportError as error:  # CPU-only torch wheels ship without triton
-    TRITON_ERROR = f"triton is not importable ({error})"
-
-
-def require_interpreter():
-    if TRITON_ERROR:
-        pytest.skip(TRITON_ERROR)
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("the Triton backend serves CPU tensors only with TRITON_INTERPRET=1 (set by tests/conftest.py)")
+from triton_sm90 import assert_compiles_for_sm90, jitted_kernels, require_interpreter, require_triton
 
 
 # n, c, h, w, scale, kh, kw, layout, dtype
@@ -132,8 +116,7 @@ COMPILE_CONFIGS = {
 
 
 def test_compile_configs_cover_every_kernel():
-    if TRITON_ERROR:
-        pytest.skip(TRITON_ERROR)
+    require_triton()
     from bsrops.triton import usrnet_data_step as module
 
     assert {fn.__name__ for fn in module.KERNELS} == jitted_kernels(module) == set(COMPILE_CONFIGS)
@@ -142,7 +125,6 @@ def test_compile_configs_cover_every_kernel():
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("name", sorted(COMPILE_CONFIGS))
 def test_triton_compiles_for_sm90(name, tmp_path):
-    if TRITON_ERROR:
-        pytest.skip(TRITON_ERROR)
+    require_triton()
     configs = [(dtype, constexprs, {}) for dtype, constexprs in COMPILE_CONFIGS[name]]
     assert_compiles_for_sm90("bsrops.triton.usrnet_data_step", name, configs, tmp_path, timeout=110)

@@ -1,4 +1,5 @@
-"""The sm_90 compile check of Triton kernels, shared by the op test files.
+"""Triton test helpers shared by the op test files: skips when triton is missing or the
+interpreter is off, and the sm_90 compile check.
 
 An interpreted @triton.jit function cannot be compiled, so the kernels are compiled in a
 subprocess with TRITON_INTERPRET=0, for GPUTarget("cuda", 90, 32); no GPU is needed.
@@ -10,6 +11,27 @@ import os
 import subprocess
 import sys
 import textwrap
+
+import pytest
+
+try:
+    import triton  # noqa: F401
+
+    TRITON_ERROR = None
+except ImportError as error:  # CPU-only torch wheels ship without triton
+    TRITON_ERROR = f"triton is not importable ({error})"
+
+
+def require_triton():
+    if TRITON_ERROR:
+        pytest.skip(TRITON_ERROR)
+
+
+def require_interpreter():
+    """The Triton backend serves CPU tensors only under TRITON_INTERPRET=1 (tests/conftest.py sets it)."""
+    require_triton()
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the Triton backend serves CPU tensors only with TRITON_INTERPRET=1 (set by tests/conftest.py)")
 
 COMPILE_SCRIPT = textwrap.dedent("""
     import importlib, json, sys
