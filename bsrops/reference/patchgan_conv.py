@@ -1,8 +1,9 @@
 """References for bsrops.patchgan_conv (semantics: shared/DESIGN.md §3; structures:
 shared/spec/methods.md §1.2 (PDM-SR) and §2.2 (pix2pix NLayerDiscriminator as RealSR uses it)).
 
-- `patchgan_conv_reference`: the op in eager PyTorch (conv, F.instance_norm / F.batch_norm,
-  F.leaky_relu), with the op's four outputs; F.batch_norm updates the running statistics.
+- `norm_act_reference`: the fused kernel's part in eager PyTorch (F.instance_norm / F.batch_norm,
+  F.leaky_relu), the reference backend's `_patchgan_norm_act`; F.batch_norm updates the
+  running statistics it is given.
 - `NLayerDiscriminatorReference`, `PDMDiscriminatorReference`: the official layouts written
   from the documented structure, one nn.Sequential `model` (state-dict keys `model.{i}`).
 """
@@ -30,20 +31,6 @@ def norm_act_reference(y, norm_weight, norm_bias, running_mean, running_var, nor
         z = F.batch_norm(y, running_mean, running_var, norm_weight, norm_bias, use_batch, momentum, eps)
     out = F.leaky_relu(z, negative_slope) if activation else z
     return out, mean.detach(), rstd.detach()
-
-
-def patchgan_conv_reference(x, weight, bias, stride, padding, norm, norm_weight, norm_bias, running_mean,
-                            running_var, training, momentum, eps, negative_slope, activation):
-    """The op's outputs (out, y, mean, rstd, new running_mean, new running_var): y is the conv output
-    (empty for norm='none'), mean / rstd its statistics; the running statistics are updated on copies."""
-    y = F.conv2d(x, weight, bias, stride, padding)
-    updates = norm == "batch" and training and running_mean is not None
-    new_mean, new_var = (running_mean.clone(), running_var.clone()) if running_mean is not None else (None, None)
-    out, mean, rstd = norm_act_reference(y, norm_weight, norm_bias, new_mean, new_var, norm, training,
-                                         momentum, eps, negative_slope, activation)
-    empty = y.new_empty  # a fresh one per output: outputs must not alias
-    return (out, (empty(0) if norm == "none" else y.detach().clone()), mean, rstd,
-            new_mean if updates else empty(0), new_var if updates else empty(0))
 
 
 def _norm_layer(norm, channels):
