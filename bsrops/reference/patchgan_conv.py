@@ -7,7 +7,6 @@ shared/spec/methods.md §1.2 (PDM-SR) and §2.2 (pix2pix NLayerDiscriminator as 
 - `NLayerDiscriminatorReference`, `PDMDiscriminatorReference`: the official layouts written
   from the documented structure, one nn.Sequential `model` (state-dict keys `model.{i}`).
 """
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
