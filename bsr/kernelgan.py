@@ -284,15 +284,22 @@ def estimate_kernel(image, iterations=3000, real_image=False, channels=64, seed=
     rng = np.random.default_rng(seed)
     gan = KernelGAN(channels, device, grouped_bicubic_loss)
     g_centres, d_centres = crop_centres(image, gan.d_crop, iterations, rng)
-    for it in tqdm(range(iterations), disable=not progress, ncols=60):
+    # in float32 with autograd also when called under no_grad / autocast (a training step building its pools)
+    with torch.enable_grad(), torch.autocast(torch.device(device).type, enabled=False):
+        _train(gan, image, g_centres, d_centres, rng, device, progress)
+    with torch.no_grad():
+        return final_kernels(gan.G.kernel(), n_filtering)
+
+
+def _train(gan, image, g_centres, d_centres, rng, device, progress):
+    """One G and one D update per pre-drawn pair of crops, then the schedule."""
+    for it in tqdm(range(len(g_centres)), disable=not progress, ncols=60):
         top, left = crop_corner(g_centres[it], CROP, image.shape)
         g_input = image[top:top + CROP, left:left + CROP]
         top, left = crop_corner(d_centres[it], gan.d_crop, image.shape)
         d_input = image[top:top + gan.d_crop, left:left + gan.d_crop] + rng.standard_normal((gan.d_crop,) * 2 + (3,)) / 255
         losses = gan.train_step(_to_tensor(g_input, device), _to_tensor(d_input, device))
         gan.schedule.update(it, losses["bicubic"], gan.lambdas, (gan.opt_g, gan.opt_d))
-    with torch.no_grad():
-        return final_kernels(gan.G.kernel(), n_filtering)
 
 
 def main(argv=None):

@@ -21,8 +21,12 @@ def train_dataset(cfg, data_kind):
     if d.hr and not d.lr:
         raise ValueError(f"method {cfg.method} trains on unpaired data: set data.lr to a folder of LR images")
     hr = ImageSet.from_folder(d.hr) if d.hr else demo_set.image_set(demo_set.UNPAIRED_HR)
-    lr = ImageSet.from_folder(d.lr) if d.lr else demo_set.unpaired_lr_set(d.scale)
-    return UnpairedCrops(hr, lr, d.hr_patch, d.scale)
+    return UnpairedCrops(hr, lr_images(cfg), d.hr_patch, d.scale)
+
+
+def lr_images(cfg):
+    """The target-domain LR images of an unpaired method: data.lr, or the embedded demo's."""
+    return ImageSet.from_folder(cfg.data.lr) if cfg.data.lr else demo_set.unpaired_lr_set(cfg.data.scale)
 
 
 def validation_items(cfg, method, folder=None):
@@ -58,4 +62,4 @@ def validation_items(cfg, method, folder=None):
 
 
 __all__ = ["HRCrops", "ImageError", "ImageSet", "SeededSampler", "UnpairedCrops", "collate_seeds", "demo_set",
-           "list_images", "read_image", "read_uint8", "train_dataset", "validation_items", "write_image"]
+           "list_images", "lr_images", "read_image", "read_uint8", "train_dataset", "validation_items", "write_image"]

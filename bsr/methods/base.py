@@ -41,6 +41,7 @@ Additions (backward compatible; a method that ignores them keeps working):
 import contextlib
 
 import torch
+import torch.nn.functional as F
 
 
 def load_net_state(path, name):
@@ -99,6 +100,27 @@ class Method:
             yield net
         finally:
             net.requires_grad_(True)
+
+    def srgan_step(self, generator, sr, hr, weights):
+        """ESRGAN's alternation (USRGAN, RealSR): the generator `generator` takes weights.pixel x L1 +
+        weights.perceptual x self.perceptual + weights.adversarial x self.adversarial (RaGAN through the
+        frozen "netD", D(real) detached), then "netD" takes the discriminator side on (hr, sr.detach()).
+        Terms with weight 0 are not computed (and without the adversarial term there is no D update)."""
+        logs = {"l1": F.l1_loss(sr, hr)}
+        loss = weights["pixel"] * logs["l1"]
+        if weights.get("perceptual"):
+            logs["perceptual"] = self.perceptual(sr, hr)
+            loss = loss + weights["perceptual"] * logs["perceptual"]
+        if weights.get("adversarial"):
+            with self.frozen("netD") as d:
+                logs["adversarial"] = self.adversarial(d(hr), d(sr))
+            loss = loss + weights["adversarial"] * logs["adversarial"]
+        self.optimize(loss, generator)
+        if weights.get("adversarial"):
+            d = self.nets["netD"]
+            logs["netD"] = self.adversarial(d(hr), d(sr.detach()), is_disc=True)
+            self.optimize(logs["netD"], "netD")
+        return {name: value.item() for name, value in logs.items()}
 
     def optimize(self, loss, *names):
         """Backward of `loss` and a step of the optimisers `names` (all if none given), with

@@ -143,24 +143,10 @@ class USRNet(Method):
             lr, kernels, sigma, scale = self.synthesize(hr, step)
         sr = self.nets["usrnet"](lr, kernels, scale, sigma).float()
         if self.gan:
-            return self._usrgan_step(sr, hr)
+            return self.srgan_step("usrnet", sr, hr, self.gan)
         loss = F.l1_loss(sr, hr)
         self.optimize(loss, "usrnet")
         return {"l1": loss.item()}
-
-    def _usrgan_step(self, sr, hr):
-        """Generator: weighted L1 + perceptual + RaGAN (through the frozen D, D(real) detached);
-        then the discriminator on (hr, sr.detach()), as ESRGAN / KAIR ModelGAN alternate them."""
-        g = self.gan
-        logs = {"l1": F.l1_loss(sr, hr), "perceptual": self.perceptual(sr, hr)}
-        with self.frozen("netD") as d:
-            logs["adversarial"] = self.adversarial(d(hr), d(sr))
-        loss = g.pixel * logs["l1"] + g.perceptual * logs["perceptual"] + g.adversarial * logs["adversarial"]
-        self.optimize(loss, "usrnet")
-        d = self.nets["netD"]
-        logs["netD"] = self.adversarial(d(hr), d(sr.detach()), is_disc=True)
-        self.optimize(logs["netD"], "netD")
-        return {name: value.item() for name, value in logs.items()}
 
     # ------------------------------------------------------------------ inference / evaluation
     @torch.no_grad()

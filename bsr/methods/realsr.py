@@ -1,0 +1,190 @@
+"""RealSR: "Real-World Super-Resolution via Kernel Estimation and Noise Injection" (Ji et al., CVPRW 2020;
+Tencent/Real-SR, spec/methods.md §2). ESRGAN trained on LR made by the source domain's own degradation.
+
+Data (`data.hr`: clean HR images; `data.lr`: the source-domain images whose degradation is unknown):
+- kernel pool (realsr.track "kernel", the DPED recipe): KernelGAN (bsr/kernelgan.py) on every source
+  image, its x4 (or x2) kernel; or the `*_kernel_x{s}.mat` files of `python -m bsr.kernelgan` in
+  `realsr.kernels`. Track "bicubic" (the DF2K recipe) uses MATLAB bicubic instead of kernels.
+- noise pool (`collect_noise.py`): the non-overlapping realsr.noise.patch windows of the source images
+  whose grey level (0..255) has variance < max_var and mean > min_mean.
+- each step: LR = correlate(HR, kernel) (scipy's half-sample symmetric border) keeping rows/cols
+  0, s, 2s, ... (bsrops.blur_downsample), 8-bit like the official LR files, then + a random noise
+  crop minus its per-channel mean, clamped to [0, 1]. The kernel gets a random dihedral transform:
+  the official pairs are made first and flipped/rotated afterwards, which transforms the kernel
+  with the image. HR crops carry realsr.margin extra pixels per side (the x4 kernel's radius) that
+  are cut after degradation, so the LR is what the official whole-image degradation gives.
+Training (`SRGAN_model.py`): RRDBNet; G: 0.01 L1 + 1 VGG19-conv5_4 (L1) + 0.005 RaGAN against the
+pix2pix NLayer PatchGAN with batch norm (the DPED yml; `bsrops.nn.PatchGANDiscriminator`), then
+the D update; Adam 1e-4 for both, halved at 5k/10k/20k/30k, batch 16, HR 128.
+Validation: SR, and the kernel pool's mean as "kernel_est" (compared with a known true kernel).
+
+Left out: the DF2K yml's VGG-128 discriminator (the patch D is used for both tracks); the
+clean-up (bicubic x1/2 of the source images that the official scripts use as HR: give such a
+folder as data.hr).
+"""
+import glob
+import os
+
+import numpy as np
+import scipy.io
+import torch
+
+from .. import degradations, kernelgan
+from ..archs.rrdb import RRDBNet
+from ..data import lr_images
+from ..losses import PerceptualLoss, RelativisticGANLoss
+from . import register
+from .base import Method, load_net_state
+
+TRACKS = ("kernel", "bicubic")
+
+
+def collect_noise(images, patch, max_var, min_mean):
+    """(M, 3, patch, patch) uint8 windows (stride patch) whose grey level is flat enough (RealSR collect_noise)."""
+    found = []
+    for index in range(len(images)):
+        _, image = images[index]
+        grey = image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        for top in range(0, image.shape[0] - patch + 1, patch):
+            for left in range(0, image.shape[1] - patch + 1, patch):
+                window = grey[top:top + patch, left:left + patch]
+                if window.var() < max_var and window.mean() > min_mean:
+                    found.append(torch.from_numpy(image[top:top + patch, left:left + patch].copy()).permute(2, 0, 1))
+    if not found:
+        raise ValueError(f"realsr: no {patch}x{patch} window of the source images has grey variance < {max_var} "
+                         f"and mean > {min_mean} (realsr.noise); lower the patch or raise max_var")
+    return torch.stack(found)
+
+
+def estimate_kernels(images, scale, opt):
+    """(K, k, k) float32: KernelGAN's x`scale` kernel of every source image."""
+    kernels = []
+    for index in range(len(images)):
+        name, image = images[index]
+        k2, k4 = kernelgan.estimate_kernel(image / 255.0, opt.iterations, opt.get("real_image", False),
+                                           opt.get("channels", 64), opt.get("seed", 0) + index)
+        kernels.append(torch.from_numpy(k4 if scale == 4 else k2))
+        print(f"realsr: KernelGAN kernel of {name}: {tuple(kernels[-1].shape)}", flush=True)
+    return _stack(kernels).float()
+
+
+def read_kernels(folder, scale):
+    """(K, k, k) float32 from the `*_kernel_x{scale}.mat` files of `python -m bsr.kernelgan`."""
+    files = sorted(glob.glob(os.path.join(folder, f"*_kernel_x{scale}.mat")))
+    if not files:
+        raise FileNotFoundError(f"realsr.kernels: no *_kernel_x{scale}.mat files in {folder!r}")
+    return _stack([torch.from_numpy(scipy.io.loadmat(f)["Kernel"]) for f in files]).float()
+
+
+def _stack(kernels):
+    """Kernels of different (odd) sizes zero-padded to the largest, centred."""
+    size = max(k.shape[-1] for k in kernels)
+    return torch.stack([torch.nn.functional.pad(k, [(size - k.shape[-1]) // 2] * 4) for k in kernels])
+
+
+def dihedral(kernel, mode):
+    """The kernel under transform `mode` in 0..7 (rotation by 90 * (mode % 4), then a flip if mode >= 4)."""
+    kernel = torch.rot90(kernel, mode % 4, (-2, -1))
+    return kernel.flip(-2) if mode >= 4 else kernel
+
+
+@register("realsr")
+class RealSR(Method):
+    data_kind = "unpaired"
+
+    def __init__(self, cfg, device, for_training=True):
+        super().__init__(cfg, device, for_training)
+        r, t = cfg.realsr, cfg.train
+        if r.track not in TRACKS:
+            raise ValueError(f"realsr.track must be one of {TRACKS}, got {r.track!r}")
+        if cfg.data.scale not in (2, 4):
+            raise ValueError(f"realsr: data.scale must be 2 or 4 (RRDBNet, KernelGAN's x2/x4 kernels), got {cfg.data.scale}")
+        if r.margin % cfg.data.scale or cfg.data.hr_patch <= 2 * r.margin:
+            raise ValueError(f"realsr.margin ({r.margin}) must be a multiple of data.scale and data.hr_patch "
+                             f"({cfg.data.hr_patch}) more than twice it")
+        g = r.generator
+        self.nets["netG"] = RRDBNet(nf=g.nf, nb=g.nb, gc=g.gc, upscale=cfg.data.scale).to(self.device)
+        if r.get("pretrained") and for_training:  # official: ESRGAN's RRDB_PSNR_x4
+            self.nets["netG"].load_state_dict(load_net_state(r.pretrained, "netG"))
+        self.add_adam("netG", self.nets["netG"].parameters(), t.lr)
+        self.weights = dict(r.loss)
+        if self.weights.get("adversarial"):
+            from bsrops.nn import PatchGANDiscriminator
+
+            d = r.discriminator
+            self.nets["netD"] = PatchGANDiscriminator.nlayer(3, d.ndf, d.n_layers, d.norm).to(self.device)
+            self.add_adam("netD", self.nets["netD"].parameters(), t.get("lr_d") or t.lr)
+            self.adversarial = RelativisticGANLoss("vanilla")
+        if self.weights.get("perceptual") and for_training:
+            self.perceptual = PerceptualLoss({"conv5_4": 1.0}, weights=r.get("vgg_weights") or True).to(self.device)
+        self.kernels = None  # the pools are built at the first step (or come with a checkpoint)
+        self.noise = None
+
+    # ------------------------------------------------------------------ degradation pools
+    def pools(self):
+        """(kernels (K, k, k) or None for track bicubic, noise patches (M, 3, P, P) uint8)."""
+        r, scale = self.cfg.realsr, self.cfg.data.scale
+        if self.noise is None:
+            self.noise = collect_noise(lr_images(self.cfg), r.noise.patch, r.noise.max_var, r.noise.min_mean)
+        if self.kernels is None and r.track == "kernel":
+            self.kernels = read_kernels(r.kernels, scale) if r.get("kernels") else \
+                estimate_kernels(lr_images(self.cfg), scale, r.kernelgan)
+        return self.kernels, self.noise
+
+    def degrade(self, hr, generators):
+        """HR batch -> 8-bit LR: blurred by a pool kernel (dihedral-transformed) and decimated, or bicubic.
+        One generator per sample."""
+        kernels, scale = self.pools()[0], self.cfg.data.scale
+        if kernels is None:
+            lr = degradations.imresize(hr, scale=1 / scale)
+        else:
+            picks = [dihedral(kernels[torch.randint(len(kernels), (1,), generator=g).item()],
+                              int(torch.randint(8, (1,), generator=g))) for g in generators]
+            lr = degradations.blur_downsample(hr, torch.stack(picks), scale, padding="symmetric")
+        return (lr.clamp(0, 1) * 255).round() / 255
+
+    def inject_noise(self, lr, generators):
+        """LR + a random crop of a random noise patch minus its per-channel mean, clamped to [0, 1]."""
+        noise = self.pools()[1]
+        height, width = lr.shape[-2:]
+        if noise.shape[-1] < max(height, width):
+            raise ValueError(f"realsr.noise.patch ({noise.shape[-1]}) must be at least the LR crop "
+                             f"({height}x{width}: (data.hr_patch - 2 x realsr.margin) / data.scale)")
+        crops = []
+        for g in generators:
+            patch = noise[torch.randint(len(noise), (1,), generator=g).item()].float() / 255
+            top = torch.randint(patch.shape[-2] - height + 1, (1,), generator=g).item()
+            left = torch.randint(patch.shape[-1] - width + 1, (1,), generator=g).item()
+            crop = patch[:, top:top + height, left:left + width]
+            crops.append(crop - crop.mean((1, 2), keepdim=True))
+        return (lr + torch.stack(crops).to(lr)).clamp(0, 1)
+
+    # ------------------------------------------------------------------ training
+    def train_step(self, batch, step):
+        hr = batch["hr"].to(self.device)
+        generators = [torch.Generator().manual_seed(int(seed)) for seed in batch["seed"]]
+        m, scale = self.cfg.realsr.margin, self.cfg.data.scale
+        with torch.no_grad():
+            lr = self.degrade(hr, generators)[..., m // scale:-(m // scale), m // scale:-(m // scale)]
+            lr = self.inject_noise(lr, generators)
+        sr = self.nets["netG"](lr)
+        return self.srgan_step("netG", sr, hr[..., m:-m, m:-m], self.weights)
+
+    # ------------------------------------------------------------------ inference / evaluation
+    @torch.no_grad()
+    def super_resolve(self, lr, kernel=None, noise_level=None):
+        return self.nets["netG"](lr)
+
+    @torch.no_grad()
+    def validate(self, item):
+        out = {"sr": self.super_resolve(item["lr"])}
+        if self.kernels is not None:
+            out["kernel_est"] = self.kernels.mean(0)
+        return out
+
+    def extra_state(self):
+        # KernelGAN is the slow part; the noise pool is rebuilt (a deterministic scan)
+        return {"kernels": self.kernels}
+
+    def load_extra_state(self, state):
+        self.kernels = state.get("kernels")
