@@ -1,7 +1,8 @@
 """RealSR: "Real-World Super-Resolution via Kernel Estimation and Noise Injection" (Ji et al., CVPRW 2020;
 Tencent/Real-SR, spec/methods.md §2). ESRGAN trained on LR made by the source domain's own degradation.
 
-Data (`data.hr`: clean HR images; `data.lr`: the source-domain images whose degradation is unknown):
+Data (`data.hr`: clean HR images; `data.lr`: the source-domain images whose degradation is unknown;
+an unpaired method for the engine, whose LR crops it does not use: it makes its own LR):
 - kernel pool (realsr.track "kernel", the DPED recipe): KernelGAN (bsr/kernelgan.py) on every source
   image, its x4 (or x2) kernel; or the `*_kernel_x{s}.mat` files of `python -m bsr.kernelgan` in
   `realsr.kernels`. Track "bicubic" (the DF2K recipe) uses MATLAB bicubic instead of kernels.
@@ -16,7 +17,8 @@ Data (`data.hr`: clean HR images; `data.lr`: the source-domain images whose degr
 Training (`SRGAN_model.py`): RRDBNet; G: 0.01 L1 + 1 VGG19-conv5_4 (L1) + 0.005 RaGAN against the
 pix2pix NLayer PatchGAN with batch norm (the DPED yml; `bsrops.nn.PatchGANDiscriminator`), then
 the D update; Adam 1e-4 for both, halved at 5k/10k/20k/30k, batch 16, HR 128.
-Validation: SR, and the kernel pool's mean as "kernel_est" (compared with a known true kernel).
+Validation: SR, and the kernel pool's mean as "kernel_est" (compared with a known true kernel, after
+moving it from KernelGAN's phase, the middle of the s x s cell, to bsr's, its upper-left pixel).
 
 Left out: the DF2K yml's VGG-128 discriminator (the patch D is used for both tracks); the
 clean-up (bicubic x1/2 of the source images that the official scripts use as HR: give such a
@@ -179,7 +181,10 @@ class RealSR(Method):
     def validate(self, item):
         out = {"sr": self.super_resolve(item["lr"])}
         if self.kernels is not None:
-            out["kernel_est"] = self.kernels.mean(0)
+            # KernelGAN centres a x s kernel on the middle of the s x s cell, bsr's kernels on its upper-left
+            # pixel: the pool's mean is moved to its grid centre before it is compared with a true kernel
+            mean = kernelgan.shift_kernel(self.kernels.mean(0).double().numpy(), scale=1)
+            out["kernel_est"] = torch.from_numpy(mean).float()
         return out
 
     def extra_state(self):
