@@ -1,6 +1,7 @@
 """bsr.methods.realsr: RealSR's degradation pools, the kernel + noise degradation, the training step
 and its state, checked against the official pipeline's definitions (shared/spec/methods.md §2)."""
 import copy
+import re
 import math
 
 import numpy as np
@@ -165,3 +166,17 @@ def test_psnr_stage_has_no_discriminator_and_pools_are_checkpointed(monkeypatch)
 def test_bad_configs_raise_clear_errors(override, message):
     with pytest.raises(ValueError, match=message):
         tiny_method(None, override)
+
+
+def test_pretrained_generator_loads_from_an_old_esrgan_state_dict(tmp_path):
+    source = tiny_method(None, "realsr.loss.adversarial=0").nets["netG"]
+    old_names = {}
+    for key, value in source.state_dict().items():  # the RRDB_PSNR_x4.pth layout (RealSR's starting point)
+        key = re.sub(r"^body\.(\d+)\.rdb(\d)\.", r"RRDB_trunk.\1.RDB\2.", key)
+        key = key.replace("conv_body.", "trunk_conv.").replace("conv_hr.", "HRconv.")
+        old_names[re.sub(r"^conv_up(\d)\.", r"upconv\1.", key)] = value
+    assert "RRDB_trunk.0.RDB1.conv1.weight" in old_names and "HRconv.weight" in old_names
+    torch.save(old_names, tmp_path / "rrdb_psnr.pth")
+    loaded = tiny_method(None, "realsr.loss.adversarial=0", f"realsr.pretrained={tmp_path / 'rrdb_psnr.pth'}")
+    for key, value in source.state_dict().items():
+        assert torch.equal(loaded.nets["netG"].state_dict()[key], value), key

@@ -23,7 +23,12 @@ class ResidualDenseBlock(nn.Module):
         super().__init__()
         for i in range(5):
             out = nf if i == 4 else gc
-            setattr(self, f"conv{i + 1}", nn.Conv2d(nf + i * gc, out, 3, 1, 1))
+            conv = nn.Conv2d(nf + i * gc, out, 3, 1, 1)
+            # ESRGAN / BasicSR: Kaiming-normal (fan in) scaled by 0.1, zero bias, for the dense block's convs
+            nn.init.kaiming_normal_(conv.weight)
+            conv.weight.data.mul_(0.1)
+            nn.init.zeros_(conv.bias)
+            setattr(self, f"conv{i + 1}", conv)
         self.lrelu = lrelu()
 
     def forward(self, x):

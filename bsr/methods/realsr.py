@@ -32,7 +32,7 @@ import scipy.io
 import torch
 
 from .. import degradations, kernelgan
-from ..archs.rrdb import RRDBNet
+from ..archs.rrdb import RRDBNet, load_old_esrgan
 from ..data import lr_images
 from ..losses import PerceptualLoss, RelativisticGANLoss
 from . import register
@@ -107,7 +107,7 @@ class RealSR(Method):
         g = r.generator
         self.nets["netG"] = RRDBNet(nf=g.nf, nb=g.nb, gc=g.gc, upscale=cfg.data.scale).to(self.device)
         if r.get("pretrained") and for_training:  # official: ESRGAN's RRDB_PSNR_x4
-            self.nets["netG"].load_state_dict(load_net_state(r.pretrained, "netG"))
+            self.nets["netG"].load_state_dict(load_old_esrgan(load_net_state(r.pretrained, "netG")))
         self.add_adam("netG", self.nets["netG"].parameters(), t.lr)
         self.weights = dict(r.loss)
         if self.weights.get("adversarial"):
