@@ -82,10 +82,11 @@ class Method:
         return net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
 
     def add_adam(self, name, params, lr):
-        """Adam over `params` as self.optimizers[name] (betas train.betas, default torch's) and its
+        """Adam over `params` as self.optimizers[name] (betas train.betas, default torch's; train.amsgrad) and its
         MultiStepLR (train.milestones, train.gamma; stepped by the engine every iteration)."""
         t = self.cfg.train
-        self.optimizers[name] = torch.optim.Adam(params, lr=lr, betas=tuple(t.get("betas", (0.9, 0.999))))
+        self.optimizers[name] = torch.optim.Adam(params, lr=lr, betas=tuple(t.get("betas", (0.9, 0.999))),
+                                                 amsgrad=bool(t.get("amsgrad", False)))
         self.schedulers[name] = torch.optim.lr_scheduler.MultiStepLR(
             self.optimizers[name], milestones=list(t.get("milestones", [])), gamma=t.get("gamma", 0.5))
 
@@ -122,11 +123,12 @@ class Method:
             self.optimize(logs["netD"], "netD")
         return {name: value.item() for name, value in logs.items()}
 
-    def optimize(self, loss, *names):
+    def optimize(self, loss, *names, zero_grad=True):
         """Backward of `loss` and a step of the optimisers `names` (all if none given), with
-        gradient clipping to train.grad_clip (global norm per optimiser; 0/None: off)."""
+        gradient clipping to train.grad_clip (global norm per optimiser; 0/None: off).
+        zero_grad=False adds to the gradients left by the previous call (USR_DA's inner steps)."""
         optimizers = [self.optimizers[n] for n in (names or self.optimizers)]
-        for optimizer in optimizers:
+        for optimizer in optimizers if zero_grad else ():
             optimizer.zero_grad(set_to_none=True)
         scaler = self.grad_scaler
         (scaler.scale(loss) if scaler else loss).backward()

@@ -64,7 +64,8 @@ def estimate_kernels(images, scale, opt):
     for index in range(len(images)):
         name, image = images[index]
         k2, k4 = kernelgan.estimate_kernel(image / 255.0, opt.iterations, opt.get("real_image", False),
-                                           opt.get("channels", 64), opt.get("seed", 0) + index)
+                                           opt.get("channels", 64), opt.get("seed", 0) + index,
+                                           grouped_bicubic_loss=opt.get("grouped_bicubic_loss", False))
         kernels.append(torch.from_numpy(k4 if scale == 4 else k2))
         print(f"realsr: KernelGAN kernel of {name}: {tuple(kernels[-1].shape)}", flush=True)
     return _stack(kernels).float()

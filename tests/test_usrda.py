@@ -1,0 +1,133 @@
+"""bsr.methods.usrda / bsr.archs.usrda: USR_DA's networks against module references written from the
+documented structure, and its training step's data flow (shared/spec/methods.md §3)."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bsr import config
+from bsr.archs.usrda import Encoder, IdentityDecoder, VGGDiscriminator
+from bsr.methods import usrda
+
+TINY = ["usrda.generator.nf=8", "usrda.generator.nb_id=1", "usrda.generator.nb_sr=1", "usrda.generator.gc=4",
+        "usrda.ndf=4", "train.batch_size=2"]
+
+
+def tiny_method(*overrides):
+    cfg = config.load("usrda", "smoke", overrides=TINY + list(overrides))
+    return usrda.USRDA(cfg, "cpu")
+
+
+def batch(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return {"hr": torch.rand(2, 3, 128, 128, generator=gen), "lr": torch.rand(2, 3, 32, 32, generator=gen),
+            "seed": torch.tensor([0, 1])}
+
+
+def reference_vgg_discriminator(in_nc, size, d):
+    """The repo's DiscriminatorVGG, as documented: plain Conv2d / BatchNorm2d / LeakyReLU layers."""
+    widths = [d, d, 2 * d, 2 * d, 4 * d, 4 * d, 8 * d, 8 * d, 8 * d, 8 * d]
+    layers = [nn.Conv2d(in_nc, d, 3, 1, 1), nn.LeakyReLU(0.2)]
+    for i in range(1, 10):
+        layers += [nn.Conv2d(widths[i - 1], widths[i], 3, 2 if i % 2 else 1, 1, bias=False), nn.BatchNorm2d(widths[i]),
+                   nn.LeakyReLU(0.2)]
+    return nn.Sequential(*layers), nn.Sequential(nn.Linear(8 * d * (size // 32) ** 2, 100), nn.LeakyReLU(0.2),
+                                                 nn.Linear(100, 1))
+
+
+def test_vgg_discriminator_matches_the_plain_layer_reference_forward_and_backward():
+    torch.manual_seed(0)
+    ours = VGGDiscriminator(3, 64, 4).double()
+    features, classifier = (m.double() for m in reference_vgg_discriminator(3, 64, 4))
+    convs = [m for m in features if isinstance(m, nn.Conv2d)]
+    norms = [m for m in features if isinstance(m, nn.BatchNorm2d)]
+    for block, conv in zip(ours.features, convs):
+        conv.load_state_dict(block.conv.state_dict())
+    for block, norm in zip(ours.features[1:], norms):
+        nn.init.normal_(block.norm.weight, 1, 0.1)
+        nn.init.normal_(block.norm.bias, 0, 0.1)
+        norm.load_state_dict(block.norm.state_dict())
+    classifier.load_state_dict(ours.classifier.state_dict())
+    x = torch.randn(3, 3, 64, 64, dtype=torch.float64)
+    x_ref = x.clone().requires_grad_()
+    x.requires_grad_()
+    out, expected = ours(x), classifier(features(x_ref).flatten(1))
+    assert out.shape == (3, 1)
+    torch.testing.assert_close(out, expected)
+    out.sum().backward()
+    expected.sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(ours.features[0].conv.weight.grad, convs[0].weight.grad)
+    torch.testing.assert_close(norms[-1].running_mean, ours.features[-1].norm.running_mean)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        VGGDiscriminator(3, 48)
+
+
+def test_encoder_and_identity_decoder_keep_the_lr_size_and_the_repos_names():
+    enc, dec = Encoder(16), IdentityDecoder(16, 3, 16, 2, 8)
+    x = torch.rand(2, 3, 20, 28)
+    feat = enc(x)
+    assert feat.shape == (2, 16, 20, 28) and dec(feat).shape == (2, 3, 20, 28)
+    assert [k for k in enc.state_dict() if k.endswith("weight")] == [f"conv_featmap.{i}.weight" for i in (0, 2, 4, 6, 8)]
+    assert {"conv_first.weight", "body.1.rdb3.conv5.weight", "conv_body.weight", "conv_hr.weight",
+            "conv_last.weight"} <= set(dec.state_dict())
+    assert isinstance(enc.conv_featmap[-1], nn.Conv2d)  # no activation after the last conv
+
+
+def test_training_step_feeds_the_bicubic_source_lr_and_trains_every_network():
+    torch.manual_seed(0)
+    method = tiny_method()
+    data = batch()
+    seen = []
+    hook = method.nets["model_Enc"].register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].detach()))
+    before = {name: copy.deepcopy(net.state_dict()) for name, net in method.nets.items()}
+    logs = method.train_step(data, step=0)
+    hook.remove()
+    x_s = F.interpolate(data["hr"], scale_factor=0.25, mode="bicubic", align_corners=False)  # no antialias
+    assert torch.equal(seen[0], data["lr"]) and torch.equal(seen[1], x_s)
+    assert set(logs) == {"D", "align", "rec", "res", "sty", "idt", "cyc", "G"}
+    assert all(math.isfinite(v) for v in logs.values())
+    for name, net in method.nets.items():
+        assert any(not torch.equal(before[name][k], v) for k, v in net.state_dict().items()), name
+    assert all(p.requires_grad for n in usrda.DISCRIMINATORS for p in method.nets[n].parameters())
+
+
+@pytest.mark.parametrize("accumulate, expected", [("true", [True, False]), ("false", [True, True])])
+def test_inner_generator_updates_accumulate_gradients_as_the_repo_by_default(monkeypatch, accumulate, expected):
+    method = tiny_method(f"usrda.accumulate_inner_grads={accumulate}")
+    calls = []
+    original = method.optimize
+    monkeypatch.setattr(method, "optimize", lambda loss, *names, zero_grad=True: (
+        calls.append((names, zero_grad)), original(loss, *names, zero_grad=zero_grad))[1])
+    method.train_step(batch(), step=0)
+    assert calls[0] == (("D",), True)
+    assert [zero for names, zero in calls[1:]] == expected and all(names == ("G",) for names, _ in calls[1:])
+
+
+def test_optimize_without_zero_grad_adds_to_the_previous_gradients():
+    method = tiny_method()
+    param = next(method.nets["model_Enc"].parameters())
+    method.optimizers["G"].param_groups[0]["lr"] = 0.0  # keep the weights: only the gradients matter here
+    method.optimize(param.sum(), "G")
+    once = param.grad.clone()
+    method.optimize(param.sum(), "G", zero_grad=False)
+    torch.testing.assert_close(param.grad, 2 * once)
+    method.optimize(param.sum(), "G")
+    torch.testing.assert_close(param.grad, once)
+
+
+def test_super_resolve_is_the_sr_decoder_of_the_encoded_lr():
+    method = tiny_method()
+    lr = torch.rand(1, 3, 12, 16)
+    with method.eval_mode():
+        sr = method.super_resolve(lr)
+        expected = method.nets["model_Dec_SR"](method.nets["model_Enc"](lr))
+    assert sr.shape == (1, 3, 48, 64) and torch.equal(sr, expected)
+
+
+def test_patch_size_must_suit_the_vgg_discriminators():
+    with pytest.raises(ValueError, match="multiple of 32 x data.scale"):
+        tiny_method("data.hr_patch=96")
