@@ -16,6 +16,7 @@ from bsr.data import ImageSet
 from bsr.data.transforms import augment
 from bsr.degradations import covariance, gaussian_kernels, imresize
 from bsr.methods import realsr
+from resume_check import run_split_and_once
 
 TINY = ["realsr.generator.nf=8", "realsr.generator.nb=1", "realsr.generator.gc=4", "realsr.discriminator.ndf=8",
         "realsr.discriminator.n_layers=2", "train.batch_size=2"]
@@ -180,3 +181,11 @@ def test_pretrained_generator_loads_from_an_old_esrgan_state_dict(tmp_path):
     loaded = tiny_method(None, "realsr.loss.adversarial=0", f"realsr.pretrained={tmp_path / 'rrdb_psnr.pth'}")
     for key, value in source.state_dict().items():
         assert torch.equal(loaded.nets["netG"].state_dict()[key], value), key
+
+
+def test_resume_is_bit_identical_and_reuses_the_checkpointed_kernel_pool(tmp_path, monkeypatch):
+    def forbid_kernelgan():
+        monkeypatch.setattr(realsr, "estimate_kernels", lambda *a: pytest.fail("KernelGAN must not rerun on resume"))
+
+    once, split = run_split_and_once(tmp_path, "realsr", TINY, forbid_kernelgan)
+    assert torch.equal(once["extra"]["kernels"], split["extra"]["kernels"])

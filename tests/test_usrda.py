@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from bsr import config
 from bsr.archs.usrda import Encoder, IdentityDecoder, VGGDiscriminator
 from bsr.methods import usrda
+from resume_check import run_split_and_once
 
 TINY = ["usrda.generator.nf=8", "usrda.generator.nb_id=1", "usrda.generator.nb_sr=1", "usrda.generator.gc=4",
         "usrda.ndf=4", "train.batch_size=2"]
@@ -131,3 +132,7 @@ def test_super_resolve_is_the_sr_decoder_of_the_encoded_lr():
 def test_patch_size_must_suit_the_vgg_discriminators():
     with pytest.raises(ValueError, match="multiple of 32 x data.scale"):
         tiny_method("data.hr_patch=96")
+
+
+def test_resume_is_bit_identical(tmp_path):
+    run_split_and_once(tmp_path, "usrda", TINY)
