@@ -18,6 +18,9 @@ def make_step(method_name, shape, backend):
     torch.manual_seed(0)
     method = methods.get(method_name)(cfg, "cpu")
     batch = {"hr": torch.rand(shape["batch"], 3, shape["patch"], shape["patch"]), "seed": torch.arange(shape["batch"])}
+    if method.data_kind == "unpaired":  # the target-domain LR crops
+        lr_patch = shape["patch"] // cfg.data.scale
+        batch["lr"] = torch.rand(shape["batch"], 3, lr_patch, lr_patch)
 
     def step():
         with bsrops.use_backend("reference") if backend == "reference" else contextlib.nullcontext():
