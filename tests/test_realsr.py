@@ -11,6 +11,7 @@ import scipy.ndimage
 import torch
 
 from bsr import config
+from bsr.archs.discriminators import VGGDiscriminator
 from bsr.archs.vgg import VGG19
 from bsr.data import ImageSet
 from bsr.data.transforms import augment
@@ -189,3 +190,14 @@ def test_resume_is_bit_identical_and_reuses_the_checkpointed_kernel_pool(tmp_pat
 
     once, split = run_split_and_once(tmp_path, "realsr", TINY, forbid_kernelgan)
     assert torch.equal(once["extra"]["kernels"], split["extra"]["kernels"])
+
+
+def test_df2k_discriminator_is_esrgans_vgg128_and_trains():
+    method = tiny_method(None, "realsr.discriminator.arch=vgg128")
+    d = method.nets["netD"]
+    assert isinstance(d, VGGDiscriminator) and d.features[1].conv.kernel_size == (4, 4)
+    method.kernels, method.noise = kernel_pool(), torch.full((2, 3, 16, 16), 128, dtype=torch.uint8)
+    logs = method.train_step({"hr": torch.rand(2, 3, 64, 64), "seed": torch.tensor([0, 1])}, step=0)
+    assert {"adversarial", "netD"} <= set(logs)
+    with pytest.raises(ValueError, match="realsr.discriminator.arch must be"):
+        tiny_method(None, "realsr.discriminator.arch=unet")

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bsr import config
-from bsr.archs.usrda import Encoder, IdentityDecoder, VGGDiscriminator
+from bsr.archs.usrda import Encoder, IdentityDecoder
 from bsr.methods import usrda
 from resume_check import run_split_and_once
 
@@ -26,45 +26,6 @@ def batch(seed=0):
     gen = torch.Generator().manual_seed(seed)
     return {"hr": torch.rand(2, 3, 128, 128, generator=gen), "lr": torch.rand(2, 3, 32, 32, generator=gen),
             "seed": torch.tensor([0, 1])}
-
-
-def reference_vgg_discriminator(in_nc, size, d):
-    """The repo's DiscriminatorVGG, as documented: plain Conv2d / BatchNorm2d / LeakyReLU layers."""
-    widths = [d, d, 2 * d, 2 * d, 4 * d, 4 * d, 8 * d, 8 * d, 8 * d, 8 * d]
-    layers = [nn.Conv2d(in_nc, d, 3, 1, 1), nn.LeakyReLU(0.2)]
-    for i in range(1, 10):
-        layers += [nn.Conv2d(widths[i - 1], widths[i], 3, 2 if i % 2 else 1, 1, bias=False), nn.BatchNorm2d(widths[i]),
-                   nn.LeakyReLU(0.2)]
-    return nn.Sequential(*layers), nn.Sequential(nn.Linear(8 * d * (size // 32) ** 2, 100), nn.LeakyReLU(0.2),
-                                                 nn.Linear(100, 1))
-
-
-def test_vgg_discriminator_matches_the_plain_layer_reference_forward_and_backward():
-    torch.manual_seed(0)
-    ours = VGGDiscriminator(3, 64, 4).double()
-    features, classifier = (m.double() for m in reference_vgg_discriminator(3, 64, 4))
-    convs = [m for m in features if isinstance(m, nn.Conv2d)]
-    norms = [m for m in features if isinstance(m, nn.BatchNorm2d)]
-    for block, conv in zip(ours.features, convs):
-        conv.load_state_dict(block.conv.state_dict())
-    for block, norm in zip(ours.features[1:], norms):
-        nn.init.normal_(block.norm.weight, 1, 0.1)
-        nn.init.normal_(block.norm.bias, 0, 0.1)
-        norm.load_state_dict(block.norm.state_dict())
-    classifier.load_state_dict(ours.classifier.state_dict())
-    x = torch.randn(3, 3, 64, 64, dtype=torch.float64)
-    x_ref = x.clone().requires_grad_()
-    x.requires_grad_()
-    out, expected = ours(x), classifier(features(x_ref).flatten(1))
-    assert out.shape == (3, 1)
-    torch.testing.assert_close(out, expected)
-    out.sum().backward()
-    expected.sum().backward()
-    torch.testing.assert_close(x.grad, x_ref.grad)
-    torch.testing.assert_close(ours.features[0].conv.weight.grad, convs[0].weight.grad)
-    torch.testing.assert_close(norms[-1].running_mean, ours.features[-1].norm.running_mean)
-    with pytest.raises(ValueError, match="multiple of 32"):
-        VGGDiscriminator(3, 48)
 
 
 def test_encoder_and_identity_decoder_keep_the_lr_size_and_the_repos_names():

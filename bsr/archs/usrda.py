@@ -6,10 +6,7 @@ Parameter names follow that code (`conv_featmap.{0,2,4,6,8}`, `conv_first`, `bod
 - `IdentityDecoder`: conv_first 64->64, RRDB blocks, conv_body (+ skip), conv_hr + LeakyReLU, conv_last -> 3;
   no upsampling (feature -> target-style LR image).
 - The SR decoder is ESRGAN's RRDBNet with a 64-channel input (bsr.archs.rrdb.RRDBNet(in_nc=64)).
-- `VGGDiscriminator`: ten 3x3 convs, 3->64 (bias, LeakyReLU) then [64 s2, 128, 128 s2, 256, 256 s2, 512,
-  512 s2, 512, 512 s2] each with batch norm + LeakyReLU (no bias) - built from bsrops.nn.PatchGANConv,
-  the fused conv + norm + activation op - then flatten -> Linear 100 -> LeakyReLU -> Linear 1.
-  The input side must be a multiple of 32.
+- The discriminators are bsr.archs.discriminators.VGGDiscriminator (3x3 convs throughout).
 """
 import torch.nn as nn
 
@@ -44,22 +41,3 @@ class IdentityDecoder(nn.Module):
         feat = self.conv_first(x)
         feat = feat + self.conv_body(self.body(feat))
         return self.conv_last(self.lrelu(self.conv_hr(feat)))
-
-
-class VGGDiscriminator(nn.Module):
-    def __init__(self, in_nc=3, image_size=128, d=64):
-        super().__init__()
-        from bsrops.nn import PatchGANConv
-
-        if image_size % 32:
-            raise ValueError(f"VGGDiscriminator: image_size must be a multiple of 32, got {image_size}")
-        widths = [d, d, 2 * d, 2 * d, 4 * d, 4 * d, 8 * d, 8 * d, 8 * d, 8 * d]
-        blocks = [PatchGANConv(in_nc, d, 3, 1, 1, "none")]
-        for i in range(1, 10):
-            blocks.append(PatchGANConv(widths[i - 1], widths[i], 3, 2 if i % 2 else 1, 1, "batch", bias=False))
-        self.features = nn.Sequential(*blocks)
-        self.classifier = nn.Sequential(nn.Linear(8 * d * (image_size // 32) ** 2, 100), nn.LeakyReLU(0.2),
-                                        nn.Linear(100, 1))
-
-    def forward(self, x):
-        return self.classifier(self.features(x).flatten(1))

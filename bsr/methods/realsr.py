@@ -15,14 +15,15 @@ an unpaired method for the engine, whose LR crops it does not use: it makes its 
   with the image. HR crops carry realsr.margin extra pixels per side (the x4 kernel's radius) that
   are cut after degradation, so the LR is what the official whole-image degradation gives.
 Training (`SRGAN_model.py`): RRDBNet; G: 0.01 L1 + 1 VGG19-conv5_4 (L1) + 0.005 RaGAN against the
-pix2pix NLayer PatchGAN with batch norm (the DPED yml; `bsrops.nn.PatchGANDiscriminator`), then
-the D update; Adam 1e-4 for both, halved at 5k/10k/20k/30k, batch 16, HR 128.
+discriminator, then the D update; Adam 1e-4 for both, halved at 5k/10k/20k/30k, batch 16, HR 128.
+Discriminator (realsr.discriminator.arch): "patch", the pix2pix NLayer PatchGAN with batch norm (the
+DPED yml; `bsrops.nn.PatchGANDiscriminator`), or "vgg128", ESRGAN's Discriminator_VGG_128 (the DF2K
+yml, preset paper-df2k; bsr.archs.discriminators), both on the fused bsrops.nn.PatchGANConv blocks.
 Validation: SR, and the kernel pool's mean as "kernel_est" (compared with a known true kernel, after
 moving it from KernelGAN's phase, the middle of the s x s cell, to bsr's, its upper-left pixel).
 
-Left out: the DF2K yml's VGG-128 discriminator (the patch D is used for both tracks); the
-clean-up (bicubic x1/2 of the source images that the official scripts use as HR: give such a
-folder as data.hr).
+Left out: the clean-up (bicubic x1/2 of the source images that the official scripts use as HR:
+give such a folder as data.hr).
 """
 import glob
 import os
@@ -32,6 +33,7 @@ import scipy.io
 import torch
 
 from .. import degradations, kernelgan
+from ..archs.discriminators import VGGDiscriminator
 from ..archs.rrdb import RRDBNet, load_old_esrgan
 from ..data import lr_images
 from ..losses import PerceptualLoss, RelativisticGANLoss
@@ -112,16 +114,24 @@ class RealSR(Method):
         self.add_adam("netG", self.nets["netG"].parameters(), t.lr)
         self.weights = dict(r.loss)
         if self.weights.get("adversarial"):
-            from bsrops.nn import PatchGANDiscriminator
-
-            d = r.discriminator
-            self.nets["netD"] = PatchGANDiscriminator.nlayer(3, d.ndf, d.n_layers, d.norm).to(self.device)
+            self.nets["netD"] = self.build_discriminator(r.discriminator, cfg.data.hr_patch - 2 * r.margin).to(self.device)
             self.add_adam("netD", self.nets["netD"].parameters(), t.get("lr_d") or t.lr)
             self.adversarial = RelativisticGANLoss("vanilla")
         if self.weights.get("perceptual") and for_training:
             self.perceptual = PerceptualLoss({"conv5_4": 1.0}, weights=r.get("vgg_weights") or True).to(self.device)
         self.kernels = None  # the pools are built at the first step (or come with a checkpoint)
         self.noise = None
+
+    @staticmethod
+    def build_discriminator(d, hr_size):
+        """arch "patch": the pix2pix NLayer PatchGAN (DPED yml); "vgg128": ESRGAN's Discriminator_VGG_128 (DF2K yml)."""
+        if d.arch == "patch":
+            from bsrops.nn import PatchGANDiscriminator
+
+            return PatchGANDiscriminator.nlayer(3, d.ndf, d.n_layers, d.norm)
+        if d.arch == "vgg128":
+            return VGGDiscriminator(3, hr_size, d.ndf, down_kernel=4)
+        raise ValueError(f"realsr.discriminator.arch must be 'patch' or 'vgg128', got {d.arch!r}")
 
     # ------------------------------------------------------------------ degradation pools
     def pools(self):

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from ..archs.rrdb import RRDBNet
-from ..archs.usrda import Encoder, IdentityDecoder, VGGDiscriminator
+from ..archs.discriminators import VGGDiscriminator
+from ..archs.usrda import Encoder, IdentityDecoder
 from ..losses import GANLoss, PerceptualLoss
 from . import register
 from .base import Method
