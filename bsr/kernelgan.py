@@ -280,12 +280,13 @@ def estimate_kernel(image, iterations=3000, real_image=False, channels=64, seed=
     if iterations < 1:
         raise ValueError(f"kernelgan: iterations must be >= 1, got {iterations}")
     image = prepare_image(np.asarray(image, dtype=np.float64), real_image)
-    torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    gan = KernelGAN(channels, device, grouped_bicubic_loss)
-    g_centres, d_centres = crop_centres(image, gan.d_crop, iterations, rng)
-    # in float32 with autograd also when called under no_grad / autocast (a training step building its pools)
-    with torch.enable_grad(), torch.autocast(torch.device(device).type, enabled=False):
+    # seeded init and D noise without moving the caller's RNG (a training run building its kernel pool);
+    # float32 with autograd also when called under no_grad / autocast
+    with torch.random.fork_rng(devices=[]), torch.enable_grad(), torch.autocast(torch.device(device).type, enabled=False):
+        torch.manual_seed(seed)
+        gan = KernelGAN(channels, device, grouped_bicubic_loss)
+        g_centres, d_centres = crop_centres(image, gan.d_crop, iterations, rng)
         _train(gan, image, g_centres, d_centres, rng, device, progress)
     with torch.no_grad():
         return final_kernels(gan.G.kernel(), n_filtering)

@@ -104,7 +104,7 @@ def image_metrics(sr, hr, border=0):
             for space in ("rgb", "y") for metric in (psnr, ssim)}
 
 
-def _fit(kernel, size):
+def centre_pad(kernel, size):
     """Zero-pad (N, k, k) symmetrically to (N, size, size); the centre tap k // 2 lands on size // 2 for odd sizes."""
     before = (size - kernel.shape[-1]) // 2
     after = size - kernel.shape[-1] - before
@@ -125,8 +125,8 @@ def kernel_error(estimate, target, max_shift=0):
         raise ValueError(f"kernel_error: kernels must be square, (k, k) or (N, k, k) with the same N, "
                          f"got {tuple(estimate.shape)} and {tuple(target.shape)}")
     size = max(estimate.shape[-1], target.shape[-1]) + 2 * max_shift
-    estimate = _fit(estimate / estimate.sum((1, 2), keepdim=True), size)
-    target = _fit(target / target.sum((1, 2), keepdim=True), size)
+    estimate = centre_pad(estimate / estimate.sum((1, 2), keepdim=True), size)
+    target = centre_pad(target / target.sum((1, 2), keepdim=True), size)
     shifts = range(-max_shift, max_shift + 1)
     errors = [(torch.roll(estimate, (dy, dx), (1, 2)) - target).abs().sum((1, 2)) for dy in shifts for dx in shifts]
     return torch.stack(errors).amin(0)

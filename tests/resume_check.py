@@ -1,4 +1,4 @@
-"""One check for every method: training 4 iterations at once and 2 + 2 with --resume give the same weights."""
+"""Exact-resume checks: training 4 iterations at once and 2 + 2 with --resume give the same weights."""
 import torch
 
 from bsr import config
@@ -19,7 +19,14 @@ def run_split_and_once(tmp_path, method, overrides, before_resume=None):
     assert Engine(cfg(4), str(tmp_path / "split"), resume=True).train() == "done"
     once, split = (torch.load(tmp_path / run / "checkpoints/last.pt", weights_only=False) for run in ("once", "split"))
     assert once["step"] == split["step"] == 4
-    for name in once["nets"]:
-        for key, value in once["nets"][name].items():
-            assert torch.equal(value, split["nets"][name][key]), (name, key)
+    assert_same_state(once["nets"], split["nets"])
     return once, split
+
+
+def assert_same_state(a, b):
+    """Two {network: state dict} mappings hold equal tensors under the same names."""
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].keys() == b[name].keys(), name
+        for key in a[name]:
+            assert torch.equal(a[name][key], b[name][key]), (name, key)

@@ -10,6 +10,7 @@ import torch
 from bsr.engine import Engine, NonFiniteLoss, atomic_save, load_checkpoint
 
 from bsr.data import write_image
+from resume_check import assert_same_state
 from toy_method import toy_config
 
 
@@ -23,13 +24,6 @@ def val_dir(tmp_path):
 
 def weights(path):
     return torch.load(path, map_location="cpu", weights_only=False)["nets"]
-
-
-def assert_same_state(a, b):
-    assert a.keys() == b.keys()
-    for name in a:
-        for key in a[name]:
-            assert torch.equal(a[name][key], b[name][key]), (name, key)
 
 
 def test_resume_is_bit_identical(tmp_path, val_dir):

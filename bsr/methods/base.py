@@ -43,6 +43,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from ..losses import PerceptualLoss, RelativisticGANLoss
+
 
 def load_net_state(path, name):
     """A network's state dict from a bsr checkpoint (nets[name]) or a bare state dict file."""
@@ -80,6 +82,21 @@ class Method:
         """self.nets[name] without a DDP wrapper."""
         net = self.nets[name]
         return net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
+
+    def add_net(self, name, net, lr):
+        """`net` on the method's device as self.nets[name], trained by its own Adam (add_adam)."""
+        self.nets[name] = net.to(self.device)
+        self.add_adam(name, net.parameters(), lr)
+
+    def add_srgan(self, make_discriminator, lr_d, weights, vgg_weights=None):
+        """What srgan_step uses: "netD" = make_discriminator() with its Adam and the RaGAN loss when
+        weights.adversarial, the VGG19 conv5_4 perceptual loss (L1, ImageNet input norm; training only,
+        it needs the weights file) when weights.perceptual."""
+        if weights.get("adversarial"):
+            self.add_net("netD", make_discriminator(), lr_d)
+            self.adversarial = RelativisticGANLoss("vanilla")
+        if weights.get("perceptual") and self.for_training:
+            self.perceptual = PerceptualLoss({"conv5_4": 1.0}, weights=vgg_weights or True).to(self.device)
 
     def add_adam(self, name, params, lr):
         """Adam over `params` as self.optimizers[name] (betas train.betas, default torch's; train.amsgrad) and its

@@ -36,7 +36,7 @@ from .. import degradations, kernelgan
 from ..archs.discriminators import VGGDiscriminator
 from ..archs.rrdb import RRDBNet, load_old_esrgan
 from ..data import lr_images
-from ..losses import PerceptualLoss, RelativisticGANLoss
+from ..metrics import centre_pad
 from . import register
 from .base import Method, load_net_state
 
@@ -84,7 +84,7 @@ def read_kernels(folder, scale):
 def _stack(kernels):
     """Kernels of different (odd) sizes zero-padded to the largest, centred."""
     size = max(k.shape[-1] for k in kernels)
-    return torch.stack([torch.nn.functional.pad(k, [(size - k.shape[-1]) // 2] * 4) for k in kernels])
+    return torch.cat([centre_pad(k[None], size) for k in kernels])
 
 
 def dihedral(kernel, mode):
@@ -108,17 +108,13 @@ class RealSR(Method):
             raise ValueError(f"realsr.margin ({r.margin}) must be a multiple of data.scale and data.hr_patch "
                              f"({cfg.data.hr_patch}) more than twice it")
         g = r.generator
-        self.nets["netG"] = RRDBNet(nf=g.nf, nb=g.nb, gc=g.gc, upscale=cfg.data.scale).to(self.device)
+        net = RRDBNet(nf=g.nf, nb=g.nb, gc=g.gc, upscale=cfg.data.scale)
         if r.get("pretrained") and for_training:  # official: ESRGAN's RRDB_PSNR_x4
-            self.nets["netG"].load_state_dict(load_old_esrgan(load_net_state(r.pretrained, "netG")))
-        self.add_adam("netG", self.nets["netG"].parameters(), t.lr)
+            net.load_state_dict(load_old_esrgan(load_net_state(r.pretrained, "netG")))
+        self.add_net("netG", net, t.lr)
         self.weights = dict(r.loss)
-        if self.weights.get("adversarial"):
-            self.nets["netD"] = self.build_discriminator(r.discriminator, cfg.data.hr_patch - 2 * r.margin).to(self.device)
-            self.add_adam("netD", self.nets["netD"].parameters(), t.get("lr_d") or t.lr)
-            self.adversarial = RelativisticGANLoss("vanilla")
-        if self.weights.get("perceptual") and for_training:
-            self.perceptual = PerceptualLoss({"conv5_4": 1.0}, weights=r.get("vgg_weights") or True).to(self.device)
+        self.add_srgan(lambda: self.build_discriminator(r.discriminator, cfg.data.hr_patch - 2 * r.margin),
+                       t.get("lr_d") or t.lr, self.weights, r.get("vgg_weights"))
         self.kernels = None  # the pools are built at the first step (or come with a checkpoint)
         self.noise = None
 

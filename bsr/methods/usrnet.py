@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from .. import degradations
 from ..archs.usrnet import USRNet as USRNetArch
 from ..archs.usrnet import init_identity_skip, init_orthogonal
-from ..losses import PerceptualLoss, RelativisticGANLoss
 from . import register
 from .base import Method, load_net_state
 
@@ -96,24 +95,18 @@ class USRNet(Method):
             init_identity_skip(net.p)
         if u.get("pretrained") and for_training:  # USRGAN starts from a trained USRNet, as ESRGAN from its PSNR model
             net.load_state_dict(load_net_state(u.pretrained, "usrnet"))
-        self._add_net("usrnet", net, cfg.train.lr)
+        self.add_net("usrnet", net, cfg.train.lr)
         self.gan = u.get("gan") if u.get("gan", {}).get("enabled") else None
         if self.gan:
             self._build_usrgan(self.gan)
         self.eval_kernels = {}
 
-    def _add_net(self, name, net, lr):
-        self.nets[name] = net.to(self.device)
-        self.add_adam(name, net.parameters(), lr)
-
     def _build_usrgan(self, g):
         from bsrops.nn import PatchGANDiscriminator
 
         d = g.discriminator
-        self._add_net("netD", PatchGANDiscriminator.nlayer(3, d.ndf, d.n_layers, d.norm), g.get("lr_d") or self.cfg.train.lr)
-        if self.for_training:
-            self.perceptual = PerceptualLoss({"conv5_4": 1.0}, weights=g.get("vgg_weights") or True).to(self.device)
-        self.adversarial = RelativisticGANLoss("vanilla")
+        self.add_srgan(lambda: PatchGANDiscriminator.nlayer(3, d.ndf, d.n_layers, d.norm), g.get("lr_d") or self.cfg.train.lr,
+                       g, g.get("vgg_weights"))
 
     # ------------------------------------------------------------------ training data
     def step_generator(self, step):
