@@ -7,44 +7,50 @@ Whole block, providers: reference (the official module structure, eager, in-plac
 LeakyReLU), compiled_reference (torch.compile of it), bsrops_cpu (bsrops.nn.DPCB); modes:
 forward (autograd recording), forward+backward (all input and parameter gradients),
 inference (torch.inference_mode).
-Fused part alone (`fused/*`, forward+backward): what runs around the four convolutions -
-both LeakyReLUs (in place), the modulation and both residual adds, and their backward
-(grad_f1, the reduced grad_f2, the two LeakyReLU backwards) - as the eager ops autograd
-runs (eager), torch.compile of those (compiled), and the kernels bsrops.dpcb runs
-(bsrops_cpu; on CPU float32 its forward LeakyReLUs are oneDNN post-ops of the first convs,
-so they are not separate passes there and not timed).
-The residual gradients (grad_out added to each conv's input gradient) are one add per path
-for everyone and not included. Also `convs`: the four convolutions alone, forward+backward,
+Fused part alone (`fused/*`, forward+backward): the work bsrops.dpcb does around its four
+convolutions, on the op's layouts (x_img, x_cond and the incoming gradients NCHW, the
+convolution side channels_last): x_img (and an image-sized x_cond) moved to channels_last
+for the first convolutions, forward and again backward; the modulation and both residual
+adds; their backward (grad_f1, the reduced grad_f2); the LeakyReLU backwards; the input
+gradients back to NCHW plus the residual gradient. Providers: that work as eager PyTorch
+ops (eager; its LeakyReLU forwards are their own passes), torch.compile of those
+(compiled), and the op's kernels (bsrops_cpu; on CPU float32 its forward LeakyReLUs are
+oneDNN post-ops of the first convs, so they are not separate passes there and not timed).
+Also `convs`: the four convolutions alone (NCHW, as eager runs them), forward+backward,
 for the conv share.
 
-Where the time goes and why the fusion helps. Restorer shape: a 3x3 64->64 conv on
-8x64x64 is 8*4096*64*64*9 = 1.21 GMAC; forward+backward runs the two image-path convs
-forward plus their data and weight gradients (the first conv's data gradient is needed for
-x_img): 6 conv-sized passes, 7.2 GMAC = 14.5 GFLOP (the 1x1 condition path is negligible).
-The elementwise part moves, in units of one 8 MiB image tensor read or written, 17 units in
-eager (LeakyReLU 2, mul 3, add 3, grad_f1 2, grad_img*f1 3 + its sum 1, LeakyReLU backward
-3) and 9 in bsrops (epilogue 3, its backward 3, LeakyReLU backward in place 3; the forward
-LeakyReLU is a oneDNN post-op of the conv), with 2 instead of 5 image-sized allocations.
+Where the time goes. Restorer shape: a 3x3 64->64 conv on 8x64x64 is 8*4096*64*64*9 =
+1.21 GMAC; forward+backward runs the two image-path convs forward plus their data and
+weight gradients (the first conv's data gradient is needed for x_img): 6 conv-sized passes,
+7.2 GMAC = 14.5 GFLOP (the 1x1 condition path is negligible). In units of one 8 MiB image
+tensor read or written, the eager NCHW block's elementwise part moves ~18 units (LeakyReLU
+2, modulation 2 + 3, grad_f1 2, grad_img*f1 2 + its sum 1, LeakyReLU backward 3, residual
+gradient 3), and oneDNN's NCHW convolutions reorder to and from their blocked layout inside
+(2 units per forward, 2-4 per backward, with 2 image-sized buffers per backward). The op
+moves 16 units (to channels_last 2 + 2, epilogue 3, its backward 3, LeakyReLU backward 3,
+gradient back to NCHW with the residual 3) and its channels_last convolutions reorder
+nothing. The fused part's 2-3x over the same work in eager ops comes from the transposes
+(torch's NCHW -> channels_last copy runs ~3 ms per 8 MiB, ours ~0.4 ms) and from fewer
+passes; what the block gains comes from the convolutions (a 64-channel 3x3 conv here: 10.7 vs
+11.7 ms forward, 24.6 vs 25.7 ms backward in channels_last, alone; more in the block, where
+the NCHW reorder buffers are fresh pages) and from the memory.
+Estimator shape (both paths 32 ch, full resolution, 3x3; 4 MiB tensors): the op moves 33
+units (to channels_last 4 + 4, epilogue 6, grad_f2 4, grad_f1 3, LeakyReLU backwards 6,
+gradients back 6) against the eager block's ~34: the transposes eat the fusion's savings, and
+at 32 channels channels_last convolutions gain less than at 64 (~3% forward), so the block
+runs at about eager's speed with 0.8x of its memory.
 - CPU (2 cores, measured by check_targets.py, see the issue #4 closing note): the convs are
-  85-92% of the eager block's forward+backward, the eager elementwise part ~10%; the fused
-  part runs ~2x faster than eager (17/9 units, fewer allocations), so the whole block gains
-  only a few percent. The 2x of the fused part is close to the traffic bound (17/9 = 1.9x
-  for the Restorer) - it is reached because the eager temporaries also cost allocations
-  and cache misses.
+  ~90% of the eager block's forward+backward.
 - GPU roofline (H200: ~495 TFLOP/s dense TF32, 4.8 TB/s HBM): the convs' 14.5 GFLOP take
-  ~30 us ideal, ~45-60 us at realistic cuDNN efficiency; eager elementwise 17 x 8.4 MB =
-  143 MB is ~30 us plus ~10 launches, the fused kernels 9 x 8.4 MB = 76 MB ~16 us in 4
-  launches: the elementwise part is ~35-40% of the block on the GPU (~10% on CPU), and the
-  fusion saves ~15-20% of the block's time (~25% with BF16 convs, which halve the conv time).
-Estimator shape (both paths 32 ch, full resolution, 3x3; 4 MiB tensors): the condition path
-is image-sized too, so eager moves 28 units (LeakyReLUs 2+2, mul 3, add 3, condition add 3,
-grad_f1 3, grad_img*f1 3, + grad_cond 3, LeakyReLU backwards 3+3) and bsrops 18 (epilogue:
-read x_img, f1, x_cond, f2, write both outputs = 6; its backward: read grad_img, f2,
-grad_cond, f1, write grad_f1, grad_f2 = 6; LeakyReLU backwards 3+3): a bandwidth-bound
-ratio of 28/18 = 1.56x, below the issue's 2x; more than that is only measured when eager's
-extra allocations cost page faults (glibc's default malloc returns large blocks to the OS;
-with GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...:glibc.malloc.trim_threshold=... set high,
-or jemalloc/tcmalloc, they do not, and the measured ratios settle near the traffic ratios).
+  ~30 us ideal, ~45-60 us at realistic cuDNN efficiency; eager elementwise 18 x 8.4 MB =
+  151 MB is ~31 us plus ~10 launches, the fused kernels 16 x 8.4 MB = 134 MB ~28 us in 7
+  launches, 9 units (~16 us) when the caller's tensors are channels_last already (no
+  transposes; cuDNN prefers NHWC for tensor cores): the elementwise part is ~35-40% of the
+  block on the GPU (~10% on CPU), and the fusion saves ~5-20% of the block's time.
+Whole-block timings on the 2-core CPU vary by +-15% between processes: page faults of
+freshly allocated tensors (glibc's default malloc returns large blocks to the OS) cost up to
+~10k faults per call; GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...:glibc.malloc.trim_threshold=...
+set high (or jemalloc/tcmalloc) removes them.
 
 extra_info: peak_extra_bytes (benchmarks/memory.py: a fresh subprocess, peak RSS during one
 call minus the RSS before it).
@@ -145,31 +151,55 @@ def make_case(kind, provider, mode, size):
 # ---- the fused part alone ----
 
 def eager_fused_part(x_img, a1, f1, x_cond, a2, f2, grad_img, grad_cond, grad_h1, grad_h2):
-    """The elementwise ops eager autograd runs around the convolutions, forward then backward."""
+    """The same work as bsrops_fused_part in eager PyTorch ops, on the same layouts (x_img, x_cond and
+    the incoming gradients NCHW, the convolution side channels_last), forward then backward, up to the
+    input gradients (conv gradient + residual gradient). Eager's LeakyReLU forward is its own pass."""
+    cl, nchw = torch.channels_last, torch.contiguous_format
+    relayouts = [t for t in (x_img, x_cond) if not t.is_contiguous(memory_format=cl)]
     h1 = F.leaky_relu(a1, SLOPE, inplace=True)
     h2 = F.leaky_relu(a2, SLOPE, inplace=True)
-    out_img, out_cond = x_img + f1 * f2, x_cond + f2
-    grad_f1 = grad_img * f2
+    for x in relayouts:
+        x.contiguous(memory_format=cl)
+    out_img, out_cond = (x_img + f1 * f2).contiguous(memory_format=nchw), (x_cond + f2).contiguous(memory_format=nchw)
+    grad_f1 = (grad_img * f2).contiguous(memory_format=cl)
     product = grad_img * f1
-    grad_f2 = (product.sum((2, 3), keepdim=True) if f2.shape != f1.shape else product) + grad_cond
+    grad_f2 = ((product.sum((2, 3), keepdim=True) if f2.shape != f1.shape else product) + grad_cond)
     grad_a1 = torch.ops.aten.leaky_relu_backward(grad_h1, h1, SLOPE, True)
     grad_a2 = torch.ops.aten.leaky_relu_backward(grad_h2, h2, SLOPE, True)
-    return out_img, out_cond, grad_f1, grad_f2, grad_a1, grad_a2
+    for x in relayouts:
+        x.contiguous(memory_format=cl)
+    # grad_a1, grad_a2 stand in for the first convolutions' input gradients
+    return (out_img, out_cond, grad_f1, grad_f2.contiguous(memory_format=cl),
+            (grad_a1 + grad_img).contiguous(memory_format=nchw), (grad_a2 + grad_cond).contiguous(memory_format=nchw))
 
 
 def bsrops_fused_part(x_img, a1, f1, x_cond, a2, f2, grad_img, grad_cond, grad_h1, grad_h2):
-    """The kernels bsrops.dpcb runs around its convolutions on CPU float32: the forward LeakyReLUs are
-    oneDNN post-ops of the first convolutions there (ops/_common.onednn_conv_leaky_relu), so they are
-    not separate passes; the op runs `_leaky_relu_` only where oneDNN is not used."""
+    """What bsrops.dpcb runs around its convolutions (ops/dpcb.py), on its layouts: x_img, x_cond and the
+    incoming gradients NCHW (the caller's), everything on the convolution side channels_last. The forward
+    LeakyReLUs are oneDNN post-ops of the first convolutions on CPU float32 (not separate passes there, not
+    timed); the inputs are moved to channels_last for the first convolutions, forward and again backward
+    (they are not kept: memory); the epilogue and its backward read and write each tensor in its layout;
+    the input gradients come back to NCHW with the residual gradient added in the same pass."""
     ops = torch.ops.bsrops
+    relayouts = [t for t in (x_img, x_cond) if not t.is_contiguous(memory_format=torch.channels_last)]
     if not uses_onednn_post_ops(a1):
         ops._leaky_relu_(a1, SLOPE)
         ops._leaky_relu_(a2, SLOPE)
+    for x in relayouts:  # forward: the first convolutions' inputs
+        ops._dpcb_relayout(x, None, True)
     out_img, out_cond = ops._dpcb_epilogue(x_img, f1, x_cond, f2)
-    grad_f1, grad_f2 = ops._dpcb_epilogue_backward(grad_img, grad_cond, f1, f2)
+    if f2.shape != f1.shape:
+        grad_f1, grad_f2 = ops._dpcb_epilogue_backward(grad_img, grad_cond, f1, f2, True)
+    else:
+        grad_f2 = ops._dpcb_epilogue_backward(grad_img, grad_cond, f1, None, True)[1]
+        grad_f1 = ops._dpcb_epilogue_backward(grad_img, grad_cond, None, f2, True)[0]
     ops._leaky_relu_backward_(grad_h1, a1, SLOPE)  # in place, as in the op's backward
     ops._leaky_relu_backward_(grad_h2, a2, SLOPE)
-    return out_img, out_cond, grad_f1, grad_f2, grad_h1, grad_h2
+    for x in relayouts:  # backward: the first convolutions' inputs for their weight gradients
+        ops._dpcb_relayout(x, None, True)
+    # grad_h1, grad_h2 stand in for the first convolutions' (channels_last) input gradients
+    return (out_img, out_cond, grad_f1, grad_f2, ops._dpcb_relayout(grad_h1, grad_img, False),
+            ops._dpcb_relayout(grad_h2, grad_cond, False))
 
 
 @functools.lru_cache(maxsize=None)
@@ -178,17 +208,19 @@ def _compiled_fused():
 
 
 def fused_inputs(kind, size):
-    """x_img, a1, f1, x_cond, a2, f2, grad_img, grad_cond, grad_h1, grad_h2. The pre-activations a1, a2 are
-    non-negative so that the in-place LeakyReLUs (and the in-place backward masks) are idempotent when a
-    provider reruns on the same buffers (otherwise values decay to denormals); the kernels are branch-free
-    vectorised selects, so their speed does not depend on the signs."""
+    """x_img, a1, f1, x_cond, a2, f2, grad_img, grad_cond, grad_h1, grad_h2 in the op's layouts: the
+    convolution-side tensors (a, f, grad_h) channels_last, the others NCHW. The pre-activations a1, a2 are non-negative so that the in-place
+    LeakyReLUs (and the in-place backward masks) are idempotent when a provider reruns on the same buffers
+    (otherwise values decay to denormals); the kernels are branch-free vectorised selects, so their speed
+    does not depend on the signs."""
     d = shape(kind, size)
     gen = torch.Generator().manual_seed(1)
     image = (d["n"], d["c"], d["h"], d["w"])
     cond = (d["n"], d["c"], d["cond"], d["cond"])
     make = lambda s: torch.randn(s, generator=gen)  # noqa: E731
-    return [make(image), make(image).abs(), make(image), make(cond), make(cond).abs(), make(cond), make(image),
-            make(cond), make(image), make(cond)]
+    conv = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731
+    return [make(image), conv(make(image).abs()), conv(make(image)), make(cond), conv(make(cond).abs()),
+            conv(make(cond)), make(image), make(cond), conv(make(image)), conv(make(cond))]
 
 
 def make_fused_case(kind, provider, size):

@@ -73,19 +73,20 @@ TORCH_LIBRARY(bsrops, m) {
       "Tensor alpha, int scale, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 
   // dpcb: DANv2's dual-path conditional block. The convolutions run on oneDNN/cuDNN inside the
-  // op; h1, f1, h2, f2 (LeakyReLU outputs and second conv outputs) are returned for the backward.
+  // op, in channels_last; h1, f1, h2, f2 (LeakyReLU outputs and second conv outputs) are
+  // returned for the backward, which frees each as soon as it has used it.
   m.def(
       "dpcb(Tensor x_img, Tensor x_cond, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor w3, Tensor? b3, "
       "Tensor w4, Tensor? b4, float negative_slope=0.2) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "_dpcb_backward(Tensor? grad_img, Tensor? grad_cond, Tensor x_img, Tensor x_cond, Tensor w1, Tensor w2, "
-      "Tensor w3, Tensor w4, Tensor h1, Tensor f1, Tensor h2, Tensor f2, float negative_slope, bool[10] output_mask) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // Its fused elementwise kernels (everything around the convolutions).
+  // Its fused elementwise kernels (everything around the convolutions), any mix of NCHW and
+  // channels_last operands.
   m.def("_leaky_relu_(Tensor(a!) x, float negative_slope) -> ()");
   m.def("_leaky_relu_backward_(Tensor(a!) grad, Tensor out, float negative_slope) -> ()");
   m.def("_dpcb_epilogue(Tensor x_img, Tensor f1, Tensor x_cond, Tensor f2) -> (Tensor, Tensor)");
-  m.def("_dpcb_epilogue_backward(Tensor? grad_img, Tensor? grad_cond, Tensor f1, Tensor f2) -> (Tensor, Tensor)");
+  m.def(
+      "_dpcb_epilogue_backward(Tensor grad_img, Tensor grad_cond, Tensor? f1, Tensor? f2, bool channels_last) "
+      "-> (Tensor, Tensor)");
+  m.def("_dpcb_relayout(Tensor x, Tensor? other, bool channels_last) -> Tensor");
 
   // patchgan_conv: conv + bias + norm (none | instance | batch) + optional LeakyReLU. Returns
   // (out, y = conv output, mean, rstd, new running_mean, new running_var). Functional: the Python

@@ -26,8 +26,20 @@ def test_dpcb_triton_matches_official_structure(use):
     grads = [torch.randn_like(x_img), torch.randn_like(x_cond)]
     with bsrops.use_backend("triton"):
         actual, delta = dp.calls_delta(lambda: dp.outputs_and_grads(ours, ours, x_img, x_cond, grads))
-    assert_only_triton(delta, ("_dpcb_epilogue", "_dpcb_epilogue_backward", "_leaky_relu_", "_leaky_relu_backward_"))
+    assert_only_triton(delta, ("_dpcb_epilogue", "_dpcb_epilogue_backward", "_leaky_relu_", "_leaky_relu_backward_",
+                               "_dpcb_relayout"))
     dp.assert_all_close(actual, dp.outputs_and_grads(dp.reference_run(reference), reference, x_img, x_cond, grads))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mix", dp.MIXES)
+@pytest.mark.parametrize("cond", ["1x1", "image"])
+def test_dpcb_triton_kernels_mix_layouts(mix, cond):
+    require_interpreter()
+    with bsrops.use_backend("triton"):
+        _, delta = dp.calls_delta(lambda: dp.check_fused_kernels_mix_layouts(5, cond, mix.split(",")))
+    assert_only_triton(delta, ("_dpcb_epilogue", "_dpcb_epilogue_backward", "_dpcb_relayout",
+                               "_leaky_relu_backward_"))
 
 
 @pytest.mark.timeout(60)
@@ -92,8 +104,10 @@ COMPILE_CONFIGS = {
         "_leaky_relu_backward_kernel": [("fp32", dict(SLOPE=0.2, BLOCK=1024))],
         "_epilogue_kernel": [("fp32", dict(POINTWISE=True, BLOCK=1024)),
                              ("fp64", dict(POINTWISE=False, BLOCK=1024))],
-        "_epilogue_backward_kernel": [("fp32", dict(HAS_GI=True, HAS_GC=True, POINTWISE=True, **F)),
-                                      ("fp32", dict(HAS_GI=True, HAS_GC=False, POINTWISE=False, **F))],
+        "_epilogue_grad_kernel": [("fp32", dict(HAS_F1=True, HAS_F2=True, BLOCK=1024)),
+                                  ("fp32", dict(HAS_F1=False, HAS_F2=True, BLOCK=1024))],
+        "_grad_cond_plane_kernel": [("fp32", dict(**F))],
+        "_relayout_kernel": [("fp32", dict(HAS_OTHER=True, BLOCK=1024)), ("fp32", dict(HAS_OTHER=False, BLOCK=1024))],
     },
     "patchgan_conv": {
         "_norm_act_kernel": [

@@ -16,8 +16,10 @@ USES = {
     "estimator": (3, 3, 3, (6, 5), (6, 5)),
 }
 BACKEND_CALLS = {
-    "cpu": ("_dpcb_epilogue.cpu", "_dpcb_epilogue_backward.cpu", "_leaky_relu_.cpu", "_leaky_relu_backward_.cpu"),
-    "reference": ("dpcb.reference", "_dpcb_epilogue_backward.reference", "_leaky_relu_backward_.reference"),
+    "cpu": ("_dpcb_epilogue.cpu", "_dpcb_epilogue_backward.cpu", "_leaky_relu_.cpu", "_leaky_relu_backward_.cpu",
+            "_dpcb_relayout.cpu"),
+    "reference": ("dpcb.reference", "_dpcb_epilogue_backward.reference", "_leaky_relu_backward_.reference",
+                  "_dpcb_relayout.reference"),
 }
 
 
@@ -144,7 +146,8 @@ def test_opcheck(use):
     torch.library.opcheck(torch.ops.bsrops._leaky_relu_backward_.default, (torch.randn_like(h1), h1, 0.1))
     torch.library.opcheck(torch.ops.bsrops._dpcb_epilogue.default, (x_img.detach(), f1, x_cond, out[5]))
     torch.library.opcheck(torch.ops.bsrops._dpcb_epilogue_backward.default,
-                          (torch.randn_like(f1), None, f1, out[5]))
+                          (torch.randn_like(f1), torch.randn_like(out[5]), f1, out[5], True))
+    torch.library.opcheck(torch.ops.bsrops._dpcb_relayout.default, (f1, torch.randn_like(x_img), False))
 
 
 @pytest.mark.slow
@@ -214,3 +217,158 @@ def test_native_epilogue_checks_shapes_too():
     with pytest.raises(RuntimeError, match="condition must be \\(N, C, 1, 1\\) or"):
         torch.ops.bsrops._dpcb_epilogue(torch.randn(1, 2, 4, 4), torch.randn(1, 2, 4, 4), torch.randn(1, 2, 2, 2),
                                         torch.randn(1, 2, 2, 2))
+
+
+# ---- the fused kernels on any mix of NCHW and channels_last operands ----
+
+FORMATS = {"nchw": torch.contiguous_format, "cl": torch.channels_last}
+
+
+def _formatted(t, name):
+    return t.contiguous(memory_format=FORMATS[name])
+
+
+def _assert_format(t, name):
+    assert t.is_contiguous(memory_format=FORMATS[name]), (t.shape, t.stride(), name)
+
+
+def check_fused_kernels_mix_layouts(channels, cond, formats):
+    """Every fused kernel of the op on operands in the given formats (x, f1, grad, conv-side), float64,
+    against the same maths in eager PyTorch. 13 x 23 pixels: one full 256-pixel tile and a partial
+    one; 5 channels: the transposes' remainders, 16: their full 8 x 8 blocks."""
+    x_format, f_format, grad_format, conv_format = formats
+    make = lambda *shape: torch.randn(*shape, dtype=torch.float64)  # noqa: E731
+    image = (2, channels, 13, 23)
+    cond_shape = image if cond == "image" else (2, channels, 1, 1)
+    x, f1 = _formatted(make(*image), x_format), _formatted(make(*image), f_format)
+    x_cond, f2 = _formatted(make(*cond_shape), x_format), _formatted(make(*cond_shape), f_format)
+    ops = torch.ops.bsrops
+    out, out_cond = ops._dpcb_epilogue(x, f1, x_cond, f2)
+    assert_close_to_float64(out, x + f1 * f2)
+    assert_close_to_float64(out_cond, x_cond + f2)
+    _assert_format(out, x_format)
+    grad_img, grad_cond = _formatted(make(*image), grad_format), _formatted(make(*cond_shape), grad_format)
+    product = grad_img * f1
+    expected_f2 = grad_cond + (product if cond == "image" else product.sum((2, 3), keepdim=True))
+    channels_last = conv_format == "cl"
+    for give_f1, give_f2 in ((True, True), (True, False), (False, True)):
+        grad_f1, grad_f2 = ops._dpcb_epilogue_backward(grad_img, grad_cond, f1 if give_f1 else None,
+                                                       f2 if give_f2 else None, channels_last)
+        if give_f2:
+            assert_close_to_float64(grad_f1, grad_img * f2)
+            _assert_format(grad_f1, conv_format)
+        else:
+            assert grad_f1.numel() == 0
+        if give_f1:
+            assert_close_to_float64(grad_f2, expected_f2)
+            if cond == "image":
+                _assert_format(grad_f2, conv_format)
+        else:
+            assert grad_f2.numel() == 0
+    for other in (None, grad_img):
+        moved = ops._dpcb_relayout(x, other, channels_last)
+        assert_close_to_float64(moved, x if other is None else x + other)
+        _assert_format(moved, conv_format)
+        assert moved.data_ptr() != x.data_ptr()
+    grad_h, h = _formatted(make(*image), grad_format), _formatted(make(*image), conv_format)
+    expected = torch.where(h > 0, grad_h, grad_h * 0.3)
+    ops._leaky_relu_backward_(grad_h, h, 0.3)
+    assert_close_to_float64(grad_h, expected)
+
+
+MIXES = ["nchw,cl,nchw,cl", "cl,nchw,cl,nchw", "cl,cl,cl,cl", "nchw,nchw,nchw,nchw"]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("mix", MIXES)
+@pytest.mark.parametrize("cond", ["1x1", "image"])
+@pytest.mark.parametrize("channels", [5, 16])
+def test_fused_kernels_mix_layouts(backend, mix, cond, channels):
+    with bsrops.use_backend(backend):
+        _, delta = calls_delta(lambda: check_fused_kernels_mix_layouts(channels, cond, mix.split(",")))
+    assert delta.get(f"_dpcb_relayout.{backend}", 0) == 2, delta
+
+
+@pytest.mark.parametrize("use", sorted(USES))
+@pytest.mark.parametrize("x_format", sorted(FORMATS))
+def test_output_and_gradient_layouts_follow_the_inputs(use, x_format):
+    ours, _, x_img, x_cond = make_pair(use)
+    x_img = _formatted(x_img, x_format).requires_grad_()
+    out_img, out_cond = ours(x_img, x_cond)
+    _assert_format(out_img, x_format)
+    out_img.backward(_formatted(torch.randn_like(out_img), x_format))
+    _assert_format(x_img.grad, x_format)
+
+
+def test_backward_frees_intermediates_once_used():
+    """h1, f1, h2, f2 are context attributes the backward drops as it goes: when the image path's first
+    convolution runs its backward, f1 and h1 are gone (autograd's saved tensors would live until the end)."""
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    ours, _, x_img, x_cond = make_pair("estimator")
+    out_img, out_cond = ours(x_img.requires_grad_(), x_cond.requires_grad_())
+    h1, f1, h2, f2 = (weakref.ref(t) for t in out_img.grad_fn.intermediates)
+    alive = []
+
+    class Log(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.convolution_backward.default:
+                alive.append([ref() is not None for ref in (h1, f1, h2, f2)])
+            return func(*args, **(kwargs or {}))
+
+    with Log():
+        torch.autograd.backward([out_img, out_cond], [torch.randn_like(out_img), torch.randn_like(out_cond)])
+    # the four convolution backwards: conv2 (image), conv1, conv4 (condition), conv3
+    assert alive == [[True, False, True, False], [False, False, True, False], [False, False, True, False],
+                     [False, False, False, False]]
+
+
+@pytest.mark.parametrize("use", sorted(USES))
+def test_second_backward_through_a_retained_graph_recomputes(use):
+    ours, reference, x_img, x_cond = make_pair(use)
+    grads = [torch.randn_like(x_img), torch.randn_like(x_cond)]
+
+    def twice(run, module):
+        a, b = x_img.detach().requires_grad_(), x_cond.detach().requires_grad_()
+        module.zero_grad(set_to_none=True)
+        outs = run(a, b)
+        torch.autograd.backward(outs, grads, retain_graph=True)
+        torch.autograd.backward(outs, grads)
+        return [a.grad, b.grad, *(p.grad for p in module.parameters())]
+
+    assert_all_close(twice(ours, ours), twice(reference_run(reference), reference))
+
+
+def test_intermediate_modified_in_place_is_a_clear_error():
+    ours, _, x_img, x_cond = make_pair("restorer")
+    params = [p for p in ours.parameters()]
+    out_img, _, h1, *_ = torch.ops.bsrops.dpcb(x_img.requires_grad_(), x_cond, *params, 0.2)
+    h1.mul_(2)
+    with pytest.raises(RuntimeError, match="h1, f1, h2 or f2 .* was modified in place"):
+        out_img.sum().backward()
+
+
+@pytest.mark.parametrize("use", sorted(USES))
+def test_inference_mode_keeps_the_callers_layout(use):
+    """No backward in inference mode: the convolutions run on x as given (no channels_last copies)."""
+    ours, reference, x_img, x_cond = make_pair(use)
+    with torch.inference_mode():
+        (out_img, out_cond), delta = calls_delta(lambda: ours(x_img, x_cond))
+        expected = reference([x_img.clone(), x_cond.clone()])
+    assert "_dpcb_relayout.cpu" not in delta and delta.get("_dpcb_epilogue.cpu") == 1, delta
+    assert_close_to_float64(out_img, expected[0])
+    assert_close_to_float64(out_cond, expected[1])
+
+
+def test_native_backward_kernels_check_shapes():
+    image, cond = torch.randn(1, 2, 4, 4), torch.randn(1, 2, 1, 1)
+    with pytest.raises(RuntimeError, match="f1 must have grad_img's shape"):
+        torch.ops.bsrops._dpcb_epilogue_backward(image, cond, torch.randn(1, 2, 4, 3), None, True)
+    with pytest.raises(RuntimeError, match="f2 must have grad_cond's shape"):
+        torch.ops.bsrops._dpcb_epilogue_backward(image, cond, None, image, True)
+    with pytest.raises(RuntimeError, match="other must have x's shape"):
+        torch.ops.bsrops._dpcb_relayout(image, cond, True)
+    with pytest.raises(RuntimeError, match="x must be \\(N, C, H, W\\)"):
+        torch.ops.bsrops._dpcb_relayout(image[0], None, True)

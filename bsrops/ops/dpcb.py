@@ -11,20 +11,37 @@ LeakyReLU outputs, which the second convs read anyway) and f1, f2 are what the b
 needs, and nothing else is kept: the pre-activations are overwritten in place (the mask of
 the LeakyReLU backward comes from the sign of its output), the modulation and both
 residual adds are one pass (`_dpcb_epilogue`), and so is their backward
-(`_dpcb_epilogue_backward`: grad_f1 and the reduced grad_f2 together).
+(`_dpcb_epilogue_backward`: grad_f1 and the reduced grad_f2).
+
+Layout and memory. With autograd recording, the convolutions run in channels_last whatever
+the caller's layout: oneDNN's convolutions on NCHW tensors reorder them into its blocked
+layout and back (its backward holds two image-sized reorder buffers per convolution), on
+channels_last they run in place. The layout changes are fused into the kernels that read
+the caller's tensors (`_dpcb_epilogue*` read and write each operand in its own layout,
+`_dpcb_relayout` adds the residual gradient while it transposes); only x_img and x_cond are
+moved on their own, for the first convolutions, forward and again backward (keeping the
+copies would cost memory). The backward frees h1, f1, h2, f2 as soon as it has used them
+(they are kept as context attributes, not saved tensors, which autograd would hold until the
+whole backward returns; a second backward through a retained graph recomputes them from the
+saved inputs), and with an image-sized condition it computes grad_f2 and frees f1 before it
+allocates grad_f1. Peak live memory of forward+backward, in image-sized tensors U (outputs
+and input gradients included): Restorer 4U against eager's 6U (4U plus oneDNN's 2U of
+reorders), Estimator 7U against 9U. In inference mode nothing is kept for a backward, so the
+convolutions run in the caller's layout (no copies of x_img, x_cond).
 
 Where the time goes (details and the arithmetic: benchmarks/bench_dpcb.py). At the Restorer
-shape (N=8, 64 ch, 64x64) forward+backward is 6 conv-sized passes (7.2 GMAC) against ~17
-passes over 8 MiB tensors for the eager elementwise part; the fused kernels need 9 (the
-forward LeakyReLU is a oneDNN post-op of the conv on CPU float32) and 2 instead of 5
-tensor-sized allocations. On a 2-core CPU the convs are ~85-90% of the block, so the ~2x
-faster fused part gains the block a few percent; on a GPU (cuDNN convs at tens of us,
-elementwise passes bound by HBM bandwidth and launches) the elementwise part is ~35-40% of
-the block and the fusion saves ~15-20% of it.
+shape (N=8, 64 ch, 64x64) forward+backward is 6 conv-sized passes (7.2 GMAC) against ~20
+passes over 8 MiB tensors for the eager elementwise part, plus oneDNN's reorders inside the
+NCHW convolutions (2 passes per convolution forward, 2-4 per backward). The op's fused
+kernels make 16 passes, transposes included (the forward LeakyReLU is a oneDNN post-op of
+the conv on CPU float32), and its channels_last convolutions make no reorders. On a 2-core
+CPU the convolutions are ~90% of the block, so the block gains a few percent; on a GPU
+(cuDNN convs at tens of us, elementwise passes bound by HBM bandwidth and launches) the
+elementwise part is ~35-40% of the block and the fusion saves ~15-20% of it.
 
 The convolutions run on oneDNN / cuDNN through F.conv2d and aten.convolution_backward in
-the composite kernel below, whatever the backend; the backend (cpu, cuda, triton,
-reference) decides who runs the fused elementwise kernels.
+the composite kernel and the autograd formula below, whatever the backend; the backend (cpu,
+cuda, triton, reference) decides who runs the fused elementwise kernels.
 """
 import torch
 import torch.nn.functional as F
@@ -35,11 +52,11 @@ from ._common import check_slope, check_tensor, conv_backward, onednn_conv_leaky
 
 SCHEMAS = {
     "dpcb": "dpcb(Tensor x_img, Tensor x_cond, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor w3, Tensor? b3, Tensor w4, Tensor? b4, float negative_slope=0.2) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
-    "_dpcb_backward": "_dpcb_backward(Tensor? grad_img, Tensor? grad_cond, Tensor x_img, Tensor x_cond, Tensor w1, Tensor w2, Tensor w3, Tensor w4, Tensor h1, Tensor f1, Tensor h2, Tensor f2, float negative_slope, bool[10] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
     "_leaky_relu_": "_leaky_relu_(Tensor(a!) x, float negative_slope) -> ()",
     "_leaky_relu_backward_": "_leaky_relu_backward_(Tensor(a!) grad, Tensor out, float negative_slope) -> ()",
     "_dpcb_epilogue": "_dpcb_epilogue(Tensor x_img, Tensor f1, Tensor x_cond, Tensor f2) -> (Tensor, Tensor)",
-    "_dpcb_epilogue_backward": "_dpcb_epilogue_backward(Tensor? grad_img, Tensor? grad_cond, Tensor f1, Tensor f2) -> (Tensor, Tensor)",
+    "_dpcb_epilogue_backward": "_dpcb_epilogue_backward(Tensor grad_img, Tensor grad_cond, Tensor? f1, Tensor? f2, bool channels_last) -> (Tensor, Tensor)",
+    "_dpcb_relayout": "_dpcb_relayout(Tensor x, Tensor? other, bool channels_last) -> Tensor",
 }
 PARAMETERS = ("w1", "b1", "w2", "b2", "w3", "b3", "w4", "b4")
 
@@ -90,48 +107,89 @@ def check_inputs(x_img, x_cond, params, negative_slope):
 
 # ---- the composite kernels: convolutions around the fused kernels ----
 
-def _path_forward(x, wa, ba, wb, bb, negative_slope):
-    """(h, f): h = lrelu(conv(x)) (oneDNN's fused post-op, else in place of the conv output), f = conv(h)."""
-    h = onednn_conv_leaky_relu(x, wa, ba, 1, wa.shape[-1] // 2, negative_slope)
+def _layout(t):
+    """The memory format of the op's outputs for an input t: channels_last if t is, else NCHW."""
+    channels_last = t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def _to_channels_last(x):
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    return torch.ops.bsrops._dpcb_relayout(x, None, True)
+
+
+def _path_forward(x, wa, ba, wb, bb, negative_slope, channels_last):
+    """(h, f): h = lrelu(conv(x)) (oneDNN's fused post-op, else in place of the conv output), f = conv(h);
+    in channels_last or in x's layout."""
+    x_conv = _to_channels_last(x) if channels_last else x
+    h = onednn_conv_leaky_relu(x_conv, wa, ba, 1, wa.shape[-1] // 2, negative_slope)
     if h is None:
-        h = F.conv2d(x, wa, ba, padding=wa.shape[-1] // 2).contiguous()
+        h = F.conv2d(x_conv, wa, ba, padding=wa.shape[-1] // 2)
         torch.ops.bsrops._leaky_relu_(h, negative_slope)
-    return h.contiguous(), F.conv2d(h, wb, bb, padding=wb.shape[-1] // 2).contiguous()
+    del x_conv  # may be a transposed copy of the caller's x: freed before the next convolution
+    return h, F.conv2d(h, wb, bb, padding=wb.shape[-1] // 2)
+
+
+def _convs_in_channels_last():
+    """Whether the convolutions run in channels_last: for the backward's sake (see the module docstring),
+    so not in inference mode, where the caller's layout saves moving x_img and x_cond."""
+    return not torch.is_inference_mode_enabled()
 
 
 def _forward_composite(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope=0.2):
-    x_img, x_cond = x_img.contiguous(), x_cond.contiguous()
-    h1, f1 = _path_forward(x_img, w1, b1, w2, b2, negative_slope)
-    h2, f2 = _path_forward(x_cond, w3, b3, w4, b4, negative_slope)
+    channels_last = _convs_in_channels_last()
+    h1, f1 = _path_forward(x_img, w1, b1, w2, b2, negative_slope, channels_last)
+    h2, f2 = _path_forward(x_cond, w3, b3, w4, b4, negative_slope, channels_last)
     out_img, out_cond = torch.ops.bsrops._dpcb_epilogue(x_img, f1, x_cond, f2)
     return out_img, out_cond, h1, f1, h2, f2
 
 
-def _path_backward(grads_f, grad_residual, x, wa, wb, h, negative_slope, mask):
+def _path_backward(state, grad_residual, x, wa, wb, negative_slope, mask):
     """Grads of x + path(x) for one path: (grad_x, grad_wa, grad_ba, grad_wb, grad_bb); mask in that order.
 
-    grads_f: a one-element list holding grad_f, emptied once the second conv's backward has used it,
-    so that it is freed before the first conv's backward allocates grad_x (peak memory)."""
+    state: [grad_f, h], emptied here so that each is freed as soon as it has been used."""
+    grad_f, h = state
+    state.clear()
     need_h = any(mask[:3])
-    grad_h, grad_wb, grad_bb = conv_backward(grads_f.pop(), h, wb, 1, wb.shape[-1] // 2, (need_h, mask[3], mask[4]))
+    grad_h, grad_wb, grad_bb = conv_backward(grad_f, h, wb, 1, wb.shape[-1] // 2, (need_h, mask[3], mask[4]))
+    del grad_f
     grad_x, grad_wa, grad_ba = x.new_empty(0), x.new_empty(0), x.new_empty(0)
     if need_h:
         torch.ops.bsrops._leaky_relu_backward_(grad_h, h, negative_slope)
-        grad_x, grad_wa, grad_ba = conv_backward(grad_h, x, wa, 1, wa.shape[-1] // 2, mask[:3])
-        if mask[0] and grad_residual is not None:
-            grad_x.add_(grad_residual)  # the residual branch, into the conv's fresh gradient
+        del h
+        x_cl = _to_channels_last(x)
+        grad_x_cl, grad_wa, grad_ba = conv_backward(grad_h, x_cl, wa, 1, wa.shape[-1] // 2, mask[:3])
+        del grad_h, x_cl
+        if mask[0]:  # the residual branch's gradient added while going back to x's layout
+            grad_x = torch.ops.bsrops._dpcb_relayout(grad_x_cl, grad_residual,
+                                                     _layout(x) == torch.channels_last)
     return grad_x, grad_wa, grad_ba, grad_wb, grad_bb
 
 
-def _backward_composite(grad_img, grad_cond, x_img, x_cond, w1, w2, w3, w4, h1, f1, h2, f2, negative_slope,
-                        output_mask):
-    x_img, x_cond = x_img.contiguous(), x_cond.contiguous()
-    grad_img = grad_img.contiguous() if grad_img is not None else None
-    grad_cond = grad_cond.contiguous() if grad_cond is not None else None
-    grad_f1, grad_f2 = (list(g) for g in zip(torch.ops.bsrops._dpcb_epilogue_backward(grad_img, grad_cond, f1, f2)))
+def _backward_composite(grad_img, grad_cond, x_img, x_cond, weights, held, negative_slope, output_mask):
+    """All ten input gradients (empty where output_mask is False). held = [h1, f1, h2, f2], emptied here
+    (see the module docstring: each is freed once used)."""
+    w1, w2, w3, w4 = weights
+    h1, f1, h2, f2 = held
+    held.clear()
+    ops = torch.ops.bsrops
+    grad_residual = grad_img
+    grad_img = grad_img if grad_img is not None else torch.zeros_like(x_img)  # only out_cond was used
+    grad_cond = grad_cond if grad_cond is not None else torch.zeros_like(x_cond)
+    if f2.shape != f1.shape:  # a 1x1 condition: grad_f1 and the reduced grad_f2 in one pass
+        grad_f1, grad_f2 = ops._dpcb_epilogue_backward(grad_img, grad_cond, f1, f2, True)
+        del f1, f2
+    else:  # image-sized: f1 is freed before grad_f1 is allocated
+        grad_f2 = ops._dpcb_epilogue_backward(grad_img, grad_cond, f1, None, True)[1]
+        del f1
+        grad_f1 = ops._dpcb_epilogue_backward(grad_img, grad_cond, None, f2, True)[0]
+        del f2
+    img_state, cond_state = [grad_f1, h1], [grad_f2, h2]
+    del grad_f1, h1, grad_f2, h2
     m = list(output_mask)
-    img = _path_backward(grad_f1, grad_img, x_img, w1, w2, h1, negative_slope, [m[0], *m[2:6]])
-    cond = _path_backward(grad_f2, grad_cond, x_cond, w3, w4, h2, negative_slope, [m[1], *m[6:10]])
+    img = _path_backward(img_state, grad_residual, x_img, w1, w2, negative_slope, [m[0], *m[2:6]])
+    cond = _path_backward(cond_state, grad_cond, x_cond, w3, w4, negative_slope, [m[1], *m[6:10]])
     return (img[0], cond[0], *img[1:], *cond[1:])
 
 
@@ -139,21 +197,20 @@ def _backward_composite(grad_img, grad_cond, x_img, x_cond, w1, w2, w3, w4, h1, 
 
 _schema_library = _backend.define_schemas_if_missing(SCHEMAS)
 torch.library.impl("bsrops::dpcb", "CompositeExplicitAutograd")(_forward_composite)
-torch.library.impl("bsrops::_dpcb_backward", "CompositeExplicitAutograd")(_backward_composite)
+
+
+def _empty(shape, like, memory_format):
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=memory_format)
 
 
 @torch.library.register_fake("bsrops::dpcb")
 def _forward_fake(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope=0.2):
-    h2 = x_cond.new_empty(x_cond.shape[0], w3.shape[0], *x_cond.shape[2:])
-    return (torch.empty_like(x_img), torch.empty_like(x_cond), torch.empty_like(x_img), torch.empty_like(x_img),
-            h2, torch.empty_like(h2))
-
-
-@torch.library.register_fake("bsrops::_dpcb_backward")
-def _backward_fake(grad_img, grad_cond, x_img, x_cond, w1, w2, w3, w4, h1, f1, h2, f2, negative_slope,
-                   output_mask):
-    likes = (x_img, x_cond, w1, w1[:, 0, 0, 0], w2, w2[:, 0, 0, 0], w3, w3[:, 0, 0, 0], w4, w4[:, 0, 0, 0])
-    return tuple(like.new_empty(like.shape) if need else like.new_empty(0) for like, need in zip(likes, output_mask))
+    image_layout = torch.channels_last if _convs_in_channels_last() else _layout(x_img)
+    cond_layout = torch.channels_last if _convs_in_channels_last() else _layout(x_cond)
+    h1 = _empty(x_img.shape, x_img, image_layout)
+    h2 = _empty((x_cond.shape[0], w3.shape[0], *x_cond.shape[2:]), x_cond, cond_layout)
+    return (_empty(x_img.shape, x_img, _layout(x_img)), _empty(x_cond.shape, x_cond, _layout(x_cond)),
+            h1, torch.empty_like(h1), h2, torch.empty_like(h2))
 
 
 @torch.library.register_fake("bsrops::_leaky_relu_")
@@ -168,33 +225,69 @@ def _leaky_relu_backward_fake(grad, out, negative_slope):
 
 @torch.library.register_fake("bsrops::_dpcb_epilogue")
 def _epilogue_fake(x_img, f1, x_cond, f2):
-    return torch.empty_like(x_img), torch.empty_like(x_cond)
+    return _empty(x_img.shape, x_img, _layout(x_img)), _empty(x_cond.shape, x_cond, _layout(x_cond))
 
 
 @torch.library.register_fake("bsrops::_dpcb_epilogue_backward")
-def _epilogue_backward_fake(grad_img, grad_cond, f1, f2):
-    return torch.empty_like(f1), torch.empty_like(f2)
+def _epilogue_backward_fake(grad_img, grad_cond, f1, f2, channels_last):
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return (grad_img.new_empty(0) if f2 is None else _empty(grad_img.shape, grad_img, layout),
+            grad_img.new_empty(0) if f1 is None else _empty(grad_cond.shape, grad_cond, layout))
+
+
+@torch.library.register_fake("bsrops::_dpcb_relayout")
+def _relayout_fake(x, other, channels_last):
+    return _empty(x.shape, x, torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def _setup_context(ctx, inputs, output):
     x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope = inputs
-    _, _, h1, f1, h2, f2 = output
-    ctx.mark_non_differentiable(h1, f1, h2, f2)
+    intermediates = output[2:]
+    ctx.mark_non_differentiable(*intermediates)
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(x_img, x_cond, w1, w2, w3, w4, h1, f1, h2, f2)
+    ctx.save_for_backward(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4)
+    # h1, f1, h2, f2 as attributes, not saved tensors: the backward drops each once used (peak memory)
+    ctx.intermediates = list(intermediates)
+    ctx.versions = [t._version for t in intermediates]
     ctx.negative_slope = negative_slope
+
+
+def _held_intermediates(ctx, inputs):
+    """[h1, f1, h2, f2] from the forward, or recomputed from the inputs on a second backward (retain_graph)."""
+    held, ctx.intermediates = ctx.intermediates, None
+    if held is None:
+        with torch.no_grad():
+            return list(torch.ops.bsrops.dpcb(*inputs, ctx.negative_slope)[2:])
+    if [t._version for t in held] != ctx.versions:
+        raise RuntimeError("bsrops.dpcb: h1, f1, h2 or f2 (the op's extra outputs, needed by its backward) was "
+                           "modified in place")
+    return held
 
 
 def _backward(ctx, grad_img, grad_cond, *unused):
     needs = ctx.needs_input_grad[:10]
     if not any(needs) or (grad_img is None and grad_cond is None):
         return (None,) * 11
-    grads = torch.ops.bsrops._dpcb_backward(grad_img, grad_cond, *ctx.saved_tensors, ctx.negative_slope,
-                                            list(needs))
+    inputs = ctx.saved_tensors
+    held = _held_intermediates(ctx, inputs)
+    x_img, x_cond, w1, _, w2, _, w3, _, w4, _ = inputs
+    grads = _backward_composite(grad_img, grad_cond, x_img, x_cond, (w1, w2, w3, w4), held, ctx.negative_slope,
+                                needs)
     return (*(g if need else None for g, need in zip(grads, needs)), None)
 
 
 torch.library.register_autograd("bsrops::dpcb", _backward, setup_context=_setup_context)
+
+
+def _reference_forward(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope=0.2):
+    """The eager forward, with the op's output layouts."""
+    out_img, out_cond, h1, f1, h2, f2 = ref.dpcb_reference(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4,
+                                                           negative_slope)
+    image_layout = torch.channels_last if _convs_in_channels_last() else _layout(x_img)
+    cond_layout = torch.channels_last if _convs_in_channels_last() else _layout(x_cond)
+    return (out_img.contiguous(memory_format=_layout(x_img)), out_cond.contiguous(memory_format=_layout(x_cond)),
+            h1.contiguous(memory_format=image_layout), f1.contiguous(memory_format=image_layout),
+            h2.contiguous(memory_format=cond_layout), f2.contiguous(memory_format=cond_layout))
 
 
 # ---- reference kernels ----
@@ -208,20 +301,32 @@ def _reference_leaky_relu_backward_(grad, out, negative_slope):
 
 
 def _reference_epilogue(x_img, f1, x_cond, f2):
-    return x_img + f1 * f2, x_cond + f2
+    return ((x_img + f1 * f2).contiguous(memory_format=_layout(x_img)),
+            (x_cond + f2).contiguous(memory_format=_layout(x_cond)))
 
 
-def _reference_epilogue_backward(grad_img, grad_cond, f1, f2):
-    grad_img = torch.zeros_like(f1) if grad_img is None else grad_img
-    grad_f2 = (grad_img * f1).sum((2, 3), keepdim=True) if f2.shape[2:] != f1.shape[2:] else grad_img * f1
-    return grad_img * f2, grad_f2 + grad_cond if grad_cond is not None else grad_f2
+def _reference_epilogue_backward(grad_img, grad_cond, f1, f2, channels_last):
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    grad_f1 = grad_img.new_empty(0) if f2 is None else (grad_img * f2).contiguous(memory_format=layout)
+    if f1 is None:
+        return grad_f1, grad_img.new_empty(0)
+    product = grad_img * f1
+    if product.shape != grad_cond.shape:
+        product = product.sum((2, 3), keepdim=True)
+    return grad_f1, (grad_cond + product).contiguous(memory_format=layout)
+
+
+def _reference_relayout(x, other, channels_last):
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return x.clone(memory_format=layout) if other is None else (x + other).contiguous(memory_format=layout)
 
 
 # The reference backend runs the eager forward; its backward is the composite over the
 # reference elementwise kernels (eager PyTorch ops) below.
-for _name, _fn in (("dpcb", ref.dpcb_reference),
+for _name, _fn in (("dpcb", _reference_forward),
                    ("_leaky_relu_", _reference_leaky_relu_), ("_leaky_relu_backward_", _reference_leaky_relu_backward_),
-                   ("_dpcb_epilogue", _reference_epilogue), ("_dpcb_epilogue_backward", _reference_epilogue_backward)):
+                   ("_dpcb_epilogue", _reference_epilogue), ("_dpcb_epilogue_backward", _reference_epilogue_backward),
+                   ("_dpcb_relayout", _reference_relayout)):
     _backend.register_kernel("reference", _name, _fn)
 
 
@@ -234,5 +339,6 @@ def _triton(name):
 
 
 for _op, _fn in (("_leaky_relu_", "leaky_relu_"), ("_leaky_relu_backward_", "leaky_relu_backward_"),
-                 ("_dpcb_epilogue", "epilogue"), ("_dpcb_epilogue_backward", "epilogue_backward")):
+                 ("_dpcb_epilogue", "epilogue"), ("_dpcb_epilogue_backward", "epilogue_backward"),
+                 ("_dpcb_relayout", "relayout")):
     _backend.register_kernel("triton", _op, _triton(_fn))

@@ -1,20 +1,27 @@
 // CPU kernels of bsrops::dpcb's fused part (the elementwise work around the four convolutions).
 //
-// Every kernel is one pass over its tensors, parallel over (n, c) planes (or equal chunks),
-// with the loops over the per-element functions of dpcb.h vectorised by the compiler
-// (`omp simd`, reductions included; float loops also compiled for AVX2 / AVX-512 and picked
-// at load time, cpu_isa.h). No temporaries: the LeakyReLU forward and backward
-// work in place, the epilogue writes out_img and out_cond in the same pass, and its
-// backward writes grad_f1 and reduces grad_f2 in one pass.
+// The convolutions run in channels_last (oneDNN's native layout: no reorder buffers), the
+// caller's tensors are usually NCHW, so the epilogue kernels read and write each tensor in its
+// own layout (dpcb.h's PlaneStrides). They work on tiles of kTile pixels of one image: each
+// operand is C rows of those pixels, in place for NCHW tensors and through a small [C][kTile]
+// buffer for channels_last ones (gathered before, scattered after: the transpose happens in
+// L1/L2, fused into the pass). The loops over rows are the per-element functions of dpcb.h,
+// vectorised by the compiler (`omp simd`, reductions included; float loops also compiled for
+// AVX2 / AVX-512 and picked at load time, cpu_isa.h). The LeakyReLU forward and backward work
+// in place on tensors of one layout (flat loops).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
 #include <tuple>
+#include <vector>
 
 #include "../call_counter.h"
 #include "../cpu_isa.h"
@@ -25,6 +32,7 @@ namespace dpcb {
 namespace {
 
 constexpr int64_t kGrain = 1 << 15;  // elements per parallel chunk: small tensors run inline
+constexpr int64_t kTile = 256;      // pixels per tile: a [C][kTile] buffer per channels_last operand
 
 void check_cpu_float(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), "dpcb (cpu): ", name, " must be a CPU tensor");
@@ -32,8 +40,9 @@ void check_cpu_float(const at::Tensor& t, const char* name) {
               " must be float32 or float64, got ", t.scalar_type());
 }
 
-// The loops over one contiguous run of n elements, each its own multi-ISA function
-// (cpu_isa.h). Written inline inside the parallel lambdas, GCC left some of them scalar (a
+// The loops over one contiguous run of n elements: the LeakyReLU ones are multi-ISA functions
+// (cpu_isa.h) called on long runs; the others are inlined into the tile bodies, which run in
+// the multi-ISA build as a whole (with_best_isa: one dispatch per tile, not per row). Written inline inside the parallel lambdas, GCC left some of them scalar (a
 // conditional load, a LeakyReLU select kept as a branch); as plain-pointer functions every
 // one vectorises.
 template <typename T>
@@ -50,35 +59,35 @@ BSR_CLONES void leaky_relu_grad_run(T* grad, const T* out, int64_t n, T slope) {
 
 // out = x + f1 * f2, elementwise (also grad_f2 = grad_cond + grad_img * f1)
 template <typename T>
-BSR_CLONES void modulate_run(const T* x, const T* f1, const T* f2, T* out, int64_t n) {
+BSR_INLINE void modulate_run(const T* x, const T* f1, const T* f2, T* out, int64_t n) {
   BSR_SIMD
   for (int64_t e = 0; e < n; ++e) out[e] = modulate_element(x[e], f1[e], f2[e]);
 }
 
 // out = x + f1 * f2 with one f2 for the run (the Restorer's 1 x 1 condition)
 template <typename T>
-BSR_CLONES void modulate_scalar_run(const T* x, const T* f1, T f2, T* out, int64_t n) {
+BSR_INLINE void modulate_scalar_run(const T* x, const T* f1, T f2, T* out, int64_t n) {
   BSR_SIMD
   for (int64_t e = 0; e < n; ++e) out[e] = modulate_element(x[e], f1[e], f2);
 }
 
 // out = a * b
 template <typename T>
-BSR_CLONES void multiply_run(const T* a, const T* b, T* out, int64_t n) {
+BSR_INLINE void multiply_run(const T* a, const T* b, T* out, int64_t n) {
   BSR_SIMD
   for (int64_t e = 0; e < n; ++e) out[e] = a[e] * b[e];
 }
 
 template <typename T>
-BSR_CLONES void scale_run(const T* a, T scale, T* out, int64_t n) {
+BSR_INLINE void scale_run(const T* a, T scale, T* out, int64_t n) {
   BSR_SIMD
   for (int64_t e = 0; e < n; ++e) out[e] = a[e] * scale;
 }
 
 // sum(grad_img * f1) over a run: the gradient of a 1 x 1 f2
 template <typename T, typename acc_t>
-BSR_CLONES acc_t grad_cond_scale_run(const T* grad_img, const T* f1, int64_t n) {
-  return grad_cond_scale_plane<T, acc_t>(grad_img, f1, 0, n, 1);
+BSR_INLINE acc_t grad_cond_scale_run(const T* grad_img, const T* f1, int64_t n) {
+  return grad_cond_scale_plane<T, acc_t>(grad_img, 1, f1, 1, 0, n, 1);
 }
 
 // body(begin, end) over equal chunks of [0, numel)
@@ -90,7 +99,7 @@ void for_chunks(int64_t numel, const F& body) {
 void leaky_relu_cpu(at::Tensor& x, double slope) {
   count_call("_leaky_relu_.cpu");
   check_cpu_float(x, "x");
-  TORCH_CHECK(x.is_contiguous(), "_leaky_relu_: x must be contiguous");
+  TORCH_CHECK(x.is_non_overlapping_and_dense(), "_leaky_relu_: x must be dense (NCHW or channels_last)");
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "leaky_relu_cpu", [&] {
     scalar_t* data = x.data_ptr<scalar_t>();
     const scalar_t s = static_cast<scalar_t>(slope);
@@ -101,9 +110,7 @@ void leaky_relu_cpu(at::Tensor& x, double slope) {
 void leaky_relu_backward_cpu(at::Tensor& grad, const at::Tensor& out_in, double slope) {
   count_call("_leaky_relu_backward_.cpu");
   check_cpu_float(grad, "grad");
-  TORCH_CHECK(grad.is_contiguous() && out_in.sizes() == grad.sizes() && out_in.scalar_type() == grad.scalar_type(),
-              "_leaky_relu_backward_: grad must be contiguous and out of its shape and dtype");
-  const at::Tensor out = out_in.contiguous();
+  const at::Tensor out = same_order(out_in, grad);
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "leaky_relu_backward_cpu", [&] {
     scalar_t* g = grad.data_ptr<scalar_t>();
     const scalar_t* o = out.data_ptr<scalar_t>();
@@ -112,79 +119,280 @@ void leaky_relu_backward_cpu(at::Tensor& grad, const at::Tensor& out_in, double 
   });
 }
 
-// planes of hw elements, several per parallel chunk when they are small
-template <typename F>
-void for_planes(int64_t planes, int64_t hw, const F& body) {
-  at::parallel_for(0, planes, std::max<int64_t>(1, kGrain / std::max<int64_t>(hw, 1)), [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) body(p);
+// ---- tiles of kTile pixels of one image, every operand as C rows ----
+
+// float: an 8 x 8 block dst[i * dst_stride + k] = src[k * src_stride + i] in registers (eight
+// loads, 24 shuffles, eight stores: the classic unpack / shuffle / lane-permute sequence, written
+// with GCC vector extensions so that every multi-ISA clone gets its own instructions).
+typedef float float8 __attribute__((vector_size(32)));
+typedef int int8 __attribute__((vector_size(32)));
+
+BSR_INLINE float8 load8(const float* p) {
+  float8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+BSR_INLINE void store8(float* p, float8 v) { std::memcpy(p, &v, sizeof(v)); }
+
+BSR_INLINE void transpose8x8(const float* src, int64_t src_stride, float* dst, int64_t dst_stride) {
+  float8 r[8], t[8], u[8];
+  for (int k = 0; k < 8; ++k) r[k] = load8(src + k * src_stride);
+  for (int k = 0; k < 8; k += 2) {  // interleave pairs of rows
+    t[k] = __builtin_shuffle(r[k], r[k + 1], int8{0, 8, 1, 9, 4, 12, 5, 13});
+    t[k + 1] = __builtin_shuffle(r[k], r[k + 1], int8{2, 10, 3, 11, 6, 14, 7, 15});
+  }
+  for (int k = 0; k < 8; k += 4)  // then pairs of pairs
+    for (int j = 0; j < 2; ++j) {
+      u[k + 2 * j] = __builtin_shuffle(t[k + j], t[k + j + 2], int8{0, 1, 8, 9, 4, 5, 12, 13});
+      u[k + 2 * j + 1] = __builtin_shuffle(t[k + j], t[k + j + 2], int8{2, 3, 10, 11, 6, 7, 14, 15});
+    }
+  for (int i = 0; i < 4; ++i) {  // then the 128-bit halves
+    store8(dst + i * dst_stride, __builtin_shuffle(u[i], u[i + 4], int8{0, 1, 2, 3, 8, 9, 10, 11}));
+    store8(dst + (i + 4) * dst_stride, __builtin_shuffle(u[i], u[i + 4], int8{4, 5, 6, 7, 12, 13, 14, 15}));
+  }
+}
+
+template <typename T>
+BSR_INLINE void transpose_block(const T* src, int64_t src_stride, T* dst, int64_t dst_stride) {
+  if constexpr (std::is_same_v<T, float>) {
+    transpose8x8(src, src_stride, dst, dst_stride);
+  } else {
+    for (int64_t k = 0; k < 8; ++k)
+      for (int64_t i = 0; i < 8; ++i) dst[i * dst_stride + k] = src[k * src_stride + i];
+  }
+}
+
+// dst[i * dst_stride + k] = src[k * src_stride + i] for i < rows, k < cols: in 8 x 8 blocks, the
+// remainders element by element.
+template <typename T>
+BSR_INLINE void transpose(const T* src, int64_t src_stride, T* dst, int64_t dst_stride, int64_t rows, int64_t cols) {
+  const int64_t full_rows = rows - rows % 8, full_cols = cols - cols % 8;
+  for (int64_t k0 = 0; k0 < full_cols; k0 += 8)
+    for (int64_t i0 = 0; i0 < full_rows; i0 += 8)
+      transpose_block(src + k0 * src_stride + i0, src_stride, dst + i0 * dst_stride + k0, dst_stride);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t k = i < full_rows ? full_cols : 0; k < cols; ++k) dst[i * dst_stride + k] = src[k * src_stride + i];
+}
+
+// buffer[c * kTile + j] = the tile's pixel j, channel c (src at its first pixel), for a
+// channels_last operand (channel stride 1)
+template <typename T>
+BSR_INLINE void gather_tile(const T* src, PlaneStrides s, int64_t channels, int64_t len, T* buffer) {
+  transpose(src, s.p, buffer, kTile, channels, len);
+}
+
+template <typename T>
+BSR_INLINE void scatter_tile(const T* buffer, PlaneStrides s, int64_t channels, int64_t len, T* dst) {
+  transpose(buffer, kTile, dst, s.p, len, channels);
+}
+
+// An operand of a tile: C rows of `len` pixels, `stride` apart. NCHW tensors (pixel stride 1)
+// are used in place; the others go through `buffer`.
+template <typename T>
+struct Rows {
+  T* data;
+  int64_t stride;
+  T* row(int64_t c) const { return data + c * stride; }
+};
+
+struct Tile {
+  int64_t n, p0, len, channels;
+};
+
+// (dense tensors: pixel stride 1 (NCHW) or channel stride 1 (channels_last))
+template <typename T>
+BSR_INLINE Rows<const T> read_rows(const T* base, PlaneStrides s, const Tile& t, T* buffer) {
+  const T* first = base + offset_of(s, t.n, 0, t.p0);
+  if (s.p == 1) return {first, s.c};
+  gather_tile(first, s, t.channels, t.len, buffer);
+  return {buffer, kTile};
+}
+
+template <typename T>
+BSR_INLINE Rows<T> write_rows(T* base, PlaneStrides s, const Tile& t, T* buffer) {
+  if (s.p == 1) return {base + offset_of(s, t.n, 0, t.p0), s.c};
+  return {buffer, kTile};
+}
+
+// after the rows of write_rows were written: scatter them when they were buffered
+template <typename T>
+BSR_INLINE void finish_rows(T* base, PlaneStrides s, const Tile& t, const T* buffer) {
+  if (s.p != 1) scatter_tile(buffer, s, t.channels, t.len, base + offset_of(s, t.n, 0, t.p0));
+}
+
+// body(tile, buffer) over the tiles of all images; `buffers` [C][kTile] buffers per thread.
+template <typename T, typename F>
+void for_tiles(int64_t images, int64_t channels, int64_t pixels, int64_t buffers, const F& body) {
+  const int64_t per_image = (pixels + kTile - 1) / kTile;
+  const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, channels * kTile));
+  at::parallel_for(0, images * per_image, grain, [&](int64_t t0, int64_t t1) {
+    std::vector<T> buffer(buffers * channels * kTile);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t p0 = (t % per_image) * kTile;
+      body(Tile{t / per_image, p0, std::min(kTile, pixels - p0), channels}, buffer.data());
+    }
   });
 }
 
+// body(n, buffer) per image (the reductions over an image's pixels: one thread each, fixed order).
+template <typename T, typename F>
+void for_images(int64_t images, int64_t channels, int64_t buffers, const F& body) {
+  at::parallel_for(0, images, 1, [&](int64_t n0, int64_t n1) {
+    std::vector<T> buffer(buffers * channels * kTile);
+    for (int64_t n = n0; n < n1; ++n) body(n, buffer.data());
+  });
+}
+
+at::Tensor empty_in_layout(const at::Tensor& like, bool channels_last) {
+  return at::empty(like.sizes(), like.options().memory_format(layout(channels_last)));
+}
+
+// out_img = x_img + f1 * f2 and out_cond = x_cond + f2, in x_img's and x_cond's layouts.
 std::tuple<at::Tensor, at::Tensor> epilogue_cpu(const at::Tensor& x_in, const at::Tensor& f1_in,
                                                 const at::Tensor& xc_in, const at::Tensor& f2_in) {
   count_call("_dpcb_epilogue.cpu");
   check_cpu_float(x_in, "x_img");
   const bool pointwise = check_epilogue(x_in, f1_in, xc_in, f2_in);
-  const at::Tensor x = x_in.contiguous(), f1 = f1_in.contiguous(), xc = xc_in.contiguous(), f2 = f2_in.contiguous();
+  const at::Tensor x = dense(x_in), f1 = dense(f1_in), xc = dense(xc_in), f2 = dense(f2_in);
   at::Tensor out = at::empty_like(x), out_cond = at::empty_like(xc);
-  const int64_t planes = x.size(0) * x.size(1), hw = x.size(2) * x.size(3);
+  const int64_t images = x.size(0), channels = x.size(1), pixels = x.size(2) * x.size(3);
+  const PlaneStrides sx = plane_strides(x), sf1 = plane_strides(f1), so = plane_strides(out);
+  const PlaneStrides sxc = plane_strides(xc, pointwise), sf2 = plane_strides(f2, pointwise);
+  const PlaneStrides soc = plane_strides(out_cond, pointwise);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dpcb_epilogue_cpu", [&] {
     const scalar_t *xd = x.data_ptr<scalar_t>(), *f1d = f1.data_ptr<scalar_t>();
     const scalar_t *xcd = xc.data_ptr<scalar_t>(), *f2d = f2.data_ptr<scalar_t>();
     scalar_t *od = out.data_ptr<scalar_t>(), *ocd = out_cond.data_ptr<scalar_t>();
-    if (pointwise) {  // f2 is one scalar per plane
-      for_planes(planes, hw, [&](int64_t p) {
-        modulate_scalar_run(xd + p * hw, f1d + p * hw, f2d[p], od + p * hw, hw);
-        ocd[p] = xcd[p] + f2d[p];
-      });
-      return;
-    }
-    for_chunks(x.numel(), [&](int64_t begin, int64_t end) {
-      modulate_run(xd + begin, f1d + begin, f2d + begin, od + begin, end - begin);
-      modulate_scalar_run(xcd + begin, f2d + begin, scalar_t(1), ocd + begin, end - begin);  // x_cond + f2
+    for_tiles<scalar_t>(images, channels, pixels, 6, [&](const Tile& t, scalar_t* buffer) {
+     with_best_isa<scalar_t>([&]() BSR_LAMBDA_INLINE {
+      const int64_t size = channels * kTile;
+      const auto xr = read_rows(xd, sx, t, buffer), f1r = read_rows(f1d, sf1, t, buffer + size);
+      const auto outr = write_rows(od, so, t, buffer + 2 * size);
+      if (pointwise) {  // f2 is one value per (n, c)
+        for (int64_t c = 0; c < channels; ++c)
+          modulate_scalar_run(xr.row(c), f1r.row(c), f2d[offset_of(sf2, t.n, c, 0)], outr.row(c), t.len);
+      } else {
+        const auto f2r = read_rows(f2d, sf2, t, buffer + 3 * size), xcr = read_rows(xcd, sxc, t, buffer + 4 * size);
+        const auto outcr = write_rows(ocd, soc, t, buffer + 5 * size);
+        for (int64_t c = 0; c < channels; ++c) {
+          modulate_run(xr.row(c), f1r.row(c), f2r.row(c), outr.row(c), t.len);
+          modulate_scalar_run(xcr.row(c), f2r.row(c), scalar_t(1), outcr.row(c), t.len);  // x_cond + f2
+        }
+        finish_rows(ocd, soc, t, buffer + 5 * size);
+      }
+      finish_rows(od, so, t, buffer + 2 * size);
+     });
     });
+    if (pointwise) {
+      for (int64_t n = 0; n < images; ++n)
+        for (int64_t c = 0; c < channels; ++c)
+          ocd[offset_of(soc, n, c, 0)] = xcd[offset_of(sxc, n, c, 0)] + f2d[offset_of(sf2, n, c, 0)];
+    }
   });
   return {out, out_cond};
 }
 
-// grad_f1 = grad_img * f2; grad_f2 = grad_cond + grad_img * f1 (summed over H x W for a 1 x 1 f2).
-// A missing grad_img / grad_cond is zero.
-std::tuple<at::Tensor, at::Tensor> epilogue_backward_cpu(const c10::optional<at::Tensor>& grad_img_in,
-                                                         const c10::optional<at::Tensor>& grad_cond_in,
-                                                         const at::Tensor& f1_in, const at::Tensor& f2_in) {
+// grad_f1 = grad_img * f2 (when f2 is given) and grad_f2 = grad_cond + grad_img * f1, summed over
+// the pixels for a 1 x 1 condition (when f1 is given), in channels_last or NCHW; the other
+// output is empty. Separate calls let the op free f1 before grad_f1 is allocated (peak memory).
+std::tuple<at::Tensor, at::Tensor> epilogue_backward_cpu(const at::Tensor& grad_img_in, const at::Tensor& grad_cond_in,
+                                                         const c10::optional<at::Tensor>& f1_in,
+                                                         const c10::optional<at::Tensor>& f2_in, bool channels_last) {
   count_call("_dpcb_epilogue_backward.cpu");
-  check_cpu_float(f1_in, "f1");
-  const bool pointwise = check_epilogue(f1_in, f1_in, f2_in, f2_in);
-  const at::Tensor f1 = f1_in.contiguous(), f2 = f2_in.contiguous();
-  const bool has_gi = grad_img_in.has_value() && grad_img_in->defined();
-  const bool has_gc = grad_cond_in.has_value() && grad_cond_in->defined();
-  TORCH_CHECK(!has_gi || grad_img_in->sizes() == f1.sizes(), "_dpcb_epilogue_backward: grad_img must be ", f1.sizes());
-  TORCH_CHECK(!has_gc || grad_cond_in->sizes() == f2.sizes(), "_dpcb_epilogue_backward: grad_cond must be ", f2.sizes());
-  // zero where there is no gradient (autograd leaves an unused output's gradient undefined)
-  const at::Tensor gc = has_gc ? grad_cond_in->contiguous() : at::zeros_like(f2);
-  if (!has_gi) return {at::zeros_like(f1), gc.clone()};
-  const at::Tensor gi = grad_img_in->contiguous();
-  at::Tensor grad_f1 = at::empty_like(f1), grad_f2 = at::empty_like(f2);
-  const int64_t planes = f1.size(0) * f1.size(1), hw = f1.size(2) * f1.size(3);
-  AT_DISPATCH_FLOATING_TYPES(f1.scalar_type(), "dpcb_epilogue_backward_cpu", [&] {
+  check_cpu_float(grad_img_in, "grad_img");
+  const bool pointwise = check_epilogue_backward(grad_img_in, grad_cond_in, f1_in, f2_in);
+  const bool has_f1 = defined(f1_in), has_f2 = defined(f2_in);
+  const at::Tensor gi = dense(grad_img_in), gc = dense(grad_cond_in);
+  const at::Tensor f1 = has_f1 ? dense(*f1_in) : at::Tensor(), f2 = has_f2 ? dense(*f2_in) : at::Tensor();
+  at::Tensor grad_f1 = has_f2 ? empty_in_layout(gi, channels_last) : gi.new_empty({0});
+  at::Tensor grad_f2 = has_f1 ? empty_in_layout(gc, channels_last) : gi.new_empty({0});
+  const int64_t images = gi.size(0), channels = gi.size(1), pixels = gi.size(2) * gi.size(3);
+  const PlaneStrides sgi = plane_strides(gi), sgc = plane_strides(gc, pointwise);
+  const PlaneStrides sf1 = has_f1 ? plane_strides(f1) : sgi, sf2 = has_f2 ? plane_strides(f2, pointwise) : sgc;
+  const PlaneStrides sg1 = has_f2 ? plane_strides(grad_f1) : sgi, sg2 = has_f1 ? plane_strides(grad_f2, pointwise) : sgc;
+  AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "dpcb_epilogue_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t *f1d = f1.data_ptr<scalar_t>(), *f2d = f2.data_ptr<scalar_t>();
     const scalar_t *gid = gi.data_ptr<scalar_t>(), *gcd = gc.data_ptr<scalar_t>();
-    scalar_t *g1 = grad_f1.data_ptr<scalar_t>(), *g2 = grad_f2.data_ptr<scalar_t>();
-    if (pointwise) {
-      for_planes(planes, hw, [&](int64_t p) {
-        scale_run(gid + p * hw, f2d[p], g1 + p * hw, hw);
-        const acc_t sum = grad_cond_scale_run<scalar_t, acc_t>(gid + p * hw, f1d + p * hw, hw);
-        g2[p] = static_cast<scalar_t>(sum + static_cast<acc_t>(gcd[p]));
+    const scalar_t *f1d = has_f1 ? f1.data_ptr<scalar_t>() : nullptr, *f2d = has_f2 ? f2.data_ptr<scalar_t>() : nullptr;
+    scalar_t *g1 = has_f2 ? grad_f1.data_ptr<scalar_t>() : nullptr, *g2 = has_f1 ? grad_f2.data_ptr<scalar_t>() : nullptr;
+    const int64_t size = channels * kTile;
+    if (pointwise) {  // per image: grad_f1's tiles and the per-channel sums of grad_img * f1
+      for_images<scalar_t>(images, channels, 3, [&](int64_t n, scalar_t* buffer) {
+        std::vector<acc_t> sums(channels, acc_t(0));
+        for (int64_t p0 = 0; p0 < pixels; p0 += kTile) {
+         with_best_isa<scalar_t>([&]() BSR_LAMBDA_INLINE {
+          const Tile t{n, p0, std::min(kTile, pixels - p0), channels};
+          const auto gir = read_rows(gid, sgi, t, buffer);
+          if (has_f2) {
+            const auto g1r = write_rows(g1, sg1, t, buffer + size);
+            for (int64_t c = 0; c < channels; ++c) scale_run(gir.row(c), f2d[offset_of(sf2, n, c, 0)], g1r.row(c), t.len);
+            finish_rows(g1, sg1, t, buffer + size);
+          }
+          if (has_f1) {
+            const auto f1r = read_rows(f1d, sf1, t, buffer + 2 * size);
+            for (int64_t c = 0; c < channels; ++c) sums[c] += grad_cond_scale_run<scalar_t, acc_t>(gir.row(c), f1r.row(c), t.len);
+          }
+         });
+        }
+        if (has_f1) {
+          for (int64_t c = 0; c < channels; ++c)
+            g2[offset_of(sg2, n, c, 0)] = static_cast<scalar_t>(sums[c] + static_cast<acc_t>(gcd[offset_of(sgc, n, c, 0)]));
+        }
       });
       return;
     }
-    for_chunks(f1.numel(), [&](int64_t begin, int64_t end) {
-      multiply_run(gid + begin, f2d + begin, g1 + begin, end - begin);
-      modulate_run(gcd + begin, gid + begin, f1d + begin, g2 + begin, end - begin);
+    for_tiles<scalar_t>(images, channels, pixels, 5, [&](const Tile& t, scalar_t* buffer) {
+     with_best_isa<scalar_t>([&]() BSR_LAMBDA_INLINE {
+      const auto gir = read_rows(gid, sgi, t, buffer);
+      if (has_f2) {
+        const auto f2r = read_rows(f2d, sf2, t, buffer + size);
+        const auto g1r = write_rows(g1, sg1, t, buffer + 2 * size);
+        for (int64_t c = 0; c < channels; ++c) multiply_run(gir.row(c), f2r.row(c), g1r.row(c), t.len);
+        finish_rows(g1, sg1, t, buffer + 2 * size);
+      }
+      if (has_f1) {
+        const auto f1r = read_rows(f1d, sf1, t, buffer + size), gcr = read_rows(gcd, sgc, t, buffer + 3 * size);
+        const auto g2r = write_rows(g2, sg2, t, buffer + 4 * size);
+        for (int64_t c = 0; c < channels; ++c) modulate_run(gcr.row(c), gir.row(c), f1r.row(c), g2r.row(c), t.len);
+        finish_rows(g2, sg2, t, buffer + 4 * size);
+      }
+     });
     });
   });
   return {grad_f1, grad_f2};
+}
+
+// x (+ other) in channels_last or NCHW: the op's layout changes, fused with the residual
+// gradient's add where there is one.
+at::Tensor relayout_cpu(const at::Tensor& x_in, const c10::optional<at::Tensor>& other_in, bool channels_last) {
+  count_call("_dpcb_relayout.cpu");
+  check_cpu_float(x_in, "x");
+  check_relayout(x_in, other_in);
+  const bool has_other = defined(other_in);
+  const at::Tensor x = dense(x_in), other = has_other ? dense(*other_in) : x;
+  at::Tensor out = empty_in_layout(x, channels_last);
+  const PlaneStrides sx = plane_strides(x), sother = plane_strides(other), sout = plane_strides(out);
+  const int64_t channels = x.size(1);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dpcb_relayout_cpu", [&] {
+    const scalar_t *xd = x.data_ptr<scalar_t>(), *od = other.data_ptr<scalar_t>();
+    scalar_t* outd = out.data_ptr<scalar_t>();
+    for_tiles<scalar_t>(x.size(0), channels, x.size(2) * x.size(3), 3, [&](const Tile& t, scalar_t* buffer) {
+     with_best_isa<scalar_t>([&]() BSR_LAMBDA_INLINE {
+      const int64_t size = channels * kTile;
+      const auto xr = read_rows(xd, sx, t, buffer);
+      const auto outr = write_rows(outd, sout, t, buffer + 2 * size);
+      if (has_other) {
+        const auto otherr = read_rows(od, sother, t, buffer + size);
+        for (int64_t c = 0; c < channels; ++c) modulate_scalar_run(xr.row(c), otherr.row(c), scalar_t(1), outr.row(c), t.len);
+      } else {
+        for (int64_t c = 0; c < channels; ++c) scale_run(xr.row(c), scalar_t(1), outr.row(c), t.len);
+      }
+      finish_rows(outd, sout, t, buffer + 2 * size);
+     });
+    });
+  });
+  return out;
 }
 
 }  // namespace
@@ -194,6 +402,7 @@ TORCH_LIBRARY_IMPL(bsrops, CPU, m) {
   m.impl("_leaky_relu_backward_", &leaky_relu_backward_cpu);
   m.impl("_dpcb_epilogue", &epilogue_cpu);
   m.impl("_dpcb_epilogue_backward", &epilogue_backward_cpu);
+  m.impl("_dpcb_relayout", &relayout_cpu);
 }
 
 }  // namespace dpcb

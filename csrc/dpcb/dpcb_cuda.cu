@@ -1,13 +1,16 @@
 // CUDA kernels of bsrops::dpcb's fused part (everything around the four cuDNN convolutions).
 //
 // Elementwise kernels are grid-stride loops over the per-element functions of dpcb.h, the
-// functions the CPU kernels loop over (so the CPU tests check this maths). The gradient of a
+// functions the CPU kernels loop over (so the CPU tests check this maths); every tensor is
+// read and written through its (N, C, P) strides (dpcb.h), so NCHW and channels_last
+// operands mix as on the CPU. The gradient of a
 // 1 x 1 condition is one block per (n, c) plane: each thread sums a strided share of the
 // plane with grad_cond_scale_plane, then a fixed-shape tree in shared memory adds the shares:
 // deterministic, no atomics. Only minimal headers (shared/DESIGN.md §5).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -47,48 +50,70 @@ __global__ void __launch_bounds__(kThreads)
   BSR_GRID_STRIDE(e, total) grad[e] = leaky_relu_grad_element(grad[e], out[e], slope);
 }
 
-// out_img over all elements; out_cond too when the condition is image-sized (hw_cond == hw),
-// else f2 / x_cond hold one value per plane (hw_cond == 1).
+// out_img over all (n, c, p) elements (decoded in NCHW order, each tensor read through its
+// strides); out_cond too when the condition is image-sized, else once per (n, c) (p == 0).
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
-    epilogue_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ f1, const scalar_t* __restrict__ xc,
-                    const scalar_t* __restrict__ f2, scalar_t* __restrict__ out, scalar_t* __restrict__ out_cond,
-                    int64_t hw, bool pointwise, int64_t total) {
+    epilogue_kernel(const scalar_t* __restrict__ x, PlaneStrides sx, const scalar_t* __restrict__ f1, PlaneStrides sf1,
+                    const scalar_t* __restrict__ xc, PlaneStrides sxc, const scalar_t* __restrict__ f2, PlaneStrides sf2,
+                    scalar_t* __restrict__ out, PlaneStrides so, scalar_t* __restrict__ out_cond, PlaneStrides soc,
+                    int64_t channels, int64_t pixels, bool pointwise, int64_t total) {
   BSR_GRID_STRIDE(e, total) {
-    const int64_t c = pointwise ? e / hw : e;
-    out[e] = modulate_element(x[e], f1[e], f2[c]);
-    if (!pointwise || e % hw == 0) out_cond[c] = xc[c] + f2[c];
+    const int64_t p = e % pixels, c = (e / pixels) % channels, n = e / (pixels * channels);
+    const scalar_t v2 = f2[offset_of(sf2, n, c, p)];
+    out[offset_of(so, n, c, p)] = modulate_element(x[offset_of(sx, n, c, p)], f1[offset_of(sf1, n, c, p)], v2);
+    if (!pointwise || p == 0) out_cond[offset_of(soc, n, c, p)] = xc[offset_of(sxc, n, c, p)] + v2;
   }
 }
 
+// grad_f1 = grad_img * f2 (g1 != nullptr) and, for an image-sized condition, grad_f2 = grad_cond +
+// grad_img * f1 (g2 != nullptr), elementwise.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
-    grad_f1_kernel(const scalar_t* __restrict__ gi, const scalar_t* __restrict__ gc, const scalar_t* __restrict__ f1,
-                   const scalar_t* __restrict__ f2, scalar_t* __restrict__ g1, scalar_t* __restrict__ g2, int64_t hw,
-                   bool pointwise, int64_t total) {
+    epilogue_grad_kernel(const scalar_t* __restrict__ gi, PlaneStrides sgi, const scalar_t* __restrict__ gc,
+                         PlaneStrides sgc, const scalar_t* __restrict__ f1, PlaneStrides sf1,
+                         const scalar_t* __restrict__ f2, PlaneStrides sf2, scalar_t* __restrict__ g1, PlaneStrides sg1,
+                         scalar_t* __restrict__ g2, PlaneStrides sg2, int64_t channels, int64_t pixels, int64_t total) {
   BSR_GRID_STRIDE(e, total) {
-    const int64_t c = pointwise ? e / hw : e;
-    g1[e] = gi ? gi[e] * f2[c] : scalar_t(0);
-    if (!pointwise) g2[e] = (gc ? gc[e] : scalar_t(0)) + (gi ? gi[e] * f1[e] : scalar_t(0));
+    const int64_t p = e % pixels, c = (e / pixels) % channels, n = e / (pixels * channels);
+    const scalar_t g = gi[offset_of(sgi, n, c, p)];
+    if (g1) g1[offset_of(sg1, n, c, p)] = g * f2[offset_of(sf2, n, c, p)];
+    if (g2) g2[offset_of(sg2, n, c, p)] = modulate_element(gc[offset_of(sgc, n, c, p)], g, f1[offset_of(sf1, n, c, p)]);
   }
 }
 
-// One block per plane: g2[p] = grad_cond[p] + sum over the plane of grad_img * f1.
+// One block per (n, c) plane: g2 = grad_cond + the plane's sum of grad_img * f1.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
-    grad_cond_plane_kernel(const scalar_t* __restrict__ gi, const scalar_t* __restrict__ gc,
-                           const scalar_t* __restrict__ f1, scalar_t* __restrict__ g2, int64_t hw) {
+    grad_cond_plane_kernel(const scalar_t* __restrict__ gi, PlaneStrides sgi, const scalar_t* __restrict__ gc,
+                           PlaneStrides sgc, const scalar_t* __restrict__ f1, PlaneStrides sf1,
+                           scalar_t* __restrict__ g2, PlaneStrides sg2, int64_t channels, int64_t pixels) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t partial[kThreads];
-  const int64_t p = blockIdx.x, base = p * hw;
-  partial[threadIdx.x] =
-      gi ? grad_cond_scale_plane<scalar_t, acc_t>(gi, f1, base + threadIdx.x, base + hw, blockDim.x) : acc_t(0);
+  const int64_t n = blockIdx.x / channels, c = blockIdx.x % channels;
+  partial[threadIdx.x] = grad_cond_scale_plane<scalar_t, acc_t>(gi + offset_of(sgi, n, c, 0), sgi.p,
+                                                                f1 + offset_of(sf1, n, c, 0), sf1.p, threadIdx.x,
+                                                                pixels, blockDim.x);
   __syncthreads();
   for (int width = kThreads / 2; width > 0; width /= 2) {
     if (threadIdx.x < width) partial[threadIdx.x] += partial[threadIdx.x + width];
     __syncthreads();
   }
-  if (threadIdx.x == 0) g2[p] = static_cast<scalar_t>(partial[0] + (gc ? static_cast<acc_t>(gc[p]) : acc_t(0)));
+  if (threadIdx.x == 0)
+    g2[offset_of(sg2, n, c, 0)] = static_cast<scalar_t>(partial[0] + static_cast<acc_t>(gc[offset_of(sgc, n, c, 0)]));
+}
+
+// out = x (+ other), each in its own layout
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    relayout_kernel(const scalar_t* __restrict__ x, PlaneStrides sx, const scalar_t* __restrict__ other,
+                    PlaneStrides sother, scalar_t* __restrict__ out, PlaneStrides sout, int64_t channels,
+                    int64_t pixels, int64_t total) {
+  BSR_GRID_STRIDE(e, total) {
+    const int64_t p = e % pixels, c = (e / pixels) % channels, n = e / (pixels * channels);
+    const scalar_t v = x[offset_of(sx, n, c, p)];
+    out[offset_of(sout, n, c, p)] = other ? v + other[offset_of(sother, n, c, p)] : v;
+  }
 }
 
 void check_cuda(const at::Tensor& t, const char* name) {
@@ -100,7 +125,7 @@ void check_cuda(const at::Tensor& t, const char* name) {
 void leaky_relu_cuda(at::Tensor& x, double slope) {
   count_call("_leaky_relu_.cuda");
   check_cuda(x, "x");
-  TORCH_CHECK(x.is_contiguous(), "_leaky_relu_: x must be contiguous");
+  TORCH_CHECK(x.is_non_overlapping_and_dense(), "_leaky_relu_: x must be dense (NCHW or channels_last)");
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t total = x.numel();
   if (total == 0) return;
@@ -115,11 +140,8 @@ void leaky_relu_cuda(at::Tensor& x, double slope) {
 void leaky_relu_backward_cuda(at::Tensor& grad, const at::Tensor& out_in, double slope) {
   count_call("_leaky_relu_backward_.cuda");
   check_cuda(grad, "grad");
-  TORCH_CHECK(grad.is_contiguous() && out_in.sizes() == grad.sizes() && out_in.scalar_type() == grad.scalar_type() &&
-                  out_in.device() == grad.device(),
-              "_leaky_relu_backward_: grad must be contiguous and out of its shape, dtype and device");
   const c10::cuda::CUDAGuard guard(grad.device());
-  const at::Tensor out = out_in.contiguous();
+  const at::Tensor out = same_order(out_in, grad);
   const int64_t total = grad.numel();
   if (total == 0) return;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -136,53 +158,78 @@ std::tuple<at::Tensor, at::Tensor> epilogue_cuda(const at::Tensor& x_in, const a
   check_cuda(x_in, "x_img");
   const bool pointwise = check_epilogue(x_in, f1_in, xc_in, f2_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = x_in.contiguous(), f1 = f1_in.contiguous(), xc = xc_in.contiguous(), f2 = f2_in.contiguous();
+  const at::Tensor x = dense(x_in), f1 = dense(f1_in), xc = dense(xc_in), f2 = dense(f2_in);
   at::Tensor out = at::empty_like(x), out_cond = at::empty_like(xc);
   const int64_t total = x.numel();
   if (total == 0) return {out, out_cond};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dpcb_epilogue_cuda", [&] {
     epilogue_kernel<scalar_t><<<num_blocks(total), kThreads, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), f1.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
-        f2.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), out_cond.mutable_data_ptr<scalar_t>(),
-        x.size(2) * x.size(3), pointwise, total);
+        x.const_data_ptr<scalar_t>(), plane_strides(x), f1.const_data_ptr<scalar_t>(), plane_strides(f1),
+        xc.const_data_ptr<scalar_t>(), plane_strides(xc, pointwise), f2.const_data_ptr<scalar_t>(),
+        plane_strides(f2, pointwise), out.mutable_data_ptr<scalar_t>(), plane_strides(out),
+        out_cond.mutable_data_ptr<scalar_t>(), plane_strides(out_cond, pointwise), x.size(1), x.size(2) * x.size(3),
+        pointwise, total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {out, out_cond};
 }
 
-std::tuple<at::Tensor, at::Tensor> epilogue_backward_cuda(const c10::optional<at::Tensor>& grad_img_in,
-                                                          const c10::optional<at::Tensor>& grad_cond_in,
-                                                          const at::Tensor& f1_in, const at::Tensor& f2_in) {
+std::tuple<at::Tensor, at::Tensor> epilogue_backward_cuda(const at::Tensor& grad_img_in, const at::Tensor& grad_cond_in,
+                                                          const c10::optional<at::Tensor>& f1_in,
+                                                          const c10::optional<at::Tensor>& f2_in, bool channels_last) {
   count_call("_dpcb_epilogue_backward.cuda");
-  check_cuda(f1_in, "f1");
-  const bool pointwise = check_epilogue(f1_in, f1_in, f2_in, f2_in);
-  const c10::cuda::CUDAGuard guard(f1_in.device());
-  const at::Tensor f1 = f1_in.contiguous(), f2 = f2_in.contiguous();
-  const bool has_gi = grad_img_in.has_value() && grad_img_in->defined();
-  const bool has_gc = grad_cond_in.has_value() && grad_cond_in->defined();
-  const at::Tensor gi = has_gi ? grad_img_in->contiguous() : at::Tensor();
-  const at::Tensor gc = has_gc ? grad_cond_in->contiguous() : at::Tensor();
-  TORCH_CHECK(!has_gi || gi.sizes() == f1.sizes(), "_dpcb_epilogue_backward: grad_img must be ", f1.sizes());
-  TORCH_CHECK(!has_gc || gc.sizes() == f2.sizes(), "_dpcb_epilogue_backward: grad_cond must be ", f2.sizes());
-  at::Tensor grad_f1 = at::empty_like(f1), grad_f2 = at::empty_like(f2);
-  const int64_t total = f1.numel(), hw = f1.size(2) * f1.size(3), planes = f1.size(0) * f1.size(1);
+  check_cuda(grad_img_in, "grad_img");
+  const bool pointwise = check_epilogue_backward(grad_img_in, grad_cond_in, f1_in, f2_in);
+  const bool has_f1 = defined(f1_in), has_f2 = defined(f2_in);
+  const c10::cuda::CUDAGuard guard(grad_img_in.device());
+  const at::Tensor gi = dense(grad_img_in), gc = dense(grad_cond_in);
+  const at::Tensor f1 = has_f1 ? dense(*f1_in) : gi, f2 = has_f2 ? dense(*f2_in) : gc;  // gi, gc: never read
+  const auto options = [&](const at::Tensor& like) { return like.options().memory_format(layout(channels_last)); };
+  at::Tensor grad_f1 = has_f2 ? at::empty(gi.sizes(), options(gi)) : gi.new_empty({0});
+  at::Tensor grad_f2 = has_f1 ? at::empty(gc.sizes(), options(gc)) : gi.new_empty({0});
+  const int64_t total = gi.numel(), channels = gi.size(1), pixels = gi.size(2) * gi.size(3);
   if (total == 0) return {grad_f1, grad_f2};
+  const PlaneStrides sg1 = has_f2 ? plane_strides(grad_f1) : plane_strides(gi);
+  const PlaneStrides sg2 = has_f1 ? plane_strides(grad_f2, pointwise) : plane_strides(gc, pointwise);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(f1.scalar_type(), "dpcb_epilogue_backward_cuda", [&] {
-    const scalar_t* gid = has_gi ? gi.const_data_ptr<scalar_t>() : nullptr;
-    const scalar_t* gcd = has_gc ? gc.const_data_ptr<scalar_t>() : nullptr;
-    grad_f1_kernel<scalar_t><<<num_blocks(total), kThreads, 0, stream>>>(
-        gid, gcd, f1.const_data_ptr<scalar_t>(), f2.const_data_ptr<scalar_t>(), grad_f1.mutable_data_ptr<scalar_t>(),
-        grad_f2.mutable_data_ptr<scalar_t>(), hw, pointwise, total);
+  AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "dpcb_epilogue_backward_cuda", [&] {
+    scalar_t* g1 = has_f2 ? grad_f1.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* g2 = has_f1 ? grad_f2.mutable_data_ptr<scalar_t>() : nullptr;
+    epilogue_grad_kernel<scalar_t><<<num_blocks(total), kThreads, 0, stream>>>(
+        gi.const_data_ptr<scalar_t>(), plane_strides(gi), gc.const_data_ptr<scalar_t>(), plane_strides(gc, pointwise),
+        f1.const_data_ptr<scalar_t>(), plane_strides(f1), f2.const_data_ptr<scalar_t>(), plane_strides(f2, pointwise),
+        g1, sg1, pointwise ? nullptr : g2, sg2, channels, pixels, total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (pointwise) {
-      grad_cond_plane_kernel<scalar_t><<<static_cast<unsigned int>(planes), kThreads, 0, stream>>>(
-          gid, gcd, f1.const_data_ptr<scalar_t>(), grad_f2.mutable_data_ptr<scalar_t>(), hw);
+    if (pointwise && has_f1) {
+      grad_cond_plane_kernel<scalar_t><<<static_cast<unsigned int>(gi.size(0) * channels), kThreads, 0, stream>>>(
+          gi.const_data_ptr<scalar_t>(), plane_strides(gi), gc.const_data_ptr<scalar_t>(), plane_strides(gc, true),
+          f1.const_data_ptr<scalar_t>(), plane_strides(f1), g2, sg2, channels, pixels);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
   return {grad_f1, grad_f2};
+}
+
+at::Tensor relayout_cuda(const at::Tensor& x_in, const c10::optional<at::Tensor>& other_in, bool channels_last) {
+  count_call("_dpcb_relayout.cuda");
+  check_cuda(x_in, "x");
+  check_relayout(x_in, other_in);
+  const bool has_other = defined(other_in);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = dense(x_in), other = has_other ? dense(*other_in) : x;
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(layout(channels_last)));
+  const int64_t total = x.numel();
+  if (total == 0) return out;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dpcb_relayout_cuda", [&] {
+    relayout_kernel<scalar_t><<<num_blocks(total), kThreads, 0, stream>>>(
+        x.const_data_ptr<scalar_t>(), plane_strides(x), has_other ? other.const_data_ptr<scalar_t>() : nullptr,
+        plane_strides(other), out.mutable_data_ptr<scalar_t>(), plane_strides(out), x.size(1), x.size(2) * x.size(3),
+        total);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
 }
 
 }  // namespace
@@ -192,6 +239,7 @@ TORCH_LIBRARY_IMPL(bsrops, CUDA, m) {
   m.impl("_leaky_relu_backward_", &leaky_relu_backward_cuda);
   m.impl("_dpcb_epilogue", &epilogue_cuda);
   m.impl("_dpcb_epilogue_backward", &epilogue_backward_cuda);
+  m.impl("_dpcb_relayout", &relayout_cuda);
 }
 
 }  // namespace dpcb
