@@ -18,6 +18,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <cstring>
 #include <type_traits>
 #include <tuple>
@@ -244,6 +245,24 @@ void for_images(int64_t images, int64_t channels, int64_t buffers, const F& body
   });
 }
 
+// The (N, C, P) view of an elementwise kernel's operands: one flat row per image when they all
+// have one memory order (nothing to stage, e.g. a channels_last caller), else channels x pixels.
+struct Plane {
+  int64_t images, channels, pixels;
+  bool flat;
+  // t's strides in this view (`broadcast`: a (N, C, 1, 1) tensor read for every pixel)
+  PlaneStrides strides(const at::Tensor& t, bool broadcast = false) const {
+    return flat ? PlaneStrides{channels * pixels, 0, 1} : plane_strides(t, broadcast);
+  }
+};
+
+Plane plane_of(const at::Tensor& like, std::initializer_list<at::Tensor> operands, bool pointwise) {
+  bool flat = !pointwise;
+  for (const at::Tensor& t : operands) flat = flat && t.strides() == like.strides();
+  const int64_t images = like.size(0), channels = like.size(1), pixels = like.size(2) * like.size(3);
+  return flat ? Plane{images, 1, channels * pixels, true} : Plane{images, channels, pixels, false};
+}
+
 at::Tensor empty_in_layout(const at::Tensor& like, bool channels_last) {
   return at::empty(like.sizes(), like.options().memory_format(layout(channels_last)));
 }
@@ -256,10 +275,11 @@ std::tuple<at::Tensor, at::Tensor> epilogue_cpu(const at::Tensor& x_in, const at
   const bool pointwise = check_epilogue(x_in, f1_in, xc_in, f2_in);
   const at::Tensor x = dense(x_in), f1 = dense(f1_in), xc = dense(xc_in), f2 = dense(f2_in);
   at::Tensor out = at::empty_like(x), out_cond = at::empty_like(xc);
-  const int64_t images = x.size(0), channels = x.size(1), pixels = x.size(2) * x.size(3);
-  const PlaneStrides sx = plane_strides(x), sf1 = plane_strides(f1), so = plane_strides(out);
-  const PlaneStrides sxc = plane_strides(xc, pointwise), sf2 = plane_strides(f2, pointwise);
-  const PlaneStrides soc = plane_strides(out_cond, pointwise);
+  const Plane plane = plane_of(x, {f1, xc, f2}, pointwise);
+  const int64_t images = plane.images, channels = plane.channels, pixels = plane.pixels;
+  const PlaneStrides sx = plane.strides(x), sf1 = plane.strides(f1), so = plane.strides(out);
+  const PlaneStrides sxc = plane.strides(xc, pointwise), sf2 = plane.strides(f2, pointwise);
+  const PlaneStrides soc = plane.strides(out_cond, pointwise);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dpcb_epilogue_cpu", [&] {
     const scalar_t *xd = x.data_ptr<scalar_t>(), *f1d = f1.data_ptr<scalar_t>();
     const scalar_t *xcd = xc.data_ptr<scalar_t>(), *f2d = f2.data_ptr<scalar_t>();
@@ -307,10 +327,13 @@ std::tuple<at::Tensor, at::Tensor> epilogue_backward_cpu(const at::Tensor& grad_
   const at::Tensor f1 = has_f1 ? dense(*f1_in) : at::Tensor(), f2 = has_f2 ? dense(*f2_in) : at::Tensor();
   at::Tensor grad_f1 = has_f2 ? empty_in_layout(gi, channels_last) : gi.new_empty({0});
   at::Tensor grad_f2 = has_f1 ? empty_in_layout(gc, channels_last) : gi.new_empty({0});
-  const int64_t images = gi.size(0), channels = gi.size(1), pixels = gi.size(2) * gi.size(3);
-  const PlaneStrides sgi = plane_strides(gi), sgc = plane_strides(gc, pointwise);
-  const PlaneStrides sf1 = has_f1 ? plane_strides(f1) : sgi, sf2 = has_f2 ? plane_strides(f2, pointwise) : sgc;
-  const PlaneStrides sg1 = has_f2 ? plane_strides(grad_f1) : sgi, sg2 = has_f1 ? plane_strides(grad_f2, pointwise) : sgc;
+  std::initializer_list<at::Tensor> operands = {gc, has_f1 ? f1 : gi, has_f2 ? f2 : gi, has_f2 ? grad_f1 : gi,
+                                                has_f1 ? grad_f2 : gi};
+  const Plane plane = plane_of(gi, operands, pointwise);
+  const int64_t images = plane.images, channels = plane.channels, pixels = plane.pixels;
+  const PlaneStrides sgi = plane.strides(gi), sgc = plane.strides(gc, pointwise);
+  const PlaneStrides sf1 = has_f1 ? plane.strides(f1) : sgi, sf2 = has_f2 ? plane.strides(f2, pointwise) : sgc;
+  const PlaneStrides sg1 = has_f2 ? plane.strides(grad_f1) : sgi, sg2 = has_f1 ? plane.strides(grad_f2, pointwise) : sgc;
   AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "dpcb_epilogue_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t *gid = gi.data_ptr<scalar_t>(), *gcd = gc.data_ptr<scalar_t>();
@@ -372,12 +395,13 @@ at::Tensor relayout_cpu(const at::Tensor& x_in, const c10::optional<at::Tensor>&
   const bool has_other = defined(other_in);
   const at::Tensor x = dense(x_in), other = has_other ? dense(*other_in) : x;
   at::Tensor out = empty_in_layout(x, channels_last);
-  const PlaneStrides sx = plane_strides(x), sother = plane_strides(other), sout = plane_strides(out);
-  const int64_t channels = x.size(1);
+  const Plane plane = plane_of(x, {other, out}, false);
+  const PlaneStrides sx = plane.strides(x), sother = plane.strides(other), sout = plane.strides(out);
+  const int64_t channels = plane.channels;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dpcb_relayout_cpu", [&] {
     const scalar_t *xd = x.data_ptr<scalar_t>(), *od = other.data_ptr<scalar_t>();
     scalar_t* outd = out.data_ptr<scalar_t>();
-    for_tiles<scalar_t>(x.size(0), channels, x.size(2) * x.size(3), 3, [&](const Tile& t, scalar_t* buffer) {
+    for_tiles<scalar_t>(plane.images, channels, plane.pixels, 3, [&](const Tile& t, scalar_t* buffer) {
      with_best_isa<scalar_t>([&]() BSR_LAMBDA_INLINE {
       const int64_t size = channels * kTile;
       const auto xr = read_rows(xd, sx, t, buffer);
