@@ -104,9 +104,10 @@ print(%r + json.dumps({"peak_extra_bytes": max(0, peak - before), "rss_before_by
 """ % _MARK
 
 
-def peak_extra_memory(factory, *args, threads=None, warmup=1, timeout=900):
+def peak_extra_memory(factory, *args, threads=None, warmup=1, timeout=900, live=None):
     """Peak extra RSS (bytes) of one call of `factory(*args)()` in a fresh subprocess.
 
+    live: count live tensors (see BSR_LIVE_MEMORY above); None: as BSR_LIVE_MEMORY says.
     Returns a dict: peak_extra_bytes, rss_before_bytes, peak_rss_bytes, method.
     Raises RuntimeError (with the child's stderr) when the child fails.
     """
@@ -126,7 +127,7 @@ def peak_extra_memory(factory, *args, threads=None, warmup=1, timeout=900):
         "path": [here, root],
     }
     env = dict(os.environ)
-    if os.environ.get("BSR_LIVE_MEMORY") == "1":
+    if live or live is None and os.environ.get("BSR_LIVE_MEMORY") == "1":
         env["GLIBC_TUNABLES"] = LIVE_MEMORY_MALLOC
     proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(spec)], capture_output=True, text=True,
                           timeout=timeout, env=env)
