@@ -186,7 +186,7 @@ def bsrops_fused_part(x_img, a1, f1, x_cond, a2, f2, grad_img, grad_cond, grad_h
         ops._leaky_relu_(a1, SLOPE)
         ops._leaky_relu_(a2, SLOPE)
     for x in relayouts:  # forward: the first convolutions' inputs
-        ops._dpcb_relayout(x, None, True)
+        ops._relayout(x, None, True)
     out_img, out_cond = ops._dpcb_epilogue(x_img, f1, x_cond, f2)
     if f2.shape != f1.shape:
         grad_f1, grad_f2 = ops._dpcb_epilogue_backward(grad_img, grad_cond, f1, f2, True)
@@ -196,10 +196,10 @@ def bsrops_fused_part(x_img, a1, f1, x_cond, a2, f2, grad_img, grad_cond, grad_h
     ops._leaky_relu_backward_(grad_h1, a1, SLOPE)  # in place, as in the op's backward
     ops._leaky_relu_backward_(grad_h2, a2, SLOPE)
     for x in relayouts:  # backward: the first convolutions' inputs for their weight gradients
-        ops._dpcb_relayout(x, None, True)
+        ops._relayout(x, None, True)
     # grad_h1, grad_h2 stand in for the first convolutions' (channels_last) input gradients
-    return (out_img, out_cond, grad_f1, grad_f2, ops._dpcb_relayout(grad_h1, grad_img, False),
-            ops._dpcb_relayout(grad_h2, grad_cond, False))
+    return (out_img, out_cond, grad_f1, grad_f2, ops._relayout(grad_h1, grad_img, False),
+            ops._relayout(grad_h2, grad_cond, False))
 
 
 @functools.lru_cache(maxsize=None)

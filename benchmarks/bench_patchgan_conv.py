@@ -6,10 +6,13 @@ LeakyReLU(0.2), float32: the second block of the pix2pix / RealSR NLayer discrim
 Whole block, providers: reference (nn.Conv2d, nn.InstanceNorm2d, nn.LeakyReLU(0.2, True),
 eager), compiled_reference (torch.compile of it), bsrops_cpu (bsrops.nn.PatchGANConv);
 modes: forward, forward+backward (grads of x and the conv's parameters), inference.
-Fused part alone (`fused`, forward+backward on the conv output y): F.instance_norm +
-in-place LeakyReLU and their autograd backward (eager), torch.compile of that (compiled),
-and bsrops' `_patchgan_norm_act` + `_patchgan_norm_act_backward` (bsrops_cpu). Also
-`conv alone` forward+backward, for the conv share.
+Fused part alone (`fused`, forward+backward): the work around the conv - on the conv output
+y the norm + activation and their backward, then the layout changes of the op's
+channels_last conv backward (grad_y and x to channels_last, grad_x back to NCHW) - as
+F.instance_norm + in-place LeakyReLU, their autograd backward and torch's layout copies
+(eager), torch.compile of that (compiled), and bsrops' `_patchgan_norm_act` +
+`_patchgan_norm_act_backward` + `_relayout` (bsrops_cpu). Also `conv alone`
+forward+backward (NCHW, as eager runs it), for the conv share.
 
 Where the time goes and why the fusion helps: the conv is 16*1024*128*64*16 = 2.15 GMAC
 forward and twice that backward (data + weight gradients), 6.4 GMAC = 12.9 GFLOP in all.
@@ -18,7 +21,10 @@ such tensor read or written, eager runs ~13 (instance-norm statistics 1, normali
 LeakyReLU 2, LeakyReLU backward 3, norm backward reductions 2 + input gradient 3) and the
 fused kernels 6 (statistics 1, write out 1 - the 4 KB planes stay in L1 between the passes -,
 backward: read grad_out and out, write gz into grad_y's memory 3, then the reductions and
-grad_y in place from L1), with 2 instead of 4 tensor-sized allocations.
+grad_y in place from L1), with 2 instead of 4 tensor-sized allocations. The op's conv backward runs in channels_last
+(oneDNN's NCHW backward holds ~3 y-sized reorder buffers; peak live memory of the block 50.0
+vs 63.9 MiB): grad_y leaves the norm's backward in channels_last (1 transpose of y's size),
+x goes to channels_last for the weight gradient and grad_x back (2 of x's, twice y's size).
 - CPU (2 cores, measured in the issue #4 closing note): the conv is ~86% of the eager
   block's forward+backward and the norm + activation ~7%; the fused part runs ~5x faster
   than eager and on par with torch.compile (inductor generates the same one-pass kernels,
@@ -100,27 +106,34 @@ def make_case(provider, mode, size):
     return run
 
 
-def eager_fused_part(y, grad):
+def _eager_layout_changes(grad_y, x, grad_x_cl):
+    """grad_y and x to channels_last, grad_x (here a channels_last stand-in) back to NCHW, in torch."""
+    cl = torch.channels_last
+    return grad_y.contiguous(memory_format=cl), x.contiguous(memory_format=cl), grad_x_cl.contiguous()
+
+
+def eager_fused_part(y, grad, x, grad_x_cl):
     y.grad = None
     out = F.leaky_relu(F.instance_norm(y), SLOPE, inplace=True)
     out.backward(grad)
-    return out, y.grad
+    return out, *_eager_layout_changes(y.grad, x, grad_x_cl)
 
 
-def bsrops_fused_part(y, grad):
+def bsrops_fused_part(y, grad, x, grad_x_cl):
     ops = torch.ops.bsrops
     out, mean, rstd = ops._patchgan_norm_act(y, None, None, None, None, "instance", True, 0.1, 1e-5, SLOPE, True)
     grad_y, _, _ = ops._patchgan_norm_act_backward(grad, y, out, mean, rstd, None, "instance", True, SLOPE, True,
                                                    [True, False, False])
-    return out, grad_y
+    return (out, ops._relayout(grad_y, None, True), ops._relayout(x, None, True),
+            ops._relayout(grad_x_cl, None, False))
 
 
 @functools.lru_cache(maxsize=None)
 def _compiled_fused():
-    def fn(y, grad):
+    def fn(y, grad, x, grad_x_cl):
         out = F.leaky_relu(F.instance_norm(y), SLOPE)
         (grad_y,) = torch.autograd.grad(out, y, grad)
-        return out, grad_y
+        return out, *_eager_layout_changes(grad_y, x, grad_x_cl)
     return torch.compile(fn, dynamic=False)
 
 
@@ -130,13 +143,15 @@ def make_fused_case(provider, size):
     out_h = (d["h"] + 2 * d["p"] - d["k"]) // d["s"] + 1
     y = torch.randn(d["n"], d["cout"], out_h, out_h, generator=gen)
     grad = torch.randn(y.shape, generator=gen)
+    x = torch.randn(d["n"], d["cin"], d["h"], d["w"], generator=gen)
+    grad_x_cl = torch.randn(x.shape, generator=gen).contiguous(memory_format=torch.channels_last)
     if provider == "bsrops_cpu":
-        return lambda: bsrops_fused_part(y, grad)
+        return lambda: bsrops_fused_part(y, grad, x, grad_x_cl)
     y.requires_grad_()
     if provider == "eager":
-        return lambda: eager_fused_part(y, grad)
+        return lambda: eager_fused_part(y, grad, x, grad_x_cl)
     compiled = _compiled_fused()
-    return lambda: compiled(y, grad)
+    return lambda: compiled(y, grad, x, grad_x_cl)
 
 
 def make_conv_case(size):

@@ -86,7 +86,9 @@ TORCH_LIBRARY(bsrops, m) {
   m.def(
       "_dpcb_epilogue_backward(Tensor grad_img, Tensor grad_cond, Tensor? f1, Tensor? f2, bool channels_last) "
       "-> (Tensor, Tensor)");
-  m.def("_dpcb_relayout(Tensor x, Tensor? other, bool channels_last) -> Tensor");
+  // x (+ other) in NCHW or channels_last: the layout changes around channels_last convolutions
+  // (dpcb, and patchgan_conv's backward), fused with a residual gradient's add.
+  m.def("_relayout(Tensor x, Tensor? other, bool channels_last) -> Tensor");
 
   // patchgan_conv: conv + bias + norm (none | instance | batch) + optional LeakyReLU. Returns
   // (out, y = conv output, mean, rstd, new running_mean, new running_var). Functional: the Python
@@ -109,6 +111,9 @@ TORCH_LIBRARY(bsrops, m) {
   m.def(
       "_patchgan_norm_act_backward(Tensor grad_out, Tensor y, Tensor out, Tensor mean, Tensor rstd, Tensor? weight, "
       "str norm, bool training, float negative_slope, bool activation, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // aten's conv2d whose backward runs in channels_last when its incoming gradient is (the
+  // norm's backward hands it so): no oneDNN reorder buffers.
+  m.def("_patchgan_conv2d(Tensor x, Tensor weight, Tensor? bias, int stride, int padding) -> Tensor");
 }
 
 static PyObject* kernel_calls(PyObject*, PyObject*) {

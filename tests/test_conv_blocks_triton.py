@@ -27,7 +27,7 @@ def test_dpcb_triton_matches_official_structure(use):
     with bsrops.use_backend("triton"):
         actual, delta = dp.calls_delta(lambda: dp.outputs_and_grads(ours, ours, x_img, x_cond, grads))
     assert_only_triton(delta, ("_dpcb_epilogue", "_dpcb_epilogue_backward", "_leaky_relu_", "_leaky_relu_backward_",
-                               "_dpcb_relayout"))
+                               "_relayout"))
     dp.assert_all_close(actual, dp.outputs_and_grads(dp.reference_run(reference), reference, x_img, x_cond, grads))
 
 
@@ -38,7 +38,7 @@ def test_dpcb_triton_kernels_mix_layouts(mix, cond):
     require_interpreter()
     with bsrops.use_backend("triton"):
         _, delta = dp.calls_delta(lambda: dp.check_fused_kernels_mix_layouts(5, cond, mix.split(",")))
-    assert_only_triton(delta, ("_dpcb_epilogue", "_dpcb_epilogue_backward", "_dpcb_relayout",
+    assert_only_triton(delta, ("_dpcb_epilogue", "_dpcb_epilogue_backward", "_relayout",
                                "_leaky_relu_backward_"))
 
 

@@ -17,9 +17,9 @@ USES = {
 }
 BACKEND_CALLS = {
     "cpu": ("_dpcb_epilogue.cpu", "_dpcb_epilogue_backward.cpu", "_leaky_relu_.cpu", "_leaky_relu_backward_.cpu",
-            "_dpcb_relayout.cpu"),
+            "_relayout.cpu"),
     "reference": ("dpcb.reference", "_dpcb_epilogue_backward.reference", "_leaky_relu_backward_.reference",
-                  "_dpcb_relayout.reference"),
+                  "_relayout.reference"),
 }
 
 
@@ -147,7 +147,7 @@ def test_opcheck(use):
     torch.library.opcheck(torch.ops.bsrops._dpcb_epilogue.default, (x_img.detach(), f1, x_cond, out[5]))
     torch.library.opcheck(torch.ops.bsrops._dpcb_epilogue_backward.default,
                           (torch.randn_like(f1), torch.randn_like(out[5]), f1, out[5], True))
-    torch.library.opcheck(torch.ops.bsrops._dpcb_relayout.default, (f1, torch.randn_like(x_img), False))
+    torch.library.opcheck(torch.ops.bsrops._relayout.default, (f1, torch.randn_like(x_img), False))
 
 
 @pytest.mark.slow
@@ -232,30 +232,32 @@ def _assert_format(t, name):
     assert t.is_contiguous(memory_format=FORMATS[name]), (t.shape, t.stride(), name)
 
 
-def check_fused_kernels_mix_layouts(channels, cond, formats):
-    """Every fused kernel of the op on operands in the given formats (x, f1, grad, conv-side), float64,
-    against the same maths in eager PyTorch. 13 x 23 pixels: one full 256-pixel tile and a partial
-    one; 5 channels: the transposes' remainders, 16: their full 8 x 8 blocks."""
+def check_fused_kernels_mix_layouts(channels, cond, formats, dtype=torch.float64):
+    """Every fused kernel of the op on operands in the given formats (x, f1, grad, conv-side) against the
+    same maths in eager PyTorch on the same values in float64. 13 x 23 pixels: one full 256-pixel tile and
+    a partial one; 5 channels: the transposes' remainders, 16: their full 8 x 8 blocks (in float32 the
+    register shuffles)."""
     x_format, f_format, grad_format, conv_format = formats
-    make = lambda *shape: torch.randn(*shape, dtype=torch.float64)  # noqa: E731
+    make = lambda *shape: torch.randn(*shape, dtype=torch.float64).to(dtype)  # noqa: E731
     image = (2, channels, 13, 23)
     cond_shape = image if cond == "image" else (2, channels, 1, 1)
     x, f1 = _formatted(make(*image), x_format), _formatted(make(*image), f_format)
     x_cond, f2 = _formatted(make(*cond_shape), x_format), _formatted(make(*cond_shape), f_format)
     ops = torch.ops.bsrops
+    d = lambda t: t.double()  # noqa: E731
     out, out_cond = ops._dpcb_epilogue(x, f1, x_cond, f2)
-    assert_close_to_float64(out, x + f1 * f2)
-    assert_close_to_float64(out_cond, x_cond + f2)
+    assert_close_to_float64(out, d(x) + d(f1) * d(f2))
+    assert_close_to_float64(out_cond, d(x_cond) + d(f2))
     _assert_format(out, x_format)
     grad_img, grad_cond = _formatted(make(*image), grad_format), _formatted(make(*cond_shape), grad_format)
-    product = grad_img * f1
-    expected_f2 = grad_cond + (product if cond == "image" else product.sum((2, 3), keepdim=True))
+    product = d(grad_img) * d(f1)
+    expected_f2 = d(grad_cond) + (product if cond == "image" else product.sum((2, 3), keepdim=True))
     channels_last = conv_format == "cl"
     for give_f1, give_f2 in ((True, True), (True, False), (False, True)):
         grad_f1, grad_f2 = ops._dpcb_epilogue_backward(grad_img, grad_cond, f1 if give_f1 else None,
                                                        f2 if give_f2 else None, channels_last)
         if give_f2:
-            assert_close_to_float64(grad_f1, grad_img * f2)
+            assert_close_to_float64(grad_f1, d(grad_img) * d(f2))
             _assert_format(grad_f1, conv_format)
         else:
             assert grad_f1.numel() == 0
@@ -265,13 +267,13 @@ def check_fused_kernels_mix_layouts(channels, cond, formats):
                 _assert_format(grad_f2, conv_format)
         else:
             assert grad_f2.numel() == 0
-    for other in (None, grad_img):
-        moved = ops._dpcb_relayout(x, other, channels_last)
-        assert_close_to_float64(moved, x if other is None else x + other)
+    for other in (None, grad_img, _formatted(grad_img, conv_format)):  # other in out's layout: direct transposes
+        moved = ops._relayout(x, other, channels_last)
+        assert_close_to_float64(moved, d(x) if other is None else d(x) + d(other))
         _assert_format(moved, conv_format)
         assert moved.data_ptr() != x.data_ptr()
     grad_h, h = _formatted(make(*image), grad_format), _formatted(make(*image), conv_format)
-    expected = torch.where(h > 0, grad_h, grad_h * 0.3)
+    expected = torch.where(h > 0, d(grad_h), d(grad_h) * 0.3)
     ops._leaky_relu_backward_(grad_h, h, 0.3)
     assert_close_to_float64(grad_h, expected)
 
@@ -279,14 +281,15 @@ def check_fused_kernels_mix_layouts(channels, cond, formats):
 MIXES = ["nchw,cl,nchw,cl", "cl,nchw,cl,nchw", "cl,cl,cl,cl", "nchw,nchw,nchw,nchw"]
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("backend,dtype", [("cpu", torch.float64), ("cpu", torch.float32),
+                                           ("reference", torch.float64)])
 @pytest.mark.parametrize("mix", MIXES)
 @pytest.mark.parametrize("cond", ["1x1", "image"])
 @pytest.mark.parametrize("channels", [5, 16])
-def test_fused_kernels_mix_layouts(backend, mix, cond, channels):
+def test_fused_kernels_mix_layouts(backend, dtype, mix, cond, channels):
     with bsrops.use_backend(backend):
-        _, delta = calls_delta(lambda: check_fused_kernels_mix_layouts(channels, cond, mix.split(",")))
-    assert delta.get(f"_dpcb_relayout.{backend}", 0) == 2, delta
+        _, delta = calls_delta(lambda: check_fused_kernels_mix_layouts(channels, cond, mix.split(","), dtype))
+    assert delta.get(f"_relayout.{backend}", 0) == 3, delta
 
 
 @pytest.mark.parametrize("use", sorted(USES))
@@ -357,7 +360,7 @@ def test_inference_mode_keeps_the_callers_layout(use):
     with torch.inference_mode():
         (out_img, out_cond), delta = calls_delta(lambda: ours(x_img, x_cond))
         expected = reference([x_img.clone(), x_cond.clone()])
-    assert "_dpcb_relayout.cpu" not in delta and delta.get("_dpcb_epilogue.cpu") == 1, delta
+    assert "_relayout.cpu" not in delta and delta.get("_dpcb_epilogue.cpu") == 1, delta
     assert_close_to_float64(out_img, expected[0])
     assert_close_to_float64(out_cond, expected[1])
 
@@ -369,6 +372,6 @@ def test_native_backward_kernels_check_shapes():
     with pytest.raises(RuntimeError, match="f2 must have grad_cond's shape"):
         torch.ops.bsrops._dpcb_epilogue_backward(image, cond, None, image, True)
     with pytest.raises(RuntimeError, match="other must have x's shape"):
-        torch.ops.bsrops._dpcb_relayout(image, cond, True)
+        torch.ops.bsrops._relayout(image, cond, True)
     with pytest.raises(RuntimeError, match="x must be \\(N, C, H, W\\)"):
-        torch.ops.bsrops._dpcb_relayout(image[0], None, True)
+        torch.ops.bsrops._relayout(image[0], None, True)

@@ -170,6 +170,22 @@ def test_opcheck(norm, training):
     torch.library.opcheck(torch.ops.bsrops._patchgan_norm_act.default,
                           (y, *[a.detach() for a in affine], *[r.clone() if r is not None else None for r in running],
                            norm, training, 0.1, 1e-5, 0.2, True))
+    torch.library.opcheck(torch.ops.bsrops._patchgan_conv2d.default, (x, weight, affine[0], 2, 1))
+
+
+@pytest.mark.parametrize("x_format", [torch.contiguous_format, torch.channels_last])
+def test_conv_backward_runs_in_channels_last(x_format):
+    """The norm's backward hands grad_y to the conv in channels_last; the conv's backward moves x there
+    and grad_x back to x's layout (oneDNN needs no reorder buffers): same gradients as eager."""
+    ours = randomise(PatchGANConv(3, 16, 4, 2, 1, "instance").double())
+    reference = reference_block(ours)
+    x = torch.randn(2, 3, 18, 20, dtype=torch.float64).contiguous(memory_format=x_format)
+    grad = torch.randn(reference[0](x).shape, dtype=torch.float64)
+    with bsrops.use_backend("cpu"):
+        actual, delta = calls_delta(lambda: outputs_and_grads(ours, x, grad))
+    assert delta.get("_relayout.cpu") == (3 if x_format == torch.contiguous_format else 1), delta
+    assert actual[1].is_contiguous(memory_format=x_format)
+    assert_all_close(actual, outputs_and_grads(reference, x, grad))
 
 
 @pytest.mark.slow

@@ -43,3 +43,16 @@ def onednn_conv_leaky_relu(x, weight, bias, stride, padding, negative_slope):
         return None
     return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, [padding, padding], [stride, stride], [1, 1], 1,
                                                    "leaky_relu", [negative_slope], "")
+
+
+def memory_format_of(t):
+    """The memory format an op's output takes after input t: channels_last if t is, else NCHW."""
+    channels_last = t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def to_channels_last(x):
+    """x in channels_last (x itself when it is): oneDNN's convolutions run there without reorder buffers."""
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    return torch.ops.bsrops._relayout(x, None, True)

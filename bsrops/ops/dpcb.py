@@ -18,7 +18,7 @@ the caller's layout: oneDNN's convolutions on NCHW tensors reorder them into its
 layout and back (its backward holds two image-sized reorder buffers per convolution), on
 channels_last they run in place. The layout changes are fused into the kernels that read
 the caller's tensors (`_dpcb_epilogue*` read and write each operand in its own layout,
-`_dpcb_relayout` adds the residual gradient while it transposes); only x_img and x_cond are
+`_relayout` adds the residual gradient while it transposes); only x_img and x_cond are
 moved on their own, for the first convolutions, forward and again backward (keeping the
 copies would cost memory). The backward frees h1, f1, h2, f2 as soon as it has used them
 (they are kept as context attributes, not saved tensors, which autograd would hold until the
@@ -48,7 +48,8 @@ import torch.nn.functional as F
 
 from .. import _backend
 from ..reference import dpcb as ref
-from ._common import check_slope, check_tensor, conv_backward, onednn_conv_leaky_relu
+from ._common import (check_slope, check_tensor, conv_backward, memory_format_of, onednn_conv_leaky_relu,
+                      to_channels_last)
 
 SCHEMAS = {
     "dpcb": "dpcb(Tensor x_img, Tensor x_cond, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor w3, Tensor? b3, Tensor w4, Tensor? b4, float negative_slope=0.2) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
@@ -56,7 +57,7 @@ SCHEMAS = {
     "_leaky_relu_backward_": "_leaky_relu_backward_(Tensor(a!) grad, Tensor out, float negative_slope) -> ()",
     "_dpcb_epilogue": "_dpcb_epilogue(Tensor x_img, Tensor f1, Tensor x_cond, Tensor f2) -> (Tensor, Tensor)",
     "_dpcb_epilogue_backward": "_dpcb_epilogue_backward(Tensor grad_img, Tensor grad_cond, Tensor? f1, Tensor? f2, bool channels_last) -> (Tensor, Tensor)",
-    "_dpcb_relayout": "_dpcb_relayout(Tensor x, Tensor? other, bool channels_last) -> Tensor",
+    "_relayout": "_relayout(Tensor x, Tensor? other, bool channels_last) -> Tensor",
 }
 PARAMETERS = ("w1", "b1", "w2", "b2", "w3", "b3", "w4", "b4")
 
@@ -107,22 +108,10 @@ def check_inputs(x_img, x_cond, params, negative_slope):
 
 # ---- the composite kernels: convolutions around the fused kernels ----
 
-def _layout(t):
-    """The memory format of the op's outputs for an input t: channels_last if t is, else NCHW."""
-    channels_last = t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-    return torch.channels_last if channels_last else torch.contiguous_format
-
-
-def _to_channels_last(x):
-    if x.is_contiguous(memory_format=torch.channels_last):
-        return x
-    return torch.ops.bsrops._dpcb_relayout(x, None, True)
-
-
 def _path_forward(x, wa, ba, wb, bb, negative_slope, channels_last):
     """(h, f): h = lrelu(conv(x)) (oneDNN's fused post-op, else in place of the conv output), f = conv(h);
     in channels_last or in x's layout."""
-    x_conv = _to_channels_last(x) if channels_last else x
+    x_conv = to_channels_last(x) if channels_last else x
     h = onednn_conv_leaky_relu(x_conv, wa, ba, 1, wa.shape[-1] // 2, negative_slope)
     if h is None:
         h = F.conv2d(x_conv, wa, ba, padding=wa.shape[-1] // 2)
@@ -158,12 +147,11 @@ def _path_backward(state, grad_residual, x, wa, wb, negative_slope, mask):
     if need_h:
         torch.ops.bsrops._leaky_relu_backward_(grad_h, h, negative_slope)
         del h
-        x_cl = _to_channels_last(x)
+        x_cl = to_channels_last(x)
         grad_x_cl, grad_wa, grad_ba = conv_backward(grad_h, x_cl, wa, 1, wa.shape[-1] // 2, mask[:3])
         del grad_h, x_cl
         if mask[0]:  # the residual branch's gradient added while going back to x's layout
-            grad_x = torch.ops.bsrops._dpcb_relayout(grad_x_cl, grad_residual,
-                                                     _layout(x) == torch.channels_last)
+            grad_x = torch.ops.bsrops._relayout(grad_x_cl, grad_residual, memory_format_of(x) == torch.channels_last)
     return grad_x, grad_wa, grad_ba, grad_wb, grad_bb
 
 
@@ -205,12 +193,12 @@ def _empty(shape, like, memory_format):
 
 @torch.library.register_fake("bsrops::dpcb")
 def _forward_fake(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope=0.2):
-    image_layout = torch.channels_last if _convs_in_channels_last() else _layout(x_img)
-    cond_layout = torch.channels_last if _convs_in_channels_last() else _layout(x_cond)
+    image_layout = torch.channels_last if _convs_in_channels_last() else memory_format_of(x_img)
+    cond_layout = torch.channels_last if _convs_in_channels_last() else memory_format_of(x_cond)
     h1 = _empty(x_img.shape, x_img, image_layout)
     h2 = _empty((x_cond.shape[0], w3.shape[0], *x_cond.shape[2:]), x_cond, cond_layout)
-    return (_empty(x_img.shape, x_img, _layout(x_img)), _empty(x_cond.shape, x_cond, _layout(x_cond)),
-            h1, torch.empty_like(h1), h2, torch.empty_like(h2))
+    return (_empty(x_img.shape, x_img, memory_format_of(x_img)),
+            _empty(x_cond.shape, x_cond, memory_format_of(x_cond)), h1, torch.empty_like(h1), h2, torch.empty_like(h2))
 
 
 @torch.library.register_fake("bsrops::_leaky_relu_")
@@ -225,7 +213,7 @@ def _leaky_relu_backward_fake(grad, out, negative_slope):
 
 @torch.library.register_fake("bsrops::_dpcb_epilogue")
 def _epilogue_fake(x_img, f1, x_cond, f2):
-    return _empty(x_img.shape, x_img, _layout(x_img)), _empty(x_cond.shape, x_cond, _layout(x_cond))
+    return _empty(x_img.shape, x_img, memory_format_of(x_img)), _empty(x_cond.shape, x_cond, memory_format_of(x_cond))
 
 
 @torch.library.register_fake("bsrops::_dpcb_epilogue_backward")
@@ -235,7 +223,7 @@ def _epilogue_backward_fake(grad_img, grad_cond, f1, f2, channels_last):
             grad_img.new_empty(0) if f1 is None else _empty(grad_cond.shape, grad_cond, layout))
 
 
-@torch.library.register_fake("bsrops::_dpcb_relayout")
+@torch.library.register_fake("bsrops::_relayout")
 def _relayout_fake(x, other, channels_last):
     return _empty(x.shape, x, torch.channels_last if channels_last else torch.contiguous_format)
 
@@ -283,9 +271,10 @@ def _reference_forward(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_s
     """The eager forward, with the op's output layouts."""
     out_img, out_cond, h1, f1, h2, f2 = ref.dpcb_reference(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4,
                                                            negative_slope)
-    image_layout = torch.channels_last if _convs_in_channels_last() else _layout(x_img)
-    cond_layout = torch.channels_last if _convs_in_channels_last() else _layout(x_cond)
-    return (out_img.contiguous(memory_format=_layout(x_img)), out_cond.contiguous(memory_format=_layout(x_cond)),
+    image_layout = torch.channels_last if _convs_in_channels_last() else memory_format_of(x_img)
+    cond_layout = torch.channels_last if _convs_in_channels_last() else memory_format_of(x_cond)
+    return (out_img.contiguous(memory_format=memory_format_of(x_img)),
+            out_cond.contiguous(memory_format=memory_format_of(x_cond)),
             h1.contiguous(memory_format=image_layout), f1.contiguous(memory_format=image_layout),
             h2.contiguous(memory_format=cond_layout), f2.contiguous(memory_format=cond_layout))
 
@@ -301,8 +290,8 @@ def _reference_leaky_relu_backward_(grad, out, negative_slope):
 
 
 def _reference_epilogue(x_img, f1, x_cond, f2):
-    return ((x_img + f1 * f2).contiguous(memory_format=_layout(x_img)),
-            (x_cond + f2).contiguous(memory_format=_layout(x_cond)))
+    return ((x_img + f1 * f2).contiguous(memory_format=memory_format_of(x_img)),
+            (x_cond + f2).contiguous(memory_format=memory_format_of(x_cond)))
 
 
 def _reference_epilogue_backward(grad_img, grad_cond, f1, f2, channels_last):
@@ -326,7 +315,7 @@ def _reference_relayout(x, other, channels_last):
 for _name, _fn in (("dpcb", _reference_forward),
                    ("_leaky_relu_", _reference_leaky_relu_), ("_leaky_relu_backward_", _reference_leaky_relu_backward_),
                    ("_dpcb_epilogue", _reference_epilogue), ("_dpcb_epilogue_backward", _reference_epilogue_backward),
-                   ("_dpcb_relayout", _reference_relayout)):
+                   ("_relayout", _reference_relayout)):
     _backend.register_kernel("reference", _name, _fn)
 
 
@@ -340,5 +329,5 @@ def _triton(name):
 
 for _op, _fn in (("_leaky_relu_", "leaky_relu_"), ("_leaky_relu_backward_", "leaky_relu_backward_"),
                  ("_dpcb_epilogue", "epilogue"), ("_dpcb_epilogue_backward", "epilogue_backward"),
-                 ("_dpcb_relayout", "relayout")):
+                 ("_relayout", "relayout")):
     _backend.register_kernel("triton", _op, _triton(_fn))

@@ -113,9 +113,9 @@ inline bool check_epilogue_backward(const at::Tensor& grad_img, const at::Tensor
 }
 
 inline void check_relayout(const at::Tensor& x, const c10::optional<at::Tensor>& other) {
-  TORCH_CHECK(x.dim() == 4, "_dpcb_relayout: x must be (N, C, H, W), got ", x.sizes());
+  TORCH_CHECK(x.dim() == 4, "_relayout: x must be (N, C, H, W), got ", x.sizes());
   TORCH_CHECK(!defined(other) || (other->sizes() == x.sizes() && other->scalar_type() == x.scalar_type()),
-              "_dpcb_relayout: other must have x's shape ", x.sizes(), " and dtype");
+              "_relayout: other must have x's shape ", x.sizes(), " and dtype");
 }
 
 // NCHW or channels_last, else a contiguous copy (the kernels read every tensor through its strides).

@@ -136,7 +136,7 @@ BSR_INLINE float8 load8(const float* p) {
 
 BSR_INLINE void store8(float* p, float8 v) { std::memcpy(p, &v, sizeof(v)); }
 
-BSR_INLINE void transpose8x8(const float* src, int64_t src_stride, float* dst, int64_t dst_stride) {
+BSR_INLINE void transpose8x8(const float* src, int64_t src_stride, float* dst, int64_t dst_stride, const float* add) {
   float8 r[8], t[8], u[8];
   for (int k = 0; k < 8; ++k) r[k] = load8(src + k * src_stride);
   for (int k = 0; k < 8; k += 2) {  // interleave pairs of rows
@@ -149,31 +149,49 @@ BSR_INLINE void transpose8x8(const float* src, int64_t src_stride, float* dst, i
       u[k + 2 * j + 1] = __builtin_shuffle(t[k + j], t[k + j + 2], int8{2, 3, 10, 11, 6, 7, 14, 15});
     }
   for (int i = 0; i < 4; ++i) {  // then the 128-bit halves
-    store8(dst + i * dst_stride, __builtin_shuffle(u[i], u[i + 4], int8{0, 1, 2, 3, 8, 9, 10, 11}));
-    store8(dst + (i + 4) * dst_stride, __builtin_shuffle(u[i], u[i + 4], int8{4, 5, 6, 7, 12, 13, 14, 15}));
+    float8 low = __builtin_shuffle(u[i], u[i + 4], int8{0, 1, 2, 3, 8, 9, 10, 11});
+    float8 high = __builtin_shuffle(u[i], u[i + 4], int8{4, 5, 6, 7, 12, 13, 14, 15});
+    if (add) {
+      low += load8(add + i * dst_stride);
+      high += load8(add + (i + 4) * dst_stride);
+    }
+    store8(dst + i * dst_stride, low);
+    store8(dst + (i + 4) * dst_stride, high);
   }
 }
 
 template <typename T>
-BSR_INLINE void transpose_block(const T* src, int64_t src_stride, T* dst, int64_t dst_stride) {
+BSR_INLINE void transpose_block(const T* src, int64_t src_stride, T* dst, int64_t dst_stride, const T* add) {
   if constexpr (std::is_same_v<T, float>) {
-    transpose8x8(src, src_stride, dst, dst_stride);
+    transpose8x8(src, src_stride, dst, dst_stride, add);
   } else {
     for (int64_t k = 0; k < 8; ++k)
-      for (int64_t i = 0; i < 8; ++i) dst[i * dst_stride + k] = src[k * src_stride + i];
+      for (int64_t i = 0; i < 8; ++i)
+        dst[i * dst_stride + k] = src[k * src_stride + i] + (add ? add[i * dst_stride + k] : T(0));
   }
 }
 
-// dst[i * dst_stride + k] = src[k * src_stride + i] for i < rows, k < cols: in 8 x 8 blocks, the
-// remainders element by element.
-template <typename T>
-BSR_INLINE void transpose(const T* src, int64_t src_stride, T* dst, int64_t dst_stride, int64_t rows, int64_t cols) {
+// dst[i * dst_stride + k] = src[k * src_stride + i] (+ add[i * dst_stride + k] when add is given) for
+// i < rows, k < cols: in 8 x 8 blocks, the remainders element by element. RowsOuter: finish 8 rows
+// of dst before the next (8 write streams; for writing long NCHW rows), else 8 columns.
+template <typename T, bool RowsOuter = false>
+BSR_INLINE void transpose(const T* src, int64_t src_stride, T* dst, int64_t dst_stride, int64_t rows, int64_t cols,
+                          const T* add = nullptr) {
   const int64_t full_rows = rows - rows % 8, full_cols = cols - cols % 8;
-  for (int64_t k0 = 0; k0 < full_cols; k0 += 8)
+  const auto block = [&](int64_t i0, int64_t k0) BSR_LAMBDA_INLINE {
+    transpose_block(src + k0 * src_stride + i0, src_stride, dst + i0 * dst_stride + k0, dst_stride,
+                    add ? add + i0 * dst_stride + k0 : nullptr);
+  };
+  if constexpr (RowsOuter) {
     for (int64_t i0 = 0; i0 < full_rows; i0 += 8)
-      transpose_block(src + k0 * src_stride + i0, src_stride, dst + i0 * dst_stride + k0, dst_stride);
+      for (int64_t k0 = 0; k0 < full_cols; k0 += 8) block(i0, k0);
+  } else {
+    for (int64_t k0 = 0; k0 < full_cols; k0 += 8)
+      for (int64_t i0 = 0; i0 < full_rows; i0 += 8) block(i0, k0);
+  }
   for (int64_t i = 0; i < rows; ++i)
-    for (int64_t k = i < full_rows ? full_cols : 0; k < cols; ++k) dst[i * dst_stride + k] = src[k * src_stride + i];
+    for (int64_t k = i < full_rows ? full_cols : 0; k < cols; ++k)
+      dst[i * dst_stride + k] = src[k * src_stride + i] + (add ? add[i * dst_stride + k] : T(0));
 }
 
 // buffer[c * kTile + j] = the tile's pixel j, channel c (src at its first pixel), for a
@@ -389,7 +407,7 @@ std::tuple<at::Tensor, at::Tensor> epilogue_backward_cpu(const at::Tensor& grad_
 // x (+ other) in channels_last or NCHW: the op's layout changes, fused with the residual
 // gradient's add where there is one.
 at::Tensor relayout_cpu(const at::Tensor& x_in, const c10::optional<at::Tensor>& other_in, bool channels_last) {
-  count_call("_dpcb_relayout.cpu");
+  count_call("_relayout.cpu");
   check_cpu_float(x_in, "x");
   check_relayout(x_in, other_in);
   const bool has_other = defined(other_in);
@@ -401,6 +419,21 @@ at::Tensor relayout_cpu(const at::Tensor& x_in, const c10::optional<at::Tensor>&
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dpcb_relayout_cpu", [&] {
     const scalar_t *xd = x.data_ptr<scalar_t>(), *od = other.data_ptr<scalar_t>();
     scalar_t* outd = out.data_ptr<scalar_t>();
+    if (!plane.flat && (!has_other || other.strides() == out.strides())) {
+      // a layout change (+ other in out's layout): 8 x 8 transposes straight between the tensors
+      for_tiles<scalar_t>(plane.images, channels, plane.pixels, 0, [&](const Tile& t, scalar_t*) {
+       with_best_isa<scalar_t>([&]() BSR_LAMBDA_INLINE {
+        const scalar_t* src = xd + offset_of(sx, t.n, 0, t.p0);
+        scalar_t* dst = outd + offset_of(sout, t.n, 0, t.p0);
+        const scalar_t* add = has_other ? od + offset_of(sout, t.n, 0, t.p0) : nullptr;
+        if (sx.p == 1)  // NCHW -> channels_last
+          transpose(src, sx.c, dst, sout.p, t.len, channels, add);
+        else  // channels_last -> NCHW
+          transpose<scalar_t, true>(src, sx.p, dst, sout.c, channels, t.len, add);
+       });
+      });
+      return;
+    }
     for_tiles<scalar_t>(plane.images, channels, plane.pixels, 3, [&](const Tile& t, scalar_t* buffer) {
      with_best_isa<scalar_t>([&]() BSR_LAMBDA_INLINE {
       const int64_t size = channels * kTile;
@@ -426,7 +459,7 @@ TORCH_LIBRARY_IMPL(bsrops, CPU, m) {
   m.impl("_leaky_relu_backward_", &leaky_relu_backward_cpu);
   m.impl("_dpcb_epilogue", &epilogue_cpu);
   m.impl("_dpcb_epilogue_backward", &epilogue_backward_cpu);
-  m.impl("_dpcb_relayout", &relayout_cpu);
+  m.impl("_relayout", &relayout_cpu);
 }
 
 }  // namespace dpcb

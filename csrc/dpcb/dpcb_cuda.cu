@@ -212,7 +212,7 @@ std::tuple<at::Tensor, at::Tensor> epilogue_backward_cuda(const at::Tensor& grad
 }
 
 at::Tensor relayout_cuda(const at::Tensor& x_in, const c10::optional<at::Tensor>& other_in, bool channels_last) {
-  count_call("_dpcb_relayout.cuda");
+  count_call("_relayout.cuda");
   check_cuda(x_in, "x");
   check_relayout(x_in, other_in);
   const bool has_other = defined(other_in);
@@ -239,7 +239,7 @@ TORCH_LIBRARY_IMPL(bsrops, CUDA, m) {
   m.impl("_leaky_relu_backward_", &leaky_relu_backward_cuda);
   m.impl("_dpcb_epilogue", &epilogue_cuda);
   m.impl("_dpcb_epilogue_backward", &epilogue_backward_cuda);
-  m.impl("_dpcb_relayout", &relayout_cuda);
+  m.impl("_relayout", &relayout_cuda);
 }
 
 }  // namespace dpcb
