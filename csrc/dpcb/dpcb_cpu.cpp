@@ -240,16 +240,19 @@ BSR_INLINE void finish_rows(T* base, PlaneStrides s, const Tile& t, const T* buf
   if (s.p != 1) scatter_tile(buffer, s, t.channels, t.len, base + offset_of(s, t.n, 0, t.p0));
 }
 
-// body(tile, buffer) over the tiles of all images; `buffers` [C][kTile] buffers per thread.
+// body(tile, buffer) over the tiles of all images; `buffers` [C][kTile] buffers per thread. One
+// channel (a flat Plane; a single-channel tensor is NCHW and channels_last at once) stages nothing,
+// so its tiles are kGrain long: fewer dispatches.
 template <typename T, typename F>
 void for_tiles(int64_t images, int64_t channels, int64_t pixels, int64_t buffers, const F& body) {
-  const int64_t per_image = (pixels + kTile - 1) / kTile;
-  const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, channels * kTile));
+  const int64_t tile = channels == 1 ? kGrain : kTile;
+  const int64_t per_image = (pixels + tile - 1) / tile;
+  const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, channels * tile));
   at::parallel_for(0, images * per_image, grain, [&](int64_t t0, int64_t t1) {
     std::vector<T> buffer(buffers * channels * kTile);
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t p0 = (t % per_image) * kTile;
-      body(Tile{t / per_image, p0, std::min(kTile, pixels - p0), channels}, buffer.data());
+      const int64_t p0 = (t % per_image) * tile;
+      body(Tile{t / per_image, p0, std::min(tile, pixels - p0), channels}, buffer.data());
     }
   });
 }
