@@ -419,7 +419,7 @@ at::Tensor relayout_cpu(const at::Tensor& x_in, const c10::optional<at::Tensor>&
   const Plane plane = plane_of(x, {other, out}, false);
   const PlaneStrides sx = plane.strides(x), sother = plane.strides(other), sout = plane.strides(out);
   const int64_t channels = plane.channels;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dpcb_relayout_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "relayout_cpu", [&] {
     const scalar_t *xd = x.data_ptr<scalar_t>(), *od = other.data_ptr<scalar_t>();
     scalar_t* outd = out.data_ptr<scalar_t>();
     if (!plane.flat && (!has_other || other.strides() == out.strides())) {

@@ -222,7 +222,7 @@ at::Tensor relayout_cuda(const at::Tensor& x_in, const c10::optional<at::Tensor>
   const int64_t total = x.numel();
   if (total == 0) return out;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dpcb_relayout_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "relayout_cuda", [&] {
     relayout_kernel<scalar_t><<<num_blocks(total), kThreads, 0, stream>>>(
         x.const_data_ptr<scalar_t>(), plane_strides(x), has_other ? other.const_data_ptr<scalar_t>() : nullptr,
         plane_strides(other), out.mutable_data_ptr<scalar_t>(), plane_strides(out), x.size(1), x.size(2) * x.size(3),
