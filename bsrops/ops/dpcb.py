@@ -120,24 +120,27 @@ def _path_forward(x, wa, ba, wb, bb, negative_slope, channels_last):
     return h, F.conv2d(h, wb, bb, padding=wb.shape[-1] // 2)
 
 
-def _convs_in_channels_last():
-    """Whether the convolutions run in channels_last: for the backward's sake (see the module docstring),
-    so not in inference mode, where the caller's layout saves moving x_img and x_cond."""
-    return not torch.is_inference_mode_enabled()
+def _convs_in_channels_last(x):
+    """Whether the convolutions run in channels_last: on the CPU (oneDNN's NCHW convolutions reorder, see the
+    module docstring) and for the backward's sake, so not in inference mode, where the caller's layout saves
+    moving x_img and x_cond. cuDNN runs NCHW without reorder buffers: on a GPU the moves would only cost
+    (measured on an H200: the block 0.54x of eager with them, benchmarks/gpu_conv_blocks.py)."""
+    return x.device.type == "cpu" and not torch.is_inference_mode_enabled()
 
 
 def _forward_composite(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope=0.2):
-    channels_last = _convs_in_channels_last()
+    channels_last = _convs_in_channels_last(x_img)
     h1, f1 = _path_forward(x_img, w1, b1, w2, b2, negative_slope, channels_last)
     h2, f2 = _path_forward(x_cond, w3, b3, w4, b4, negative_slope, channels_last)
     out_img, out_cond = torch.ops.bsrops._dpcb_epilogue(x_img, f1, x_cond, f2)
     return out_img, out_cond, h1, f1, h2, f2
 
 
-def _path_backward(state, grad_residual, x, wa, wb, negative_slope, mask):
+def _path_backward(state, grad_residual, x, wa, wb, negative_slope, mask, channels_last):
     """Grads of x + path(x) for one path: (grad_x, grad_wa, grad_ba, grad_wb, grad_bb); mask in that order.
 
-    state: [grad_f, h], emptied here so that each is freed as soon as it has been used."""
+    state: [grad_f, h], emptied here so that each is freed as soon as it has been used; channels_last: where
+    the convolutions run (as in the forward)."""
     grad_f, h = state
     state.clear()
     need_h = any(mask[:3])
@@ -147,11 +150,11 @@ def _path_backward(state, grad_residual, x, wa, wb, negative_slope, mask):
     if need_h:
         torch.ops.bsrops._leaky_relu_backward_(grad_h, h, negative_slope)
         del h
-        x_cl = to_channels_last(x)
-        grad_x_cl, grad_wa, grad_ba = conv_backward(grad_h, x_cl, wa, 1, wa.shape[-1] // 2, mask[:3])
-        del grad_h, x_cl
-        if mask[0]:  # the residual branch's gradient added while going back to x's layout
-            grad_x = torch.ops.bsrops._relayout(grad_x_cl, grad_residual, memory_format_of(x) == torch.channels_last)
+        x_conv = to_channels_last(x) if channels_last else x
+        grad_x_conv, grad_wa, grad_ba = conv_backward(grad_h, x_conv, wa, 1, wa.shape[-1] // 2, mask[:3])
+        del grad_h, x_conv
+        if mask[0]:  # the residual branch's gradient added (while going back to x's layout)
+            grad_x = torch.ops.bsrops._relayout(grad_x_conv, grad_residual, memory_format_of(x) == torch.channels_last)
     return grad_x, grad_wa, grad_ba, grad_wb, grad_bb
 
 
@@ -165,19 +168,20 @@ def _backward_composite(grad_img, grad_cond, x_img, x_cond, weights, held, negat
     grad_residual = grad_img
     grad_img = grad_img if grad_img is not None else torch.zeros_like(x_img)  # only out_cond was used
     grad_cond = grad_cond if grad_cond is not None else torch.zeros_like(x_cond)
+    channels_last = _convs_in_channels_last(x_img)  # the backward runs where the forward's convolutions ran
     if f2.shape != f1.shape:  # a 1x1 condition: grad_f1 and the reduced grad_f2 in one pass
-        grad_f1, grad_f2 = ops._dpcb_epilogue_backward(grad_img, grad_cond, f1, f2, True)
+        grad_f1, grad_f2 = ops._dpcb_epilogue_backward(grad_img, grad_cond, f1, f2, channels_last)
         del f1, f2
     else:  # image-sized: f1 is freed before grad_f1 is allocated
-        grad_f2 = ops._dpcb_epilogue_backward(grad_img, grad_cond, f1, None, True)[1]
+        grad_f2 = ops._dpcb_epilogue_backward(grad_img, grad_cond, f1, None, channels_last)[1]
         del f1
-        grad_f1 = ops._dpcb_epilogue_backward(grad_img, grad_cond, None, f2, True)[0]
+        grad_f1 = ops._dpcb_epilogue_backward(grad_img, grad_cond, None, f2, channels_last)[0]
         del f2
     img_state, cond_state = [grad_f1, h1], [grad_f2, h2]
     del grad_f1, h1, grad_f2, h2
     m = list(output_mask)
-    img = _path_backward(img_state, grad_residual, x_img, w1, w2, negative_slope, [m[0], *m[2:6]])
-    cond = _path_backward(cond_state, grad_cond, x_cond, w3, w4, negative_slope, [m[1], *m[6:10]])
+    img = _path_backward(img_state, grad_residual, x_img, w1, w2, negative_slope, [m[0], *m[2:6]], channels_last)
+    cond = _path_backward(cond_state, grad_cond, x_cond, w3, w4, negative_slope, [m[1], *m[6:10]], channels_last)
     return (img[0], cond[0], *img[1:], *cond[1:])
 
 
@@ -193,8 +197,8 @@ def _empty(shape, like, memory_format):
 
 @torch.library.register_fake("bsrops::dpcb")
 def _forward_fake(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope=0.2):
-    image_layout = torch.channels_last if _convs_in_channels_last() else memory_format_of(x_img)
-    cond_layout = torch.channels_last if _convs_in_channels_last() else memory_format_of(x_cond)
+    image_layout = torch.channels_last if _convs_in_channels_last(x_img) else memory_format_of(x_img)
+    cond_layout = torch.channels_last if _convs_in_channels_last(x_img) else memory_format_of(x_cond)
     h1 = _empty(x_img.shape, x_img, image_layout)
     h2 = _empty((x_cond.shape[0], w3.shape[0], *x_cond.shape[2:]), x_cond, cond_layout)
     return (_empty(x_img.shape, x_img, memory_format_of(x_img)),
@@ -271,8 +275,8 @@ def _reference_forward(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_s
     """The eager forward, with the op's output layouts."""
     out_img, out_cond, h1, f1, h2, f2 = ref.dpcb_reference(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4,
                                                            negative_slope)
-    image_layout = torch.channels_last if _convs_in_channels_last() else memory_format_of(x_img)
-    cond_layout = torch.channels_last if _convs_in_channels_last() else memory_format_of(x_cond)
+    image_layout = torch.channels_last if _convs_in_channels_last(x_img) else memory_format_of(x_img)
+    cond_layout = torch.channels_last if _convs_in_channels_last(x_img) else memory_format_of(x_cond)
     return (out_img.contiguous(memory_format=memory_format_of(x_img)),
             out_cond.contiguous(memory_format=memory_format_of(x_cond)),
             h1.contiguous(memory_format=image_layout), f1.contiguous(memory_format=image_layout),

@@ -240,8 +240,8 @@ def _backward(ctx, grad_out, *unused):
     grad_y, *params = torch.ops.bsrops._patchgan_norm_act_backward(
         grad_out.contiguous(), out if y is None else y, out, mean, rstd, norm_weight, norm, training, negative_slope,
         activation, mask)
-    if mask[0]:  # for the convolution's backward (_conv2d_backward), the NCHW copy freed here
-        grad_y = torch.ops.bsrops._relayout(grad_y, None, True)
+    if mask[0] and grad_y.device.type == "cpu":  # for the convolution's backward (_conv2d_backward) on oneDNN,
+        grad_y = torch.ops.bsrops._relayout(grad_y, None, True)  # the NCHW copy freed here (cuDNN: NCHW is fine)
     return (*(g if need else None for g, need in zip((grad_y, *params), mask)), *(None,) * 8)
 
 

@@ -1,0 +1,128 @@
+"""Every op on a CUDA device, on the `cuda` (CUDA C++) and `triton` (compiled Triton) backends, against
+the float64 CPU references: outputs and all gradients, and which kernels ran. Skipped without a CUDA
+device (CI has none). Run with Triton compiling for the GPU, not interpreting:
+
+    TRITON_INTERPRET=0 python -m pytest tests/test_gpu.py
+"""
+import os
+
+import pytest
+import torch
+
+import bsrops
+import test_blur_downsample as bd
+import test_dpcb as dp
+import test_patchgan_conv as pg
+import test_usrnet_data_step as ud
+from bsrops.nn import PatchGANConv
+from bsrops.reference import usrnet_data_step as usrnet_ref
+from bsrops.reference.blur_downsample import PADDINGS, blur_downsample_loop
+from tolerances import assert_close_to_float64, relative_error
+
+if not torch.cuda.is_available():
+    pytest.skip("no CUDA device: the GPU checks run on a machine with one", allow_module_level=True)
+if os.environ.get("TRITON_INTERPRET") == "1":
+    pytest.skip("TRITON_INTERPRET=1 would interpret the Triton kernels: run with TRITON_INTERPRET=0",
+                allow_module_level=True)
+
+torch.backends.cudnn.allow_tf32 = False  # float32 convolutions in float32 (TF32 would err ~1e-3)
+BACKENDS = ("cuda", "triton")
+CUDA = torch.device("cuda")
+
+
+def ran_on(delta, backend):
+    """Only `backend`'s kernels ran (no cpu / reference fallback)."""
+    assert any(name.endswith("." + backend) for name in delta), delta
+    assert not any(name.endswith(".cpu") or name.endswith(".reference") for name in delta), delta
+
+
+def on_cuda(tensors):
+    return [t.to(CUDA) if isinstance(t, torch.Tensor) else t for t in tensors]
+
+
+def assert_close_cpu(actual, expected):
+    for a, e in zip(actual, expected):
+        assert a.is_cuda and a.shape == e.shape, (a.device, a.shape, e.shape)
+        assert_close_to_float64(a.cpu(), e.cpu())
+
+
+# every layout x padding, strides 1-4 with odd and even kernels and both flips spread over them
+BLUR_CASES = [(layout, padding, *((1, 3), (2, 4), (3, 3), (4, 4))[i % 4], i % 2 == 1)
+              for i, (layout, padding) in enumerate((a, b) for a in bd.LAYOUTS for b in PADDINGS)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout,padding,stride,k,flip", BLUR_CASES)
+def test_blur_downsample(layout, padding, stride, k, flip, backend, dtype):
+    x, kernel = bd.make_inputs(layout, k, stride, dtype=dtype)
+    expected = bd.forward_and_grads(x.double(), kernel.double(), stride, padding, flip, blur_downsample_loop)
+    with bsrops.use_backend(backend):
+        actual, delta = dp.calls_delta(lambda: bd.forward_and_grads(
+            *on_cuda([x, kernel]), stride, padding, flip, grad_out=expected[3].to(CUDA, dtype)))
+    ran_on(delta, backend)
+    assert_close_cpu(actual[:3], expected[:3])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", ud.CASES, ids=[ud.case_id(c) for c in ud.CASES])
+def test_usrnet_data_step(case, backend):
+    n, c, h, w, s, *_ = case
+    inputs = ud.make_inputs(*case)
+    expected, grad_out = ud.forward_and_grads(usrnet_ref.usrnet_data_step_official, *inputs, s)
+    with bsrops.use_backend(backend):
+        (actual, _), delta = ud.calls_delta(lambda: ud.forward_and_grads(
+            bsrops.usrnet_data_step, *on_cuda(inputs), s, grad_out.to(CUDA)))
+    ran_on(delta, backend)
+    assert_close_cpu(actual, expected)
+
+
+@pytest.mark.parametrize("x_format", ["nchw", "cl"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("use", sorted(dp.USES))
+def test_dpcb(use, backend, dtype, x_format):
+    ours, reference, x_img, x_cond = dp.make_pair(use, n=3)
+    x_img = dp._formatted(x_img, x_format)
+    grads = [torch.randn_like(x_img), torch.randn_like(x_cond)]
+    expected = dp.outputs_and_grads(dp.reference_run(reference), reference, x_img, x_cond, grads)
+    ours = ours.to(CUDA, dtype)
+    with bsrops.use_backend(backend):
+        actual, delta = dp.calls_delta(lambda: dp.outputs_and_grads(
+            ours, ours, *[t.to(CUDA, dtype) for t in (x_img, x_cond)], [g.to(CUDA, dtype) for g in grads]))
+    ran_on(delta, backend)
+    assert delta.get(f"_relayout.{backend}", 0) >= 1, delta  # the channels_last convolutions
+    if dtype == torch.float64:
+        assert_close_cpu(actual, expected)
+    else:  # cuDNN's float32 conv algorithms (Winograd, FFT) err ~1e-5-1e-4 relative; the fused kernels'
+        # float32 maths is held to 1e-5 by test_dpcb_kernels_mix_layouts
+        for a, e in zip(actual, expected):
+            assert relative_error(a.cpu(), e) <= 1e-4, relative_error(a.cpu(), e)
+    dp._assert_format(actual[2], x_format)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mix", dp.MIXES)
+@pytest.mark.parametrize("cond", ["1x1", "image"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_dpcb_kernels_mix_layouts(mix, cond, backend, dtype):
+    with bsrops.use_backend(backend), torch.device(CUDA):
+        _, delta = dp.calls_delta(lambda: dp.check_fused_kernels_mix_layouts(16, cond, mix.split(","), dtype))
+    ran_on(delta, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("block", pg.BLOCKS, ids=[f"{b[0]}-act{int(b[1])}-k{b[4]}s{b[5]}p{b[6]}" for b in pg.BLOCKS])
+def test_patchgan_conv(block, backend):
+    norm, activation, affine, bias, k, stride, padding = block
+    ours = pg.randomise(PatchGANConv(3, 16, k, stride, padding, norm, 0.2, activation, bias, affine=affine).double())
+    reference = pg.reference_block(ours)
+    x = torch.randn(2, 3, 21, 18, dtype=torch.float64)
+    grad = torch.randn(reference[0](x).shape, dtype=torch.float64)
+    expected = pg.outputs_and_grads(reference, x, grad)
+    ours = ours.to(CUDA)
+    with bsrops.use_backend(backend):
+        actual, delta = dp.calls_delta(lambda: pg.outputs_and_grads(ours, x.to(CUDA), grad.to(CUDA)))
+    if norm != "none" or activation:
+        ran_on(delta, backend)
+    assert_close_cpu(actual, expected)
