@@ -35,9 +35,11 @@ passes over 8 MiB tensors for the eager elementwise part, plus oneDNN's reorders
 NCHW convolutions (2 passes per convolution forward, 2-4 per backward). The op's fused
 kernels make 16 passes, transposes included (the forward LeakyReLU is a oneDNN post-op of
 the conv on CPU float32), and its channels_last convolutions make no reorders. On a 2-core
-CPU the convolutions are ~90% of the block, so the block gains a few percent; on a GPU
-(cuDNN convs at tens of us, elementwise passes bound by HBM bandwidth and launches) the
-elementwise part is ~35-40% of the block and the fusion saves ~15-20% of it.
+CPU the convolutions are ~90% of the block, so the block gains a few percent. On a GPU
+(measured on an H200, benchmarks/gpu_conv_blocks.py: float32, no TF32) the op is slower than
+eager at these sizes, 1.38 vs 1.16 ms forward+backward for the Restorer block: the ~7 units of
+traffic it saves are ~12 us at 4.8 TB/s, less than what its extra launches and Python glue cost
+per call; its peak memory there is at or below eager's.
 
 The convolutions run on oneDNN / cuDNN through F.conv2d and aten.convolution_backward in
 the composite kernel and the autograd formula below, whatever the backend; the backend (cpu,
