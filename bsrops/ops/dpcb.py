@@ -13,8 +13,8 @@ the LeakyReLU backward comes from the sign of its output), the modulation and bo
 residual adds are one pass (`_dpcb_epilogue`), and so is their backward
 (`_dpcb_epilogue_backward`: grad_f1 and the reduced grad_f2).
 
-Layout and memory. With autograd recording, the convolutions run in channels_last whatever
-the caller's layout: oneDNN's convolutions on NCHW tensors reorder them into its blocked
+Layout and memory. With autograd recording on the CPU, the convolutions run in channels_last
+whatever the caller's layout: oneDNN's convolutions on NCHW tensors reorder them into its blocked
 layout and back (its backward holds two image-sized reorder buffers per convolution), on
 channels_last they run in place. The layout changes are fused into the kernels that read
 the caller's tensors (`_dpcb_epilogue*` read and write each operand in its own layout,
@@ -27,7 +27,8 @@ saved inputs), and with an image-sized condition it computes grad_f2 and frees f
 allocates grad_f1. Peak live memory of forward+backward, in image-sized tensors U (outputs
 and input gradients included): Restorer 4U against eager's 6U (4U plus oneDNN's 2U of
 reorders), Estimator 7U against 9U. In inference mode nothing is kept for a backward, so the
-convolutions run in the caller's layout (no copies of x_img, x_cond).
+convolutions run in the caller's layout (no copies of x_img, x_cond), and so they do on a GPU,
+where cuDNN needs no reorder buffers (the early release still holds there).
 
 Where the time goes (details and the arithmetic: benchmarks/bench_dpcb.py). At the Restorer
 shape (N=8, 64 ch, 64x64) forward+backward is 6 conv-sized passes (7.2 GMAC) against ~20
