@@ -45,10 +45,13 @@ def onednn_conv_leaky_relu(x, weight, bias, stride, padding, negative_slope):
                                                    "leaky_relu", [negative_slope], "")
 
 
+def memory_format(channels_last):
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def memory_format_of(t):
     """The memory format an op's output takes after input t: channels_last if t is, else NCHW."""
-    channels_last = t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-    return torch.channels_last if channels_last else torch.contiguous_format
+    return memory_format(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous())
 
 
 def to_channels_last(x):

@@ -51,8 +51,8 @@ import torch.nn.functional as F
 
 from .. import _backend
 from ..reference import dpcb as ref
-from ._common import (check_slope, check_tensor, conv_backward, memory_format_of, onednn_conv_leaky_relu,
-                      to_channels_last)
+from ._common import (check_slope, check_tensor, conv_backward, memory_format, memory_format_of,
+                      onednn_conv_leaky_relu, to_channels_last)
 
 SCHEMAS = {
     "dpcb": "dpcb(Tensor x_img, Tensor x_cond, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor w3, Tensor? b3, Tensor w4, Tensor? b4, float negative_slope=0.2) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
@@ -194,18 +194,23 @@ _schema_library = _backend.define_schemas_if_missing(SCHEMAS)
 torch.library.impl("bsrops::dpcb", "CompositeExplicitAutograd")(_forward_composite)
 
 
-def _empty(shape, like, memory_format):
-    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=memory_format)
+def _empty(like, layout):
+    return torch.empty(like.shape, dtype=like.dtype, device=like.device, memory_format=layout)
+
+
+def _intermediate_layouts(x_img, x_cond):
+    """The memory formats of (h1, f1) and (h2, f2): where the convolutions ran."""
+    if _convs_in_channels_last(x_img):
+        return torch.channels_last, torch.channels_last
+    return memory_format_of(x_img), memory_format_of(x_cond)
 
 
 @torch.library.register_fake("bsrops::dpcb")
 def _forward_fake(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope=0.2):
-    image_layout = torch.channels_last if _convs_in_channels_last(x_img) else memory_format_of(x_img)
-    cond_layout = torch.channels_last if _convs_in_channels_last(x_img) else memory_format_of(x_cond)
-    h1 = _empty(x_img.shape, x_img, image_layout)
-    h2 = _empty((x_cond.shape[0], w3.shape[0], *x_cond.shape[2:]), x_cond, cond_layout)
-    return (_empty(x_img.shape, x_img, memory_format_of(x_img)),
-            _empty(x_cond.shape, x_cond, memory_format_of(x_cond)), h1, torch.empty_like(h1), h2, torch.empty_like(h2))
+    image_layout, cond_layout = _intermediate_layouts(x_img, x_cond)
+    h1, h2 = _empty(x_img, image_layout), _empty(x_cond, cond_layout)  # nf1 == nf2: h2 is x_cond-shaped
+    return (_empty(x_img, memory_format_of(x_img)), _empty(x_cond, memory_format_of(x_cond)),
+            h1, torch.empty_like(h1), h2, torch.empty_like(h2))
 
 
 @torch.library.register_fake("bsrops::_leaky_relu_")
@@ -220,19 +225,19 @@ def _leaky_relu_backward_fake(grad, out, negative_slope):
 
 @torch.library.register_fake("bsrops::_dpcb_epilogue")
 def _epilogue_fake(x_img, f1, x_cond, f2):
-    return _empty(x_img.shape, x_img, memory_format_of(x_img)), _empty(x_cond.shape, x_cond, memory_format_of(x_cond))
+    return _empty(x_img, memory_format_of(x_img)), _empty(x_cond, memory_format_of(x_cond))
 
 
 @torch.library.register_fake("bsrops::_dpcb_epilogue_backward")
 def _epilogue_backward_fake(grad_img, grad_cond, f1, f2, channels_last):
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    return (grad_img.new_empty(0) if f2 is None else _empty(grad_img.shape, grad_img, layout),
-            grad_img.new_empty(0) if f1 is None else _empty(grad_cond.shape, grad_cond, layout))
+    layout = memory_format(channels_last)
+    return (grad_img.new_empty(0) if f2 is None else _empty(grad_img, layout),
+            grad_img.new_empty(0) if f1 is None else _empty(grad_cond, layout))
 
 
 @torch.library.register_fake("bsrops::_relayout")
 def _relayout_fake(x, other, channels_last):
-    return _empty(x.shape, x, torch.channels_last if channels_last else torch.contiguous_format)
+    return _empty(x, memory_format(channels_last))
 
 
 def _setup_context(ctx, inputs, output):
@@ -278,8 +283,7 @@ def _reference_forward(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_s
     """The eager forward, with the op's output layouts."""
     out_img, out_cond, h1, f1, h2, f2 = ref.dpcb_reference(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4,
                                                            negative_slope)
-    image_layout = torch.channels_last if _convs_in_channels_last(x_img) else memory_format_of(x_img)
-    cond_layout = torch.channels_last if _convs_in_channels_last(x_img) else memory_format_of(x_cond)
+    image_layout, cond_layout = _intermediate_layouts(x_img, x_cond)
     return (out_img.contiguous(memory_format=memory_format_of(x_img)),
             out_cond.contiguous(memory_format=memory_format_of(x_cond)),
             h1.contiguous(memory_format=image_layout), f1.contiguous(memory_format=image_layout),
@@ -302,7 +306,7 @@ def _reference_epilogue(x_img, f1, x_cond, f2):
 
 
 def _reference_epilogue_backward(grad_img, grad_cond, f1, f2, channels_last):
-    layout = torch.channels_last if channels_last else torch.contiguous_format
+    layout = memory_format(channels_last)
     grad_f1 = grad_img.new_empty(0) if f2 is None else (grad_img * f2).contiguous(memory_format=layout)
     if f1 is None:
         return grad_f1, grad_img.new_empty(0)
@@ -313,7 +317,7 @@ def _reference_epilogue_backward(grad_img, grad_cond, f1, f2, channels_last):
 
 
 def _reference_relayout(x, other, channels_last):
-    layout = torch.channels_last if channels_last else torch.contiguous_format
+    layout = memory_format(channels_last)
     return x.clone(memory_format=layout) if other is None else (x + other).contiguous(memory_format=layout)
 
 

@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..ops._common import memory_format
+
 BLOCK = 1024
 
 
@@ -139,10 +141,6 @@ def plane_strides(t, broadcast=False):
     return pixels * channels, 1, channels
 
 
-def _layout(channels_last):
-    return torch.channels_last if channels_last else torch.contiguous_format
-
-
 def leaky_relu_(x, negative_slope):
     assert _is_dense(x), "_leaky_relu_ (triton): x must be NCHW or channels_last"
     if x.numel():
@@ -152,7 +150,7 @@ def leaky_relu_(x, negative_slope):
 def leaky_relu_backward_(grad, out, negative_slope):
     assert _is_dense(grad), "_leaky_relu_backward_ (triton): grad must be NCHW or channels_last"
     if out.stride() != grad.stride():
-        out = out.contiguous(memory_format=_layout(not grad.is_contiguous()))
+        out = out.contiguous(memory_format=memory_format(not grad.is_contiguous()))
     if grad.numel():
         _leaky_relu_backward_kernel[_grid(grad.numel())](grad, out, grad.numel(), SLOPE=float(negative_slope),
                                                          BLOCK=BLOCK)
@@ -173,7 +171,7 @@ def epilogue(x_img, f1, x_cond, f2):
 
 def epilogue_backward(grad_img, grad_cond, f1, f2, channels_last):
     gi, gc = _dense(grad_img), _dense(grad_cond)
-    layout = _layout(channels_last)
+    layout = memory_format(channels_last)
     grad_f1 = gi.new_empty(0) if f2 is None else torch.empty(gi.shape, dtype=gi.dtype, device=gi.device,
                                                               memory_format=layout)
     grad_f2 = gi.new_empty(0) if f1 is None else torch.empty(gc.shape, dtype=gc.dtype, device=gc.device,
@@ -198,7 +196,7 @@ def epilogue_backward(grad_img, grad_cond, f1, f2, channels_last):
 def relayout(x, other, channels_last):
     x = _dense(x)
     other_ = _dense(other) if other is not None else x
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_layout(channels_last))
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format(channels_last))
     if x.numel():
         _relayout_kernel[_grid(x.numel())](x, other_, out, x.numel(), x.shape[1], x.shape[2] * x.shape[3],
                                            *plane_strides(x), *plane_strides(other_), *plane_strides(out),
