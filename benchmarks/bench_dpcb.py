@@ -160,19 +160,19 @@ def eager_fused_part(x_img, a1, f1, x_cond, a2, f2, grad_img, grad_cond, grad_h1
     relayouts = [t for t in (x_img, x_cond) if not t.is_contiguous(memory_format=cl)]
     h1 = F.leaky_relu(a1, SLOPE, inplace=True)
     h2 = F.leaky_relu(a2, SLOPE, inplace=True)
-    for x in relayouts:
-        x.contiguous(memory_format=cl)
+    moved = [x.contiguous(memory_format=cl) for x in relayouts]
     out_img, out_cond = (x_img + f1 * f2).contiguous(memory_format=nchw), (x_cond + f2).contiguous(memory_format=nchw)
     grad_f1 = (grad_img * f2).contiguous(memory_format=cl)
     product = grad_img * f1
     grad_f2 = ((product.sum((2, 3), keepdim=True) if f2.shape != f1.shape else product) + grad_cond)
     grad_a1 = torch.ops.aten.leaky_relu_backward(grad_h1, h1, SLOPE, True)
     grad_a2 = torch.ops.aten.leaky_relu_backward(grad_h2, h2, SLOPE, True)
-    for x in relayouts:
-        x.contiguous(memory_format=cl)
-    # grad_a1, grad_a2 stand in for the first convolutions' input gradients
+    moved_again = [x.contiguous(memory_format=cl) for x in relayouts]
+    # grad_a1, grad_a2 stand in for the first convolutions' input gradients; the moved inputs are returned so
+    # that torch.compile cannot drop them as dead code
     return (out_img, out_cond, grad_f1, grad_f2.contiguous(memory_format=cl),
-            (grad_a1 + grad_img).contiguous(memory_format=nchw), (grad_a2 + grad_cond).contiguous(memory_format=nchw))
+            (grad_a1 + grad_img).contiguous(memory_format=nchw), (grad_a2 + grad_cond).contiguous(memory_format=nchw),
+            moved, moved_again)
 
 
 def bsrops_fused_part(x_img, a1, f1, x_cond, a2, f2, grad_img, grad_cond, grad_h1, grad_h2):
@@ -187,8 +187,7 @@ def bsrops_fused_part(x_img, a1, f1, x_cond, a2, f2, grad_img, grad_cond, grad_h
     if not uses_onednn_post_ops(a1):
         ops._leaky_relu_(a1, SLOPE)
         ops._leaky_relu_(a2, SLOPE)
-    for x in relayouts:  # forward: the first convolutions' inputs
-        ops._relayout(x, None, True)
+    moved = [ops._relayout(x, None, True) for x in relayouts]  # forward: the first convolutions' inputs
     out_img, out_cond = ops._dpcb_epilogue(x_img, f1, x_cond, f2)
     if f2.shape != f1.shape:
         grad_f1, grad_f2 = ops._dpcb_epilogue_backward(grad_img, grad_cond, f1, f2, True)
@@ -197,11 +196,11 @@ def bsrops_fused_part(x_img, a1, f1, x_cond, a2, f2, grad_img, grad_cond, grad_h
         grad_f1 = ops._dpcb_epilogue_backward(grad_img, grad_cond, None, f2, True)[0]
     ops._leaky_relu_backward_(grad_h1, a1, SLOPE)  # in place, as in the op's backward
     ops._leaky_relu_backward_(grad_h2, a2, SLOPE)
-    for x in relayouts:  # backward: the first convolutions' inputs for their weight gradients
-        ops._relayout(x, None, True)
+    # backward: the first convolutions' inputs for their weight gradients
+    moved_again = [ops._relayout(x, None, True) for x in relayouts]
     # grad_h1, grad_h2 stand in for the first convolutions' (channels_last) input gradients
     return (out_img, out_cond, grad_f1, grad_f2, ops._relayout(grad_h1, grad_img, False),
-            ops._relayout(grad_h2, grad_cond, False))
+            ops._relayout(grad_h2, grad_cond, False), moved, moved_again)
 
 
 @functools.lru_cache(maxsize=None)
@@ -254,6 +253,14 @@ def _calls():
     return sum(v for k, v in bsrops.kernel_calls().items() if k.endswith(".cpu") and ("dpcb" in k or "leaky" in k))
 
 
+def _bsrops_inference_ran(run):
+    """Whether run() went through bsrops._dpcb_inference (on CPU float32 it runs no bsrops kernel: its
+    LeakyReLUs are oneDNN post-ops, its residual adds torch's in-place ops)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        run()
+    return any(event.name == "bsrops::_dpcb_inference" for event in profile.events())
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("kind", KINDS)
@@ -266,10 +273,14 @@ def test_dpcb_block(benchmark, bench_size, kind, provider, mode):
              "threads": torch.get_num_threads()}
     smoke_memory = provider == "bsrops_cpu" and mode == "forward+backward" and kind == "restorer"
     extra.update(_memory_info(benchmark, make_case, kind, provider, mode, bench_size, always=smoke_memory))
+    case = make_case(kind, provider, mode, bench_size)
+    if mode == "inference":
+        assert _bsrops_inference_ran(case) == (provider == "bsrops_cpu"), "bsrops must run for bsrops_cpu only"
     before = _calls()
-    _benchmark(benchmark, make_case(kind, provider, mode, bench_size), extra)
+    _benchmark(benchmark, case, extra)
     ran = _calls() > before
-    assert ran == (provider == "bsrops_cpu"), "bsrops' cpu kernels must run for bsrops_cpu only"
+    if mode != "inference":
+        assert ran == (provider == "bsrops_cpu"), "bsrops' cpu kernels must run for bsrops_cpu only"
 
 
 @pytest.mark.parametrize("provider", FUSED_PROVIDERS)
@@ -280,7 +291,7 @@ def test_dpcb_fused_part(benchmark, bench_size, kind, provider):
     if provider == "compiled":
         skip_compiled(benchmark, bench_size)
     out = _benchmark(benchmark, make_fused_case(kind, provider, bench_size), {"kind": kind, "provider": provider})
-    assert len(out) == 6
+    assert len(out) == 8
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -78,6 +78,11 @@ TORCH_LIBRARY(bsrops, m) {
   m.def(
       "dpcb(Tensor x_img, Tensor x_cond, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor w3, Tensor? b3, "
       "Tensor w4, Tensor? b4, float negative_slope=0.2) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The forward without autograd (nothing kept for a backward; the Python dpcb() picks it): on
+  // oneDNN the modulation is a post-op of the image path's second convolution.
+  m.def(
+      "_dpcb_inference(Tensor x_img, Tensor x_cond, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor w3, "
+      "Tensor? b3, Tensor w4, Tensor? b4, float negative_slope=0.2) -> (Tensor, Tensor)");
   // Its fused elementwise kernels (everything around the convolutions), any mix of NCHW and
   // channels_last operands.
   m.def("_leaky_relu_(Tensor(a!) x, float negative_slope) -> ()");

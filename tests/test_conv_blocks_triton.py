@@ -62,6 +62,18 @@ def test_dpcb_triton_float32_one_output_and_opcheck():
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("use", sorted(dp.USES))
+def test_dpcb_triton_inference(use):
+    """Without autograd (_dpcb_inference) the LeakyReLUs are the Triton kernel's (float64: no oneDNN post-op)."""
+    require_interpreter()
+    ours, reference, x_img, x_cond = dp.make_pair(use)
+    with bsrops.use_backend("triton"), torch.no_grad():
+        actual, delta = dp.calls_delta(lambda: ours(x_img, x_cond))
+    assert delta == {"_leaky_relu_.triton": 2}, delta
+    dp.assert_all_close(list(actual), list(reference([x_img.clone(), x_cond.clone()])))
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("block", pg.BLOCKS, ids=[f"{b[0]}-act{int(b[1])}" for b in pg.BLOCKS])
 def test_patchgan_triton_matches_eager_modules(block):
     require_interpreter()

@@ -2,6 +2,8 @@
 structure (float64, random weights): outputs and every input / parameter gradient, both DANv2
 uses (Restorer: 1x1 condition; Estimator: image-sized condition), both DPCG modes, backends,
 registration (opcheck, torch.compile) and bad inputs."""
+import collections
+
 import pytest
 import torch
 
@@ -353,16 +355,92 @@ def test_intermediate_modified_in_place_is_a_clear_error():
         out_img.sum().backward()
 
 
+def ops_run(run):
+    """run()'s result and the names of the ops it ran, nested ones included (the profiler's events)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        result = run()
+    return result, collections.Counter(event.name for event in profile.events())
+
+
+def inference_inputs(use, dtype, x_format, n=2):
+    ours, reference, x_img, x_cond = make_pair(use, n=n, dtype=dtype)
+    if x_format == "strided":  # a view: every other column of a wider image
+        x_img = torch.cat([x_img, x_img], dim=3)[..., ::2]
+    else:
+        x_img = _formatted(x_img, x_format)
+    return ours, reference, x_img, x_cond
+
+
+INFERENCE_FORMATS = ["nchw", "cl", "strided"]
+
+
+@pytest.mark.parametrize("grad_mode", ["inference_mode", "no_grad"])
+@pytest.mark.parametrize("x_format", INFERENCE_FORMATS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("use", sorted(USES))
-def test_inference_mode_keeps_the_callers_layout(use):
-    """No backward in inference mode: the convolutions run on x as given (no channels_last copies)."""
-    ours, reference, x_img, x_cond = make_pair(use)
-    with torch.inference_mode():
-        (out_img, out_cond), delta = calls_delta(lambda: ours(x_img, x_cond))
-        expected = reference([x_img.clone(), x_cond.clone()])
-    assert "_relayout.cpu" not in delta and delta.get("_dpcb_epilogue.cpu") == 1, delta
+def test_inference_path_matches_reference(use, dtype, x_format, grad_mode):
+    """Without autograd the functional runs _dpcb_inference: convolutions on x as given (no channels_last
+    copies), the outputs written in place of f1 and f2, the inputs untouched; on the CPU in float32 the
+    LeakyReLUs are oneDNN post-ops, elsewhere the _leaky_relu_ kernel."""
+    ours, reference, x_img, x_cond = inference_inputs(use, dtype, x_format)
+    x_img_before, x_cond_before = x_img.clone(), x_cond.clone()
+    with getattr(torch, grad_mode)():
+        ((out_img, out_cond), delta), ran = ops_run(lambda: calls_delta(lambda: ours(x_img, x_cond)))
+    expected = reference_run(reference.double())(x_img.double(), x_cond.double())
     assert_close_to_float64(out_img, expected[0])
     assert_close_to_float64(out_cond, expected[1])
+    assert out_img.dtype == dtype and not out_img.requires_grad
+    assert ran["bsrops::_dpcb_inference"] == 1 and ran["bsrops::dpcb"] == 0, ran
+    assert ran["aten::addcmul"] == 1 and ran["aten::add_"] == 1, ran
+    post_ops = dtype == torch.float32 and torch.backends.mkldnn.is_available()
+    assert ran["mkldnn::_convolution_pointwise"] == (2 if post_ops else 0), ran
+    assert delta == ({} if post_ops else {"_leaky_relu_.cpu": 2}), delta  # no relayout, no epilogue
+    _assert_format(out_img, "cl" if x_format == "cl" else "nchw")
+    torch.testing.assert_close(x_img, x_img_before, rtol=0, atol=0)
+    torch.testing.assert_close(x_cond, x_cond_before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("use", sorted(USES))
+def test_inference_path_batch_zero_dpcg_and_reference_backend(use):
+    ours, reference, x_img, x_cond = make_pair(use, n=0, dtype=torch.float32)
+    with torch.no_grad():
+        out_img, out_cond = ours(x_img, x_cond)
+    assert out_img.shape == x_img.shape and out_cond.shape == x_cond.shape
+    nf, k1, k2, image, cond = USES[use]
+    group = DPCG(nf, nf, k1, k2, nb=3)
+    official = DPCGReference(nf, nf, k1, k2, nb=3)
+    official.load_state_dict(group.state_dict())
+    x_img, x_cond = torch.randn(2, nf, *image), torch.randn(2, nf, *cond)
+    with torch.inference_mode():
+        actual = group(x_img, x_cond)
+        with bsrops.use_backend("reference"):
+            reference_outputs, delta = calls_delta(lambda: group(x_img, x_cond))
+    assert delta == {"_dpcb_inference.reference": 3}, delta
+    exact = official.double()([x_img.double(), x_cond.double()])
+    for a, r, e in zip(actual, reference_outputs, exact):
+        assert_close_to_float64(a, e)
+        assert_close_to_float64(r, e)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("use", sorted(USES))
+def test_inference_opcheck(use, dtype):
+    ours, _, x_img, x_cond = make_pair(use, n=2, dtype=dtype)
+    params = [p.detach() for p in ours.parameters()]
+    torch.library.opcheck(torch.ops.bsrops._dpcb_inference.default, (x_img, x_cond, *params, 0.2))
+    torch.library.opcheck(torch.ops.bsrops._dpcb_inference.default,
+                          (_formatted(x_img, "cl"), x_cond, *params, 0.1))
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph_inference():
+    ours, _, x_img, x_cond = make_pair("estimator", dtype=torch.float32)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda a, b: ours(a, b), fullgraph=True)
+    with torch.no_grad():
+        actual, expected = compiled(x_img, x_cond), ours(x_img, x_cond)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e)
 
 
 def test_native_backward_kernels_check_shapes():

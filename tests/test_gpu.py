@@ -101,6 +101,25 @@ def test_dpcb(use, backend, dtype, x_format):
     dp._assert_format(actual[2], x_format)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("use", sorted(dp.USES))
+def test_dpcb_inference(use, backend, dtype):
+    """Without autograd: _dpcb_inference (the backend's LeakyReLU kernel, outputs in place of f1 and f2)."""
+    ours, reference, x_img, x_cond = dp.make_pair(use, n=3)
+    expected = dp.reference_run(reference)(x_img, x_cond)
+    ours = ours.to(CUDA, dtype)
+    with bsrops.use_backend(backend), torch.inference_mode():
+        actual, delta = dp.calls_delta(lambda: ours(x_img.to(CUDA, dtype), x_cond.to(CUDA, dtype)))
+    assert delta == {f"_leaky_relu_.{backend}": 2}, delta
+    for a, e in zip(actual, expected):
+        assert a.is_cuda and a.dtype == dtype
+        if dtype == torch.float64:
+            assert_close_to_float64(a.cpu(), e)
+        else:  # cuDNN's float32 algorithms, as in test_dpcb
+            assert relative_error(a.cpu(), e) <= 1e-4, relative_error(a.cpu(), e)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mix", dp.MIXES)
 @pytest.mark.parametrize("cond", ["1x1", "image"])

@@ -26,9 +26,20 @@ whole backward returns; a second backward through a retained graph recomputes th
 saved inputs), and with an image-sized condition it computes grad_f2 and frees f1 before it
 allocates grad_f1. Peak live memory of forward+backward, in image-sized tensors U (outputs
 and input gradients included): Restorer 4U against eager's 6U (4U plus oneDNN's 2U of
-reorders), Estimator 7U against 9U. In inference mode nothing is kept for a backward, so the
-convolutions run in the caller's layout (no copies of x_img, x_cond), and so they do on a GPU,
-where cuDNN needs no reorder buffers (the early release still holds there).
+reorders), Estimator 7U against 9U. On a GPU the convolutions keep the caller's layout (cuDNN
+needs no reorder buffers; the early release still holds there).
+
+Without autograd (inference mode, no_grad, or no input requiring a gradient) `dpcb()` runs
+`_dpcb_inference` instead, which keeps nothing for a backward: the convolutions run in the
+caller's layout (no copies of x_img, x_cond; the NCHW reorders are oneDNN's internal ones, as in
+eager), each LeakyReLU output is freed once the next convolution has read it, and the outputs
+are written in place of f1 and f2 (torch's addcmul and add_): at the Estimator shape the
+out-of-place epilogue took 0.48-0.65 ms in the block against 0.34-0.39 ms in place (a fresh
+output is write-allocate traffic and, with glibc's malloc, page faults), and the block
+allocates 3 image-sized tensors against eager's 4 (fewer page faults). oneDNN's binary post-op
+(conv * f2) is not used: torch runs it as conv + mul_ on NCHW tensors, and on channels_last it
+cost more than the separate pass (3.37 vs 3.0 + 0.2 ms). Inference is ~94% convolution at both
+paper shapes on the CPU, so the block gains 1-4% there (benchmarks/bench_dpcb.py).
 
 Where the time goes (details and the arithmetic: benchmarks/bench_dpcb.py). At the Restorer
 shape (N=8, 64 ch, 64x64) forward+backward is 6 conv-sized passes (7.2 GMAC) against ~20
@@ -61,6 +72,7 @@ SCHEMAS = {
     "_dpcb_epilogue": "_dpcb_epilogue(Tensor x_img, Tensor f1, Tensor x_cond, Tensor f2) -> (Tensor, Tensor)",
     "_dpcb_epilogue_backward": "_dpcb_epilogue_backward(Tensor grad_img, Tensor grad_cond, Tensor? f1, Tensor? f2, bool channels_last) -> (Tensor, Tensor)",
     "_relayout": "_relayout(Tensor x, Tensor? other, bool channels_last) -> Tensor",
+    "_dpcb_inference": "_dpcb_inference(Tensor x_img, Tensor x_cond, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor w3, Tensor? b3, Tensor w4, Tensor? b4, float negative_slope=0.2) -> (Tensor, Tensor)",
 }
 PARAMETERS = ("w1", "b1", "w2", "b2", "w3", "b3", "w4", "b4")
 
@@ -70,10 +82,15 @@ def dpcb(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope=0.2):
 
     w1, w2: (C, C, k1, k1) (image path), w3: (C, C, k2, k2), w4: (C, C, k2, k2) (condition path),
     odd k, 'same' padding; biases (C,) or None. nf1 must equal nf2 (out_cond = x_cond + f2).
+    Runs torch.ops.bsrops.dpcb when autograd records, else torch.ops.bsrops._dpcb_inference (nothing kept
+    for a backward; see the module docstring).
     """
-    check_inputs(x_img, x_cond, (w1, b1, w2, b2, w3, b3, w4, b4), negative_slope)
-    out_img, out_cond, *_ = torch.ops.bsrops.dpcb(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4,
-                                                  float(negative_slope))
+    params = (w1, b1, w2, b2, w3, b3, w4, b4)
+    check_inputs(x_img, x_cond, params, negative_slope)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x_img, x_cond, *params)):
+        out_img, out_cond, *_ = torch.ops.bsrops.dpcb(x_img, x_cond, *params, float(negative_slope))
+        return out_img, out_cond
+    out_img, out_cond = torch.ops.bsrops._dpcb_inference(x_img, x_cond, *params, float(negative_slope))
     return out_img, out_cond
 
 
@@ -111,24 +128,28 @@ def check_inputs(x_img, x_cond, params, negative_slope):
 
 # ---- the composite kernels: convolutions around the fused kernels ----
 
-def _path_forward(x, wa, ba, wb, bb, negative_slope, channels_last):
-    """(h, f): h = lrelu(conv(x)) (oneDNN's fused post-op, else in place of the conv output), f = conv(h);
-    in channels_last or in x's layout."""
-    x_conv = to_channels_last(x) if channels_last else x
-    h = onednn_conv_leaky_relu(x_conv, wa, ba, 1, wa.shape[-1] // 2, negative_slope)
+def _activated_conv(x, weight, bias, negative_slope):
+    """lrelu(conv(x)): oneDNN's fused post-op, else the activation in place of the conv output."""
+    h = onednn_conv_leaky_relu(x, weight, bias, 1, weight.shape[-1] // 2, negative_slope)
     if h is None:
-        h = F.conv2d(x_conv, wa, ba, padding=wa.shape[-1] // 2)
+        h = F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2)
         torch.ops.bsrops._leaky_relu_(h, negative_slope)
+    return h
+
+
+def _path_forward(x, wa, ba, wb, bb, negative_slope, channels_last):
+    """(h, f): h = lrelu(conv(x)), f = conv(h); in channels_last or in x's layout."""
+    x_conv = to_channels_last(x) if channels_last else x
+    h = _activated_conv(x_conv, wa, ba, negative_slope)
     del x_conv  # may be a transposed copy of the caller's x: freed before the next convolution
     return h, F.conv2d(h, wb, bb, padding=wb.shape[-1] // 2)
 
 
 def _convs_in_channels_last(x):
     """Whether the convolutions run in channels_last: on the CPU (oneDNN's NCHW convolutions reorder, see the
-    module docstring) and for the backward's sake, so not in inference mode, where the caller's layout saves
-    moving x_img and x_cond. cuDNN runs NCHW without reorder buffers: on a GPU the moves would only cost
-    (measured on an H200: the block 0.54x of eager with them, benchmarks/gpu_conv_blocks.py)."""
-    return x.device.type == "cpu" and not torch.is_inference_mode_enabled()
+    module docstring). cuDNN runs NCHW without reorder buffers: on a GPU the moves would only cost (measured
+    on an H200: the block 0.54x of eager with them, benchmarks/gpu_conv_blocks.py)."""
+    return x.device.type == "cpu"
 
 
 def _forward_composite(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope=0.2):
@@ -137,6 +158,19 @@ def _forward_composite(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_s
     h2, f2 = _path_forward(x_cond, w3, b3, w4, b4, negative_slope, channels_last)
     out_img, out_cond = torch.ops.bsrops._dpcb_epilogue(x_img, f1, x_cond, f2)
     return out_img, out_cond, h1, f1, h2, f2
+
+
+def _inference_composite(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope=0.2):
+    """(out_img, out_cond), nothing kept for a backward: the convolutions run in the caller's layout, each
+    LeakyReLU output is freed once the next convolution has read it, and the outputs are written in place of
+    f1 and f2 (see the module docstring)."""
+    f2 = _path_forward(x_cond, w3, b3, w4, b4, negative_slope, channels_last=False)[1]
+    f1 = _path_forward(x_img, w1, b1, w2, b2, negative_slope, channels_last=False)[1]
+    out_img = torch.addcmul(x_img, f1, f2, out=f1)
+    out_cond = f2.add_(x_cond)
+    # the layouts the training op gives (a no-op unless the weights' layout made the convolutions change x's)
+    return (out_img.contiguous(memory_format=memory_format_of(x_img)),
+            out_cond.contiguous(memory_format=memory_format_of(x_cond)))
 
 
 def _path_backward(state, grad_residual, x, wa, wb, negative_slope, mask, channels_last):
@@ -192,6 +226,7 @@ def _backward_composite(grad_img, grad_cond, x_img, x_cond, weights, held, negat
 
 _schema_library = _backend.define_schemas_if_missing(SCHEMAS)
 torch.library.impl("bsrops::dpcb", "CompositeExplicitAutograd")(_forward_composite)
+torch.library.impl("bsrops::_dpcb_inference", "CompositeExplicitAutograd")(_inference_composite)
 
 
 def _empty(like, layout):
@@ -211,6 +246,11 @@ def _forward_fake(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope=
     h1, h2 = _empty(x_img, image_layout), _empty(x_cond, cond_layout)  # nf1 == nf2: h2 is x_cond-shaped
     return (_empty(x_img, memory_format_of(x_img)), _empty(x_cond, memory_format_of(x_cond)),
             h1, torch.empty_like(h1), h2, torch.empty_like(h2))
+
+
+@torch.library.register_fake("bsrops::_dpcb_inference")
+def _inference_fake(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope=0.2):
+    return _empty(x_img, memory_format_of(x_img)), _empty(x_cond, memory_format_of(x_cond))
 
 
 @torch.library.register_fake("bsrops::_leaky_relu_")
@@ -290,6 +330,10 @@ def _reference_forward(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_s
             h2.contiguous(memory_format=cond_layout), f2.contiguous(memory_format=cond_layout))
 
 
+def _reference_inference(*args):
+    return _reference_forward(*args)[:2]
+
+
 # ---- reference kernels ----
 
 def _reference_leaky_relu_(x, negative_slope):
@@ -323,7 +367,7 @@ def _reference_relayout(x, other, channels_last):
 
 # The reference backend runs the eager forward; its backward is the composite over the
 # reference elementwise kernels (eager PyTorch ops) below.
-for _name, _fn in (("dpcb", _reference_forward),
+for _name, _fn in (("dpcb", _reference_forward), ("_dpcb_inference", _reference_inference),
                    ("_leaky_relu_", _reference_leaky_relu_), ("_leaky_relu_backward_", _reference_leaky_relu_backward_),
                    ("_dpcb_epilogue", _reference_epilogue), ("_dpcb_epilogue_backward", _reference_epilogue_backward),
                    ("_relayout", _reference_relayout)):
