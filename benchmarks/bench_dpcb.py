@@ -49,6 +49,15 @@ runs at about eager's speed with 0.8x of its memory.
   benchmarks/gpu_conv_blocks.py): eager 1.16 ms forward+backward, the op 1.38 ms on its CUDA
   kernels (1.73 on Triton), with the layout moves 2.27 ms (so they run on the CPU only): the
   saved traffic (~12 us) is smaller than the op's extra launches and Python glue per call.
+Inference (bsrops runs _dpcb_inference, see ops/dpcb.py). Estimator shape: four 32->32 3x3
+convs of 0.30 GMAC, ~3.0-3.3 ms each here (~12.5 ms, ~94% of the eager block's ~13.3 ms when
+no page faults intervene); eager's elementwise part moves 13 units of 4 MiB (LeakyReLUs 2 x 2,
+mul 3, adds 3 + 3) in ~0.65 ms, the op 7 units in place (addcmul 4, add_ 3) in ~0.35 ms, its
+LeakyReLUs oneDNN post-ops (which save about what their pass cost, ~0.07 ms each): the best
+case is ~2-3% of the block, inside the run-to-run noise, so the row measures 1.00-1.03x without
+page faults; with them (glibc's malloc trimming the heap between calls) the op's 3 image-sized
+allocations against eager's 4 count more (1.1-1.2x in a fresh process). Restorer shape
+(64 ch): ~95% convolution, the same arithmetic on 8 MiB tensors.
 Whole-block timings on the 2-core CPU vary by +-15% between processes: page faults of
 freshly allocated tensors (glibc's default malloc returns large blocks to the OS) cost up to
 ~10k faults per call; GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...:glibc.malloc.trim_threshold=...

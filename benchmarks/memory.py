@@ -35,31 +35,18 @@ RSS counts resident pages: memory that is allocated but never written (e.g. an u
 `torch.empty`) is not counted, memory the provider writes is, whichever allocator it
 came from. Tensors the provider returns or leaves behind (outputs, `.grad`) count.
 """
-import inspect
-import json
 import os
-import subprocess
-import sys
 
-_MARK = "BSR_MEMORY_RESULT "
+import fresh_process
+
 # BSR_LIVE_MEMORY=1: every allocation of 128 KiB or more gets its own mapping in the child,
 # returned to the OS when freed, so RSS follows the live tensors. With glibc's adaptive
 # default (what users run), freed blocks are kept or returned depending on the process'
 # history: the same eager DPCB call measured 48-80 MiB; the fused ops are stable either way.
 LIVE_MEMORY_MALLOC = "glibc.malloc.mmap_threshold=131072"
 
-_CHILD = r"""
-import ctypes, gc, importlib.util, json, os, re, resource, sys
-spec = json.loads(sys.argv[1])
-sys.path[:0] = spec["path"]
-import torch
-torch.set_num_threads(spec["threads"])
-module_spec = importlib.util.spec_from_file_location("_bsr_memory_target", spec["file"])
-module = importlib.util.module_from_spec(module_spec)
-module_spec.loader.exec_module(module)
-factory = module
-for part in spec["name"].split("."):
-    factory = getattr(factory, part)
+_MEASURE = r"""
+import ctypes, gc, re, resource
 
 def status(key):
     with open("/proc/self/status") as f:
@@ -72,7 +59,8 @@ def trim():
     except (OSError, AttributeError):
         pass
 
-run = factory(*spec["args"])
+payload = spec["payload"]
+run = factory(payload["factory"])(*payload["args"])
 try:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -80,7 +68,7 @@ try:
 except OSError:
     resettable = False
 if resettable:
-    for _ in range(spec["warmup"]):
+    for _ in range(payload["warmup"]):
         result = run()
         del result
     reset = getattr(run, "reset", None)
@@ -99,9 +87,9 @@ else:
     result = run()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     method = "ru_maxrss (no warm-up; clear_refs unavailable)"
-print(%r + json.dumps({"peak_extra_bytes": max(0, peak - before), "rss_before_bytes": before,
-                       "peak_rss_bytes": peak, "method": method}), flush=True)
-""" % _MARK
+report({"peak_extra_bytes": max(0, peak - before), "rss_before_bytes": before, "peak_rss_bytes": peak,
+        "method": method})
+"""
 
 
 def peak_extra_memory(factory, *args, threads=None, warmup=1, timeout=900, live=None):
@@ -111,30 +99,12 @@ def peak_extra_memory(factory, *args, threads=None, warmup=1, timeout=900, live=
     Returns a dict: peak_extra_bytes, rss_before_bytes, peak_rss_bytes, method.
     Raises RuntimeError (with the child's stderr) when the child fails.
     """
-    import torch
-
-    source = inspect.getsourcefile(factory)
-    if source is None or "<locals>" in factory.__qualname__:
-        raise ValueError("peak_extra_memory: factory must be a module-level function of a source file")
-    here = os.path.dirname(os.path.abspath(source))
-    root = os.path.dirname(here)
-    spec = {
-        "file": os.path.abspath(source),
-        "name": factory.__qualname__,
-        "args": list(args),
-        "threads": threads or torch.get_num_threads(),
-        "warmup": warmup,
-        "path": [here, root],
-    }
     env = dict(os.environ)
     if live or live is None and os.environ.get("BSR_LIVE_MEMORY") == "1":
         env["GLIBC_TUNABLES"] = LIVE_MEMORY_MALLOC
-    proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(spec)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-    for line in proc.stdout.splitlines():
-        if line.startswith(_MARK):
-            return json.loads(line[len(_MARK):])
-    raise RuntimeError(f"peak_extra_memory: the child failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    payload = {"factory": factory.__qualname__, "args": list(args), "warmup": warmup}
+    return fresh_process.run(_MEASURE, fresh_process.factory_file(factory), payload, env=env, threads=threads,
+                             timeout=timeout)
 
 
 def format_bytes(n):
