@@ -308,3 +308,17 @@ def test_dpcb_convs(benchmark, bench_size, kind):
     benchmark.group = f"dpcb/{kind}"
     benchmark.name = "convs alone forward+backward"
     _benchmark(benchmark, make_conv_case(kind, bench_size), {"kind": kind})
+
+
+def test_block_times_in_a_fresh_process(bench_size):
+    """check_targets' whole-block rows: fresh_process.median_times runs the cases in a child process."""
+    import bench_blur_downsample
+    import fresh_process
+
+    cases = {provider: (make_case, ("estimator", provider, "inference", bench_size)) for provider in ("reference", "bsrops_cpu")}
+    times = fresh_process.median_times(cases, rounds=2)
+    assert set(times) == set(cases) and all(t > 0 for t in times.values()), times
+    with pytest.raises(RuntimeError, match="unknown provider 'nope'"):  # the child's error comes back
+        fresh_process.median_times({"bad": (make_case, ("estimator", "nope", "inference", bench_size))}, rounds=1)
+    with pytest.raises(ValueError, match="from one file"):
+        fresh_process.median_times({"a": cases["reference"], "b": (bench_blur_downsample.make_case, ())})
