@@ -176,6 +176,29 @@ def test_validation_is_gaussian8(pca_dir):
     assert method.baselines()["delta kernel, no estimation"](items[0])["kernel_est"][10, 10] == 1
 
 
+def test_channels_last_on_the_cpu_gives_the_nchw_values(pca_dir):
+    """dan.channels_last (default true): networks and inputs in channels_last on the CPU; validation output, loss
+    and gradients match dan.channels_last=false (NCHW) up to float32 rounding."""
+    hr = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    results = {}
+    for channels_last in (True, False):
+        torch.manual_seed(0)
+        method = demo_method(pca_dir, channels_last=channels_last)
+        net = method.module("G")
+        assert net.Restorer.head1.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+        item = method.degrade_for_validation(hr[:1], 0)[0]
+        sr = method.validate(item)["sr"]
+        assert sr.is_contiguous(memory_format=torch.channels_last) == channels_last
+        lr, kernels = method.synthesize(hr, torch.arange(2))
+        out, kernel_est = net(method.network_input(lr))
+        loss = F.l1_loss(out, hr) + F.l1_loss(kernel_est, kernels.flatten(1))
+        loss.backward()
+        results[channels_last] = [sr, loss.detach()] + [p.grad for p in net.parameters()]
+        method.train_step({"hr": hr, "seed": torch.arange(2)}, 0)  # runs in that layout
+    for a, b in zip(results[True], results[False]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * max(1.0, b.abs().max().item()))
+
+
 def test_training_kernels_follow_the_sample_seeds(pca_dir):
     method = demo_method(pca_dir)
     hr = torch.rand(3, 3, 16, 16)
