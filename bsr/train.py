@@ -32,6 +32,17 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = config_lib.load(args.method, args.preset, args.config, args.overrides)
     out = args.out or os.path.join("runs", f"{args.method}-{args.preset}")
+    import torch.distributed as dist
+
+    try:
+        return train_and_evaluate(args, cfg, out)
+    finally:
+        if dist.is_initialized():  # under torchrun; else gloo's threads can die at exit ("terminate called ...")
+            dist.destroy_process_group()
+
+
+def train_and_evaluate(args, cfg, out):
+    """The exit status: 0, or 3 when a loss became NaN / infinite."""
     from .engine import Engine, NonFiniteLoss
 
     engine = Engine(cfg, out, resume=args.resume)
