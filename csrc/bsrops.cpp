@@ -73,13 +73,13 @@ TORCH_LIBRARY(bsrops, m) {
       "Tensor alpha, int scale, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 
   // dpcb: DANv2's dual-path conditional block. The convolutions run on oneDNN/cuDNN inside the
-  // op, in channels_last; h1, f1, h2, f2 (LeakyReLU outputs and second conv outputs) are
+  // op (in channels_last on the CPU); h1, f1, h2, f2 (LeakyReLU outputs and second conv outputs) are
   // returned for the backward, which frees each as soon as it has used it.
   m.def(
       "dpcb(Tensor x_img, Tensor x_cond, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor w3, Tensor? b3, "
       "Tensor w4, Tensor? b4, float negative_slope=0.2) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // The forward without autograd (nothing kept for a backward; the Python dpcb() picks it): on
-  // oneDNN the modulation is a post-op of the image path's second convolution.
+  // The forward without autograd (nothing kept for a backward; the Python dpcb() picks it): the
+  // outputs are written in place of f1 and f2.
   m.def(
       "_dpcb_inference(Tensor x_img, Tensor x_cond, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor w3, "
       "Tensor? b3, Tensor w4, Tensor? b4, float negative_slope=0.2) -> (Tensor, Tensor)");

@@ -31,6 +31,12 @@ def check_slope(op, negative_slope):
                          f"mask from the sign of its output), got {negative_slope!r}")
 
 
+def records_autograd(*tensors):
+    """Whether autograd records an op on these tensors (None entries allowed): grad mode on and one of them
+    requires a gradient."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def uses_onednn_post_ops(x):
     """Whether convolutions on x run with oneDNN post-ops (CPU float32 with mkldnn, as inductor does)."""
     return x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()

@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from .. import _backend
 from ..reference import dpcb as ref
 from ._common import (check_slope, check_tensor, conv_backward, memory_format, memory_format_of,
-                      onednn_conv_leaky_relu, to_channels_last)
+                      onednn_conv_leaky_relu, records_autograd, to_channels_last)
 
 SCHEMAS = {
     "dpcb": "dpcb(Tensor x_img, Tensor x_cond, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor w3, Tensor? b3, Tensor w4, Tensor? b4, float negative_slope=0.2) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
@@ -87,7 +87,7 @@ def dpcb(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope=0.2):
     """
     params = (w1, b1, w2, b2, w3, b3, w4, b4)
     check_inputs(x_img, x_cond, params, negative_slope)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x_img, x_cond, *params)):
+    if records_autograd(x_img, x_cond, *params):
         out_img, out_cond, *_ = torch.ops.bsrops.dpcb(x_img, x_cond, *params, float(negative_slope))
         return out_img, out_cond
     out_img, out_cond = torch.ops.bsrops._dpcb_inference(x_img, x_cond, *params, float(negative_slope))
@@ -233,6 +233,11 @@ def _empty(like, layout):
     return torch.empty(like.shape, dtype=like.dtype, device=like.device, memory_format=layout)
 
 
+def _outputs_like(x_img, x_cond):
+    """Empty (out_img, out_cond) in x_img's and x_cond's layouts (the fakes')."""
+    return _empty(x_img, memory_format_of(x_img)), _empty(x_cond, memory_format_of(x_cond))
+
+
 def _intermediate_layouts(x_img, x_cond):
     """The memory formats of (h1, f1) and (h2, f2): where the convolutions ran."""
     if _convs_in_channels_last(x_img):
@@ -244,13 +249,12 @@ def _intermediate_layouts(x_img, x_cond):
 def _forward_fake(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope=0.2):
     image_layout, cond_layout = _intermediate_layouts(x_img, x_cond)
     h1, h2 = _empty(x_img, image_layout), _empty(x_cond, cond_layout)  # nf1 == nf2: h2 is x_cond-shaped
-    return (_empty(x_img, memory_format_of(x_img)), _empty(x_cond, memory_format_of(x_cond)),
-            h1, torch.empty_like(h1), h2, torch.empty_like(h2))
+    return (*_outputs_like(x_img, x_cond), h1, torch.empty_like(h1), h2, torch.empty_like(h2))
 
 
 @torch.library.register_fake("bsrops::_dpcb_inference")
 def _inference_fake(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope=0.2):
-    return _empty(x_img, memory_format_of(x_img)), _empty(x_cond, memory_format_of(x_cond))
+    return _outputs_like(x_img, x_cond)
 
 
 @torch.library.register_fake("bsrops::_leaky_relu_")
@@ -265,7 +269,7 @@ def _leaky_relu_backward_fake(grad, out, negative_slope):
 
 @torch.library.register_fake("bsrops::_dpcb_epilogue")
 def _epilogue_fake(x_img, f1, x_cond, f2):
-    return _empty(x_img, memory_format_of(x_img)), _empty(x_cond, memory_format_of(x_cond))
+    return _outputs_like(x_img, x_cond)
 
 
 @torch.library.register_fake("bsrops::_dpcb_epilogue_backward")

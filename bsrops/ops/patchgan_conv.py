@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from .. import _backend
 from ..reference import patchgan_conv as ref
 from ._common import (check_slope, check_tensor, conv_backward, memory_format_of, onednn_conv_leaky_relu,
-                      to_channels_last)
+                      records_autograd, to_channels_last)
 
 SCHEMAS = {
     "patchgan_conv": "patchgan_conv(Tensor x, Tensor weight, Tensor? bias, int stride, int padding, str norm, Tensor? norm_weight, Tensor? norm_bias, Tensor? running_mean, Tensor? running_var, bool training, float momentum, float eps, float negative_slope, bool activation) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
@@ -116,17 +116,13 @@ def _out_size(x, weight, stride, padding):
 
 # ---- the composites: the convolution, then the fused kernels ----
 
-def _requires_grad(*tensors):
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def _patchgan_conv_composite(x, weight, bias, stride, padding, norm, norm_weight, norm_bias, running_mean,
                              running_var, training, momentum, eps, negative_slope, activation):
     """_patchgan_conv2d, then patchgan_norm_act: two autograd nodes, so that the conv output y
     is released after the norm's backward, before the conv's (as eager does; one node would hold
     it through the conv's backward)."""
     empty = x.new_empty  # a fresh one per output: outputs must not alias
-    if norm == "none" and activation and not _requires_grad(x, weight, bias):
+    if norm == "none" and activation and not records_autograd(x, weight, bias):
         out = onednn_conv_leaky_relu(x.contiguous(), weight, bias, stride, padding, negative_slope)
         if out is not None:  # inference of the first layer: oneDNN's conv + LeakyReLU post-op
             return out, empty(0), empty(0), empty(0), empty(0), empty(0)
