@@ -21,6 +21,10 @@ DEFAULTS = {
 }
 
 
+class ConfigError(ValueError):
+    """A configuration a method cannot run: unknown key, wrong type or range, unknown method or preset."""
+
+
 class Config(dict):
     """A dict whose keys also read as attributes; nested dicts become Configs."""
 

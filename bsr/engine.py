@@ -16,7 +16,6 @@ Exact resume: a checkpoint holds the networks, optimisers, schedulers, the loss 
 the step and the RNG states; the data stream is a function of (seed, step) only, and the
 DataLoader draws its worker seeds from its own generator, not from the global RNG.
 """
-import inspect
 import json
 import math
 import os
@@ -32,6 +31,7 @@ from torch.utils.data import DataLoader
 from . import config as config_lib
 from . import data, methods
 from .data.io import write_image
+from .io import UntrustedFileError, load_untrusted
 
 
 class NonFiniteLoss(RuntimeError):
@@ -64,17 +64,29 @@ def _any_rank(flag, world, device):
 
 
 # ----------------------------------------------------------------------------- checkpoints
+CHECKPOINT_KEYS = ("step", "method", "config", "nets", "optimizers", "schedulers", "rng")
+
+
 def rng_state():
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG's state as tensors and plain data (a checkpoint loads with weights_only=True)."""
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"]["key"] = torch.from_numpy(numpy_state["state"]["key"].astype(np.int64))
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state):
+    """Restore rng_state(); also the numpy tuple that checkpoints of earlier versions hold."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        key = numpy_state["state"]["key"]
+        key = key.numpy() if torch.is_tensor(key) else np.asarray(key)
+        numpy_state = {**numpy_state, "state": {**numpy_state["state"], "key": key.astype(np.uint32)}}
+    np.random.set_state(numpy_state)
+    random.setstate(tuple(tuple(v) if isinstance(v, list) else v for v in state["python"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -101,10 +113,24 @@ def method_state(method, step):
     }
 
 
-def load_method_state(method, state, training=True):
+def read_checkpoint(path, what="checkpoint"):
+    """The dict of a bsr checkpoint (bsr.io.load_untrusted), with the keys every checkpoint holds;
+    a plain state dict gets an error pointing to --weights."""
+    state = load_untrusted(path, what)
+    if isinstance(state, dict) and all(key in state for key in CHECKPOINT_KEYS):
+        return state
+    if isinstance(state, dict) and state and all(torch.is_tensor(v) for v in state.values()):
+        raise UntrustedFileError(f"{what} {path!r} is a plain state dict (weights only), not a bsr training "
+                                 f"checkpoint: load it with --weights FILE (and --preset for the architecture)")
+    found = sorted(state)[:10] if isinstance(state, dict) else type(state).__name__
+    raise UntrustedFileError(f"{what} {path!r} is not a bsr checkpoint: expected a dict with keys "
+                             f"{list(CHECKPOINT_KEYS)}, found {found}")
+
+
+def load_method_state(method, state, training=True, path="checkpoint"):
     """Networks (and with `training`, optimisers, schedulers, scaler) from a checkpoint dict."""
     for name, net_state in state["nets"].items():
-        method.module(name).load_state_dict(net_state)
+        method._load_net(name, net_state, path, "checkpoint")
     method.load_extra_state(state.get("extra", {}))
     if training:
         for name, opt_state in state["optimizers"].items():
@@ -115,23 +141,34 @@ def load_method_state(method, state, training=True):
             method.grad_scaler.load_state_dict(state["grad_scaler"])
 
 
+def inference_method(cfg, device):
+    """The method of `cfg` built for evaluation / inference (no loss networks, no pretrained starts)."""
+    cfg.device = device
+    return methods.get(cfg.method)(cfg, device, for_training=False)
+
+
 def load_checkpoint(path, device="cpu", overrides=()):
     """(method, cfg, step) of a checkpoint, networks loaded, in eval mode (for evaluate/infer)."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = read_checkpoint(path)
     cfg = config_lib.Config(state["config"])
     for text in overrides:
         cfg = config_lib.Config(config_lib.merge(cfg.to_dict(), config_lib.parse_override(text)))
-    cfg.device = device
-    method_class = methods.get(state["method"])
-    # methods written before the for_training argument keep loading (bsr/methods/base.py)
-    takes_flag = "for_training" in inspect.signature(method_class.__init__).parameters
-    method = method_class(cfg, device, for_training=False) if takes_flag else method_class(cfg, device)
-    load_method_state(method, state, training=False)
+    method = inference_method(cfg, device)
+    load_method_state(method, state, training=False, path=path)
     for net in method.nets.values():
         net.eval()
     return method, cfg, state["step"]
+
+
+def load_weights(method_name, path, preset="demo", device="cpu", overrides=()):
+    """(method, cfg) with the inference networks of `method_name` loaded from a plain weights file
+    (bsr.export's output or an official release); the preset (and overrides) give the architecture."""
+    cfg = config_lib.load(method_name, preset, overrides=overrides)
+    method = inference_method(cfg, device)
+    method.load_weights(path)
+    for net in method.nets.values():
+        net.eval()
+    return method, cfg
 
 
 # ----------------------------------------------------------------------------- validation
@@ -262,10 +299,10 @@ class Engine:
         path = os.path.join(self.ckpt_dir, "last.pt")
         if not os.path.exists(path):
             raise FileNotFoundError(f"--resume: no checkpoint at {path}")
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = read_checkpoint(path, "--resume checkpoint")
         if state["method"] != self.method.name:
             raise ValueError(f"--resume: {path} is a {state['method']} checkpoint, not {self.method.name}")
-        load_method_state(self.method, state)
+        load_method_state(self.method, state, path=path)
         set_rng_state(state["rng"])
         self.step = state["step"]
 

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from . import data, degradations
+from . import cli, data, degradations
 from .engine import load_checkpoint, run_validation
 
 COLUMNS = (("psnr_y", "PSNR-Y", "{:.2f}"), ("ssim_y", "SSIM-Y", "{:.4f}"), ("psnr_rgb", "PSNR-RGB", "{:.2f}"),
@@ -75,4 +75,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -13,12 +13,12 @@ import argparse
 import os
 import sys
 
-import numpy as np
 import torch
 
-from . import degradations
+from . import cli, degradations
 from .data.io import IMAGE_EXTENSIONS, read_image, write_image
 from .engine import load_checkpoint
+from .io import load_array
 
 GAUSSIAN_SIZE = 25
 
@@ -37,7 +37,7 @@ def parse_kernel(spec, scale):
         return shift_kernel(kernel, (scale - 1) / 2)
     if not spec.endswith(".npy"):
         raise ValueError(f"--kernel expects gaussian:WIDTH or a .npy file, got {spec!r}")
-    kernel = torch.from_numpy(np.load(spec)).float()
+    kernel = torch.from_numpy(load_array(spec, "--kernel file")).float()
     if kernel.dim() != 2 or kernel.shape[0] != kernel.shape[1] or not torch.isfinite(kernel).all():
         raise ValueError(f"--kernel {spec}: expected a finite square (k, k) array, got shape {tuple(kernel.shape)}")
     if kernel.sum() <= 0:
@@ -108,4 +108,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

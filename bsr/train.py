@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 
+from . import cli
 from . import config as config_lib
 
 
@@ -60,4 +61,4 @@ def train_and_evaluate(args, cfg, out):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

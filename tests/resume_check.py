@@ -17,7 +17,7 @@ def run_split_and_once(tmp_path, method, overrides, before_resume=None):
     if before_resume:
         before_resume()
     assert Engine(cfg(4), str(tmp_path / "split"), resume=True).train() == "done"
-    once, split = (torch.load(tmp_path / run / "checkpoints/last.pt", weights_only=False) for run in ("once", "split"))
+    once, split = (torch.load(tmp_path / run / "checkpoints/last.pt", weights_only=True) for run in ("once", "split"))
     assert once["step"] == split["step"] == 4
     assert_same_state(once["nets"], split["nets"])
     return once, split

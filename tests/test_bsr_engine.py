@@ -23,7 +23,7 @@ def val_dir(tmp_path):
 
 
 def weights(path):
-    return torch.load(path, map_location="cpu", weights_only=False)["nets"]
+    return torch.load(path, map_location="cpu", weights_only=True)["nets"]
 
 
 def test_resume_is_bit_identical(tmp_path, val_dir):
@@ -32,8 +32,8 @@ def test_resume_is_bit_identical(tmp_path, val_dir):
     Engine(toy_config(train={"iters": 2}, data=data), str(tmp_path / "split")).train()
     status = Engine(toy_config(train={"iters": 5}, data=data), str(tmp_path / "split"), resume=True).train()
     assert status == "done"
-    once = torch.load(tmp_path / "once/checkpoints/last.pt", weights_only=False)
-    split = torch.load(tmp_path / "split/checkpoints/last.pt", weights_only=False)
+    once = torch.load(tmp_path / "once/checkpoints/last.pt", weights_only=True)
+    split = torch.load(tmp_path / "split/checkpoints/last.pt", weights_only=True)
     assert once["step"] == split["step"] == 5
     assert_same_state(once["nets"], split["nets"])
     assert once["optimizers"]["net"]["state"][0]["exp_avg"].equal(split["optimizers"]["net"]["state"][0]["exp_avg"])
@@ -60,7 +60,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     engine = Engine(toy_config(train={"iters": 6, "val_every": 0}, toy={"nan_at": 3}), str(tmp_path))
     with pytest.raises(NonFiniteLoss, match=r"iteration 3 .*last good checkpoint"):
         engine.train()
-    state = torch.load(tmp_path / "checkpoints/last.pt", weights_only=False)
+    state = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)
     assert state["step"] == 2
     assert all(torch.isfinite(v).all() for v in state["nets"]["net"].values())
 

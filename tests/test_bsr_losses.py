@@ -45,7 +45,7 @@ def test_vgg19_missing_or_wrong_weights_give_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="VGG19 weights not found at .*nowhere.pth"):
         VGG19(weights=str(tmp_path / "nowhere.pth"))
     torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, tmp_path / "partial.pth")
-    with pytest.raises(KeyError, match="lack features.0.bias"):
+    with pytest.raises(ValueError, match="partial.pth.* lacks features.0.bias"):
         VGG19(weights=str(tmp_path / "partial.pth"))
     with pytest.raises(ValueError, match="last_layer must be one of"):
         VGG19("conv6_1")

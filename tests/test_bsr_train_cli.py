@@ -39,7 +39,7 @@ def test_train_evaluate_infer_through_the_clis(method, tmp_path):
                  "--out", str(out))
     assert "PSNR-RGB" in stdout and "bicubic" in stdout
     ckpt = out / "checkpoints" / "last.pt"
-    assert torch.load(ckpt, weights_only=False)["step"] == 2
+    assert torch.load(ckpt, weights_only=True)["step"] == 2
     assert (out / "config.yaml").exists() and (out / "log.jsonl").exists() and os.listdir(out / "tensorboard")
 
     stdout = run("-m", "bsr.evaluate", method, "--ckpt", str(ckpt), "--out", str(tmp_path / "eval"))
@@ -51,7 +51,7 @@ def test_train_evaluate_infer_through_the_clis(method, tmp_path):
     data.write_image(str(tmp_path / "in" / "photo.png"), torch.rand(3, 30, 41))
     run("-m", "bsr.infer", "--ckpt", str(ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "sr"),
         "--kernel", "gaussian:1.2", "--noise", "5", "--tile", "24", "--overlap", "8")
-    scale = torch.load(ckpt, weights_only=False)["config"]["data"]["scale"]
+    scale = torch.load(ckpt, weights_only=True)["config"]["data"]["scale"]
     assert data.read_uint8(str(tmp_path / "sr" / "photo.png")).shape == (30 * scale, 41 * scale, 3)
 
 
@@ -64,7 +64,7 @@ def test_usrgan_option_trains_and_evaluates_through_the_clis(tmp_path):
                  "--set", f"usrnet.gan.vgg_weights={tmp_path / 'vgg19.pth'}", "--set", "usrnet.gan.discriminator.ndf=8",
                  "--out", str(out))
     assert "PSNR-RGB" in stdout
-    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] == 2 and set(state["nets"]) == {"usrnet", "netD"}
     os.remove(tmp_path / "vgg19.pth")  # evaluation needs neither the loss network nor its weights
     run("-m", "bsr.evaluate", "usrnet", "--ckpt", str(out / "checkpoints" / "last.pt"), "--out", str(tmp_path / "eval"))
@@ -85,7 +85,7 @@ def test_sigterm_saves_a_loadable_checkpoint_and_exits_cleanly(tmp_path):
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 0, output[-3000:]
     assert "stopped by signal" in output
-    state = torch.load(ckpt, weights_only=False)
+    state = torch.load(ckpt, weights_only=True)
     assert 1 <= state["step"] < 100000 and not os.path.exists(f"{ckpt}.tmp{process.pid}")
 
 
@@ -94,8 +94,8 @@ def test_ddp_two_processes_match_one_process_with_double_batch(tmp_path):
     run("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "bsr.train", *common,
         "--set", "train.batch_size=1", "--out", str(tmp_path / "ddp"))
     run("-m", "bsr.train", *common, "--set", "train.batch_size=2", "--out", str(tmp_path / "single"))
-    ddp = torch.load(tmp_path / "ddp/checkpoints/last.pt", weights_only=False)
-    single = torch.load(tmp_path / "single/checkpoints/last.pt", weights_only=False)
+    ddp = torch.load(tmp_path / "ddp/checkpoints/last.pt", weights_only=True)
+    single = torch.load(tmp_path / "single/checkpoints/last.pt", weights_only=True)
     assert ddp["step"] == single["step"] == 2
     for key, value in single["nets"]["usrnet"].items():
         torch.testing.assert_close(ddp["nets"]["usrnet"][key], value, rtol=1e-4, atol=1e-6, msg=key)

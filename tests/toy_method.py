@@ -15,8 +15,10 @@ from bsr.methods.base import Method
 class Toy(Method):
     data_kind = "hr"
 
-    def __init__(self, cfg, device):  # without for_training: methods written before it still load
-        super().__init__(cfg, device)
+    inference_nets = ("net",)
+
+    def __init__(self, cfg, device, for_training=True):
+        super().__init__(cfg, device, for_training)
         self.nets["net"] = torch.nn.Conv2d(3, 3, 3, padding=1).to(self.device)
         self.optimizers["net"] = torch.optim.Adam(self.nets["net"].parameters(), lr=cfg.train.lr)
         self.schedulers["net"] = torch.optim.lr_scheduler.StepLR(self.optimizers["net"], step_size=2, gamma=0.5)

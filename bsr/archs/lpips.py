@@ -14,6 +14,8 @@ import os
 import torch
 from torch import nn
 
+from ..io import load_untrusted
+
 CHANNELS = (64, 192, 384, 256, 256)
 SLICE_ENDS = (2, 5, 8, 10, 12)  # features[:2] -> relu1, [2:5] -> relu2, ... (lpips' slices)
 
@@ -82,7 +84,7 @@ def _load(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"LPIPS weights not found at {path!r} (nothing is downloaded; "
                                 "copy lpips' weights/v0.1/alex.pth and torchvision's AlexNet there)")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_untrusted(path, "LPIPS weights file")
 
 
 def load_lpips(lin_path, alexnet_path=None):

@@ -10,6 +10,8 @@ import os
 import torch
 from torch import nn
 
+from ..io import UntrustedFileError, load_untrusted
+
 VGG19_WEIGHTS_FILE = "vgg19-dcbb9e9d.pth"  # torchvision's file name in <torch hub dir>/checkpoints
 _BLOCKS = ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))  # VGG19 (configuration "E"): channels, convs per block
 
@@ -63,11 +65,11 @@ class VGG19(nn.Module):
             raise FileNotFoundError(
                 f"VGG19 weights not found at {path}. Put torchvision's ImageNet VGG19 state dict there "
                 f"({VGG19_WEIGHTS_FILE}, keys features.N.weight/bias) or pass its path; nothing is downloaded.")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_untrusted(path, "VGG19 weights file")
         wanted = self.features.state_dict().keys()
         missing = [key for key in wanted if f"features.{key}" not in state]
         if missing:
-            raise KeyError(f"VGG19 weights at {path} lack features.{missing[0]} (and {len(missing) - 1} more); "
+            raise UntrustedFileError(f"VGG19 weights file {path!r} lacks features.{missing[0]} (and {len(missing) - 1} more); "
                            "expected torchvision's vgg19 state dict layout")
         self.features.load_state_dict({key: state[f"features.{key}"] for key in wanted})
 

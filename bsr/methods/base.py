@@ -34,31 +34,45 @@ Additions (backward compatible; a method that ignores them keeps working):
 - `infer(lr, kernel, noise_level)` (python -m bsr.infer) defaults to super_resolve;
   `baselines()` adds rows to the evaluation table (bsr.evaluate).
 - `modcrop_multiple()` and `border(scale)` set the validation crop and the metric border.
-- `for_training` is False when engine.load_checkpoint builds the method for evaluation or
-  inference: skip loss networks and weights the checkpoint replaces (see Method.__init__).
-  A method whose __init__ does not take the argument is built as before.
+- `for_training` is False when the engine builds the method for evaluation or inference:
+  skip loss networks and weights the checkpoint replaces (see Method.__init__).
+- `inference_nets` names the networks super_resolve uses: python -m bsr.export writes them and
+  `--weights` loads them (`load_weights`); `official_state` maps an official release's names.
 """
 import contextlib
 
 import torch
 import torch.nn.functional as F
 
+from ..io import UntrustedFileError, load_untrusted, state_dict_of
 from ..losses import PerceptualLoss, RelativisticGANLoss
 
 
-def load_net_state(path, name):
-    """A network's state dict from a bsr checkpoint (nets[name]) or a bare state dict file."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(state, dict) and "nets" in state:
-        if name not in state["nets"]:
-            raise ValueError(f"checkpoint {path!r} has no network {name!r} (it has {sorted(state['nets'])})")
-        return state["nets"][name]
-    return {k.removeprefix("module."): v for k, v in state.items()}
+def checkpoint_or_state_dict(path, what):
+    """(bsr checkpoint dict or None, plain state dict or None) of a weights file (bsr.io.load_untrusted)."""
+    state = load_untrusted(path, what)
+    if isinstance(state, dict) and isinstance(state.get("nets"), dict):
+        return state, None
+    return None, state_dict_of(state, path, what)
+
+
+def load_net_state(path, name, what=None):
+    """Network `name`'s state dict from a bsr checkpoint (nets[name]) or a plain state dict file
+    (exported or official: nesting and DataParallel prefixes removed, bsr.io.state_dict_of)."""
+    what = what or f"weights file for {name}"
+    checkpoint, plain = checkpoint_or_state_dict(path, what)
+    if checkpoint is None:
+        return plain
+    if name not in checkpoint["nets"]:
+        raise UntrustedFileError(f"{what} {path!r} is a bsr checkpoint without a network {name!r} "
+                                 f"(it has {sorted(checkpoint['nets'])})")
+    return checkpoint["nets"][name]
 
 
 class Method:
     name = "base"
     data_kind = "hr"  # "hr" or "unpaired" (see the module docstring)
+    inference_nets = ()  # the networks super_resolve uses: what bsr.export writes and --weights loads
 
     def __init__(self, cfg, device, for_training=True):
         self.cfg = cfg
@@ -82,6 +96,42 @@ class Method:
         """self.nets[name] without a DDP wrapper."""
         net = self.nets[name]
         return net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
+
+    def official_state(self, name, state):
+        """A plain state dict of network `name` in the official release's names -> ours (identity
+        where they agree; RealSR maps old ESRGAN names)."""
+        return state
+
+    def load_pretrained(self, name, path, what=None):
+        """Network `name` from a bsr checkpoint or a plain (exported or official) state dict file."""
+        what = what or f"weights file for {name}"
+        self._load_net(name, load_net_state(path, name, what), path, what)
+
+    def load_weights(self, path):
+        """The inference networks from a weights file (python -m bsr.export's output, an official
+        release, or a bsr checkpoint): one network's plain state dict, or with several inference
+        networks one dict whose keys are prefixed by "<net>."."""
+        what = "--weights file"
+        if len(self.inference_nets) == 1:
+            return self.load_pretrained(self.inference_nets[0], path, what)
+        checkpoint, plain = checkpoint_or_state_dict(path, what)
+        for name in self.inference_nets:
+            if checkpoint is not None:
+                state = checkpoint["nets"].get(name)
+            else:
+                state = {k[len(name) + 1:]: v for k, v in plain.items() if k.startswith(name + ".")}
+            if not state:
+                raise UntrustedFileError(f"{what} {path!r} has no weights of network {name!r} "
+                                         f"(expected keys '{name}.*'; {self.name} infers with {self.inference_nets})")
+            self._load_net(name, state, path, what)
+
+    def _load_net(self, name, state, path, what):
+        """load_state_dict of network `name` (official names converted); a mismatch names the file."""
+        try:
+            self.module(name).load_state_dict(self.official_state(name, state))
+        except RuntimeError as error:
+            raise UntrustedFileError(f"{what} {path!r} does not fit network {name!r} of this configuration "
+                                     f"(check --preset / --set): {error}") from None
 
     def add_net(self, name, net, lr):
         """`net` on the method's device as self.nets[name], trained by its own Adam (add_adam)."""

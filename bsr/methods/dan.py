@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from .. import degradations
 from ..archs.dan import DAN, kernel_pca
 from . import register
+from ..io import UntrustedFileError, load_untrusted, state_dict_of
 from .base import Method
 
 # Gaussian8 σ range per scale (DAN `generate_mod_blur_LR_bic.py`, IKC's protocol).
@@ -62,13 +63,18 @@ def pca_cache_dir():
     return os.path.join(root, "bsr", "dan")
 
 
+def pca_cache_path(setting, cache_dir=None):
+    """The cache file of the setting's PCA matrix: named after the setting, in `cache_dir` (default pca_cache_dir())."""
+    name = hashlib.sha1(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:12]
+    return os.path.join(cache_dir or pca_cache_dir(), f"pca_k{setting['ksize']}_L{setting['code_length']}_{name}.pt")
+
+
 def pca_matrix(setting, cache_dir=None):
     """The (k², L) PCA matrix of the setting: `pca_kernels` random kernels (30 000, as creat_PCA.py,
-    from a fixed seed), cached as a .pt file named after the setting in `cache_dir`."""
-    name = hashlib.sha1(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:12]
-    path = os.path.join(cache_dir or pca_cache_dir(), f"pca_k{setting['ksize']}_L{setting['code_length']}_{name}.pt")
+    from a fixed seed), cached as a .pt file (pca_cache_path)."""
+    path = pca_cache_path(setting, cache_dir)
     if os.path.exists(path):
-        return torch.load(path)
+        return load_untrusted(path, "cached DAN PCA matrix")
     generator = torch.Generator().manual_seed(PCA_SEED)
     pca = kernel_pca(random_kernels(setting, setting["pca_kernels"], generator), setting["code_length"])
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -86,6 +92,7 @@ def build_net(cfg, pca):
 @register("dan")
 class DANv2(Method):
     data_kind = "hr"
+    inference_nets = ("G",)
 
     def __init__(self, cfg, device, for_training=True):
         super().__init__(cfg, device, for_training)
@@ -176,13 +183,9 @@ def load_official(path, loop=4, legacy_doubling=True, device="cpu"):
     """A ready DAN (eval mode) from an official DANv2 checkpoint file (`*_G.pth` of greatlog/DAN):
     a state dict, optionally under "state_dict"/"params", keys optionally prefixed by DataParallel's
     "module."; the network size comes from the tensors, the PCA matrix from the `encoder` buffer."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "params"):
-        if isinstance(state.get(key), dict):
-            state = state[key]
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = state_dict_of(load_untrusted(path, "DANv2 weights file"), path, "DANv2 weights file")
     if "encoder" not in state or "Restorer.head1.weight" not in state:
-        raise ValueError(f"{path} is not a DANv2 state dict (no 'encoder' / 'Restorer.head1.weight' key)")
+        raise UntrustedFileError(f"DANv2 weights file {path!r} is not a DANv2 state dict (no 'encoder' / 'Restorer.head1.weight' key)")
     net = DAN(state["encoder"][0], loop=loop, legacy_doubling=legacy_doubling, **official_hyperparameters(state))
     net.load_state_dict(state)
     return net.to(device).eval()

@@ -32,7 +32,7 @@ from ..archs.pdm import DegModel, quantize
 from ..archs.rrdb import RRDBNet
 from ..losses import GANLoss
 from . import register
-from .base import Method, load_net_state
+from .base import Method
 
 WORKFLOWS = ("joint", "degradation", "sr")
 DISCRIMINATORS = ("netD1", "netD2")  # train.lr_d applies to these (netDeg also starts with "netD")
@@ -56,6 +56,7 @@ def build_discriminator(opt):
 @register("pdm")
 class PDM(Method):
     data_kind = "unpaired"
+    inference_nets = ("netSR",)
 
     def __init__(self, cfg, device, for_training=True):
         super().__init__(cfg, device, for_training)
@@ -74,7 +75,7 @@ class PDM(Method):
         if self.optim_sr:
             self.nets["netSR"] = build_sr(p.sr, scale)
             if p.sr.get("pretrained") and for_training:
-                self.nets["netSR"].load_state_dict(load_net_state(p.sr.pretrained, "netSR"))
+                self.load_pretrained("netSR", p.sr.pretrained, "pdm.sr.pretrained")
             if self.weights.get("sr_adv"):
                 self.nets["netD2"] = build_discriminator(p.d_hr)
             if self.weights.get("sr_percep") and for_training:
@@ -92,7 +93,7 @@ class PDM(Method):
         if not path:
             raise ValueError("pdm.workflow=sr needs pdm.deg_checkpoint: the checkpoint of a "
                              "pdm.workflow=degradation run (or an official netDeg state dict)")
-        self.nets["netDeg"].load_state_dict(load_net_state(path, "netDeg"))
+        self.load_pretrained("netDeg", path, "pdm.deg_checkpoint")
         self.nets["netDeg"].requires_grad_(False)
 
     def _build_optimizers(self, t):

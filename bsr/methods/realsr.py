@@ -29,16 +29,16 @@ import glob
 import os
 
 import numpy as np
-import scipy.io
 import torch
 
 from .. import degradations, kernelgan
 from ..archs.discriminators import VGGDiscriminator
 from ..archs.rrdb import RRDBNet, load_old_esrgan
 from ..data import lr_images
+from ..io import load_array
 from ..metrics import centre_pad
 from . import register
-from .base import Method, load_net_state
+from .base import Method
 
 TRACKS = ("kernel", "bicubic")
 
@@ -78,7 +78,7 @@ def read_kernels(folder, scale):
     files = sorted(glob.glob(os.path.join(folder, f"*_kernel_x{scale}.mat")))
     if not files:
         raise FileNotFoundError(f"realsr.kernels: no *_kernel_x{scale}.mat files in {folder!r}")
-    return _stack([torch.from_numpy(scipy.io.loadmat(f)["Kernel"]) for f in files]).float()
+    return _stack([torch.from_numpy(load_array(f, "realsr.kernels file", "Kernel")) for f in files]).float()
 
 
 def _stack(kernels):
@@ -96,6 +96,7 @@ def dihedral(kernel, mode):
 @register("realsr")
 class RealSR(Method):
     data_kind = "unpaired"
+    inference_nets = ("netG",)
 
     def __init__(self, cfg, device, for_training=True):
         super().__init__(cfg, device, for_training)
@@ -108,15 +109,18 @@ class RealSR(Method):
             raise ValueError(f"realsr.margin ({r.margin}) must be a multiple of data.scale and data.hr_patch "
                              f"({cfg.data.hr_patch}) more than twice it")
         g = r.generator
-        net = RRDBNet(nf=g.nf, nb=g.nb, gc=g.gc, upscale=cfg.data.scale)
+        self.add_net("netG", RRDBNet(nf=g.nf, nb=g.nb, gc=g.gc, upscale=cfg.data.scale), t.lr)
         if r.get("pretrained") and for_training:  # official: ESRGAN's RRDB_PSNR_x4
-            net.load_state_dict(load_old_esrgan(load_net_state(r.pretrained, "netG")))
-        self.add_net("netG", net, t.lr)
+            self.load_pretrained("netG", r.pretrained, "realsr.pretrained")
         self.weights = dict(r.loss)
         self.add_srgan(lambda: self.build_discriminator(r.discriminator, cfg.data.hr_patch - 2 * r.margin),
                        t.get("lr_d") or t.lr, self.weights, r.get("vgg_weights"))
         self.kernels = None  # the pools are built at the first step (or come with a checkpoint)
         self.noise = None
+
+    def official_state(self, name, state):
+        """Old ESRGAN names (RRDB_PSNR_x4.pth, RealSR's releases) -> BasicSR's, which netG uses."""
+        return load_old_esrgan(state) if name == "netG" else state
 
     @staticmethod
     def build_discriminator(d, hr_size):

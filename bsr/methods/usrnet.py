@@ -33,7 +33,7 @@ from .. import degradations
 from ..archs.usrnet import USRNet as USRNetArch
 from ..archs.usrnet import init_identity_skip, init_orthogonal
 from . import register
-from .base import Method, load_net_state
+from .base import Method
 
 KERNEL_SIZE = 25
 
@@ -83,6 +83,7 @@ def smooth_periodic_pad(x, height, width):
 @register("usrnet")
 class USRNet(Method):
     data_kind = "hr"
+    inference_nets = ("usrnet",)
 
     def __init__(self, cfg, device, for_training=True):
         super().__init__(cfg, device, for_training)
@@ -93,9 +94,9 @@ class USRNet(Method):
         init_orthogonal(net, u.init_gain)
         if u.get("init_identity_skip"):
             init_identity_skip(net.p)
-        if u.get("pretrained") and for_training:  # USRGAN starts from a trained USRNet, as ESRGAN from its PSNR model
-            net.load_state_dict(load_net_state(u.pretrained, "usrnet"))
         self.add_net("usrnet", net, cfg.train.lr)
+        if u.get("pretrained") and for_training:  # USRGAN starts from a trained USRNet, as ESRGAN from its PSNR model
+            self.load_pretrained("usrnet", u.pretrained, "usrnet.pretrained")
         self.gan = u.get("gan") if u.get("gan", {}).get("enabled") else None
         if self.gan:
             self._build_usrgan(self.gan)
