@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIN := torch==2.13.0 triton==3.7.1
 export MAX_JOBS ?= 2
 
-.PHONY: demo op-demo test bench targets venv cuda-check clean
+.PHONY: demo op-demo test bench targets venv dist cuda-check clean
 
 # The main job: PDM-SR's demo preset on the embedded photos, then its evaluation table.
 demo: venv
@@ -25,18 +25,27 @@ bench: venv
 targets: venv
 	$(PY) benchmarks/check_targets.py
 
+# The sdist and a wheel built from it (against the venv's torch) in dist/; the test that
+# installs such a wheel into a fresh virtualenv is tests/test_package.py.
+dist: venv
+	rm -rf dist
+	$(PY) -c "from setuptools import build_meta; build_meta.build_sdist('dist')"
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist dist/bsrops-*.tar.gz
+
 cuda-check:
 	cmake -S . -B build/cmake -G Ninja && cmake --build build/cmake --target cuda_compile_check
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu)
+$(VENV)/.installed: setup.py pyproject.toml $(wildcard csrc/*.h csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(PIN) setuptools wheel ninja
+# the distribution was called `bsr` before it became `bsrops`: drop that old editable install
+	$(PY) -m pip uninstall -q -y bsr 2>/dev/null || true
 	$(PY) -m pip install -q --no-build-isolation -e ".[train,test]"
 	BSROPS_REQUIRE_EXT=1 $(PY) -c "import bsrops; print('bsrops', bsrops.backend_info('cpu'))"
 	touch $@
 
 clean:
-	rm -rf build $(VENV) bsrops/_C*.so *.egg-info
+	rm -rf build dist $(VENV) bsrops/_C*.so *.egg-info
