@@ -97,3 +97,21 @@ def test_unpaired_validation_items_carry_the_true_kernel():
     for item in items:
         assert item["lr"].shape[-2:] == tuple(s // 4 for s in item["hr"].shape[-2:])
         assert torch.equal(item["kernel"], demo_set.demo_kernel(4))
+
+
+@pytest.mark.parametrize("progressive", [0, 1])
+def test_a_truncated_jpeg_is_an_error_naming_the_file(tmp_path, progressive):
+    """libjpeg decodes a cut-off file with only a warning (the missing rows grey); read_uint8 refuses it."""
+    import cv2
+
+    image = cv2.resize(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8), (128, 128))
+    cv2.imwrite(str(tmp_path / "full.jpg"), image, [cv2.IMWRITE_JPEG_PROGRESSIVE, progressive])
+    raw = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(raw[:len(raw) * 3 // 4])
+    (tmp_path / "trailer.jpg").write_bytes(raw + b"data after the end-of-image marker")
+    assert data.read_uint8(str(tmp_path / "trailer.jpg")).shape == (128, 128, 3)
+    with pytest.raises(ImageError, match="cut.jpg.*truncated"):
+        data.read_uint8(str(tmp_path / "cut.jpg"))
+    (tmp_path / "full.jpg").unlink()
+    with pytest.raises(ImageError, match="cut.jpg"):  # the training data path
+        datasets.HRCrops(datasets.ImageSet.from_folder(str(tmp_path)), 16, 2)
