@@ -2,10 +2,19 @@
 (`demo`, `paper`, ...); a preset is merged over `base`, then a user YAML file, then
 `--set key.sub=value` overrides (values parsed as YAML, so `1e-4`, `true`, `[1, 2]` work).
 
+The keys a method understands, and their types, are those of DEFAULTS and of its `base`
+section: an int key takes whole numbers, a float key numbers, a bool key true/false, a list key
+lists, a section its own keys. A key whose default is null declares its type in NULL_TYPES or in
+the `types` table of the method's YAML ("path", "str", "float", "int", "bool", "list"). Anything
+else is a ConfigError naming the key: an unknown key (with the closest valid one), a value of the
+wrong type, or one out of range (RANGES).
+
 The resolved config is a `Config`: a nested dict with attribute access (cfg.train.lr),
 written to the run directory as config.yaml.
 """
 import copy
+import difflib
+import math
 import os
 
 import yaml
@@ -16,9 +25,37 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 DEFAULTS = {
     "seed": 0,
     "device": "cpu",
-    "data": {"hr": None, "lr": None, "scale": 4, "num_workers": 0},
-    "train": {"iters": 100, "batch_size": 4, "lr": 1e-4},
+    "data": {"hr": None, "lr": None, "val": None, "val_lr_name": "{}", "scale": 4, "hr_patch": 96, "num_workers": 0},
+    "train": {"iters": 100, "batch_size": 4, "grad_clip": 0, "amp": False, "val_every": 0, "save_every": 0,
+              "ckpt_every": 0, "log_every": 10},
 }
+
+# The type of each DEFAULTS key whose default is null.
+NULL_TYPES = {"data.hr": "path", "data.lr": "path", "data.val": "path"}
+
+# Ranges of numeric keys: key -> (test, what it must be). Keys named lr or lr_* must be > 0.
+RANGES = {
+    "seed": (lambda v: v >= 0, ">= 0"),
+    "data.scale": (lambda v: v >= 1, ">= 1"),
+    "data.hr_patch": (lambda v: v >= 1, ">= 1"),
+    "data.num_workers": (lambda v: v >= 0, ">= 0"),
+    "train.iters": (lambda v: v >= 1, "a whole number >= 1"),
+    "train.batch_size": (lambda v: v >= 1, "a whole number >= 1"),
+    "train.grad_clip": (lambda v: v >= 0, ">= 0 (0: off)"),
+    "train.val_every": (lambda v: v >= 0, ">= 0 (0: never)"),
+    "train.save_every": (lambda v: v >= 0, ">= 0 (0: only at the end)"),
+    "train.ckpt_every": (lambda v: v >= 0, ">= 0 (0: never)"),
+    "train.log_every": (lambda v: v >= 1, ">= 1"),
+}
+LEARNING_RATE = (lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
+
+# The keys a resumed run may change (bsr.train --resume): applied and logged. Any other difference
+# from the checkpoint's configuration is refused. A new learning rate moves the optimiser groups built
+# from it (engine.Engine._apply_learning_rates).
+RESUMABLE = ("train.iters", "train.lr", "train.lr_d", "train.lr_G", "train.lr_E", "train.grad_clip",
+             "train.log_every", "train.val_every", "train.save_every", "train.ckpt_every", "device", "data.num_workers")
+
+TYPES = {"path": str, "str": str, "float": float, "int": int, "bool": bool, "list": list}
 
 
 class ConfigError(ValueError):
@@ -61,7 +98,7 @@ def merge(base, override):
 def parse_override(text):
     """'train.lr=1e-4' -> {'train': {'lr': 0.0001}}."""
     if "=" not in text:
-        raise ValueError(f"--set expects key=value, got {text!r}")
+        raise ConfigError(f"--set expects key=value, got {text!r}")
     key, raw = text.split("=", 1)
     value = yaml.safe_load(raw) if raw else None
     if isinstance(value, str):
@@ -74,29 +111,171 @@ def parse_override(text):
     return value
 
 
+def methods_with_presets():
+    """{method: [preset, ...]} of every YAML in the config folder."""
+    names = sorted(f[:-len(".yaml")] for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml"))
+    return {name: presets_of(method_presets(name)) for name in names}
+
+
+def describe_methods():
+    """Lines 'method: preset, preset, ...' for usage messages."""
+    return "\n".join(f"  {name}: {', '.join(presets)}" for name, presets in methods_with_presets().items())
+
+
+def presets_of(sections):
+    return [name for name in sections if name not in ("base", "types")]
+
+
 def method_presets(method):
     path = os.path.join(CONFIG_DIR, f"{method}.yaml")
     if not os.path.exists(path):
-        raise ValueError(f"no config for method {method!r} ({path} does not exist)")
+        raise ConfigError(f"unknown method {method!r}; methods and their presets:\n{describe_methods()}")
     with open(path) as f:
         return yaml.safe_load(f) or {}
 
 
+class Schema:
+    """The keys, default values and declared types of one method's configuration."""
+
+    def __init__(self, sections):
+        self.defaults = merge(DEFAULTS, sections.get("base") or {})
+        self.types = {**NULL_TYPES, **(sections.get("types") or {})}
+        self.keys = [key for key, _ in _flatten_values(self.defaults)]
+
+    def check(self, values, where):
+        """`values` (a nested dict of overrides) with types converted; ConfigError naming the key otherwise."""
+        return self._check(values, self.defaults, "", where)
+
+    def _check(self, values, defaults, prefix, where):
+        if not isinstance(values, dict):
+            raise ConfigError(f"{prefix.rstrip('.') or 'the config'} ({where}) must be a mapping of keys, "
+                              f"got {values!r}")
+        out = {}
+        for key, value in values.items():
+            path = f"{prefix}{key}"
+            if key not in defaults:
+                raise ConfigError(f"unknown config key {path!r} ({where}){self._suggestion(path)}")
+            if isinstance(defaults[key], dict):
+                out[key] = self._check(value, defaults[key], f"{path}.", where)
+            else:
+                out[key] = self._value(path, value, defaults[key], where)
+        return out
+
+    def _suggestion(self, path):
+        close = difflib.get_close_matches(path, self.keys, n=1, cutoff=0.6)
+        return f"; did you mean {close[0]!r}?" if close else "; see the method's YAML for the valid keys"
+
+    def _value(self, path, value, default, where):
+        expected = self.types.get(path) if default is None else _type_name(default)
+        if expected is None:
+            raise ConfigError(f"config key {path!r} has a null default and no declared type (a `types` entry)")
+        if value is None and (default is None or expected == "path"):
+            return None
+        converted = _convert(value, expected)
+        if converted is None:
+            raise ConfigError(f"config key {path!r} ({where}) must be {_ARTICLE[expected]}, got {value!r}")
+        test, must = RANGES.get(path) or (LEARNING_RATE if _is_learning_rate(path, expected) else (None, None))
+        if test is not None and not test(converted):
+            raise ConfigError(f"config key {path!r} ({where}) must be {must}, got {value!r}")
+        return converted
+
+
+_ARTICLE = {"path": "a path (string)", "str": "a string", "float": "a number", "int": "a whole number",
+            "bool": "true or false", "list": "a list"}
+
+
+def _type_name(default):
+    for name in ("bool", "int", "float", "str", "list"):
+        if isinstance(default, TYPES[name]):
+            return name
+    raise ConfigError(f"unsupported default value {default!r}")
+
+
+def _convert(value, expected):
+    """`value` as type `expected`, or None when it is not one (1.0 is a whole number, 1 a float)."""
+    if expected == "bool":
+        return value if isinstance(value, bool) else None
+    if isinstance(value, bool):
+        return None
+    if expected == "int":
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value if isinstance(value, int) else None
+    if expected == "float":
+        return float(value) if isinstance(value, (int, float)) else None
+    return value if isinstance(value, TYPES[expected]) else None
+
+
+def _is_learning_rate(path, expected):
+    leaf = path.rsplit(".", 1)[-1]
+    return expected == "float" and (leaf == "lr" or leaf.startswith("lr_"))
+
+
 def load(method, preset="demo", config_file=None, overrides=()):
-    """The resolved Config of `method`: DEFAULTS < base < preset < config_file < overrides."""
-    presets = method_presets(method)
-    if preset not in presets or preset == "base":
-        choices = sorted(k for k in presets if k != "base")
-        raise ValueError(f"unknown preset {preset!r} for {method}; choose one of {choices}")
-    cfg = merge(DEFAULTS, presets.get("base") or {})
-    cfg = merge(cfg, presets[preset] or {})
+    """The resolved Config of `method`: DEFAULTS < base < preset < config_file < overrides, each
+    layer checked against the method's keys and types (ConfigError)."""
+    sections = method_presets(method)
+    if preset not in presets_of(sections):
+        raise ConfigError(f"unknown preset {preset!r} for {method}; choose one of {presets_of(sections)}")
+    schema = Schema(sections)
+    cfg = merge(schema.defaults, schema.check(sections[preset] or {}, f"preset {preset}"))
     if config_file:
         with open(config_file) as f:
-            cfg = merge(cfg, yaml.safe_load(f) or {})
-    for text in overrides:
-        cfg = merge(cfg, parse_override(text))
+            cfg = merge(cfg, schema.check(yaml.safe_load(f) or {}, config_file))
+    cfg = apply_overrides(cfg, overrides, schema)
     cfg["method"], cfg["preset"] = method, preset
     return Config(cfg)
+
+
+def apply_overrides(cfg, overrides, schema=None):
+    """`cfg` (a dict) with the `--set key=value` texts applied, checked against `schema` (default:
+    the schema of cfg's method)."""
+    schema = schema or Schema(method_presets(cfg["method"]))
+    for text in overrides:
+        cfg = merge(cfg, schema.check(parse_override(text), f"--set {text}"))
+    return cfg
+
+
+def from_saved(saved, preset=None, config_file=None, overrides=()):
+    """The Config of a checkpoint's configuration `saved` (keys added since it was written take their
+    defaults) with `config_file` and `overrides` applied and checked; `preset`, when given, must be
+    the checkpoint's (a resumed run's differences are checked by resume_changes)."""
+    method = saved["method"]
+    # a method registered without a YAML (a plug-in, the tests' toy) is checked against its saved keys
+    has_yaml = os.path.exists(os.path.join(CONFIG_DIR, f"{method}.yaml"))
+    sections = method_presets(method) if has_yaml else {"base": saved}
+    if preset is not None and preset != saved.get("preset"):
+        raise ConfigError(f"--resume continues a {method} run of preset {saved.get('preset')!r}; "
+                          f"--preset {preset!r} would change it (leave --preset out when resuming)")
+    schema = Schema(sections)
+    cfg = merge(schema.defaults, saved)
+    if config_file:
+        with open(config_file) as f:
+            cfg = merge(cfg, schema.check(yaml.safe_load(f) or {}, config_file))
+    return Config(apply_overrides(cfg, overrides, schema))
+
+
+def resume_changes(saved, cfg):
+    """{key: (checkpoint value, new value)} of the RESUMABLE keys `cfg` changes; ConfigError listing
+    every other difference between `cfg` and the checkpoint's configuration `saved`."""
+    old, new = dict(_flatten_values(saved)), dict(_flatten_values(cfg))
+    changed = {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
+               if key in new and old.get(key, new[key]) != new[key]}
+    refused = {key: values for key, values in changed.items() if key not in RESUMABLE}
+    if refused:
+        lines = "\n".join(f"  {key}: {a!r} -> {b!r}" for key, (a, b) in refused.items())
+        raise ConfigError(f"--resume continues the run stored in the checkpoint; these settings would change it:\n"
+                          f"{lines}\nonly {', '.join(RESUMABLE)} may change on resume (start a new run with --out "
+                          f"for the others)")
+    return changed
+
+
+def _flatten_values(tree, prefix=""):
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from _flatten_values(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def save(cfg, path):

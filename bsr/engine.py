@@ -20,6 +20,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import time
 
@@ -91,6 +92,14 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def remove_stale_temporaries(folder):
+    """Delete the `<name>.tmp<pid>` files that a save killed half-way left in `folder`."""
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if re.search(r"\.tmp\d+$", name):
+                os.remove(os.path.join(folder, name))
+
+
 def atomic_save(obj, path):
     """torch.save to a temporary file, then os.replace: a reader never sees half a file."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -150,9 +159,7 @@ def inference_method(cfg, device):
 def load_checkpoint(path, device="cpu", overrides=()):
     """(method, cfg, step) of a checkpoint, networks loaded, in eval mode (for evaluate/infer)."""
     state = read_checkpoint(path)
-    cfg = config_lib.Config(state["config"])
-    for text in overrides:
-        cfg = config_lib.Config(config_lib.merge(cfg.to_dict(), config_lib.parse_override(text)))
+    cfg = config_lib.from_saved(state["config"], overrides=overrides)
     method = inference_method(cfg, device)
     load_method_state(method, state, training=False, path=path)
     for net in method.nets.values():
@@ -229,13 +236,25 @@ def run_validation(method, items, sample_dir=None, prefix="", sr_fn=None):
 
 # ----------------------------------------------------------------------------- logging
 class RunLog:
-    """log.jsonl (one JSON record per line) + TensorBoard events, on rank 0 only."""
+    """log.jsonl (one JSON record per line) + TensorBoard events, on rank 0 only. A run resumed at
+    `step` first drops what was logged after it (the checkpoint's future): both logs then read as
+    one uninterrupted run."""
 
-    def __init__(self, out_dir):
+    def __init__(self, out_dir, step=0):
         self.path = os.path.join(out_dir, "log.jsonl")
+        if step and os.path.exists(self.path):
+            self._truncate(step)
         from torch.utils.tensorboard import SummaryWriter
 
-        self.tb = SummaryWriter(os.path.join(out_dir, "tensorboard"))
+        self.tb = SummaryWriter(os.path.join(out_dir, "tensorboard"), purge_step=step + 1 if step else None)
+
+    def _truncate(self, step):
+        with open(self.path) as f:
+            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        tmp = f"{self.path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, self.path)
 
     def write(self, kind, step, values):
         with open(self.path, "a") as f:
@@ -251,6 +270,10 @@ class RunLog:
 
 # ----------------------------------------------------------------------------- engine
 class Engine:
+    """`resume`: False (a new run), True (continue out_dir/checkpoints/last.pt) or that checkpoint's
+    dict already read (engine.read_checkpoint). A resumed run keeps the checkpoint's configuration:
+    `cfg` may differ from it in config.RESUMABLE keys only (applied and logged)."""
+
     def __init__(self, cfg, out_dir, resume=False):
         self.cfg, self.out_dir = cfg, out_dir
         self.rank, self.world, device = distributed_setup(cfg.device)
@@ -268,16 +291,18 @@ class Engine:
         self._setup_amp(device)
         self.step = 0
         self.ckpt_dir = os.path.join(out_dir, "checkpoints")
-        if resume:
-            self._resume()
+        changes = self._resume(resume) if resume else {}
         self._wrap_ddp(device)
         self.dataset = data.train_dataset(cfg, self.method.data_kind)
         self.val_items = data.validation_items(cfg, self.method) if self.is_main and self.val_every else []
         self.log = None
         if self.is_main:
             os.makedirs(out_dir, exist_ok=True)
+            remove_stale_temporaries(self.ckpt_dir)
             config_lib.save(cfg, os.path.join(out_dir, "config.yaml"))
-            self.log = RunLog(out_dir)
+            self.log = RunLog(out_dir, self.step)
+            if changes:
+                self.log.write("resume", self.step, {k: f"{a!r} -> {b!r}" for k, (a, b) in changes.items()})
         self._stop_signal = None
 
     def _setup_amp(self, device):
@@ -295,16 +320,36 @@ class Engine:
                 ids = [device.index] if device.type == "cuda" else None
                 self.method.nets[name] = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
 
-    def _resume(self):
+    def _resume(self, resume):
+        """Load the checkpoint (`resume`: True or its dict); returns the RESUMABLE changes, applied."""
         path = os.path.join(self.ckpt_dir, "last.pt")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"--resume: no checkpoint at {path}")
-        state = read_checkpoint(path, "--resume checkpoint")
-        if state["method"] != self.method.name:
-            raise ValueError(f"--resume: {path} is a {state['method']} checkpoint, not {self.method.name}")
-        load_method_state(self.method, state, path=path)
-        set_rng_state(state["rng"])
-        self.step = state["step"]
+        if resume is True:
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+            resume = read_checkpoint(path, "--resume checkpoint")
+        if resume["method"] != self.method.name:
+            raise config_lib.ConfigError(f"--resume: {path} is a {resume['method']} checkpoint, not {self.method.name}")
+        changes = config_lib.resume_changes(resume["config"], self.cfg)
+        configured = {name: [g["lr"] for g in opt.param_groups] for name, opt in self.method.optimizers.items()}
+        load_method_state(self.method, resume, path=path)
+        set_rng_state(resume["rng"])
+        self.step = resume["step"]
+        self._apply_learning_rates(configured)
+        if self.is_main:
+            for key, (old, new) in changes.items():
+                print(f"resume: {key} {old!r} -> {new!r}", flush=True)
+        return changes
+
+    def _apply_learning_rates(self, configured):
+        """Optimiser groups whose configured base rate (`configured`: as the method built them from the
+        current config) differs from the checkpoint's take it: scheduler base rate, and the current,
+        already decayed rate scaled by the same factor."""
+        for name, scheduler in self.method.schedulers.items():
+            groups = self.method.optimizers[name].param_groups
+            for i, (group, base) in enumerate(zip(groups, configured[name])):
+                if group["initial_lr"] != base:
+                    group["lr"] *= base / group["initial_lr"]
+                    group["initial_lr"] = scheduler.base_lrs[i] = base
 
     def save(self, periodic=False):
         if not self.is_main:

@@ -4,8 +4,9 @@
 Trains a method (default: the `demo` preset on the embedded demo photos), then prints the
 evaluation table of the final checkpoint on the validation images. Multi-process:
 `torchrun --nproc_per_node=N -m bsr.train ...` (train.batch_size is per process).
-`--resume` continues RUN_DIR/checkpoints/last.pt exactly (pass the same options; a larger
-train.iters extends the run). Ctrl-C / SIGTERM save last.pt and exit with status 0; a
+`--resume` continues RUN_DIR/checkpoints/last.pt exactly, with the configuration stored in it;
+`--set` may change only the resumable keys (config.RESUMABLE: e.g. a larger train.iters extends
+the run, a new train.lr moves the optimisers' rates), anything else is refused. Ctrl-C / SIGTERM save last.pt and exit with status 0; a
 non-finite loss stops with status 3 and keeps the last good checkpoint.
 """
 import argparse
@@ -17,36 +18,52 @@ from . import config as config_lib
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m bsr.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("method")
-    parser.add_argument("--preset", default="demo")
+    parser = argparse.ArgumentParser(prog="python -m bsr.train", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=f"methods and their presets:\n{config_lib.describe_methods()}")
+    parser.add_argument("method", nargs="?")
+    parser.add_argument("--preset", help="a preset of the method's YAML (default: demo; a resumed run keeps its own)")
     parser.add_argument("--config", help="YAML file merged over the preset")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (repeatable), e.g. --set train.iters=2")
     parser.add_argument("--out", help="run directory (default runs/<method>-<preset>)")
-    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.pt")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue RUN_DIR/checkpoints/last.pt with its configuration; only "
+                             f"{', '.join(config_lib.RESUMABLE)} may change")
     parser.add_argument("--no-eval", action="store_true", help="skip the final evaluation table")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.method is None:
+        parser.error(f"which method? methods and their presets:\n{config_lib.describe_methods()}")
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = config_lib.load(args.method, args.preset, args.config, args.overrides)
-    out = args.out or os.path.join("runs", f"{args.method}-{args.preset}")
+    out = args.out or os.path.join("runs", f"{args.method}-{args.preset or 'demo'}")
+    if args.resume:
+        from .engine import read_checkpoint
+
+        checkpoint = read_checkpoint(os.path.join(out, "checkpoints", "last.pt"), "--resume checkpoint")
+        if checkpoint["method"] != args.method:
+            raise config_lib.ConfigError(f"--resume: {out} holds a {checkpoint['method']} run, not {args.method}")
+        cfg = config_lib.from_saved(checkpoint["config"], args.preset, args.config, args.overrides)
+    else:
+        checkpoint = False
+        cfg = config_lib.load(args.method, args.preset or "demo", args.config, args.overrides)
     import torch.distributed as dist
 
     try:
-        return train_and_evaluate(args, cfg, out)
+        return train_and_evaluate(args, cfg, out, checkpoint)
     finally:
         if dist.is_initialized():  # under torchrun; else gloo's threads can die at exit ("terminate called ...")
             dist.destroy_process_group()
 
 
-def train_and_evaluate(args, cfg, out):
-    """The exit status: 0, or 3 when a loss became NaN / infinite."""
+def train_and_evaluate(args, cfg, out, checkpoint):
+    """The exit status: 0, or 3 when a loss became NaN / infinite. `checkpoint`: the resumed run's, or False."""
     from .engine import Engine, NonFiniteLoss
 
-    engine = Engine(cfg, out, resume=args.resume)
+    engine = Engine(cfg, out, resume=checkpoint)
     try:
         status = engine.train()
     except NonFiniteLoss as error:

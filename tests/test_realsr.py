@@ -161,7 +161,7 @@ def test_psnr_stage_has_no_discriminator_and_pools_are_checkpointed(monkeypatch)
 
 @pytest.mark.parametrize("override, message", [
     ("realsr.track=motion", "realsr.track must be one of"),
-    ("data.scale=3", "data.scale must be 2 or 4"),
+    ("data.scale=3", r"'data.scale' must be one of \[2, 4\]"),
     ("realsr.margin=6", "realsr.margin \\(6\\) must be a multiple of data.scale"),
     ("realsr.margin=32", "more than twice it"),
 ])

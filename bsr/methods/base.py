@@ -44,6 +44,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from ..config import ConfigError
 from ..io import UntrustedFileError, load_untrusted, state_dict_of
 from ..losses import PerceptualLoss, RelativisticGANLoss
 
@@ -73,8 +74,12 @@ class Method:
     name = "base"
     data_kind = "hr"  # "hr" or "unpaired" (see the module docstring)
     inference_nets = ()  # the networks super_resolve uses: what bsr.export writes and --weights loads
+    scales = None  # the data.scale values the method trains (None: any)
 
     def __init__(self, cfg, device, for_training=True):
+        if self.scales and cfg.data.scale not in self.scales:
+            raise ConfigError(f"config key 'data.scale' must be one of {list(self.scales)} for {self.name}, "
+                              f"got {cfg.data.scale!r}")
         self.cfg = cfg
         self.device = torch.device(device)
         # False when a checkpoint is loaded for evaluation/inference (engine.load_checkpoint):

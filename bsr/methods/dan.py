@@ -93,6 +93,7 @@ def build_net(cfg, pca):
 class DANv2(Method):
     data_kind = "hr"
     inference_nets = ("G",)
+    scales = tuple(GAUSSIAN8_SIGMA)
 
     def __init__(self, cfg, device, for_training=True):
         super().__init__(cfg, device, for_training)

@@ -57,6 +57,7 @@ def build_discriminator(opt):
 class PDM(Method):
     data_kind = "unpaired"
     inference_nets = ("netSR",)
+    scales = (2, 3, 4)
 
     def __init__(self, cfg, device, for_training=True):
         super().__init__(cfg, device, for_training)

@@ -97,14 +97,13 @@ def dihedral(kernel, mode):
 class RealSR(Method):
     data_kind = "unpaired"
     inference_nets = ("netG",)
+    scales = (2, 4)  # RRDBNet, KernelGAN's x2 / x4 kernels
 
     def __init__(self, cfg, device, for_training=True):
         super().__init__(cfg, device, for_training)
         r, t = cfg.realsr, cfg.train
         if r.track not in TRACKS:
             raise ValueError(f"realsr.track must be one of {TRACKS}, got {r.track!r}")
-        if cfg.data.scale not in (2, 4):
-            raise ValueError(f"realsr: data.scale must be 2 or 4 (RRDBNet, KernelGAN's x2/x4 kernels), got {cfg.data.scale}")
         if r.margin % cfg.data.scale or cfg.data.hr_patch <= 2 * r.margin:
             raise ValueError(f"realsr.margin ({r.margin}) must be a multiple of data.scale and data.hr_patch "
                              f"({cfg.data.hr_patch}) more than twice it")

@@ -42,6 +42,7 @@ DISCRIMINATORS = ("model_Disc_feat", "model_Disc_img_LR", "model_Disc_img_HR")
 class USRDA(Method):
     data_kind = "unpaired"
     inference_nets = ("model_Enc", "model_Dec_SR")
+    scales = (2, 4)  # RRDBNet's
 
     def __init__(self, cfg, device, for_training=True):
         super().__init__(cfg, device, for_training)

@@ -84,6 +84,7 @@ def smooth_periodic_pad(x, height, width):
 class USRNet(Method):
     data_kind = "hr"
     inference_nets = ("usrnet",)
+    scales = (1, 2, 3, 4)
 
     def __init__(self, cfg, device, for_training=True):
         super().__init__(cfg, device, for_training)
