@@ -95,19 +95,31 @@ def merge(base, override):
     return out
 
 
-def parse_override(text):
-    """'train.lr=1e-4' -> {'train': {'lr': 0.0001}}."""
+def parse_override(text, text_keys=()):
+    """'train.lr=1e-4' -> {'train': {'lr': 0.0001}}: the value parsed as YAML, except for the keys in
+    `text_keys` (string and path keys), whose text is taken as it is ('null' or nothing: None)."""
     if "=" not in text:
         raise ConfigError(f"--set expects key=value, got {text!r}")
-    key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw else None
+    key, raw = (part.strip() for part in text.split("=", 1))
+    if key in text_keys:
+        value = None if raw in ("", "null", "~") else raw
+    else:
+        value = _parse_yaml(raw, text) if raw else None
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def _parse_yaml(raw, text):
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {text}: the value is not valid YAML") from None
     if isinstance(value, str):
         try:  # YAML 1.1 reads "1e-4" (no dot) as a string
             value = float(value)
         except ValueError:
             pass
-    for part in reversed(key.strip().split(".")):
-        value = {part: value}
     return value
 
 
@@ -141,6 +153,8 @@ class Schema:
         self.defaults = merge(DEFAULTS, sections.get("base") or {})
         self.types = {**NULL_TYPES, **(sections.get("types") or {})}
         self.keys = [key for key, _ in _flatten_values(self.defaults)]
+        self.text_keys = {key for key, value in _flatten_values(self.defaults)
+                          if isinstance(value, str) or self.types.get(key) in ("str", "path")}
 
     def check(self, values, where):
         """`values` (a nested dict of overrides) with types converted; ConfigError naming the key otherwise."""
@@ -232,7 +246,7 @@ def apply_overrides(cfg, overrides, schema=None):
     the schema of cfg's method)."""
     schema = schema or Schema(method_presets(cfg["method"]))
     for text in overrides:
-        cfg = merge(cfg, schema.check(parse_override(text), f"--set {text}"))
+        cfg = merge(cfg, schema.check(parse_override(text, schema.text_keys), f"--set {text}"))
     return cfg
 
 

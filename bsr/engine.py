@@ -294,7 +294,10 @@ class Engine:
         changes = self._resume(resume) if resume else {}
         self._wrap_ddp(device)
         self.dataset = data.train_dataset(cfg, self.method.data_kind)
-        self.val_items = data.validation_items(cfg, self.method) if self.is_main and self.val_every else []
+        self.val_items = []
+        if self.is_main and self.val_every:
+            print(f"validation set: {data.validation_source(cfg)}", flush=True)
+            self.val_items = data.validation_items(cfg, self.method)
         self.log = None
         if self.is_main:
             os.makedirs(out_dir, exist_ok=True)

@@ -2,14 +2,15 @@
 
 Config keys: data.hr (HR folder; unset = embedded demo photos), data.lr (target-domain LR
 folder for unpaired methods), data.val (validation folder: HR images, or hr/ + lr/
-sub-folders for paired LR), data.scale, data.hr_patch, data.num_workers.
+sub-folders for paired LR, matched by name: data.val_lr_name), data.scale, data.hr_patch,
+data.num_workers.
 """
 import os
 
 from . import demo_set
 from .datasets import HRCrops, ImageSet, SeededSampler, UnpairedCrops, collate_seeds
 from .io import ImageError, list_images, read_image, read_uint8, to_tensor, write_image
-from .transforms import modcrop
+from .transforms import check_size, modcrop
 
 
 def train_dataset(cfg, data_kind):
@@ -29,19 +30,74 @@ def lr_images(cfg):
     return ImageSet.from_folder(cfg.data.lr) if cfg.data.lr else demo_set.unpaired_lr_set(cfg.data.scale)
 
 
+def validation_source(cfg, folder=None):
+    """Which validation images validation_items uses, in words (the engine prints it)."""
+    folder = folder or cfg.data.get("val")
+    if folder and is_paired_folder(folder):
+        return f"{folder}: hr/ and lr/ pairs matched by name (LR name {cfg.data.val_lr_name!r})"
+    if folder:
+        return f"{folder}: HR images degraded by the method's validation protocol"
+    note = " (data.val is not set: set it to a folder of your own)" if cfg.data.get("hr") else ""
+    return f"the embedded demo photos {', '.join(demo_set.VALIDATION)}{note}"
+
+
+def is_paired_folder(folder):
+    return os.path.isdir(os.path.join(folder, "hr")) and os.path.isdir(os.path.join(folder, "lr"))
+
+
+def paired_files(folder, lr_name="{}"):
+    """[(hr path, lr path)] of folder/hr and folder/lr matched by file stem: the LR of HR `stem` is
+    named lr_name.format(stem) (BasicSR's filename_tmpl, e.g. "{}x4"), any image extension. An HR
+    without its LR, or an LR without its HR, is an ImageError naming the file."""
+    hr_files, lr_files = list_images(os.path.join(folder, "hr")), list_images(os.path.join(folder, "lr"))
+    lr_by_stem = {}
+    for path in lr_files:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if stem in lr_by_stem:
+            raise ImageError(f"two LR images named {stem!r}: {lr_by_stem[stem]!r} and {path!r}")
+        lr_by_stem[stem] = path
+    pairs = []
+    for path in hr_files:
+        wanted = lr_name.format(os.path.splitext(os.path.basename(path))[0])
+        if wanted not in lr_by_stem:
+            raise ImageError(f"HR image {path!r} has no LR image named {wanted!r}.* in {os.path.join(folder, 'lr')!r} "
+                             f"(LR names follow data.val_lr_name = {lr_name!r})")
+        pairs.append((path, lr_by_stem.pop(wanted)))
+    if lr_by_stem:
+        raise ImageError(f"LR image {next(iter(lr_by_stem.values()))!r} has no HR image in "
+                         f"{os.path.join(folder, 'hr')!r} (LR names follow data.val_lr_name = {lr_name!r})")
+    return pairs
+
+
+def read_validation_hr(path, multiple, min_size):
+    """(1, 3, H, W) of an HR validation file cropped to multiples of `multiple`; an image smaller than
+    `min_size` (what the method's protocol needs) is an ImageError naming the file."""
+    image = read_uint8(path)
+    check_size(image, min_size, min_size, path, "the method's validation protocol")
+    return to_tensor(modcrop(image, multiple))[None]
+
+
+def read_pair(hr_path, lr_path, scale, min_size):
+    hr = read_validation_hr(hr_path, scale, min_size)
+    lr = read_image(lr_path)[None]
+    if tuple(lr.shape[-2:]) != (hr.shape[-2] // scale, hr.shape[-1] // scale):
+        raise ImageError(f"LR image {lr_path!r} is {lr.shape[-2]}x{lr.shape[-1]}; its HR {hr_path!r} cropped to a "
+                         f"multiple of {scale} is {hr.shape[-2]}x{hr.shape[-1]}, so x{scale} needs "
+                         f"{hr.shape[-2] // scale}x{hr.shape[-1] // scale}")
+    return {"name": os.path.basename(hr_path), "hr": hr, "lr": lr}
+
+
 def validation_items(cfg, method, folder=None):
     """Validation items {"name", "hr", "lr", optionally "kernel", "noise_level", "scale"}
     (tensors (1, 3, H, W)) from `folder` (or data.val, or the embedded demo images).
     HR images are cropped to multiples of `method.modcrop_multiple()`; a method with
     data_kind "hr" degrades each one with `degrade_for_validation` (one or several LRs)."""
     folder = folder or cfg.data.get("val")
-    scale, multiple = cfg.data.scale, method.modcrop_multiple()
-    if folder and os.path.isdir(os.path.join(folder, "hr")) and os.path.isdir(os.path.join(folder, "lr")):
-        return [{"name": os.path.basename(h), "hr": to_tensor(modcrop(read_uint8(h), scale))[None],
-                 "lr": read_image(l)[None]}
-                for h, l in zip(list_images(os.path.join(folder, "hr")), list_images(os.path.join(folder, "lr")))]
+    scale, multiple, min_size = cfg.data.scale, method.modcrop_multiple(), method.min_validation_size()
+    if folder and is_paired_folder(folder):
+        return [read_pair(h, l, scale, min_size) for h, l in paired_files(folder, cfg.data.val_lr_name)]
     if folder:
-        hrs = [(os.path.basename(p), to_tensor(modcrop(read_uint8(p), multiple))[None]) for p in list_images(folder)]
+        hrs = [(os.path.basename(p), read_validation_hr(p, multiple, min_size)) for p in list_images(folder)]
     elif method.data_kind == "hr":
         hrs = [(n, to_tensor(modcrop(demo_set.load(n), multiple))[None]) for n in demo_set.VALIDATION]
     else:
@@ -62,4 +118,5 @@ def validation_items(cfg, method, folder=None):
 
 
 __all__ = ["HRCrops", "ImageError", "ImageSet", "SeededSampler", "UnpairedCrops", "collate_seeds", "demo_set",
-           "list_images", "lr_images", "read_image", "read_uint8", "train_dataset", "validation_items", "write_image"]
+           "list_images", "lr_images", "paired_files", "read_image", "read_uint8", "train_dataset", "validation_items",
+           "validation_source", "write_image"]

@@ -4,10 +4,11 @@ import numpy as np
 from .io import ImageError
 
 
-def check_size(image, min_h, min_w, name):
+def check_size(image, min_h, min_w, name, need="crop size / scale"):
+    """ImageError naming `name` when the (H, W, C) image is smaller than min_h x min_w (`need` says why)."""
     if image.shape[0] < min_h or image.shape[1] < min_w:
         raise ImageError(f"image {name!r} is {image.shape[0]}x{image.shape[1]}, smaller than the "
-                         f"{min_h}x{min_w} it must provide (crop size / scale)")
+                         f"{min_h}x{min_w} it must provide ({need})")
 
 
 def random_crop(image, size, rng, align=1):

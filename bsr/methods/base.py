@@ -223,6 +223,11 @@ class Method:
         """Pixels cropped at each side before PSNR/SSIM (the method's paper protocol)."""
         return scale
 
+    def min_validation_size(self):
+        """The smallest side a validation HR image may have: its modcrop multiple, and more than the
+        metric border on both sides."""
+        return max(self.modcrop_multiple(), 2 * self.border(self.cfg.data.scale) + 1)
+
     @contextlib.contextmanager
     def eval_mode(self):
         """Networks in eval mode inside the block, their previous modes restored after."""

@@ -156,6 +156,10 @@ class DANv2(Method):
         return [{"lr": degrade(hr, kernels[i][None].to(hr), self.scale), "kernel": kernels[i].to(hr),
                  "tag": f"sigma{sigmas[i]:.1f}"} for i in self.cfg.get("eval", {}).get("kernels", range(8))]
 
+    def min_validation_size(self):
+        """Reflect padding needs more than half the kernel on each side; the border crop too."""
+        return max(super().min_validation_size(), self.setting["ksize"])
+
     def baselines(self):
         """The Restorer on the initial (delta) kernel's code with no estimation: what the alternation adds,
         and the delta kernel's error."""

@@ -181,6 +181,10 @@ class USRNet(Method):
     def border(self, scale):
         return scale * scale
 
+    def min_validation_size(self):
+        """The modcrop multiple, the kernel (the circular blur wraps once at most) and the s² borders."""
+        return max(self.modcrop_multiple(), KERNEL_SIZE, *(2 * self.border(s) + 1 for s in self.eval_scales()))
+
     def protocol_kernels(self, scale):
         shift = (scale - 1) / 2 if self.cfg.eval.get("shift_kernels") else 0.0
         if shift not in self.eval_kernels:
