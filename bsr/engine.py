@@ -22,6 +22,7 @@ import os
 import random
 import re
 import signal
+import sys
 import time
 
 import numpy as np
@@ -201,15 +202,28 @@ def kernel_image(kernel, height):
     return out
 
 
+def labelled(panel, text):
+    """The (3, H, W) panel in [0, 1] with `text` written small in its upper-left corner (white on a
+    black outline, readable on any content)."""
+    import cv2
+
+    image = np.ascontiguousarray((panel.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
+    scale = max(0.3, panel.shape[-2] / 600)
+    origin = (3, 3 + int(round(22 * scale)))
+    for colour, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):
+        cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness, cv2.LINE_AA)
+    return torch.from_numpy(image).permute(2, 0, 1).float() / 255
+
+
 def sample_grid(item, output):
-    """LR (nearest-upscaled) | SR | HR side by side, then the true and estimated kernels."""
+    """LR (nearest-upscaled) | SR | HR side by side, then the true and estimated kernels, each labelled."""
     hr, sr = item["hr"][0].cpu(), output["sr"][0].detach().float().cpu().clamp(0, 1)
     lr = torch.nn.functional.interpolate(item["lr"].cpu(), size=hr.shape[-2:], mode="nearest")[0]
-    panels = [lr, sr, hr]
-    for key in ("kernel", "kernel_est"):
+    panels = [labelled(lr, "LR"), labelled(sr, "SR"), labelled(hr, "HR")]
+    for key, label in (("kernel", "true kernel"), ("kernel_est", "learned kernel")):
         source = item if key == "kernel" else output
         if source.get(key) is not None:
-            panels.append(kernel_image(source[key], hr.shape[-2]))
+            panels.append(labelled(kernel_image(source[key], hr.shape[-2]), label))
     return torch.cat(panels, dim=2)
 
 
@@ -266,6 +280,38 @@ class RunLog:
 
     def close(self):
         self.tb.close()
+
+
+class Progress:
+    """Training progress on rank 0: a tqdm bar when stderr is a terminal; otherwise (a log file, a
+    pipe, a batch job) one plain line on stdout every `every` iterations and at the last one."""
+
+    def __init__(self, total, initial, every, enabled=True):
+        from tqdm import tqdm
+
+        interactive = enabled and sys.stderr.isatty()
+        self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True) if interactive else None
+        self.plain = enabled and not interactive
+        self.total, self.every = total, every
+        self.start_step, self.start_time = initial, time.perf_counter()
+
+    def rate(self, step):
+        """Iterations per second since this run (or resume) started."""
+        elapsed = time.perf_counter() - self.start_time
+        return (step - self.start_step) / elapsed if elapsed > 0 else 0.0
+
+    def update(self, step, losses):
+        values = {k: f"{v:.4g}" for k, v in losses.items()}
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(values)
+        elif self.plain and (step % self.every == 0 or step == self.total):
+            text = "  ".join(f"{k} {v}" for k, v in values.items())
+            print(f"iteration {step}/{self.total}  {text}  {self.rate(step):.3g} it/s", flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
 
 
 # ----------------------------------------------------------------------------- engine
@@ -403,21 +449,18 @@ class Engine:
 
     def train(self):
         """Train to train.iters; returns "done", or "interrupted" after SIGINT/SIGTERM."""
-        from tqdm import tqdm
-
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        progress = tqdm(total=self.iters, initial=self.step, disable=not self.is_main, dynamic_ncols=True)
+        progress = Progress(self.iters, self.step, self.log_every, enabled=self.is_main)
         status = "done"
         try:
             batches = iter(self.loader())
             while self.step < self.iters:
                 losses = self.train_step(next(batches))
                 self.step += 1
-                progress.update(1)
-                progress.set_postfix({k: f"{v:.4g}" for k, v in losses.items()})
+                progress.update(self.step, losses)
                 if self.is_main and (self.step % self.log_every == 0 or self.step == 1):
                     lrs = {f"lr_{k}": o.param_groups[0]["lr"] for k, o in self.method.optimizers.items()}
-                    self.log.write("train", self.step, {**losses, **lrs, "it_per_s": progress.format_dict["rate"] or 0})
+                    self.log.write("train", self.step, {**losses, **lrs, "it_per_s": progress.rate(self.step)})
                 if self.val_every and self.step % self.val_every == 0:
                     self.validate()
                 if _any_rank(self._stop_signal is not None, self.world, self.method.device):
