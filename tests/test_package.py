@@ -217,11 +217,14 @@ def test_wheel_from_the_sdist_installs_and_runs_outside_the_tree(sdist, tmp_path
 
 
 def _broken_project(path):
-    """setup.py with the real csrc/bsrops.cpp but without the header it includes."""
+    """setup.py with the real csrc/bsrops.cpp but without the local header it includes (the
+    old sdist's failure); returns that header's name."""
     (path / "csrc").mkdir(parents=True)
     shutil.copy2(ROOT / "setup.py", path / "setup.py")
-    shutil.copy2(ROOT / "csrc" / "bsrops.cpp", path / "csrc" / "bsrops.cpp")
-    missing = re.search(r'#include "([^"]+)"', (ROOT / "csrc" / "bsrops.cpp").read_text()).group(1)
+    source = (ROOT / "csrc" / "bsrops.cpp").read_text()
+    local = re.search(r'^\s*#\s*include\s*"([^"]+)"', source, flags=re.M)
+    missing = local.group(1) if local else "bsrops_missing_header.h"
+    (path / "csrc" / "bsrops.cpp").write_text(source if local else f'#include "{missing}"\n{source}')
     assert not (path / "csrc" / missing).exists()
     return missing
 
