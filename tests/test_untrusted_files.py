@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from bsr import config, data, engine, evaluate, infer, methods, train
+from bsr import config, data, engine, evaluate, export, infer, methods, train
 from bsr.io import UntrustedFileError, load_array, load_untrusted
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,6 +104,10 @@ def realsr_kernels(tmp_path, evil):
 ENTRY_POINTS = {
     "evaluate --ckpt": lambda tmp_path, evil: evaluate.main(["usrnet", "--ckpt", evil]),
     "infer --ckpt": lambda tmp_path, evil: infer.main(["--ckpt", evil, image(tmp_path), "--out", str(tmp_path / "o")]),
+    "export": lambda tmp_path, evil: export.main([evil, "--out", str(tmp_path / "w.safetensors")]),
+    "evaluate --weights": lambda tmp_path, evil: evaluate.main(["usrnet", "--weights", evil, "--preset", "smoke"]),
+    "infer --weights": lambda tmp_path, evil: infer.main(["--method", "usrnet", "--weights", evil, "--preset", "smoke",
+                                                          image(tmp_path), "--out", str(tmp_path / "o")]),
     "train --resume": resume,
     "usrnet.pretrained": lambda tmp_path, evil: build("usrnet", f"usrnet.pretrained={evil}"),
     "pdm.sr.pretrained": lambda tmp_path, evil: build("pdm", f"pdm.sr.pretrained={evil}"),

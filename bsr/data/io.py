@@ -112,11 +112,19 @@ def write_uint8(path, image):
     OpenCV wants BGR: the channels are swapped in place for the write and swapped back after, so a large
     image is never copied (bsr.infer's 16000 x 12000 outputs)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR, dst=image)
+    _swap_red_blue(image)
     try:
-        written = cv2.imwrite(path, bgr)
+        written = cv2.imwrite(path, image)
     finally:
-        cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=image)
+        _swap_red_blue(image)
     if not written:
         raise OSError(f"could not write image {path!r}")
     return path
+
+
+def _swap_red_blue(image, rows=256):
+    """RGB <-> BGR of an (H, W, 3) uint8 array in place, `rows` rows at a time (cvtColor works through a
+    temporary of its input's size, even with dst = src)."""
+    for start in range(0, image.shape[0], rows):
+        band = image[start:start + rows]
+        cv2.cvtColor(band, cv2.COLOR_RGB2BGR, dst=band)
