@@ -10,12 +10,15 @@ torch.library.Library whose destruction restores the native kernels:
 - `cpu_shared`: the per-element functions the CUDA kernels use, looped on the CPU.
 
 Choose with BSROPS_BACKEND=auto|cpu|cuda|triton|reference|cpu_shared at import, or with
-`use_backend(name)` around a block. `kernel_calls()` counts which kernels ran.
+`use_backend(name)` around a block. The choice is process-wide: it changes the dispatcher's
+kernels, which every thread calls, so `use_backend` refuses (RuntimeError) to enter a backend
+while another thread is inside a different one. `kernel_calls()` counts which kernels ran.
 """
 import collections
 import contextlib
 import importlib
 import os
+import threading
 import warnings
 
 import torch
@@ -29,6 +32,8 @@ NATIVE = ("auto", "cpu", "cuda")
 _kernels = collections.defaultdict(dict)
 _python_calls = collections.Counter()
 _active = []  # stack of (backend, devices, Library); the last one serving a device wins
+_owners = {}  # id of a use_backend entry in _active -> (backend, thread) that entered it
+_lock = threading.Lock()  # guards _active and _owners: check, install and remove as one step
 
 
 def define_schemas_if_missing(schemas):
@@ -95,16 +100,36 @@ def _check_name(backend):
 
 @contextlib.contextmanager
 def use_backend(backend):
-    """Run the bsrops ops of the block on `backend` (for the devices it serves)."""
+    """Run the bsrops ops on `backend` (for the devices it serves) while the block runs.
+
+    Process-wide: the kernels are swapped in torch's dispatcher, which all threads share, so every thread's bsrops
+    calls run on `backend` until the block exits, not only the calling thread's. Entering a backend while another
+    thread is inside a different one raises RuntimeError naming both (each would run on the other's kernels);
+    nesting in one thread, and one backend entered by several threads, are fine.
+    """
     _check_name(backend)
-    library = None if backend in NATIVE else _install(backend, _devices(backend))
-    _active.append((backend, _devices(backend), library))
+    entry_thread = threading.current_thread()
+    with _lock:
+        for other, owner in _owners.values():
+            if owner is not entry_thread and other != backend:
+                raise RuntimeError(
+                    f"bsrops.use_backend({backend!r}) in thread {entry_thread.name!r} while thread {owner.name!r} is "
+                    f"inside use_backend({other!r}): the backend is process-wide (every thread's calls run on the "
+                    f"last one entered), so both blocks would run on one of them; enter one backend from both threads "
+                    f"or run the blocks one after the other")
+        library = None if backend in NATIVE else _install(backend, _devices(backend))
+        entry = (backend, _devices(backend), library)
+        _active.append(entry)
+        _owners[id(entry)] = (backend, entry_thread)
     try:
         yield
     finally:
-        _active.pop()
-        if library is not None:
-            library._destroy()
+        with _lock:
+            # this entry, which need not be the last one when blocks of several threads interleave
+            del _active[next(i for i, e in enumerate(_active) if e is entry)]
+            del _owners[id(entry)]
+            if library is not None:
+                library._destroy()
 
 
 def _base_backend(device_type):

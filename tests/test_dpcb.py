@@ -211,7 +211,7 @@ def test_bad_input_gives_clear_error(change, error, message):
 
 
 def test_negative_slope_must_be_non_negative():
-    with pytest.raises(ValueError, match="negative_slope must be a float >= 0"):
+    with pytest.raises(ValueError, match="negative_slope must be a finite float >= 0"):
         bsrops.dpcb(**_args(), negative_slope=-0.1)
 
 

@@ -222,7 +222,7 @@ BAD_INPUTS = [
     (dict(running_mean=torch.zeros(4)), ValueError, "give both running_mean and running_var"),
     (dict(x=torch.randn(2, 3, 1, 1)), ValueError, "smaller than the 3x3 kernel"),
     (dict(x=torch.randn(1, 3, 3, 3), norm="batch", stride=3), ValueError, "more than one value per channel"),
-    (dict(negative_slope=-1.0), ValueError, "negative_slope must be a float >= 0"),
+    (dict(negative_slope=-1.0), ValueError, "negative_slope must be a finite float >= 0"),
     (dict(x=torch.randn(2, 3, 8, 8).half()), TypeError, "x must be float32 or float64"),
 ]
 

@@ -7,6 +7,7 @@ import torch
 import bsrops
 from bsrops.reference import usrnet_data_step as ref
 from tolerances import FLOAT64_ATOL, assert_close_to_float64
+from triton_sm90 import require_interpreter
 
 # n, c, h, w (LR), scale, kh, kw, kernel layout ("shared" (kh, kw) / "per_image" (N, kh, kw))
 CASES = [
@@ -325,14 +326,36 @@ def test_bad_input_gives_clear_error(args, error, message):
         bsrops.usrnet_data_step(**args)
 
 
+ALPHA_BACKENDS = ["cpu", "cpu_shared", "reference", "triton"]
+
+
+@pytest.mark.parametrize("backend", ALPHA_BACKENDS)
 @pytest.mark.parametrize("alpha", [0.0, -0.5, float("nan"), float("inf")])
-def test_alpha_values_are_checked_inside_the_kernels(alpha):
+def test_alpha_values_are_checked_inside_the_kernels(alpha, backend):
+    """One policy on every backend the CPU reaches: alpha <= 0 or non-finite is a ValueError naming alpha, from the
+    kernels for a tensor (no Python branch on its values: torch.compile traces the wrappers), at once for a number.
+    The reference backend accepted alpha = 0 (every output non-finite). (CUDA and Triton on a GPU: a device-side
+    assertion, tests/test_gpu.py.)"""
+    if backend == "triton":
+        require_interpreter()
     args = _bad(alpha=torch.tensor([0.5, alpha]))
-    with pytest.raises(RuntimeError, match="alpha must be finite and > 0, got .* for sample 1"):
-        bsrops.usrnet_data_step(**args)
     term = bsrops.USRNetDataTerm(args["y"], args["kernel"], 2)
-    with pytest.raises(RuntimeError, match="alpha must be finite and > 0"):
-        term.solve(args["z"], alpha)
+    z = args["z"].requires_grad_()
+    with bsrops.use_backend(backend):
+        with pytest.raises(ValueError, match="alpha must be finite and > 0, got .* for sample 1"):
+            bsrops.usrnet_data_step(**args)
+        with pytest.raises(ValueError, match="alpha must be finite and > 0, got .* for sample 1"):
+            term.solve(z, args["alpha"])
+        with pytest.raises(ValueError, match="alpha must be finite and > 0, got .* for sample 1"):
+            torch.ops.bsrops.usrnet_solve(z, term.FB, term.FBFy, term.F2B_mean, args["alpha"], 2)
+        with pytest.raises(ValueError, match="alpha must be finite and > 0"):
+            term.solve(z, alpha)
+        with pytest.raises(ValueError, match="alpha must be finite and > 0"):
+            bsrops.usrnet_data_step(**_bad(alpha=alpha))
+        mask = [True, False, False, False, True]
+        with pytest.raises(ValueError, match="alpha must be finite and > 0, got .* for sample 1"):
+            torch.ops.bsrops._usrnet_solve_backward(torch.ones_like(z), z, term.FB, term.FBFy, term.F2B_mean,
+                                                    args["alpha"], 2, mask)
 
 
 def test_native_ops_check_shapes_too():

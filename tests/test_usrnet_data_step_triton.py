@@ -5,6 +5,11 @@ op itself (forward, autograd) runs the Triton kernels against the official formu
 float64 (tiny shapes: the interpreter runs the alias loops in Python). The kernels are also
 compiled for sm_90 in a subprocess with TRITON_INTERPRET=0.
 """
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
@@ -83,7 +88,7 @@ def test_triton_checks_alpha_and_batch_zero():
     require_interpreter()
     z, y, kernel, alpha = make_inputs(2, 1, 2, 2, 2, 3, 3, "per_image")
     with bsrops.use_backend("triton"):
-        with pytest.raises(RuntimeError, match="alpha must be finite and > 0"):
+        with pytest.raises(ValueError, match="alpha must be finite and > 0"):
             bsrops.usrnet_data_step(z, y, kernel, torch.tensor([0.5, -1.0], dtype=z.dtype), 2)
         ((out, grad_z, *_), _), delta = calls_delta(lambda: forward_and_grads(bsrops.usrnet_data_step, z[:0], y[:0],
                                                                               kernel[:0], alpha[:0], 2))
@@ -128,3 +133,68 @@ def test_triton_compiles_for_sm90(name, tmp_path):
     require_triton()
     configs = [(dtype, constexprs, {}) for dtype, constexprs in COMPILE_CONFIGS[name]]
     assert_compiles_for_sm90("bsrops.triton.usrnet_data_step", name, configs, tmp_path, timeout=110)
+
+
+# ---- alpha's device-side check ----
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("alpha", [0.0, float("nan"), float("inf")])
+def test_triton_kernels_assert_alpha_on_the_device(alpha, monkeypatch):
+    """Both kernels check alpha with tl.device_assert (launched with debug=True). The interpreter never runs
+    device_assert (its builder's options say debug=False whatever the launch asks; verified with triton 3.7.1), so
+    the launcher checks CPU tensors on the host: here that check is off and the interpreter's debug on, to run the
+    kernels' own assertion."""
+    require_interpreter()
+    import dataclasses
+
+    import triton.runtime.interpreter as interpreter
+    from bsrops.triton import usrnet_data_step as kernels
+
+    z, y, kernel, _ = make_inputs(2, 1, 2, 2, 2, 3, 3, "per_image")
+    fb, fbfy, f2b_mean = torch.ops.bsrops._usrnet_precompute(y, kernel, 2)
+    bad = torch.tensor([0.5, alpha], dtype=z.dtype)
+    with pytest.raises(ValueError, match="alpha must be finite and > 0, got .* for sample 1"):
+        kernels.forward(z, fb, fbfy, f2b_mean, bad, 2)  # the host check
+    monkeypatch.setattr(kernels, "check_alpha_values", lambda op, alpha: None)
+    kernels.forward(z, fb, fbfy, f2b_mean, bad, 2)  # no check at all: the interpreter skips device_assert
+    builder = interpreter.interpreter_builder
+    monkeypatch.setattr(builder, "options", dataclasses.replace(builder.options, debug=True))
+    kernels.forward(z, fb, fbfy, f2b_mean, bad.abs() + 0.5 if alpha == 0 else torch.full_like(bad, 0.5), 2)
+    with pytest.raises(Exception, match="usrnet_solve: alpha must be finite and > 0"):
+        kernels.forward(z, fb, fbfy, f2b_mean, bad, 2)
+    with pytest.raises(Exception, match="usrnet_solve: alpha must be finite and > 0"):
+        kernels.backward(torch.ones_like(z), z, fb, fbfy, f2b_mean, bad, 2, [True] * 5)
+
+
+DEVICE_CHECK_SCRIPT = textwrap.dedent("""
+    import re
+    import sys
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from bsrops.triton import usrnet_data_step as module
+
+    fn = getattr(module, sys.argv[1])
+    constexprs = dict(BLOCK=128, GRAD_Z=True, GRAD_FB=True, GRAD_FBFY=True)
+    constexprs = {k: v for k, v in constexprs.items() if k in fn.arg_names}
+    signature = {arg: "constexpr" if arg in constexprs else "*fp32" if arg.endswith("_ptr") else "i32"
+                 for arg in fn.arg_names}
+    compiled = triton.compile(triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                              target=GPUTarget("cuda", 90, 32), options=module.DEVICE_CHECKS)
+    ptx = compiled.asm["ptx"]
+    arrays = re.findall(r"\\.b8 \\w+\\[\\d+\\] = \\{([\\d, ]+)\\}", ptx)  # the messages: byte arrays
+    strings = [bytes(int(b) for b in body.split(",")) for body in arrays]
+    print("ASSERTS", ptx.count("__assertfail"), any(b"alpha must be finite" in s for s in strings))
+""")
+
+
+@pytest.mark.timeout(120)
+def test_triton_device_check_survives_compilation(tmp_path):
+    """Compiled for sm_90 with the launch's options (DEVICE_CHECKS), the solve kernel keeps its assertion."""
+    require_triton()
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp_path / "cache")}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", DEVICE_CHECK_SCRIPT, "_solve_kernel"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    count, message = proc.stdout.split("ASSERTS")[-1].split()
+    assert int(count) >= 1 and message == "True", proc.stdout

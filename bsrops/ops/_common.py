@@ -1,4 +1,6 @@
 """Helpers shared by the schema glue of the conv-block ops (dpcb, patchgan_conv)."""
+import math
+
 import torch
 
 CONV_BACKWARD = torch.ops.aten.convolution_backward.default
@@ -25,9 +27,18 @@ def check_tensor(op, name, value, dims=None, dtype=None):
         raise ValueError(f"{op}: {name} must have {dims} dimensions, got shape {tuple(value.shape)}")
 
 
+def check_device(op, name, value, x, x_name="x"):
+    """value on x's device (a meta tensor beside a real x included)."""
+    if value.device != x.device:
+        raise ValueError(f"{op}: {name} is on {value.device} but {x_name} is on {x.device}; every tensor must be on "
+                         f"{x_name}'s device")
+
+
 def check_slope(op, negative_slope):
-    if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)) or negative_slope < 0:
-        raise ValueError(f"{op}: negative_slope must be a float >= 0 (the backward reads the activation's "
+    # `not >= 0`: NaN fails it (NaN < 0 is False)
+    if (isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float))
+            or not math.isfinite(negative_slope) or not negative_slope >= 0):
+        raise ValueError(f"{op}: negative_slope must be a finite float >= 0 (the backward reads the activation's "
                          f"mask from the sign of its output), got {negative_slope!r}")
 
 
@@ -47,6 +58,8 @@ def onednn_conv_leaky_relu(x, weight, bias, stride, padding, negative_slope):
     (see uses_onednn_post_ops). Saves the activation's pass over the conv output."""
     if not uses_onednn_post_ops(x):
         return None
+    # oneDNN reads the bias as a plain array: a strided or expanded view gave garbage (torch does not copy it)
+    bias = None if bias is None else bias.contiguous()
     return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, [padding, padding], [stride, stride], [1, 1], 1,
                                                    "leaky_relu", [negative_slope], "")
 

@@ -15,6 +15,7 @@ SCHEMAS = {
     "_blur_downsample_backward": "_blur_downsample_backward(Tensor grad_out, Tensor x, Tensor kernel, int stride, str padding, bool flip, bool[2] output_mask) -> (Tensor, Tensor)",
 }
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+INT64_MAX = 2 ** 63 - 1
 
 
 def blur_downsample(x, kernel, stride=1, padding="reflect", flip=False):
@@ -59,8 +60,8 @@ def check_inputs(x, kernel, stride, padding):
         raise ValueError(f"blur_downsample: x must be (N, C, H, W) with H, W >= 1, got shape {tuple(x.shape)}")
     if isinstance(stride, bool) or not isinstance(stride, int):
         raise TypeError(f"blur_downsample: stride must be an int, got {type(stride).__name__}")
-    if stride < 1:
-        raise ValueError(f"blur_downsample: stride must be >= 1, got {stride}")
+    if not 1 <= stride <= INT64_MAX:  # the op takes an int64; any stride >= max(H, W) gives (N, C, 1, 1)
+        raise ValueError(f"blur_downsample: stride must be >= 1 and <= 2**63 - 1, got {stride}")
     if padding not in ref.PADDINGS:
         raise ValueError(f"blur_downsample: padding must be one of {', '.join(ref.PADDINGS)}, got {padding!r}")
     n, _, height, width = x.shape

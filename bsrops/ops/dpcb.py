@@ -62,7 +62,7 @@ import torch.nn.functional as F
 
 from .. import _backend
 from ..reference import dpcb as ref
-from ._common import (check_slope, check_tensor, conv_backward, memory_format, memory_format_of,
+from ._common import (check_device, check_slope, check_tensor, conv_backward, memory_format, memory_format_of,
                       onednn_conv_leaky_relu, records_autograd, to_channels_last)
 
 SCHEMAS = {
@@ -120,9 +120,9 @@ def check_inputs(x_img, x_cond, params, negative_slope):
             raise ValueError(f"dpcb: {name} must be ({nf1}, {nf1}, k, k) with odd k, got {tuple(value.shape)}")
         if name == "w2" and value.shape != params[0].shape or name == "w4" and value.shape != params[4].shape:
             raise ValueError(f"dpcb: {name} must have the shape of the path's first weight, got {tuple(value.shape)}")
-    for value in (x_cond, *params):
-        if value is not None and value.device != x_img.device:
-            raise ValueError(f"dpcb: every tensor must be on x_img's device {x_img.device}, got {value.device}")
+    for name, value in zip(("x_cond", *PARAMETERS), (x_cond, *params)):
+        if value is not None:
+            check_device("dpcb", name, value, x_img, "x_img")
     check_slope("dpcb", negative_slope)
 
 
@@ -153,6 +153,7 @@ def _convs_in_channels_last(x):
 
 
 def _forward_composite(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope=0.2):
+    check_slope("dpcb", negative_slope)  # also for direct calls of the op
     channels_last = _convs_in_channels_last(x_img)
     h1, f1 = _path_forward(x_img, w1, b1, w2, b2, negative_slope, channels_last)
     h2, f2 = _path_forward(x_cond, w3, b3, w4, b4, negative_slope, channels_last)
@@ -164,6 +165,7 @@ def _inference_composite(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative
     """(out_img, out_cond), nothing kept for a backward: the convolutions run in the caller's layout, each
     LeakyReLU output is freed once the next convolution has read it, and the outputs are written in place of
     f1 and f2 (see the module docstring)."""
+    check_slope("dpcb", negative_slope)
     f2 = _path_forward(x_cond, w3, b3, w4, b4, negative_slope, channels_last=False)[1]
     f1 = _path_forward(x_img, w1, b1, w2, b2, negative_slope, channels_last=False)[1]
     out_img = torch.addcmul(x_img, f1, f2, out=f1)
@@ -325,6 +327,7 @@ torch.library.register_autograd("bsrops::dpcb", _backward, setup_context=_setup_
 
 def _reference_forward(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope=0.2):
     """The eager forward, with the op's output layouts."""
+    check_slope("dpcb", negative_slope)
     out_img, out_cond, h1, f1, h2, f2 = ref.dpcb_reference(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4,
                                                            negative_slope)
     image_layout, cond_layout = _intermediate_layouts(x_img, x_cond)

@@ -35,13 +35,15 @@ forward+backward: the ~12 us of HBM traffic saved is less than the op's per-call
 this size (its peak memory: 16.0 vs 31.5 MiB). With norm='none' the
 LeakyReLU is a oneDNN post-op of the conv on CPU float32 when no gradient is recorded.
 """
+import math
+
 import torch
 import torch.nn.functional as F
 
 from .. import _backend
 from ..reference import patchgan_conv as ref
-from ._common import (check_slope, check_tensor, conv_backward, memory_format_of, onednn_conv_leaky_relu,
-                      records_autograd, to_channels_last)
+from ._common import (check_device, check_slope, check_tensor, conv_backward, memory_format_of,
+                      onednn_conv_leaky_relu, records_autograd, to_channels_last)
 
 SCHEMAS = {
     "patchgan_conv": "patchgan_conv(Tensor x, Tensor weight, Tensor? bias, int stride, int padding, str norm, Tensor? norm_weight, Tensor? norm_bias, Tensor? running_mean, Tensor? running_var, bool training, float momentum, float eps, float negative_slope, bool activation) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
@@ -56,9 +58,14 @@ NORMS = ("none", "instance", "batch")
 def patchgan_conv(x, weight, bias=None, stride=2, padding=1, norm="instance", norm_weight=None, norm_bias=None,
                   running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5, negative_slope=0.2,
                   activation=True):
-    """conv -> norm -> LeakyReLU in one op; returns out (N, C_out, Ho, Wo)."""
+    """conv -> norm -> LeakyReLU in one op; returns out (N, C_out, Ho, Wo).
+
+    Every tensor may be a strided, expanded or offset view (the kernels read contiguous copies where needed);
+    running_mean / running_var, updated in place by batch norm in training mode as nn.BatchNorm2d does, may be
+    strided or offset views but not expanded ones (stride 0: one memory location for every channel).
+    """
     check_inputs(x, weight, bias, stride, padding, norm, norm_weight, norm_bias, running_mean, running_var,
-                 training, negative_slope)
+                 training, negative_slope, momentum, eps)
     out, _, _, _, new_mean, new_var = torch.ops.bsrops.patchgan_conv(
         x, weight, bias, stride, padding, norm, norm_weight, norm_bias, running_mean, running_var, bool(training),
         float(momentum), float(eps), float(negative_slope), bool(activation))
@@ -74,11 +81,12 @@ def _updates_running_stats(norm, training, running_mean):
 
 
 def check_inputs(x, weight, bias, stride, padding, norm, norm_weight, norm_bias, running_mean, running_var,
-                 training, negative_slope):
+                 training, negative_slope, momentum=0.1, eps=1e-5):
     """Raise TypeError / ValueError naming the argument and what it must be."""
     op = "patchgan_conv"
     check_tensor(op, "x", x, dims=4)
     check_tensor(op, "weight", weight, dims=4, dtype=x.dtype)
+    check_device(op, "weight", weight, x)
     if weight.shape[1] != x.shape[1]:
         raise ValueError(f"{op}: weight must be (C_out, {x.shape[1]}, k, k) for x with {x.shape[1]} channels, "
                          f"got {tuple(weight.shape)}")
@@ -98,14 +106,38 @@ def check_inputs(x, weight, bias, stride, padding, norm, norm_weight, norm_bias,
         if value is None:
             continue
         check_tensor(op, name, value, dims=1, dtype=x.dtype)
+        check_device(op, name, value, x)
         if value.shape[0] != channels:
             raise ValueError(f"{op}: {name} must be ({channels},), got {tuple(value.shape)}")
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{op}: give both running_mean and running_var, or neither")
+    if _updates_running_stats(norm, training, running_mean):
+        check_updatable(running_mean, running_var)
     if norm == "batch" and training and x.shape[0] * _out_size(x, weight, stride, padding) <= 1:
         raise ValueError(f"{op}: batch norm in training mode needs more than one value per channel, "
                          f"got x of shape {tuple(x.shape)}")
+    check_scalars(momentum, eps, negative_slope)
+
+
+def check_scalars(momentum, eps, negative_slope):
+    """momentum and eps finite (eps >= 0), negative_slope as check_slope wants it; NaN fails each test."""
+    op = "patchgan_conv"
+    for name, value, low in (("momentum", momentum, None), ("eps", eps, 0.0)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{op}: {name} must be a float, got {type(value).__name__}")
+        if not math.isfinite(value) or (low is not None and not value >= low):
+            raise ValueError(f"{op}: {name} must be a finite float" + (f" >= {low:g}" if low is not None else "") +
+                             f", got {value!r}")
     check_slope(op, negative_slope)
+
+
+def check_updatable(running_mean, running_var):
+    """Running statistics that batch norm updates in place: not expanded (stride 0 would give every channel one
+    memory location; nn.BatchNorm2d would silently keep the last channel's update there)."""
+    for name, value in (("running_mean", running_mean), ("running_var", running_var)):
+        if value is not None and value.dim() == 1 and value.shape[0] > 1 and value.stride(0) == 0:
+            raise ValueError(f"patchgan_conv: {name} is updated in place in training mode and must not be an expanded "
+                             f"tensor (stride 0: every channel one memory location), got strides {value.stride()}")
 
 
 def _out_size(x, weight, stride, padding):
@@ -121,6 +153,7 @@ def _patchgan_conv_composite(x, weight, bias, stride, padding, norm, norm_weight
     """_patchgan_conv2d, then patchgan_norm_act: two autograd nodes, so that the conv output y
     is released after the norm's backward, before the conv's (as eager does; one node would hold
     it through the conv's backward)."""
+    check_scalars(momentum, eps, negative_slope)
     empty = x.new_empty  # a fresh one per output: outputs must not alias
     if norm == "none" and activation and not records_autograd(x, weight, bias):
         out = onednn_conv_leaky_relu(x.contiguous(), weight, bias, stride, padding, negative_slope)
@@ -277,7 +310,17 @@ def _reference_norm_act_backward(grad_out, y, out, mean, rstd, weight, norm, tra
     return grad_y, grad_weight, grad_bias
 
 
-_backend.register_kernel("reference", "_patchgan_norm_act", ref.norm_act_reference)
+def _reference_norm_act(y, norm_weight, norm_bias, running_mean, running_var, norm, training, momentum, eps,
+                        negative_slope, activation):
+    """The eager norm + activation; F.batch_norm would silently update expanded running statistics (each
+    channel's update landing in the one shared location), so they are rejected here as in the native kernels."""
+    if _updates_running_stats(norm, training, running_mean):
+        check_updatable(running_mean, running_var)
+    return ref.norm_act_reference(y, norm_weight, norm_bias, running_mean, running_var, norm, training, momentum, eps,
+                                  negative_slope, activation)
+
+
+_backend.register_kernel("reference", "_patchgan_norm_act", _reference_norm_act)
 _backend.register_kernel("reference", "_patchgan_norm_act_backward", _reference_norm_act_backward)
 
 

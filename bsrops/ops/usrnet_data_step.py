@@ -104,10 +104,32 @@ def check_hr_inputs(z, y_shape, y_dtype, y_device, alpha, scale):
 
 
 def _alpha_tensor(alpha, z, dtype):
-    """alpha as the op takes it: a tensor of `dtype`; its value is checked inside the kernels."""
+    """alpha as the op takes it: a tensor of `dtype`. A number is checked here; a tensor's values inside the kernels
+    (no host synchronisation, no Python branch on tensor values: torch.compile traces this function)."""
     if isinstance(alpha, torch.Tensor):
         return alpha.to(dtype)
+    if not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"usrnet_data_step: alpha must be finite and > 0, got {alpha!r}")
     return torch.full((z.shape[0],), float(alpha), dtype=dtype, device=z.device)
+
+
+def check_alpha_values(op, alpha):
+    """The alpha policy of every backend, for a kernel that runs on the host: alpha finite and > 0, else a
+    ValueError naming the first bad sample (as the native CPU kernels, TORCH_CHECK_VALUE). CUDA tensors are checked
+    on the device instead, as torch checks its own kernels' data there (CUDA_KERNEL_ASSERT in the CUDA kernels,
+    tl.device_assert in the Triton ones; here torch._assert_async): a failure is a device-side assertion, reported
+    by the next synchronising call, and no host synchronisation is added. Meta tensors hold no values."""
+    if alpha.device.type == "meta" or alpha.numel() == 0:
+        return
+    ok = torch.isfinite(alpha) & (alpha > 0)
+    if alpha.device.type == "cuda":
+        torch._assert_async(ok.all(), f"{op}: alpha must be finite and > 0")
+        return
+    bad = (~ok).flatten().nonzero()
+    if bad.numel():
+        sample = int(bad[0])
+        value = alpha.flatten()[sample].item()
+        raise ValueError(f"{op}: alpha must be finite and > 0, got {value} for sample {sample}")
 
 
 def usrnet_data_step(z, y, kernel, alpha, scale):
@@ -272,6 +294,9 @@ def _reference_backward(fn, outputs=1):
 
     def backward(*args):
         grads, (*tensors, scale, mask) = args[:outputs], args[outputs:]
+        # autograd of view_as_real hands the gradient to view_as_complex, which needs an even storage offset
+        grads = tuple(g if g.is_contiguous() and g.storage_offset() % 2 == 0 else g.clone(
+            memory_format=torch.contiguous_format) for g in grads)
         inputs = [t.detach().requires_grad_(want) for t, want in zip(tensors, mask)]
         with torch.enable_grad():
             out = fn(*inputs, scale)
@@ -286,10 +311,23 @@ def _reference_backward(fn, outputs=1):
     return backward
 
 
-_backend.register_kernel("reference", "usrnet_data_step", ref.data_step_reference)
-_backend.register_kernel("reference", "_usrnet_data_step_backward", _reference_backward(ref.data_step_reference))
-_backend.register_kernel("reference", "usrnet_solve", ref.solve_reference)
-_backend.register_kernel("reference", "_usrnet_solve_backward", _reference_backward(ref.solve_reference))
+def _alpha_checked(op, fn, position):
+    """fn with alpha (its argument `position`) checked first: the reference formulas divide by alpha and returned
+    non-finite outputs for alpha = 0 without a word."""
+    def kernel(*args):
+        check_alpha_values(op, args[position])
+        return fn(*args)
+
+    return kernel
+
+
+_backend.register_kernel("reference", "usrnet_data_step",
+                         _alpha_checked("usrnet_data_step", ref.data_step_reference, 3))
+_backend.register_kernel("reference", "_usrnet_data_step_backward",
+                         _alpha_checked("usrnet_data_step backward", _reference_backward(ref.data_step_reference), 4))
+_backend.register_kernel("reference", "usrnet_solve", _alpha_checked("usrnet_solve", ref.solve_reference, 4))
+_backend.register_kernel("reference", "_usrnet_solve_backward",
+                         _alpha_checked("usrnet_solve backward", _reference_backward(ref.solve_reference), 5))
 _backend.register_kernel("reference", "_usrnet_precompute", ref.precompute_reference)
 _backend.register_kernel("reference", "_usrnet_precompute_backward", _reference_backward(ref.precompute_reference, 3))
 _backend.register_kernel("cpu_shared", "usrnet_solve", lambda *args: torch.ops.bsrops._usrnet_solve_shared(*args))

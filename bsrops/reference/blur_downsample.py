@@ -30,6 +30,12 @@ def geometry(height, width, k, stride, flip):
     return out_h, out_w, -low, after_h, after_w
 
 
+def effective_stride(height, width, stride):
+    """The stride the kernels run: a stride >= max(H, W) leaves one output pixel per axis (i = j = 0), whose
+    taps do not depend on it, so it runs as max(H, W) (the same result; no s * i can overflow)."""
+    return min(stride, max(height, width))
+
+
 def kernel_size(kernel):
     """k of a (k, k), (N, k, k) or (N, k*k, Ho, Wo) kernel."""
     return kernel.shape[-1] if kernel.dim() < 4 else math.isqrt(kernel.shape[1])

@@ -106,10 +106,17 @@ def precompute_reference(y, kernel, scale):
     return torch.view_as_real(fb[:, 0]).clone(), torch.view_as_real(fbfy).clone(), f2b_mean[:, 0].contiguous()
 
 
+def as_complex(t):
+    """A (..., 2) real view as complex; view_as_complex needs it contiguous with an even storage offset (a view of
+    odd offset is copied)."""
+    return torch.view_as_complex(t if t.is_contiguous() and t.storage_offset() % 2 == 0
+                                 else t.clone(memory_format=torch.contiguous_format))
+
+
 def solve_reference(z, fb, fbfy, f2b_mean, alpha, scale):
     """usrnet_solve on the real views."""
-    fb = torch.view_as_complex(fb.contiguous()).unsqueeze(1)
-    return hoisted_solve(z, fb, fb.conj(), torch.view_as_complex(fbfy.contiguous()), f2b_mean.unsqueeze(1),
+    fb = as_complex(fb).unsqueeze(1)
+    return hoisted_solve(z, fb, fb.conj(), as_complex(fbfy), f2b_mean.unsqueeze(1),
                          _alpha_column(alpha, z.shape[0], z), scale)
 
 

@@ -27,7 +27,9 @@ Kernels (all deterministic, none uses atomics):
   n for the shared (k, k) kernel) in a fixed order: deterministic, no atomics.
 
 Accumulation is float32 for float16/bfloat16/float32 and float64 for float64. Windows are
-runtime loops (`range(0, ksize)`), so one compiled kernel serves every k. The module is
+runtime loops (`range(0, ksize)`), so one compiled kernel serves every k. A stride >= max(H, W)
+runs as max(H, W) (`effective_stride`: the same single output pixel per axis; a stride near
+2^31 or 2^63 overflowed the kernels' index maths and zeroed grad_x). The module is
 interpreter-compatible (no libdevice, no inline asm, no autotuning).
 """
 import torch
@@ -35,7 +37,7 @@ import triton
 import triton.language as tl
 
 from ..ops.blur_downsample import check_inputs
-from ..reference.blur_downsample import geometry, kernel_size
+from ..reference.blur_downsample import effective_stride, geometry, kernel_size
 
 PADDING_CODES = {"reflect": 0, "symmetric": 1, "replicate": 2, "zeros": 3, "circular": 4}
 LAYOUT_SHARED, LAYOUT_IMAGE, LAYOUT_PIXEL = 0, 1, 2
@@ -373,6 +375,7 @@ def forward(x, kernel, stride=1, padding="reflect", flip=False):
     check_inputs(x, kernel, stride, padding)
     x, kernel = x.contiguous(), kernel.contiguous()
     n, channels, height, width = x.shape
+    stride = effective_stride(height, width, stride)
     k = kernel_size(kernel)
     out_h, out_w = geometry(height, width, k, stride, flip)[:2]
     out = x.new_empty(n, channels, out_h, out_w)
@@ -446,6 +449,7 @@ def backward(grad_out, x, kernel, stride, padding, flip, output_mask):
     """torch.ops.bsrops._blur_downsample_backward on the Triton kernels -> (grad_x, grad_kernel)."""
     check_inputs(x, kernel, stride, padding)
     n, channels, height, width = x.shape
+    stride = effective_stride(height, width, stride)
     out_h, out_w = geometry(height, width, kernel_size(kernel), stride, flip)[:2]
     if tuple(grad_out.shape) != (n, channels, out_h, out_w) or grad_out.dtype != x.dtype:
         raise ValueError(f"blur_downsample backward: grad_out must be {x.dtype} of shape "

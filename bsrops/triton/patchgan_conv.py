@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..ops.patchgan_conv import check_updatable
+
 BLOCK = 1024
 NORM_CODES = {"none": 0, "instance": 1, "batch": 2}
 
@@ -158,9 +160,20 @@ def _stats_shape(n, channels, norm):
     return {"none": (0,), "instance": (n, channels), "batch": (channels,)}[norm]
 
 
+def _vector(t):
+    """A (C,) parameter as the kernels index it: contiguous (a strided, expanded or offset view is copied)."""
+    return None if t is None else t.contiguous()
+
+
 def norm_act(y, weight, bias, running_mean, running_var, norm, training, momentum, eps, negative_slope, activation):
-    """torch.ops.bsrops._patchgan_norm_act on the Triton kernels (running stats updated in place)."""
-    y = y.contiguous()
+    """torch.ops.bsrops._patchgan_norm_act on the Triton kernels (running stats updated in place: through contiguous
+    copies, written back, when the buffers are views)."""
+    update = norm == "batch" and training and running_mean is not None
+    if update:
+        check_updatable(running_mean, running_var)
+    y, weight, bias = y.contiguous(), _vector(weight), _vector(bias)
+    buffers = (running_mean, running_var)
+    running_mean, running_var = _vector(running_mean), _vector(running_var)
     n, channels, height, width = y.shape
     out = torch.empty_like(y)
     stats = _stats_shape(n, channels, norm)
@@ -179,6 +192,10 @@ def norm_act(y, weight, bias, running_mean, running_var, norm, training, momentu
         NORM=NORM_CODES[norm], DATA_STATS=data_stats, UPDATE=norm == "batch" and training and tracked,
         HAS_W=weight is not None, HAS_B=bias is not None, ACTIVATION=bool(activation), SLOPE=float(negative_slope),
         EPS=float(eps), MOMENTUM=float(momentum), F64=y.dtype == torch.float64, BLOCK=BLOCK)
+    if update:
+        for buffer, updated in zip(buffers, (running_mean, running_var)):
+            if updated is not buffer:
+                buffer.copy_(updated)
     return out, mean, rstd
 
 
@@ -192,6 +209,7 @@ def norm_act_backward(grad_out, y, out, mean, rstd, weight, norm, training, nega
     accumulator = torch.float64 if out.dtype == torch.float64 else torch.float32
     sums = torch.zeros(2, max(groups, 1), dtype=accumulator, device=out.device)
     grad_y = torch.empty_like(out)
+    weight = _vector(weight)
     grid = (max(1, triton.cdiv(out.numel(), BLOCK)),) if norm == "none" else (groups,)
     if out.numel() and grid[0]:
         _norm_act_backward_kernel[grid](

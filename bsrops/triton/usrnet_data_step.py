@@ -14,12 +14,22 @@ pass per pair {w, -w} of LR frequencies over their s^2 aliases each:
   share per LR frequency (summed afterwards by torch, in a fixed order).
 
 Complex numbers are interleaved (re, im) float32/float64, as the op's real views. No atomics.
-alpha's value is checked with torch._assert_async (no host synchronisation, no Python branch
-on tensor values). Interpreter-compatible (no libdevice, no inline asm, no autotuning).
+alpha's value (finite, > 0) is checked inside both kernels with tl.device_assert, as torch's
+inductor checks in its Triton kernels: launched with debug=True (which device_assert needs) and
+sanitize_overflow=False (no overflow checks on the index maths), so no extra launch and no host
+synchronisation; a failure is a device-side assertion, reported by the next synchronising call.
+The interpreter never runs device_assert (its builder has debug=False whatever the launch asks),
+so on CPU tensors the launcher checks alpha on the host instead, with the native CPU kernels'
+ValueError. Interpreter-compatible (no libdevice, no inline asm, no autotuning).
 """
 import torch
 import triton
 import triton.language as tl
+
+from ..ops.usrnet_data_step import check_alpha_values
+
+# compile options of the kernels: device_assert enabled, without the integer-overflow assertions debug adds
+DEVICE_CHECKS = {"debug": True, "sanitize_overflow": False}
 
 
 @triton.jit
@@ -86,6 +96,12 @@ def _store_hermitian(half_ptr, r, q, rm, qm, x_re, x_im, xm_re, xm_im, Wh, mask)
 
 
 @triton.jit
+def _assert_alpha(alpha):
+    """alpha finite and > 0 (NaN fails both tests, inf the second), on the device."""
+    tl.device_assert((alpha > 0) & (alpha - alpha == 0), "usrnet_solve: alpha must be finite and > 0")
+
+
+@triton.jit
 def _pair_items(pid, h, w, BLOCK: tl.constexpr):
     """LR frequencies of a block: (u, v), their mirror (um, vm), whether a pair is its own mirror, active lanes."""
     lr = pid * BLOCK + tl.arange(0, BLOCK)
@@ -107,6 +123,7 @@ def _solve_kernel(spec_ptr, fb_ptr, fbfy_ptr, w_ptr, alpha_ptr, C, h, w, s, H, W
     fb = fb_ptr + 2 * n * H * W
     p = fbfy_ptr + 2 * nc * H * W
     alpha = tl.load(alpha_ptr + n)
+    _assert_alpha(alpha)
     w_own = tl.load(w_ptr + n * h * w + lr, mask=active, other=1.0)
     w_mirror = tl.load(w_ptr + n * h * w + lr_mirror, mask=active, other=1.0)
     q_re, q_im = _alias_mean(fb, p, half, alpha, w_own, u, v, h, w, s, H, W, Wh, active, True)
@@ -160,6 +177,7 @@ def _solve_backward_kernel(grad_ptr, z_ptr, fb_ptr, fbfy_ptr, w_ptr, alpha_ptr, 
     fb = fb_ptr + 2 * n * H * W
     gfb = gfb_ptr + 2 * n * H * W
     alpha = tl.load(alpha_ptr + n)
+    _assert_alpha(alpha)
     scale = 1.0 / (alpha * (H * W))
     w_own = tl.load(w_ptr + n * h * w + lr, mask=active, other=1.0)
     w_mirror = tl.load(w_ptr + n * h * w + lr_mirror, mask=active, other=1.0)
@@ -224,8 +242,8 @@ def _check(z, fb, fbfy, f2b_mean, alpha, scale):
                          f"{(n, c, scale * h, scale * w)}, got {z.dtype} {tuple(z.shape)}")
     if alpha.numel() != n or alpha.dtype != z.dtype:
         raise ValueError(f"usrnet_solve (triton): alpha must be {z.dtype} (N,) or (N, 1, 1, 1), got {tuple(alpha.shape)}")
-    if n:
-        torch._assert_async(torch.all(torch.isfinite(alpha) & (alpha > 0)), "usrnet_solve: alpha must be finite and > 0")
+    if alpha.device.type != "cuda":  # the interpreter: device_assert does not run there (module docstring)
+        check_alpha_values("usrnet_solve (triton)", alpha)
     return n, c, height, width, h, w
 
 
@@ -238,7 +256,7 @@ def forward(z, fb, fbfy, f2b_mean, alpha, scale):
     block = _block(h * w)
     _solve_kernel[(triton.cdiv(h * w, block), n * c)](
         spectrum, fb.contiguous(), fbfy.contiguous(), f2b_mean.contiguous(), alpha.contiguous().view(n),
-        c, h, w, scale, height, width, width // 2 + 1, BLOCK=block)
+        c, h, w, scale, height, width, width // 2 + 1, BLOCK=block, **DEVICE_CHECKS)
     return torch.fft.irfft2(torch.view_as_complex(spectrum), s=(height, width))
 
 
@@ -260,7 +278,7 @@ def backward(grad_x, z, fb, fbfy, f2b_mean, alpha, scale, output_mask):
     _solve_backward_kernel[(triton.cdiv(h * w, block), n)](
         grad_spectrum, z_spectrum, fb, fbfy, f2b_mean, alpha.contiguous().view(n), grad_spectrum, grad_fbfy, grad_fb,
         grad_w, partial, c, h, w, scale, height, width, width // 2 + 1,
-        GRAD_Z=bool(want_z), GRAD_FB=bool(want_fb), GRAD_FBFY=bool(want_fbfy), BLOCK=block)
+        GRAD_Z=bool(want_z), GRAD_FB=bool(want_fb), GRAD_FBFY=bool(want_fbfy), BLOCK=block, **DEVICE_CHECKS)
     grad_z = torch.fft.irfft2(torch.view_as_complex(grad_spectrum), s=(height, width)) if want_z else z.new_empty(0)
     grad_alpha = partial.flatten(1).sum(1).view(alpha.shape) if want_alpha else alpha.new_empty(0)
     return grad_z, grad_fb, grad_fbfy, grad_w if want_w else f2b_mean.new_empty(0), grad_alpha

@@ -197,9 +197,12 @@ inline Geometry make_geometry(const at::Tensor& x, const at::Tensor& kernel, int
   Geometry g{};
   g.N = x.size(0); g.C = x.size(1); g.H = x.size(2); g.W = x.size(3);
   TORCH_CHECK(g.H >= 1 && g.W >= 1, "blur_downsample: x must have H, W >= 1, got ", x.sizes());
-  g.stride = stride;
-  g.Ho = (g.H + stride - 1) / stride;
-  g.Wo = (g.W + stride - 1) / stride;
+  // A stride >= max(H, W) leaves one output per axis (i = j = 0), whose taps do not depend on it,
+  // so it runs as max(H, W): the same output, and no s * i, (u + s - 1) / s or stride-sized
+  // buffer can overflow (2^63 - 1 gave a (N, C, 0, 0) output, 2^40 a std::bad_alloc).
+  g.stride = std::min(stride, std::max(g.H, g.W));
+  g.Ho = (g.H + g.stride - 1) / g.stride;  // ceil(H / s)
+  g.Wo = (g.W + g.stride - 1) / g.stride;
   g.flip = flip;
   g.padding = parse_padding(padding);
   if (kernel.dim() == 2) {

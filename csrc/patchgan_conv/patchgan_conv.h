@@ -73,6 +73,7 @@ C10_HOST_DEVICE inline acc_t grad_y_element(acc_t gz, acc_t yhat, acc_t gamma_rs
 #include <c10/util/Optional.h>
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <string_view>
 #include <tuple>
 #include <vector>
@@ -101,32 +102,62 @@ inline void check_channel_vector(const c10::optional<at::Tensor>& t, const at::T
   TORCH_CHECK(t->dim() == 1 && t->size(0) == y.size(1) && t->scalar_type() == y.scalar_type(), "patchgan_conv: ",
               name, " must be a (C,) = (", y.size(1), ",) tensor of dtype ", y.scalar_type(), ", got ", t->sizes(),
               " ", t->scalar_type());
+  TORCH_CHECK_VALUE(t->device() == y.device(), "patchgan_conv: ", name, " is on ", t->device(), " but the input is on ",
+                    y.device());
 }
 
-// The forward's checked inputs and allocated outputs, the same on every device: y contiguous,
-// its groups, whether running statistics are tracked (read in eval, updated in training) and
-// whether the statistics come from the data; out and the per-group mean / rstd.
+// A (C,) parameter as the kernels read it: contiguous (they index it as a plain array; a strided, expanded or
+// offset view is copied), undefined when absent.
+inline at::Tensor channel_vector(const c10::optional<at::Tensor>& t) {
+  return present(t) ? t->contiguous() : at::Tensor();
+}
+
+// The scalar arguments: NaN fails every comparison, so each check is written to fail on it.
+inline void check_scalars(double momentum, double eps, double slope) {
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, "patchgan_conv: eps must be a finite float >= 0, got ", eps);
+  TORCH_CHECK_VALUE(std::isfinite(momentum), "patchgan_conv: momentum must be a finite float, got ", momentum);
+  TORCH_CHECK_VALUE(std::isfinite(slope) && slope >= 0, "patchgan_conv: negative_slope must be a finite float >= 0, got ",
+                    slope);
+}
+
+// The forward's checked inputs and allocated outputs, the same on every device: y, the norm's
+// weight / bias and the running statistics contiguous (copies of strided, expanded or offset
+// views; `finish_forward` writes updated copies back into the caller's buffers), its groups,
+// whether running statistics are tracked (read in eval, updated in training) and whether the
+// statistics come from the data; out and the per-group mean / rstd.
 struct ForwardSetup {
   at::Tensor y, out, mean, rstd;
+  at::Tensor weight, bias, running_mean, running_var;  // what the kernels read (undefined when absent)
   Groups g;
-  bool tracked, data_stats;
+  bool tracked, data_stats, updates;
 };
 
 inline ForwardSetup forward_setup(const at::Tensor& y_in, const c10::optional<at::Tensor>& weight,
                                   const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
-                                  const c10::optional<at::Tensor>& running_var, int norm, bool training) {
+                                  const c10::optional<at::Tensor>& running_var, int norm, bool training,
+                                  double momentum, double eps, double slope) {
   ForwardSetup f;
   f.y = y_in.contiguous();
   f.g = make_groups(f.y, norm);
   for (const auto& [t, name] : {std::pair{&weight, "norm_weight"}, std::pair{&bias, "norm_bias"},
                                 std::pair{&running_mean, "running_mean"}, std::pair{&running_var, "running_var"}})
     check_channel_vector(*t, f.y, name);
+  check_scalars(momentum, eps, slope);
   f.tracked = present(running_mean) && present(running_var);
   TORCH_CHECK(present(running_mean) == present(running_var),
               "patchgan_conv: give both running_mean and running_var or neither");
-  TORCH_CHECK(!f.tracked || (running_mean->is_contiguous() && running_var->is_contiguous()),
-              "patchgan_conv: running statistics must be contiguous");
   f.data_stats = norm == kInstance || (norm == kBatch && (training || !f.tracked));
+  f.updates = norm == kBatch && training && f.tracked;
+  if (f.updates) {  // updated in place: one memory location per channel, as nn.BatchNorm2d needs
+    for (const auto& [t, name] : {std::pair{&running_mean, "running_mean"}, std::pair{&running_var, "running_var"}})
+      TORCH_CHECK_VALUE((*t)->size(0) <= 1 || (*t)->stride(0) != 0, "patchgan_conv: ", name,
+                        " is updated in place in training mode and must not be an expanded tensor (stride 0: every "
+                        "channel one memory location), got strides ", (*t)->strides());
+  }
+  f.weight = channel_vector(weight);
+  f.bias = channel_vector(bias);
+  f.running_mean = f.tracked ? running_mean->contiguous() : at::Tensor();
+  f.running_var = f.tracked ? running_var->contiguous() : at::Tensor();
   TORCH_CHECK(!(norm == kBatch && f.data_stats && f.g.size() <= 1 && training),
               "patchgan_conv: batch norm in training mode needs more than one value per channel, got ", f.y.sizes());
   f.out = at::empty_like(f.y);
@@ -137,11 +168,19 @@ inline ForwardSetup forward_setup(const at::Tensor& y_in, const c10::optional<at
   return f;
 }
 
+// After the forward kernel: running statistics updated in contiguous copies go back into the caller's buffers.
+inline void finish_forward(const ForwardSetup& f, const c10::optional<at::Tensor>& running_mean,
+                           const c10::optional<at::Tensor>& running_var) {
+  if (!f.updates) return;
+  if (!f.running_mean.is_same(*running_mean)) running_mean->copy_(f.running_mean);
+  if (!f.running_var.is_same(*running_var)) running_var->copy_(f.running_var);
+}
+
 // The backward's checked inputs and outputs: grad_out, y (out itself without a norm), out,
 // mean, rstd contiguous; grad_y (empty when not asked for); `sums` (2, groups) in float64 for
 // the per-group sum(gz) and sum(gz * yhat) that norm_param_grads turns into parameter grads.
 struct BackwardSetup {
-  at::Tensor grad, y, out, mean, rstd, grad_y, sums;
+  at::Tensor grad, y, out, mean, rstd, weight, grad_y, sums;  // weight: the norm's, contiguous (undefined if absent)
   Groups g;
   int64_t groups;
   bool data_stats;
@@ -159,6 +198,7 @@ inline BackwardSetup backward_setup(const at::Tensor& grad_in, const at::Tensor&
   TORCH_CHECK(b.grad.sizes() == b.out.sizes() && b.y.sizes() == b.out.sizes(),
               "_patchgan_norm_act_backward: grad_out, y and out must have one shape");
   check_channel_vector(weight, b.out, "norm_weight");
+  b.weight = channel_vector(weight);
   b.mean = mean_in.contiguous();
   b.rstd = rstd_in.contiguous();
   b.groups = norm == kNone ? 0 : b.g.count();

@@ -39,7 +39,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(
     c10::string_view norm_name, bool training, double momentum, double eps, double slope, bool activation) {
   count_call("_patchgan_norm_act.cpu");
   const int norm = parse_norm(norm_name);
-  const ForwardSetup f = forward_setup(y_in, weight, bias, running_mean, running_var, norm, training);
+  const ForwardSetup f =
+      forward_setup(y_in, weight, bias, running_mean, running_var, norm, training, momentum, eps, slope);
   const at::Tensor &y = f.y, &out = f.out, &mean = f.mean, &rstd = f.rstd;
   const Groups g = f.g;
   const bool tracked = f.tracked, data_stats = f.data_stats;
@@ -49,10 +50,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(
     const scalar_t* yd = y.data_ptr<scalar_t>();
     scalar_t* od = out.data_ptr<scalar_t>();
     scalar_t *md = mean.data_ptr<scalar_t>(), *rd = rstd.data_ptr<scalar_t>();
-    const scalar_t* wd = present(weight) ? weight->data_ptr<scalar_t>() : nullptr;
-    const scalar_t* bd = present(bias) ? bias->data_ptr<scalar_t>() : nullptr;
-    scalar_t* rmd = tracked ? running_mean->data_ptr<scalar_t>() : nullptr;
-    scalar_t* rvd = tracked ? running_var->data_ptr<scalar_t>() : nullptr;
+    const scalar_t* wd = f.weight.defined() ? f.weight.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* bd = f.bias.defined() ? f.bias.data_ptr<scalar_t>() : nullptr;
+    scalar_t* rmd = tracked ? f.running_mean.data_ptr<scalar_t>() : nullptr;
+    scalar_t* rvd = tracked ? f.running_var.data_ptr<scalar_t>() : nullptr;
     const acc_t s = static_cast<acc_t>(slope);
     if (norm == kNone) {  // no groups: chunks of elements
       at::parallel_for(0, y.numel(), 1 << 15, [&](int64_t begin, int64_t end) {
@@ -116,6 +117,7 @@ BSR_SIMD
       });
     });
   });
+  finish_forward(f, running_mean, running_var);
   return {out, mean, rstd};
 }
 
@@ -187,7 +189,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cpu(
       return;
     }
     const scalar_t *md = mean.data_ptr<scalar_t>(), *rd = rstd.data_ptr<scalar_t>();
-    const scalar_t* wd = present(weight) ? weight->data_ptr<scalar_t>() : nullptr;
+    const scalar_t* wd = b.weight.defined() ? b.weight.data_ptr<scalar_t>() : nullptr;
     double* sum_gz = b.sums.data_ptr<double>();
     double* sum_gz_yhat = sum_gz + b.sums.size(1);
     const int64_t M = g.size();

@@ -146,9 +146,10 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// A contiguous parameter of the setup (ForwardSetup / BackwardSetup), or null when absent.
 template <typename T>
-const T* optional_ptr(const c10::optional<at::Tensor>& t) {
-  return present(t) ? t->const_data_ptr<T>() : nullptr;
+const T* optional_ptr(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<T>() : nullptr;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_cuda(
@@ -159,7 +160,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_cuda(
   TORCH_CHECK(y_in.is_cuda(), "patchgan_conv (cuda): y must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(y_in.device());
   const int norm = parse_norm(norm_name);
-  const ForwardSetup f = forward_setup(y_in, weight, bias, running_mean, running_var, norm, training);
+  const ForwardSetup f =
+      forward_setup(y_in, weight, bias, running_mean, running_var, norm, training, momentum, eps, slope);
   const at::Tensor &y = f.y, &out = f.out, &mean = f.mean, &rstd = f.rstd;
   const Groups g = f.g;
   const bool tracked = f.tracked;
@@ -170,11 +172,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_cuda(
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "patchgan_norm_act_cuda", [&] {
     norm_act_kernel<scalar_t><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
         y.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), mean.mutable_data_ptr<scalar_t>(),
-        rstd.mutable_data_ptr<scalar_t>(), optional_ptr<scalar_t>(weight), optional_ptr<scalar_t>(bias),
-        tracked ? running_mean->mutable_data_ptr<scalar_t>() : nullptr,
-        tracked ? running_var->mutable_data_ptr<scalar_t>() : nullptr, p);
+        rstd.mutable_data_ptr<scalar_t>(), optional_ptr<scalar_t>(f.weight), optional_ptr<scalar_t>(f.bias),
+        tracked ? f.running_mean.mutable_data_ptr<scalar_t>() : nullptr,
+        tracked ? f.running_var.mutable_data_ptr<scalar_t>() : nullptr, p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+  finish_forward(f, running_mean, running_var);
   return {out, mean, rstd};
 }
 
@@ -198,7 +201,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cuda(
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "patchgan_norm_act_backward_cuda", [&] {
       norm_act_backward_kernel<scalar_t><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
           grad.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(),
-          mean.const_data_ptr<scalar_t>(), rstd.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(weight),
+          mean.const_data_ptr<scalar_t>(), rstd.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(b.weight),
           mask[0] ? grad_y.mutable_data_ptr<scalar_t>() : nullptr, sums.mutable_data_ptr<double>(), g,
           b.data_stats, grad_z_slope(slope, activation));
       C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -35,11 +35,14 @@ namespace {
 
 // ---- CPU kernels of the fused solve ----
 
+// The alpha policy of every backend: finite and > 0. On the CPU a ValueError (no device to keep
+// asynchronous); the CUDA and Triton kernels assert it on the device.
 void check_alpha_values(const char* op, const at::Tensor& alpha) {
   const at::Tensor values = alpha.detach().to(at::kDouble).contiguous();
   const double* a = values.const_data_ptr<double>();
   for (int64_t n = 0; n < values.numel(); ++n)
-    TORCH_CHECK(std::isfinite(a[n]) && a[n] > 0, op, ": alpha must be finite and > 0, got ", a[n], " for sample ", n);
+    TORCH_CHECK_VALUE(std::isfinite(a[n]) && a[n] > 0, op, ": alpha must be finite and > 0, got ", a[n],
+                      " for sample ", n);
 }
 
 // Work items per parallel chunk: ~64k complex multiply-adds, whatever the shape.
@@ -396,6 +399,13 @@ SolveGrads solve_backward_shared(const at::Tensor& grad_x, const at::Tensor& z, 
 
 // ---- composites ----
 
+// A (..., 2) real view as complex. view_as_complex needs a contiguous tensor with an even storage
+// offset: a gradient that is a strided or an odd-offset view (as a caller may hand it) is copied.
+at::Tensor as_complex(const at::Tensor& t) {
+  const bool viewable = t.is_contiguous() && t.storage_offset() % 2 == 0;
+  return at::view_as_complex(viewable ? t : t.clone(at::MemoryFormat::Contiguous));
+}
+
 // torch.fft.fft2 / ifft2 (norm "forward": unscaled), also for empty tensors, which the FFT libraries reject.
 at::Tensor fft2(const at::Tensor& x) {
   if (x.numel() > 0) return at::fft_fft2(x);
@@ -462,7 +472,7 @@ std::tuple<at::Tensor, at::Tensor> precompute_backward(const at::Tensor& grad_fb
   const int64_t N = y.size(0), h = y.size(2), w = y.size(3), H = scale * h, W = scale * w;
   const int64_t kh = kernel3.size(1), kw = kernel3.size(2);
   const at::Tensor fb = kernel_spectrum(kernel3, H, W);
-  const at::Tensor g_fbfy = at::view_as_complex(grad_fbfy.contiguous());
+  const at::Tensor g_fbfy = as_complex(grad_fbfy);
   at::Tensor grad_y = y.new_empty({0}), grad_kernel = kernel.new_empty({0});
   if (output_mask[0]) {  // FBFy = conj(FB) Fy_up: d/dFy_up = FB g, summed over the s^2 tiles; y real
     const at::Tensor g_up = fb.unsqueeze(1) * g_fbfy;
@@ -471,7 +481,7 @@ std::tuple<at::Tensor, at::Tensor> precompute_backward(const at::Tensor& grad_fb
   }
   if (output_mask[1]) {  // FB = fft2(otf): the three paths into FB, then the adjoint of p2o
     const at::Tensor via_fbfy = upsampled_spectrum(y) * alias_view(at::conj_physical(g_fbfy), scale, h, w);
-    const at::Tensor g_fb = at::view_as_complex(grad_fb.contiguous()) + via_fbfy.sum(1).view({N, H, W}) +
+    const at::Tensor g_fb = as_complex(grad_fb) + via_fbfy.sum(1).view({N, H, W}) +
                             fb * (grad_f2b_mean.repeat({1, scale, scale}) * (2.0 / double(scale * scale)));
     const at::Tensor g_otf = at::real(ifft2_unscaled(g_fb));
     const at::Tensor g_kernel3 = at::roll(g_otf, {kh / 2, kw / 2}, {1, 2}).slice(1, 0, kh).slice(2, 0, kw);
