@@ -1,10 +1,16 @@
 """What the command-line tools share: a user's mistake (a bad file, image or config value) ends the
-program with one `error: ...` line on stderr and exit status 2, not a traceback."""
+program with one `error: ...` line on stderr and exit status 2, not a traceback; the options that
+choose a model (bsr.evaluate, bsr.infer) and their progress bars."""
 import sys
+
+from tqdm import tqdm
 
 from .config import ConfigError
 from .data.io import ImageError
+from .engine import load_checkpoint, load_weights
 from .io import UntrustedFileError
+
+DEFAULT_PRESET = "demo"  # the architecture of --weights without --preset: python -m bsr.train's default
 
 USER_ERRORS = (ConfigError, FileNotFoundError, ImageError, UntrustedFileError)
 
@@ -16,3 +22,39 @@ def run(main, argv=None):
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
+
+
+def progress_bar(iterable=None, **options):
+    """A tqdm bar on stderr (shared with bsr.infer), redrawn at most every 0.1 s on a terminal and every
+    10 s elsewhere (a log file or pipe gets a few updates, not one per step)."""
+    return tqdm(iterable, file=sys.stderr, mininterval=0.1 if sys.stderr.isatty() else 10, **options)
+
+
+def add_model_arguments(parser):
+    """The options choosing the model (shared with bsr.infer): exactly one of --ckpt / --weights,
+    --preset (with --weights), --set, --device."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", help="a bsr training checkpoint (RUN/checkpoints/last.pt): configuration and weights")
+    source.add_argument("--weights", help="a weights file (.safetensors or .pth: python -m bsr.export's output "
+                                          "or an official release); --preset gives the architecture")
+    parser.add_argument("--preset", help=f"with --weights: the preset of the architecture (default: {DEFAULT_PRESET})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config overrides (architecture, evaluation protocol)")
+    parser.add_argument("--device", default="cpu")
+
+
+def load_model(parser, args, method_name):
+    """(method, cfg, title) from the add_model_arguments options, networks loaded, eval mode; a usage error
+    (parser.error) for --preset with --ckpt, --weights without a method, or a checkpoint of another method."""
+    if args.ckpt:
+        if args.preset:
+            parser.error("--preset goes with --weights (a checkpoint holds its configuration)")
+        method, cfg, step = load_checkpoint(args.ckpt, args.device, args.overrides)
+        if method_name and method.name != method_name:
+            parser.error(f"{args.ckpt} is a {method.name} checkpoint, not {method_name}")
+        return method, cfg, f"{method.name} at iteration {step}"
+    if not method_name:
+        parser.error("--weights needs --method: the method whose networks the file holds")
+    preset = args.preset or DEFAULT_PRESET
+    method, cfg = load_weights(method_name, args.weights, preset, args.device, args.overrides)
+    return method, cfg, f"{method_name} ({preset} preset) with weights {args.weights}"

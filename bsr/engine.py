@@ -101,12 +101,18 @@ def remove_stale_temporaries(folder):
                 os.remove(os.path.join(folder, name))
 
 
-def atomic_save(obj, path):
-    """torch.save to a temporary file, then os.replace: a reader never sees half a file."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+def atomic_save(obj, path, save=torch.save):
+    """save(obj, temporary file), then os.replace: a reader never sees half a file (a failed save
+    leaves no temporary behind)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
 
 
 def method_state(method, step):

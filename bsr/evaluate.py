@@ -16,12 +16,8 @@ import json
 import os
 import sys
 
-from tqdm import tqdm
-
 from . import cli, data, degradations, methods
-from .engine import load_checkpoint, load_weights, run_validation
-
-DEFAULT_PRESET = "demo"  # the architecture of --weights without --preset: python -m bsr.train's default
+from .engine import run_validation
 
 COLUMNS = (("psnr_y", "PSNR-Y", "{:.2f}"), ("ssim_y", "SSIM-Y", "{:.4f}"), ("psnr_rgb", "PSNR-RGB", "{:.2f}"),
            ("ssim_rgb", "SSIM-RGB", "{:.4f}"), ("kernel_error", "kernel err", "{:.3g}"))
@@ -51,7 +47,7 @@ def evaluate_method(method, items=None, out_dir=None, data_dir=None, title=None)
     results = {}
     for name, fn in models.items():
         sample_dir = os.path.join(out_dir, "images") if out_dir and fn is None else None
-        with progress_bar(items, desc=name, unit="image") as progress:
+        with cli.progress_bar(items, desc=name, unit="image") as progress:
             rows, mean = run_validation(method, progress, sample_dir, sr_fn=fn)
         results[name] = {"mean": mean, "items": rows}
     per_item = [(r["name"], r) for r in results[method.name]["items"]]
@@ -65,50 +61,14 @@ def evaluate_method(method, items=None, out_dir=None, data_dir=None, title=None)
     return results
 
 
-def progress_bar(iterable=None, **options):
-    """A tqdm bar on stderr (shared with bsr.infer), redrawn at most every 0.1 s on a terminal and every
-    10 s elsewhere (a log file or pipe gets a few updates, not one per step)."""
-    return tqdm(iterable, file=sys.stderr, mininterval=0.1 if sys.stderr.isatty() else 10, **options)
-
-
-def add_model_arguments(parser):
-    """The options choosing the model (shared with bsr.infer): exactly one of --ckpt / --weights,
-    --preset (with --weights), --set, --device."""
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ckpt", help="a bsr training checkpoint (RUN/checkpoints/last.pt): configuration and weights")
-    source.add_argument("--weights", help="a weights file (.safetensors or .pth: python -m bsr.export's output "
-                                          "or an official release); --preset gives the architecture")
-    parser.add_argument("--preset", help=f"with --weights: the preset of the architecture (default: {DEFAULT_PRESET})")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config overrides (architecture, evaluation protocol)")
-    parser.add_argument("--device", default="cpu")
-
-
-def load_model(parser, args, method_name):
-    """(method, cfg, title) from the add_model_arguments options, networks loaded, eval mode; a usage error
-    (parser.error) for --preset with --ckpt, --weights without a method, or a checkpoint of another method."""
-    if args.ckpt:
-        if args.preset:
-            parser.error("--preset goes with --weights (a checkpoint holds its configuration)")
-        method, cfg, step = load_checkpoint(args.ckpt, args.device, args.overrides)
-        if method_name and method.name != method_name:
-            parser.error(f"{args.ckpt} is a {method.name} checkpoint, not {method_name}")
-        return method, cfg, f"{method.name} at iteration {step}"
-    if not method_name:
-        parser.error("--weights needs --method: the method whose networks the file holds")
-    preset = args.preset or DEFAULT_PRESET
-    method, cfg = load_weights(method_name, args.weights, preset, args.device, args.overrides)
-    return method, cfg, f"{method_name} ({preset} preset) with weights {args.weights}"
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bsr.evaluate", description=__doc__.split("\n\n")[1])
     parser.add_argument("method", choices=methods.available(), help="the method (of the checkpoint, or of --weights)")
-    add_model_arguments(parser)
+    cli.add_model_arguments(parser)
     parser.add_argument("--data", help="folder of HR images, or with hr/ and lr/ sub-folders")
     parser.add_argument("--out", help="output folder (default: <run>/eval, or eval/ next to --weights)")
     args = parser.parse_args(argv)
-    method, _, title = load_model(parser, args, args.method)
+    method, _, title = cli.load_model(parser, args, args.method)
     if args.ckpt:
         out = args.out or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(args.ckpt))), "eval")
     else:

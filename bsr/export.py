@@ -12,13 +12,12 @@ unshared; the file appears atomically (a temporary file renamed into place). The
 with engine.read_checkpoint: a file that is not a bsr checkpoint, or that would run code, is refused.
 """
 import argparse
-import os
 import sys
 
 import torch
 
 from . import cli, methods
-from .engine import read_checkpoint
+from .engine import atomic_save, read_checkpoint
 
 FORMATS = (".safetensors", ".pth", ".pt")
 
@@ -43,21 +42,12 @@ def _unshared(state):
 
 def save_weights(state, path, metadata=None):
     """Write `state` to `path`, a .safetensors file (with the strings `metadata`) or else by torch.save,
-    through a temporary file renamed into place."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        if path.lower().endswith(".safetensors"):
-            from safetensors.torch import save_file
+    atomically (engine.atomic_save)."""
+    if not path.lower().endswith(".safetensors"):
+        return atomic_save(state, path)
+    from safetensors.torch import save_file
 
-            save_file(state, tmp, metadata=metadata)
-        else:
-            torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_save(state, path, lambda obj, tmp: save_file(obj, tmp, metadata=metadata))
 
 
 def main(argv=None):

@@ -23,13 +23,12 @@ import sys
 
 import numpy as np
 import torch
+
 from . import cli, degradations, methods
 from .data.io import IMAGE_EXTENSIONS, read_uint8, to_tensor, to_uint8, write_uint8
-from .evaluate import add_model_arguments, load_model, progress_bar
 from .io import load_array
 
 GAUSSIAN_SIZE = 25
-NON_BLIND = ("usrnet",)  # methods whose super_resolve needs the blur kernel
 QUANTISE_ROWS = 64  # HR rows quantised at a time (bounds the float temporaries of a wide image)
 
 
@@ -89,7 +88,7 @@ def super_resolve_tiled(method, image, kernel, noise_level, scale, tile, overlap
     count_x = coverage([left * scale for left in lefts], cols, w * scale)
     out = np.empty((h * scale, w * scale, channels), np.uint8)
     strip = torch.zeros(channels, rows, w * scale)  # output rows [top * s, top * s + rows) of the tile row
-    with progress_bar(total=len(tops) * len(lefts), desc=desc, unit="tile") as progress:
+    with cli.progress_bar(total=len(tops) * len(lefts), desc=desc, unit="tile") as progress:
         for i, top in enumerate(tops):
             for left in lefts:
                 patch = to_tensor(image[top:top + tile, left:left + tile])[None].to(method.device)
@@ -158,7 +157,7 @@ def build_parser():
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     parser.add_argument("--method", choices=methods.available(),
                         help="the method of --weights (required with it; checked against --ckpt)")
-    add_model_arguments(parser)
+    cli.add_model_arguments(parser)
     parser.add_argument("--out", required=True)
     parser.add_argument("--kernel", help="gaussian:WIDTH or FILE.npy (non-blind methods: required)")
     parser.add_argument("--noise", type=float, default=0.0, help="noise level SIGMA in 0..255 (non-blind methods)")
@@ -175,8 +174,8 @@ def main(argv=None):
         outputs = output_paths(input_files(args.inputs), args.out)
     except ValueError as error:
         parser.error(str(error))
-    method, cfg, _ = load_model(parser, args, args.method)
-    if method.name in NON_BLIND and args.kernel is None:
+    method, cfg, _ = cli.load_model(parser, args, args.method)
+    if method.needs_kernel and args.kernel is None:
         parser.error(f"{method.name} is non-blind: give the blur kernel with --kernel gaussian:WIDTH or --kernel FILE.npy")
     try:
         kernel = parse_kernel(args.kernel, cfg.data.scale)

@@ -171,3 +171,12 @@ def test_usrgan_starts_from_a_pretrained_usrnet(tmp_path):
     method = usrgan_method(tmp_path, f"usrnet.pretrained={tmp_path / 'last.pt'}")
     for key, value in source.nets["usrnet"].state_dict().items():
         assert torch.equal(method.nets["usrnet"].state_dict()[key], value), key
+
+
+def test_infer_at_scale_1_pads_a_small_tile_to_hold_the_kernel():
+    """A 5x7 tile at x1 pads to 32x32 (8-pixel multiples covering the 25x25 kernel), not 24: before, the
+    FFT data term failed on a kernel larger than the image."""
+    method = tiny_method("data.scale=1", "usrnet.scales=[1]", "eval.scales=[1]")
+    kernel = degradations.isotropic_gaussian_kernels([1.0], 25)[0].float()
+    sr = method.infer(torch.rand(1, 3, 5, 7), kernel, 0.0)
+    assert sr.shape == (1, 3, 5, 7) and torch.isfinite(sr).all()

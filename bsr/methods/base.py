@@ -75,6 +75,7 @@ class Method:
     data_kind = "hr"  # "hr" or "unpaired" (see the module docstring)
     inference_nets = ()  # the networks super_resolve uses: what bsr.export writes and --weights loads
     scales = None  # the data.scale values the method trains (None: any)
+    needs_kernel = False  # non-blind: super_resolve needs the blur kernel (bsr.infer --kernel)
 
     def __init__(self, cfg, device, for_training=True):
         if self.scales and cfg.data.scale not in self.scales:

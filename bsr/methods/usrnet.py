@@ -85,6 +85,7 @@ class USRNet(Method):
     data_kind = "hr"
     inference_nets = ("usrnet",)
     scales = (1, 2, 3, 4)
+    needs_kernel = True
 
     def __init__(self, cfg, device, for_training=True):
         super().__init__(cfg, device, for_training)
@@ -160,10 +161,12 @@ class USRNet(Method):
     @torch.no_grad()
     def infer(self, lr, kernel=None, noise_level=None):
         """Real images: extend to a smooth periodic image (sides a multiple of 8, at least 16
-        more pixels, as main_test_realapplication.py), super-resolve, crop back."""
+        more pixels, as main_test_realapplication.py; and at least the kernel once upscaled, for the
+        FFT data term), super-resolve, crop back."""
         h, w = lr.shape[-2:]
-        padded = smooth_periodic_pad(lr, (math.ceil(h / 8) + 2) * 8, (math.ceil(w / 8) + 2) * 8)
         scale = self.cfg.data.scale
+        side = lambda n: max(math.ceil(n / 8) + 2, math.ceil(KERNEL_SIZE / (8 * scale))) * 8
+        padded = smooth_periodic_pad(lr, side(h), side(w))
         return self.super_resolve(padded, kernel, noise_level)[..., :h * scale, :w * scale]
 
     def baselines(self):
