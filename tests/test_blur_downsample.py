@@ -269,3 +269,43 @@ def test_env_backend_selection_at_import():
     result = run_python(code, BSROPS_BACKEND="reference")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("reference") and "blur_downsample.reference" in result.stdout
+
+
+def test_use_backend_is_process_wide_and_refuses_another_threads_other_backend():
+    """use_backend swaps the dispatcher's kernels, which every thread shares: another thread's calls run on the
+    backend too (kept, documented), and entering a different backend from another thread meanwhile is a
+    RuntimeError naming both. Nesting in one thread, and one backend entered by two threads, keep working."""
+    import threading
+
+    x, kernel = torch.randn(1, 1, 6, 6), torch.rand(3, 3)
+    entered, release = threading.Event(), threading.Event()
+
+    def holder():
+        with bsrops.use_backend("reference"):
+            entered.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=holder, name="holder")
+    thread.start()
+    try:
+        assert entered.wait(30)
+        # process-wide: this thread's calls run on the reference as well
+        assert "blur_downsample.reference" in calls_delta(lambda: bsrops.blur_downsample(x, kernel, 2))
+        with pytest.raises(RuntimeError, match=r"use_backend\('cpu_shared'\) in thread 'MainThread' while thread "
+                                               r"'holder' is inside use_backend\('reference'\)"):
+            with bsrops.use_backend("cpu_shared"):
+                pass
+        with bsrops.use_backend("reference"):  # the same backend: fine, and it outlives the holder's block
+            release.set()
+            thread.join(30)
+            assert bsrops.backend_info("cpu")["backend"] == "reference"
+            assert "blur_downsample.reference" in calls_delta(lambda: bsrops.blur_downsample(x, kernel, 2))
+    finally:
+        release.set()
+        thread.join(30)
+    assert bsrops.backend_info("cpu")["backend"] == "cpu"
+    with bsrops.use_backend("reference"):  # nesting in one thread
+        with bsrops.use_backend("cpu_shared"):
+            assert "blur_downsample.cpu_shared" in calls_delta(lambda: bsrops.blur_downsample(x, kernel, 2))
+        assert "blur_downsample.reference" in calls_delta(lambda: bsrops.blur_downsample(x, kernel, 2))
+    assert "blur_downsample.cpu" in calls_delta(lambda: bsrops.blur_downsample(x, kernel, 2))

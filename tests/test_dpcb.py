@@ -201,6 +201,9 @@ BAD_INPUTS = [
     (dict(x_cond=torch.randn(2, 4, 1, 1, dtype=torch.float64)), TypeError, "x_cond dtype torch.float64"),
     (dict(x_img=torch.randn(2, 4, 6, 7).half()), TypeError, "x_img must be float32 or float64"),
     (dict(w3=[1.0]), TypeError, "w3 must be a torch.Tensor"),
+    (dict(b3=torch.randn(4, device="meta")), ValueError, "b3 is on meta but x_img is on cpu"),
+    (dict(w2=torch.randn(4, 4, 3, 3, device="meta")), ValueError, "w2 is on meta but x_img is on cpu"),
+    (dict(x_cond=torch.randn(2, 4, 1, 1, device="meta")), ValueError, "x_cond is on meta but x_img is on cpu"),
 ]
 
 
@@ -210,9 +213,17 @@ def test_bad_input_gives_clear_error(change, error, message):
         bsrops.dpcb(**_args(**change))
 
 
-def test_negative_slope_must_be_non_negative():
+@pytest.mark.parametrize("slope", [-0.1, float("nan"), float("inf")])
+def test_negative_slope_must_be_a_finite_non_negative_float(slope):
+    """NaN passed the old `negative_slope < 0` test (and made every output and gradient NaN)."""
     with pytest.raises(ValueError, match="negative_slope must be a finite float >= 0"):
-        bsrops.dpcb(**_args(), negative_slope=-0.1)
+        bsrops.dpcb(**_args(), negative_slope=slope)
+    args = [value.requires_grad_() if name == "x_img" else value for name, value in _args().items()]
+    for backend in ("cpu", "reference"):  # the op itself, called directly
+        with bsrops.use_backend(backend), pytest.raises(ValueError, match="negative_slope must be a finite float"):
+            torch.ops.bsrops.dpcb(*args, slope)
+        with bsrops.use_backend(backend), pytest.raises(ValueError, match="negative_slope must be a finite float"):
+            torch.ops.bsrops._dpcb_inference(*args, slope)
 
 
 def test_native_epilogue_checks_shapes_too():

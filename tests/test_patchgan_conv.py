@@ -10,6 +10,7 @@ import bsrops
 from bsrops.nn import PatchGANConv, PatchGANDiscriminator
 from bsrops.reference.patchgan_conv import NLayerDiscriminatorReference, PDMDiscriminatorReference
 from tolerances import assert_close_to_float64
+from triton_sm90 import require_interpreter
 
 
 def calls_delta(run):
@@ -224,6 +225,20 @@ BAD_INPUTS = [
     (dict(x=torch.randn(1, 3, 3, 3), norm="batch", stride=3), ValueError, "more than one value per channel"),
     (dict(negative_slope=-1.0), ValueError, "negative_slope must be a finite float >= 0"),
     (dict(x=torch.randn(2, 3, 8, 8).half()), TypeError, "x must be float32 or float64"),
+    (dict(negative_slope=float("nan")), ValueError, "negative_slope must be a finite float >= 0 .*got nan"),
+    (dict(eps=-1e-5), ValueError, "eps must be a finite float >= 0, got -1e-05"),
+    (dict(eps=float("nan")), ValueError, "eps must be a finite float >= 0, got nan"),
+    (dict(momentum=float("nan"), norm="batch"), ValueError, "momentum must be a finite float, got nan"),
+    (dict(norm_weight=torch.ones(4, device="meta")), ValueError, "norm_weight is on meta but x is on cpu"),
+    (dict(norm_bias=torch.ones(4, device="meta")), ValueError, "norm_bias is on meta but x is on cpu"),
+    (dict(norm="batch", running_mean=torch.zeros(4, device="meta"), running_var=torch.ones(4)), ValueError,
+     "running_mean is on meta but x is on cpu"),
+    (dict(norm="batch", running_mean=torch.zeros(4), running_var=torch.ones(4, device="meta"), training=False),
+     ValueError, "running_var is on meta but x is on cpu"),
+    (dict(bias=torch.ones(4, device="meta")), ValueError, "bias is on meta but x is on cpu"),
+    (dict(weight=torch.randn(4, 3, 3, 3, device="meta")), ValueError, "weight is on meta but x is on cpu"),
+    (dict(norm="batch", running_mean=torch.zeros(1).expand(4), running_var=torch.ones(4)), ValueError,
+     "running_mean is updated in place in training mode and must not be an expanded tensor"),
 ]
 
 
@@ -234,6 +249,30 @@ def test_bad_input_gives_clear_error(change, error, message):
     args.update(change)
     with pytest.raises(error, match=message):
         bsrops.patchgan_conv(**args)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference", "triton"])
+def test_fused_kernels_check_scalars_devices_and_updated_buffers(backend):
+    """The norm ops called directly (patchgan_conv checks before them): eps, momentum and negative_slope in
+    patchgan_norm_act (functional: it updates copies of the running statistics) and in _patchgan_norm_act, which
+    also refuses expanded running statistics that it would update in place. (A meta argument sends both to their
+    fake kernels: patchgan_conv's check, test_bad_input_gives_clear_error, is where that is caught.)"""
+    if backend == "triton":
+        require_interpreter()
+    cases = [(dict(eps=-1.0), "eps must be a finite float >= 0"), (dict(momentum=float("nan")), "momentum must be"),
+             (dict(negative_slope=float("nan")), "negative_slope must be a finite float >= 0"),
+             (dict(running_mean=torch.zeros(1).expand(4)), "running_mean is updated in place in training mode")]
+    for change, message in cases:
+        args = dict(y=torch.randn(2, 4, 3, 3), norm_weight=torch.ones(4), norm_bias=torch.zeros(4),
+                    running_mean=torch.zeros(4), running_var=torch.ones(4), norm="batch", training=True, momentum=0.1,
+                    eps=1e-5, negative_slope=0.2, activation=True)
+        args.update(change)
+        with bsrops.use_backend(backend):
+            if "updated in place" not in message:
+                with pytest.raises(ValueError, match=message):
+                    torch.ops.bsrops.patchgan_norm_act(*args.values())
+            with pytest.raises(ValueError, match=message):
+                torch.ops.bsrops._patchgan_norm_act(*args.values())
 
 
 def test_module_rejects_unknown_norm():

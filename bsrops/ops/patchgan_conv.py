@@ -131,6 +131,19 @@ def check_scalars(momentum, eps, negative_slope):
     check_slope(op, negative_slope)
 
 
+def check_norm_act_args(y, norm_weight, norm_bias, running_mean, running_var, norm, training, momentum, eps,
+                        negative_slope):
+    """The checks of patchgan_conv that the norm ops' kernels need, for direct calls of the ops (the native
+    kernels make them in C++): scalars, devices, running statistics that would be updated in place."""
+    check_scalars(momentum, eps, negative_slope)
+    for name, value in (("norm_weight", norm_weight), ("norm_bias", norm_bias), ("running_mean", running_mean),
+                        ("running_var", running_var)):
+        if value is not None:
+            check_device("patchgan_conv", name, value, y, "the input")
+    if _updates_running_stats(norm, training, running_mean):
+        check_updatable(running_mean, running_var)
+
+
 def check_updatable(running_mean, running_var):
     """Running statistics that batch norm updates in place: not expanded (stride 0 would give every channel one
     memory location; nn.BatchNorm2d would silently keep the last channel's update there)."""
@@ -169,6 +182,7 @@ def _patchgan_conv_composite(x, weight, bias, stride, padding, norm, norm_weight
 
 def _norm_act_composite(y, norm_weight, norm_bias, running_mean, running_var, norm, training, momentum, eps,
                         negative_slope, activation):
+    check_norm_act_args(y, norm_weight, norm_bias, None, None, norm, training, momentum, eps, negative_slope)
     new_mean = new_var = None
     if norm == "batch" and running_mean is not None:  # the kernel updates (training) or reads (eval) them
         new_mean, new_var = running_mean.clone(), running_var.clone()
@@ -314,8 +328,8 @@ def _reference_norm_act(y, norm_weight, norm_bias, running_mean, running_var, no
                         negative_slope, activation):
     """The eager norm + activation; F.batch_norm would silently update expanded running statistics (each
     channel's update landing in the one shared location), so they are rejected here as in the native kernels."""
-    if _updates_running_stats(norm, training, running_mean):
-        check_updatable(running_mean, running_var)
+    check_norm_act_args(y, norm_weight, norm_bias, running_mean, running_var, norm, training, momentum, eps,
+                        negative_slope)
     return ref.norm_act_reference(y, norm_weight, norm_bias, running_mean, running_var, norm, training, momentum, eps,
                                   negative_slope, activation)
 

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops.patchgan_conv import check_updatable
+from ..ops.patchgan_conv import check_norm_act_args
 
 BLOCK = 1024
 NORM_CODES = {"none": 0, "instance": 1, "batch": 2}
@@ -168,9 +168,8 @@ def _vector(t):
 def norm_act(y, weight, bias, running_mean, running_var, norm, training, momentum, eps, negative_slope, activation):
     """torch.ops.bsrops._patchgan_norm_act on the Triton kernels (running stats updated in place: through contiguous
     copies, written back, when the buffers are views)."""
+    check_norm_act_args(y, weight, bias, running_mean, running_var, norm, training, momentum, eps, negative_slope)
     update = norm == "batch" and training and running_mean is not None
-    if update:
-        check_updatable(running_mean, running_var)
     y, weight, bias = y.contiguous(), _vector(weight), _vector(bias)
     buffers = (running_mean, running_var)
     running_mean, running_var = _vector(running_mean), _vector(running_var)

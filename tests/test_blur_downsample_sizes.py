@@ -1,0 +1,65 @@
+"""bsrops.blur_downsample at extreme sizes, on every backend the CPU reaches: a stride up to 2**63 - 1 gives
+ceil(H / s) x ceil(W / s) = 1 x 1 outputs with the right values and gradients (against the float64 loop), a
+stride past int64 a ValueError naming stride, and a kernel much larger than the image (padding wider than it)
+the right values.
+
+Before: stride 2**63 - 1 gave a (N, C, 0, 0) output on cpu and cpu_shared (ceil(H / s) as (H + s - 1) / s
+overflowed), 2**31 - 1 .. 2**40 a std::bad_alloc (MemoryError) on cpu (a stride-sized scratch row), and the Triton
+kernels returned grad_x = 0 for strides 2**31 - 1 and 2**63 - 1 (index maths overflow)."""
+import pytest
+import torch
+
+import bsrops
+from bsrops.reference.blur_downsample import blur_downsample_loop
+from tolerances import assert_close_to_float64
+from triton_sm90 import TRITON_ERROR
+
+BACKENDS = ["cpu", "cpu_shared", "reference"] + ([] if TRITON_ERROR else ["triton"])
+
+
+def outputs_and_grads(fn, x, kernel, stride, padding, grad=None):
+    x, kernel = x.detach().clone().requires_grad_(), kernel.detach().clone().requires_grad_()
+    out = fn(x, kernel, stride, padding, True)
+    grad = torch.linspace(-1, 2, out.numel(), dtype=out.dtype).view(out.shape) if grad is None else grad
+    return (out.detach(), *torch.autograd.grad(out, (x, kernel), grad)), grad
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("stride", [2 ** 63 - 1, 2 ** 40, 2 ** 31, 2 ** 31 - 1, 9])
+def test_huge_stride_gives_one_output_pixel(stride, backend):
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 3, 5, 7, generator=g, dtype=torch.float64)
+    for padding, kernel in (("reflect", torch.rand(3, 3, generator=g, dtype=torch.float64)),
+                            ("zeros", torch.rand(2, 9, 1, 1, generator=g, dtype=torch.float64))):
+        with bsrops.use_backend(backend):
+            ours, grad = outputs_and_grads(bsrops.blur_downsample, x, kernel, stride, padding)
+        truth, _ = outputs_and_grads(blur_downsample_loop, x, kernel, stride, padding, grad.double())
+        assert ours[0].shape == (2, 3, 1, 1)
+        for actual, expected in zip(ours, truth):
+            assert actual.shape == expected.shape
+            assert_close_to_float64(actual, expected)
+        assert ours[1].abs().sum() > 0
+
+
+def test_stride_past_int64_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"stride must be >= 1 and <= 2\*\*63 - 1, got 9223372036854775808"):
+        bsrops.blur_downsample(torch.randn(1, 1, 4, 4), torch.rand(3, 3), 2 ** 63)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kernel_much_larger_than_the_image(backend):
+    """A k x k kernel (shared: an expanded view, its storage k values) on a 2 x 5 image, k = 21 (7 on the interpreted
+    Triton kernels, whose tap loops run in Python): padding of k // 2 > H pixels on each side, zeros and replicate
+    (reflect, symmetric and circular refuse it)."""
+    k = 7 if backend == "triton" else 21
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(1, 2, 2, 5, generator=g, dtype=torch.float64)
+    kernels = [torch.rand(k, 1, generator=g, dtype=torch.float64).expand(k, k),
+               torch.rand(1, k * k, 1, 3, generator=g, dtype=torch.float64)]
+    for padding, kernel in zip(("zeros", "replicate"), kernels):
+        with bsrops.use_backend(backend):
+            ours, grad = outputs_and_grads(bsrops.blur_downsample, x, kernel, 2, padding)
+        truth, _ = outputs_and_grads(blur_downsample_loop, x, kernel, 2, padding, grad)
+        for actual, expected in zip(ours, truth):
+            assert actual.shape == expected.shape
+            assert_close_to_float64(actual, expected)

@@ -1,0 +1,28 @@
+"""bsrops.blur_downsample with x, the kernel (every layout) and the gradient of its output fed in turn as a
+strided, an expanded and a storage-offset view (tests/conftest.py: view_kind, assert_views_match), on every
+backend the CPU reaches: outputs and gradients equal those of the same values fed contiguous, and the float64
+reference."""
+import pytest
+import torch
+
+import bsrops
+from triton_sm90 import TRITON_ERROR
+
+BACKENDS = ["cpu", "cpu_shared", "reference"] + ([] if TRITON_ERROR else ["triton"])
+KERNELS = {"shared": (3, 3), "per_image": (2, 3, 3), "per_pixel": (2, 9, 3, 2)}
+# the Triton launchers copy x, kernel and grad_out alike whatever the layout: two layouts there (the interpreter
+# takes ~0.4 s per call)
+TRITON_LAYOUTS = ("shared", "per_pixel")
+
+
+@pytest.mark.parametrize("layout", sorted(KERNELS))
+def test_every_argument_as_a_view(layout, view_kind, assert_views_match):
+    g = torch.Generator().manual_seed(6)
+    args = dict(x=torch.randn(2, 2, 5, 4, generator=g, dtype=torch.float64),
+                kernel=torch.rand(KERNELS[layout], generator=g, dtype=torch.float64))
+
+    def run(x, kernel):
+        return bsrops.blur_downsample(x, kernel, 2, "reflect", flip=True)
+
+    backends = [b for b in BACKENDS if b != "triton" or layout in TRITON_LAYOUTS]
+    assert_views_match(run, args, ["x", "kernel"], view_kind, backends)
