@@ -135,7 +135,8 @@ def assert_views_match():
             plain = fn(**{k: args[k].clone() if k in tensors else v for k, v in args.items()})
         plain = plain if isinstance(plain, (tuple, list)) else (plain,)
         generator = torch.Generator().manual_seed(1)
-        grad_outs = [torch.randn(o.shape, generator=generator, dtype=torch.float64).to(o.dtype) for o in plain]
+        grad_outs = [torch.randn(o.shape, generator=generator, dtype=torch.float64).to(o.device, o.dtype)
+                     for o in plain]
         if kind == "expanded":  # every call sees the expanded values
             expand = lambda t: (lambda v: t if v is None else v[1](v[0]).contiguous())(view_of(t, kind))  # noqa: E731
             args = {k: expand(v) if k in tensors else v for k, v in args.items()}

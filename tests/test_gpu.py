@@ -145,3 +145,105 @@ def test_patchgan_conv(block, backend):
     if norm != "none" or activation:
         ran_on(delta, backend)
     assert_close_cpu(actual, expected)
+
+
+# ---- issue 15: views, extreme strides, the alpha check on the device ----
+
+def _to_cuda(args):
+    return {k: v.to(CUDA) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_views_patchgan_conv(backend, view_kind, assert_views_match):
+    """norm_weight, norm_bias, the running statistics and the output gradient as views: the CUDA kernel read the
+    first three through raw pointers, as the CPU one did."""
+    import test_patchgan_conv_views as views
+
+    for norm, training in (("instance", True), ("batch", True), ("batch", False)):
+        args = _to_cuda(views.make_args(norm))
+        fused = [name for name in args if name.startswith(("norm", "running"))] + ["grad_out0"]
+        errors = {}
+        if norm == "batch" and training and view_kind == "expanded":
+            errors = {name: (ValueError, f"{name} is updated in place") for name in ("running_mean", "running_var")}
+        assert_views_match(views.block(norm, training), args, views.GRAD, view_kind, [backend], errors,
+                           only={backend: fused})
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_views_dpcb(backend, view_kind, assert_views_match):
+    import test_dpcb_views as views
+
+    for cond in ("1x1", "image"):
+        args = _to_cuda(views.make_args(cond, torch.float64))
+        assert_views_match(views.run, args, list(args), view_kind, [backend])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_views_blur_downsample(backend, view_kind, assert_views_match):
+    import test_blur_downsample_views as views
+
+    for shape in views.KERNELS.values():
+        g = torch.Generator().manual_seed(6)
+        args = _to_cuda(dict(x=torch.randn(2, 2, 5, 4, generator=g, dtype=torch.float64),
+                             kernel=torch.rand(shape, generator=g, dtype=torch.float64)))
+        assert_views_match(lambda x, kernel: bsrops.blur_downsample(x, kernel, 2, "reflect", flip=True), args,
+                           ["x", "kernel"], view_kind, [backend])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_views_usrnet(backend, view_kind, assert_views_match):
+    import test_usrnet_data_step_views as views
+
+    (y, kernel), (z, alpha) = views.lr_inputs(), views.hr_inputs(2)
+    assert_views_match(lambda z, y, kernel, alpha: bsrops.usrnet_data_step(z, y, kernel, alpha, 2),
+                       _to_cuda(dict(z=z, y=y, kernel=kernel, alpha=alpha)), ["z", "y", "kernel", "alpha"], view_kind,
+                       [backend])
+    fb, fbfy, f2b_mean = torch.ops.bsrops._usrnet_precompute(y, kernel, 2)
+    args = _to_cuda(dict(z=z, FB=fb, FBFy=fbfy, F2B_mean=f2b_mean, alpha=alpha))
+    assert_views_match(lambda z, FB, FBFy, F2B_mean, alpha: torch.ops.bsrops.usrnet_solve(z, FB, FBFy, F2B_mean,
+                                                                                         alpha, 2),
+                       args, list(args), view_kind, [backend])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("stride", [2 ** 63 - 1, 2 ** 40, 2 ** 31 - 1])
+def test_blur_downsample_huge_stride(stride, backend):
+    import test_blur_downsample_sizes as sizes
+
+    g = torch.Generator().manual_seed(9)
+    x, kernel = torch.randn(2, 3, 5, 7, generator=g, dtype=torch.float64), torch.rand(3, 3, generator=g,
+                                                                                      dtype=torch.float64)
+    with bsrops.use_backend(backend):
+        ours, grad = sizes.outputs_and_grads(bsrops.blur_downsample, x.to(CUDA), kernel.to(CUDA), stride, "reflect")
+    truth, _ = sizes.outputs_and_grads(blur_downsample_loop, x, kernel, stride, "reflect", grad.cpu())
+    assert ours[0].shape == (2, 3, 1, 1)
+    assert_close_cpu(ours, truth)
+
+
+ALPHA_SCRIPT = """
+import sys, torch, bsrops
+backend, alpha = sys.argv[1], float(sys.argv[2])
+z, y = torch.randn(2, 1, 4, 4, device="cuda"), torch.randn(2, 1, 2, 2, device="cuda")
+kernel = torch.rand(3, 3, device="cuda")
+with bsrops.use_backend(backend):
+    x = bsrops.usrnet_data_step(z, y, kernel, torch.tensor([0.5, alpha], device="cuda"), 2)
+    print("LAUNCHED", flush=True)  # no host synchronisation before this line: the check runs on the device
+    torch.cuda.synchronize()
+print("NO ERROR", flush=True)
+"""
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton", "reference"])
+@pytest.mark.parametrize("alpha", [0.0, float("nan")])
+def test_usrnet_alpha_is_checked_on_the_device(alpha, backend):
+    """alpha <= 0 or non-finite: a device-side assertion inside the solve kernel (CUDA_KERNEL_ASSERT, Triton's
+    device_assert; torch._assert_async on the reference), reported at the next synchronisation. It leaves the CUDA
+    context unusable, hence a subprocess."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", ALPHA_SCRIPT, backend, str(alpha)], capture_output=True, text=True,
+                            env={**os.environ, "TRITON_INTERPRET": "0"}, timeout=300)
+    assert "LAUNCHED" in result.stdout and "NO ERROR" not in result.stdout, result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "device-side assert" in result.stderr or "alpha must be finite" in result.stderr, result.stderr[-3000:]
