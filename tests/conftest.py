@@ -64,11 +64,9 @@ def view_of(t, kind):
     raise ValueError(kind)
 
 
-def _call(fn, args, grad_names, grad_outs, backend, vary=None, kind=None):
-    """fn(**args) on `backend`, args[vary] (or grad_outs[i] for vary = 'grad_out<i>') fed as its `kind` view.
-    Returns (outputs and the gradients of the grad_names arguments, the args as passed)."""
-    import bsrops
-
+def _call(fn, args, grad_names, grad_outs, vary=None, kind=None):
+    """fn(**args), args[vary] (or grad_outs[i] for vary = 'grad_out<i>') fed as its `kind` view. Returns (outputs
+    and the gradients of the grad_names arguments, the args as passed)."""
     # fresh copies: the op may update some in place (running statistics)
     args = {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
     grad_outs = list(grad_outs)
@@ -85,12 +83,11 @@ def _call(fn, args, grad_names, grad_outs, backend, vary=None, kind=None):
             if not args[name].requires_grad:
                 args[name].requires_grad_()
             leaves[name] = args[name]  # the view itself for the varied argument: its gradient has its shape
-    with bsrops.use_backend(backend):
-        outs = fn(**args)
-        outs = outs if isinstance(outs, (tuple, list)) else (outs,)
-        used = [(o, g) for o, g in zip(outs, grad_outs) if o.requires_grad]
-        grads = torch.autograd.grad([o for o, _ in used], list(leaves.values()), [g for _, g in used],
-                                    allow_unused=True) if used and leaves else ()
+    outs = fn(**args)
+    outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+    used = [(o, g) for o, g in zip(outs, grad_outs) if o.requires_grad]
+    grads = torch.autograd.grad([o for o, _ in used], list(leaves.values()), [g for _, g in used],
+                                allow_unused=True) if used and leaves else ()
     results = {f"output {i}": o.detach() for i, o in enumerate(outs)}
     results.update({f"grad of {name}": g for name, g in zip(leaves, grads) if g is not None})
     return results, args
@@ -129,7 +126,14 @@ def assert_views_match():
     def check(fn, args, grad_names, kind, backends, errors=None, only=None):
         """only: {backend: the arguments to vary there} for backends that differ from the others only in
         kernels which some arguments never reach (default: every argument)."""
-        errors, only = errors or {}, only or {}
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # tiny tensors: a second thread only adds synchronisation (2x slower on 2 busy cores)
+        try:
+            check_all(fn, args, grad_names, kind, backends, errors or {}, only or {})
+        finally:
+            torch.set_num_threads(threads)
+
+    def check_all(fn, args, grad_names, kind, backends, errors, only):
         tensors = [k for k, v in args.items() if isinstance(v, torch.Tensor)]
         with torch.no_grad(), bsrops.use_backend("reference"):  # the outputs' shapes and dtypes
             plain = fn(**{k: args[k].clone() if k in tensors else v for k, v in args.items()})
@@ -142,26 +146,34 @@ def assert_views_match():
             args = {k: expand(v) if k in tensors else v for k, v in args.items()}
             grad_outs = [expand(g) for g in grad_outs]
         as64 = {k: v.double() if k in tensors else v for k, v in args.items()}
-        truth, truth_args = _call(fn, as64, grad_names, [g.double() for g in grad_outs], "reference")
+        with bsrops.use_backend("reference"):
+            truth, truth_args = _call(fn, as64, grad_names, [g.double() for g in grad_outs])
         varied = tensors + [f"grad_out{i}" for i in range(len(grad_outs))]
         for backend in backends:
-            same, same_args = _call(fn, args, grad_names, grad_outs, backend)
-            _assert_same(same, truth, f"{backend}, contiguous, against the float64 reference", exact=False)
-            for name in only.get(backend, varied):
-                source = grad_outs[int(name[len("grad_out"):])] if name.startswith("grad_out") else args[name]
-                if view_of(source, kind) is None:
-                    continue  # a 1-element tensor has no strided or expanded view
-                what = f"{backend}, {name} as a {kind} view"
-                if name in errors:
-                    with pytest.raises(errors[name][0], match=errors[name][1]):
-                        _call(fn, args, grad_names, grad_outs, backend, name, kind)
-                    continue
-                ours, ours_args = _call(fn, args, grad_names, grad_outs, backend, name, kind)
-                _assert_same(ours, same, what + ", against the contiguous call")
-                _assert_same(ours, truth, what + ", against the float64 reference", exact=False)
-                for buffer in tensors:  # updated in place (running statistics), or left alone
-                    if buffer not in grad_names:
-                        _assert_same({buffer: ours_args[buffer]}, {buffer: same_args[buffer]}, what)
-                        _assert_same({buffer: ours_args[buffer]}, {buffer: truth_args[buffer]}, what, exact=False)
+            with bsrops.use_backend(backend):
+                check_backend(fn, args, grad_names, grad_outs, kind, backend, errors, only.get(backend, varied),
+                              truth, truth_args)
+
+    def check_backend(fn, args, grad_names, grad_outs, kind, backend, errors, varied, truth, truth_args):
+        """The checks on one backend (use_backend entered), `varied` the arguments fed as views in turn."""
+        tensors = [k for k, v in args.items() if isinstance(v, torch.Tensor)]
+        same, same_args = _call(fn, args, grad_names, grad_outs)
+        _assert_same(same, truth, f"{backend}, contiguous, against the float64 reference", exact=False)
+        for name in varied:
+            source = grad_outs[int(name[len("grad_out"):])] if name.startswith("grad_out") else args[name]
+            if view_of(source, kind) is None:
+                continue  # a 1-element tensor has no strided or expanded view
+            what = f"{backend}, {name} as a {kind} view"
+            if name in errors:
+                with pytest.raises(errors[name][0], match=errors[name][1]):
+                    _call(fn, args, grad_names, grad_outs, name, kind)
+                continue
+            ours, ours_args = _call(fn, args, grad_names, grad_outs, name, kind)
+            _assert_same(ours, same, what + ", against the contiguous call")
+            _assert_same(ours, truth, what + ", against the float64 reference", exact=False)
+            for buffer in tensors:  # updated in place (running statistics), or left alone
+                if buffer not in grad_names:
+                    _assert_same({buffer: ours_args[buffer]}, {buffer: same_args[buffer]}, what)
+                    _assert_same({buffer: ours_args[buffer]}, {buffer: truth_args[buffer]}, what, exact=False)
 
     return check

@@ -45,10 +45,11 @@ def test_every_argument_as_a_view(norm, training, view_kind, assert_views_match)
     if norm == "batch" and training and view_kind == "expanded":  # updated in place: one location per channel
         errors = {name: (ValueError, f"{name} is updated in place in training mode and must not be an expanded")
                   for name in ("running_mean", "running_var")}
-    # the backends differ in the fused norm kernels only, which x, weight and bias (the convolution's) never reach
+    # the backends differ in the fused norm kernels only, which x, weight and bias (the convolution's) never reach;
+    # those three go to aten's convolution alike in every mode: varied with instance norm on the CPU
     fused = [name for name in make_args(norm) if name.startswith(("norm", "running"))] + ["grad_out0"]
     assert_views_match(block(norm, training), make_args(norm), GRAD, view_kind, BACKENDS, errors,
-                       only={backend: fused for backend in BACKENDS if backend != "cpu"})
+                       only={backend: fused for backend in BACKENDS if backend != "cpu" or norm != "instance"})
 
 
 def test_no_norm_inference_float32(view_kind, assert_views_match):
