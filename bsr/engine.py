@@ -16,6 +16,7 @@ Exact resume: a checkpoint holds the networks, optimisers, schedulers, the loss 
 the step and the RNG states; the data stream is a function of (seed, step) only, and the
 DataLoader draws its worker seeds from its own generator, not from the global RNG.
 """
+import importlib
 import json
 import math
 import os
@@ -52,6 +53,14 @@ def distributed_setup(device):
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
     if not dist.is_initialized():
+        # Before the group exists: torch.distributed.nn.functional (imported by DDP's first
+        # construction, through torch._dynamo) binds `group=group.WORLD` as default arguments.
+        # Imported after init_process_group, they pin the group: destroy_process_group() at exit
+        # (bsr/train.py) cannot free it, gloo's worker threads outlive it, and one still dropping
+        # its last all_reduce's tensor (which takes the GIL) while Python finalizes aborts the
+        # process: "terminate called without an active exception".
+        importlib.import_module("torch.distributed.nn")
+
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), world, device
 
