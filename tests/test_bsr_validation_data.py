@@ -29,29 +29,24 @@ def test_pairs_are_matched_by_name_with_the_lr_name_template(tmp_path):
     assert [(i["name"], tuple(i["lr"].shape[-2:])) for i in items] == [("0001.png", (9, 9)), ("0002.png", (10, 12))]
 
 
-def test_an_hr_without_its_lr_is_an_error_naming_it(tmp_path):
-    """The old code paired by sort order: coffee's HR got astronaut's LR."""
-    write(tmp_path / "hr" / "coffee.png", 36, 36)
-    write(tmp_path / "lr" / "astronaut.png", 9, 9)
+MISMATCHES = {
+    # the old code paired by sort order: coffee's HR got astronaut's LR
+    "an HR without its LR": ({"hr/coffee.png": (36, 36), "lr/astronaut.png": (9, 9)},
+                             r"HR image .*coffee.png' has no LR image named 'coffee'"),
+    "an LR without its HR": ({"hr/a.png": (36, 36), "lr/a.png": (9, 9), "lr/b.png": (9, 9)},
+                             r"LR image .*b.png' has no HR image"),
+    "a wrongly sized LR": ({"hr/a.png": (36, 36), "lr/a.png": (9, 8)},
+                           r"LR image .*a.png' is 9x8; its HR .*a.png'.* needs 9x9"),
+}
+
+
+@pytest.mark.parametrize("case", list(MISMATCHES))
+def test_a_mismatched_pair_is_an_error_naming_the_files(tmp_path, case):
+    files, message = MISMATCHES[case]
+    for name, (height, width) in files.items():
+        write(tmp_path / name, height, width)
     method = usrnet()
-    with pytest.raises(ImageError, match=r"HR image .*coffee.png' has no LR image named 'coffee'"):
-        validation_items(method.cfg, method, str(tmp_path))
-
-
-def test_an_lr_without_its_hr_is_an_error_naming_it(tmp_path):
-    write(tmp_path / "hr" / "a.png", 36, 36)
-    write(tmp_path / "lr" / "a.png", 9, 9)
-    write(tmp_path / "lr" / "b.png", 9, 9)
-    method = usrnet()
-    with pytest.raises(ImageError, match=r"LR image .*b.png' has no HR image"):
-        validation_items(method.cfg, method, str(tmp_path))
-
-
-def test_a_wrongly_sized_lr_names_both_files(tmp_path):
-    write(tmp_path / "hr" / "a.png", 36, 36)
-    write(tmp_path / "lr" / "a.png", 9, 8)
-    method = usrnet()
-    with pytest.raises(ImageError, match=r"LR image .*a.png' is 9x8; its HR .*a.png'.* needs 9x9"):
+    with pytest.raises(ImageError, match=message):
         validation_items(method.cfg, method, str(tmp_path))
 
 
