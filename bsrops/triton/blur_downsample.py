@@ -74,16 +74,6 @@ def _tap_offset(a, half, FLIP: tl.constexpr):
 
 
 @triton.jit
-def _tap_of_offset(offset, half, FLIP: tl.constexpr):
-    """Inverse of _tap_offset."""
-    if FLIP:
-        a = half - offset
-    else:
-        a = offset + half
-    return a
-
-
-@triton.jit
 def _zeros(shape: tl.constexpr, F64: tl.constexpr):
     if F64:
         acc = tl.zeros(shape, dtype=tl.float64)
