@@ -1,6 +1,6 @@
 """Benchmarks of bsrops.dpcb (CPU): the whole DANv2 block and its fused part alone.
 
-Groups (BSR_BENCH_SIZE=paper, the default; shared/spec/methods.md §5.10, §6.5):
+Groups (BSR_BENCH_SIZE=paper, the default):
   dpcb/restorer   N=8, 64 ch, 64x64 image, 1x1 condition (k1=3, k2=1), float32
   dpcb/estimator  N=8, 32 ch, 64x64 image and condition (k1=3, k2=3), float32
 Whole block, providers: reference (the official module structure, eager, in-place

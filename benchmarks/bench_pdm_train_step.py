@@ -6,7 +6,7 @@ in, which the official code cannot run at scale 4). Providers: `bsrops` (native 
 and `reference` (every bsrops op on its PyTorch reference, as BSROPS_BACKEND=reference).
 
 Shapes (BSR_BENCH_SIZE=paper): the `paper` preset of bsr/configs/pdm.yaml, i.e. the
-official psnr/2020Track1 step (spec/methods.md §6.1): B=32, HR 128 -> LR 32, k=21, netK
+official psnr/2020Track1 step (docs/methods.md): B=32, HR 128 -> LR 32, k=21, netK
 nf 64 nb 8, netN 3x3 nf 64 nb 8, netD1 stride 1, EDSR 16x64. `smoke`: tiny networks.
 
     pytest benchmarks/bench_pdm_train_step.py --benchmark-only

@@ -1,7 +1,7 @@
 """Benchmark session setup.
 
 BSR_BENCH_SIZE=paper|smoke (default paper) picks the shapes: `paper` are the shapes of
-the papers' training steps (shared/spec/methods.md §6), `smoke` tiny ones for CI, where
+the papers' training steps (docs/methods.md), `smoke` tiny ones for CI, where
 the benchmarks run once each with --benchmark-disable:
 
     pytest benchmarks --benchmark-only                          # timings at paper shapes

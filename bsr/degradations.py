@@ -2,7 +2,7 @@
 
 Everything is batched over the first dimension and seedable: random functions take an optional
 `torch.Generator` (CPU) and draw only from it, so a fixed seed gives the same kernels on any device.
-Each function names the official code whose convention it follows (shared/spec/methods.md §0, §4.6, §5.6);
+Each function names the official code whose convention it follows (docs/methods.md);
 the random streams are torch's, so values match those generators in distribution, not bit for bit.
 
 Kernels are (N, k, k) float64 on the CPU, normalised to sum 1; move them with `.to(x)`. Images are

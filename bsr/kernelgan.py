@@ -5,7 +5,7 @@
 writes `<name>_kernel_x2.mat` (and `<name>_kernel_x4.mat` with --x4), MATLAB files holding
 `Kernel`, the layout RealSR's `create_kernel_dataset.py` reads. Python: `estimate_kernel(image)`.
 
-What the official code does (sefibk/KernelGAN; shared/spec/methods.md §2.4), reproduced here:
+What the official code does (sefibk/KernelGAN; docs/methods.md), reproduced here:
 a linear generator G (bsr/archs/kernelgan.py) learns to downscale 64x64 crops of the image by 2
 so that a patch discriminator D cannot tell its 26x26 outputs from 26x26 crops of the image
 itself (the image's patch statistics recur across scales). Losses: L1 between D's map and
@@ -22,7 +22,7 @@ expects it, which pads it to 17x17 (more if the centre was off by over a pixel);
 the x2 kernel convolved with itself dilated by 2, cropped (33x33 from 17x17). Kernels are in
 correlation orientation: LR = decimate(correlate(HR, k)), as RealSR applies them.
 
-Quirk kept by default (spec §8): the bicubic loss convolves with a (3, 3, 8, 8) kernel without
+Quirk kept by default (docs/fidelity.md): the bicubic loss convolves with a (3, 3, 8, 8) kernel without
 groups, so its target is the bicubic downscale of the *sum* of the colour channels in every
 channel (KernelGAN issues #28, #47; it stops mattering once its weight has decayed).
 `grouped_bicubic_loss=True` gives the per-channel target the paper describes.

@@ -1,5 +1,5 @@
 """The CUDA kernels without a GPU: compile every csrc/*/*.cu with nvcc, and hold the
-"shared maths" contract (shared/DESIGN.md §2) that lets the CPU tests check them.
+"shared maths" contract (docs/ops.md) that lets the CPU tests check them.
 
 The compile check builds each .cu for sm_80 and sm_90 in one nvcc call (-c only, so
 no CUDA build of torch is needed) with the flags the CPU torch wheel requires
@@ -29,7 +29,7 @@ SHARED_ELEMENT_FUNCTIONS = {
     "dpcb": ("leaky_relu_element", "leaky_relu_grad_element", "modulate_element", "grad_cond_scale_plane", "offset_of"),
     "patchgan_conv": ("norm_act_element", "grad_z_element", "grad_y_element"),
 }
-# Headers that need cuBLAS/cuSPARSE or make the build several times slower (DESIGN §5).
+# Headers that need cuBLAS/cuSPARSE or make the build several times slower (docs/ops.md).
 FORBIDDEN_INCLUDES = ("torch/extension.h", "ATen/cuda/CUDAContext.h", "torch/torch.h")
 
 
@@ -106,7 +106,7 @@ def test_cu_uses_only_minimal_headers_and_stream_discipline(cu):
     code = _strip_comments(source)
     for header in FORBIDDEN_INCLUDES:
         assert not re.search(rf'#\s*include\s*[<"]{re.escape(header)}[>"]', code), \
-            f"{_rel(cu)} includes {header}: use the minimal headers of shared/DESIGN.md §5"
+            f"{_rel(cu)} includes {header}: use the minimal headers listed in docs/ops.md"
     if "TORCH_LIBRARY_IMPL" in code:
         for needle in ("CUDAGuard", "getCurrentCUDAStream", "C10_CUDA_KERNEL_LAUNCH_CHECK"):
             assert needle in code, f"{_rel(cu)} registers CUDA kernels but never uses {needle}"

@@ -11,7 +11,7 @@ from bsr.methods import dan as dan_method
 
 
 def official_layout(nf, nb, ng, scale, ksize, code_length):
-    """{key: shape} of an official DANv2 state dict, written from spec/methods.md §5, §7
+    """{key: shape} of an official DANv2 state dict, written from docs/methods.md
     (dan_arch.py: Restorer(nf, nb, ng), Estimator(nf=64, 5 blocks)), not from our modules."""
     shapes = {"encoder": (1, ksize ** 2, code_length), "init_kernel": (1, ksize, ksize), "init_ker_map": (1, code_length)}
 

@@ -1,5 +1,5 @@
 """bsr.kernelgan / bsr.archs.kernelgan: KernelGAN's networks, constraints, schedule, crops, post-processing and CLI,
-checked against properties written independently of the code (shared/spec/methods.md §2.4)."""
+checked against properties written independently of the code (docs/methods.md)."""
 import numpy as np
 import pytest
 import scipy.io

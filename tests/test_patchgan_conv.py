@@ -150,7 +150,7 @@ def test_pdm_discriminator_loads_official_layout():
     ours.load_state_dict(reference.state_dict())
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
     out = reference(x)
-    assert out.shape == (2, 4, 4, 4)  # nf channels, not 1 (spec/methods.md §1.2)
+    assert out.shape == (2, 4, 4, 4)  # nf channels, not 1 (PDM-SR's discriminator, docs/methods.md)
     grad = torch.randn_like(out)
     assert_all_close(outputs_and_grads(ours, x, grad), outputs_and_grads(reference, x, grad))
 

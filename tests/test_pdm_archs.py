@@ -1,8 +1,8 @@
 """PDM networks: degradation model (netK, netN, quantisers), EDSR, RRDBNet, LPIPS.
 
 The blur of KernelModel is checked against PDM's own formula (reflect pad + F.unfold with
-stride s + weighted tap sum, spec/methods.md §1.1) in float64; official state-dict layouts
-are written from the documented key patterns (§7), not from our modules.
+stride s + weighted tap sum, docs/methods.md) in float64; official state-dict layouts
+are written from the documented key patterns (docs/methods.md), not from our modules.
 """
 import math
 

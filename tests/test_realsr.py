@@ -1,5 +1,5 @@
 """bsr.methods.realsr: RealSR's degradation pools, the kernel + noise degradation, the training step
-and its state, checked against the official pipeline's definitions (shared/spec/methods.md §2)."""
+and its state, checked against the official pipeline's definitions (docs/methods.md)."""
 import copy
 import re
 import math

@@ -1,5 +1,5 @@
 """bsr.methods.usrda / bsr.archs.usrda: USR_DA's networks against module references written from the
-documented structure, and its training step's data flow (shared/spec/methods.md §3)."""
+documented structure, and its training step's data flow (docs/methods.md)."""
 import copy
 import math
 

@@ -1,4 +1,4 @@
-"""Tolerances of every test, in one place (shared/DESIGN.md §6)."""
+"""Tolerances of every test, in one place (the policy: docs/ops.md)."""
 import torch
 
 FLOAT64_ATOL = 1e-10  # absolute, on unit-scale data

@@ -1,6 +1,6 @@
-"""DANv2 networks (greatlog/DAN `codes/config/DANv2/models/modules/dan_arch.py`; spec/methods.md §5).
+"""DANv2 networks (greatlog/DAN `codes/config/DANv2/models/modules/dan_arch.py`; docs/methods.md).
 
-Module and parameter names follow the official code (spec/methods.md §7), so an official
+Module and parameter names follow the official code, so an official
 DANv2 state dict loads with `DAN.load_state_dict`:
 Restorer.{head1, head2, body.g.body.b.body{1,2}.{0,2}, fusion, upscale.i},
 Estimator.{head_LR.0, head_HR.0, body.body.b.body{1,2}.{0,2}, tail.{0,2}},
@@ -8,7 +8,7 @@ buffers encoder (1, k², L), init_kernel (1, k, k), init_ker_map (1, L).
 
 The dual-path blocks are bsrops.nn.DPCB / DPCG (one fused op for the modulation and the
 residuals). `legacy_doubling=True` reproduces the official group "skip", which doubles the
-chain output through list aliasing (spec/methods.md §5.1); released weights need it.
+chain output through list aliasing (docs/fidelity.md); released weights need it.
 """
 import torch
 import torch.nn as nn

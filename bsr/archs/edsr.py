@@ -1,4 +1,4 @@
-"""EDSR (Lim et al. 2017) as PDM uses it (UnpairedSR `archs/edsr.py`, spec/methods.md §1.3).
+"""EDSR (Lim et al. 2017) as PDM uses it (UnpairedSR `archs/edsr.py`; docs/methods.md).
 
 Input RGB in [0, 1]; internally x * rgb_range -> sub_mean -> head -> body (+ skip) -> tail
 (upsampler + conv) -> add_mean -> / rgb_range. Parameter names follow the official

@@ -1,4 +1,4 @@
-"""KernelGAN's networks (Bell-Kligler et al., NeurIPS 2019; shared/spec/methods.md §2.4).
+"""KernelGAN's networks (Bell-Kligler et al., NeurIPS 2019; docs/methods.md).
 
 - `KernelGenerator`: a deep *linear* network (no activations, no bias, no padding): conv 7x7 1->64,
   5x5, 3x3, 1x1, 1x1 64->64, then 1x1 64->1 with stride 2. The three colour channels go through

@@ -1,4 +1,4 @@
-"""PDM's probabilistic degradation model (greatlog/UnpairedSR `archs/deg_arch.py`, spec/methods.md §1.1).
+"""PDM's probabilistic degradation model (greatlog/UnpairedSR `archs/deg_arch.py`; docs/methods.md).
 
 DegModel(HR) -> (LR, kernel, noise):
     LR = blur_downsample(HR, K(z_k[, HR]), s) + N(z_n[, LR])      (reflect padding, upper-left phase)
@@ -10,7 +10,7 @@ Module and parameter names follow the official code so released checkpoints load
 Differences from the official code, all behind options whose defaults reproduce it where it works:
 - Spatially variant kernels (`spatial` or `mix`) are predicted at LR resolution, one kernel per LR
   pixel, and applied by `bsrops.blur_downsample` with a per-pixel kernel map. The official code
-  predicts them at HR resolution and crashes for scale > 1 (spec §1.8.4). With `mix` the HR image
+  predicts them at HR resolution and crashes for scale > 1 (docs/fidelity.md). With `mix` the HR image
   enters as pixel_unshuffle(HR, s), which at s = 1 is the official input.
 - `init="delta"` starts the kernel near a delta instead of the official near-box `zero_init`.
 - NoiseModel with zero_init=False: the official `normal_(w, 0.001)` draws w ~ N(0.001, 1) (the

@@ -1,5 +1,5 @@
 """RRDBNet (ESRGAN) with BasicSR parameter names, as PDM's test configs use it
-(spec/methods.md §1.3, §7): `conv_first`, `body.{i}.rdb{1,2,3}.conv{1..5}`, `conv_body`,
+(docs/methods.md): `conv_first`, `body.{i}.rdb{1,2,3}.conv{1..5}`, `conv_body`,
 `conv_up1`, `conv_up2`, `conv_hr`, `conv_last`. Input/output RGB in [0, 1].
 
 Scale 4 upsamples twice by nearest x2 + conv; scales 2 and 1 (BasicSR) first fold the input

@@ -1,4 +1,4 @@
-"""USR_DA's networks (anse3832/USR_DA, the unofficial code people use; shared/spec/methods.md §3.2).
+"""USR_DA's networks (anse3832/USR_DA, the unofficial code people use; docs/methods.md).
 
 Parameter names follow that code (`conv_featmap.{0,2,4,6,8}`, `conv_first`, `body.{i}.rdb{j}.conv{k}`,
 `conv_body`, `conv_hr`, `conv_last`), so its generator weights load.

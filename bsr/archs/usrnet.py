@@ -1,7 +1,7 @@
 """USRNet (Zhang et al., CVPR 2020): deep unfolding of y = (k ⊛ x)↓s + n.
 
-Module and parameter names follow cszn/USRNet models/network_usrnet_v1.py (shared/spec
-methods.md §4, §7) so the released state dicts load: h.mlp.{0,2,4}; p.m_head,
+Module and parameter names follow cszn/USRNet models/network_usrnet_v1.py (docs/methods.md)
+so the released state dicts load: h.mlp.{0,2,4}; p.m_head,
 p.m_down{1,2,3}.{0,..,nb-1}.res.{0,2} and p.m_down{i}.{nb} (2x2 stride-2 conv), p.m_body,
 p.m_up{3,2,1}.0 (2x2 stride-2 transposed conv) and .{1..nb}.res.{0,2}, p.m_tail.
 The data module D is `bsrops.USRNetDataTerm` (no parameters): its loop invariants are

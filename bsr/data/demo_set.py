@@ -1,4 +1,4 @@
-"""The embedded demo data (shared/DESIGN.md §4): colour photographs that scikit-image ships.
+"""The embedded demo data: colour photographs that scikit-image ships.
 
 - train: astronaut, coffee, rocket, hubble_deep_field, immunohistochemistry,
   stereo_motorcycle (left view);

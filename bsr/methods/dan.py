@@ -1,4 +1,4 @@
-"""DANv2 — end-to-end alternating kernel estimation and restoration (greatlog/DAN, spec/methods.md §5).
+"""DANv2 — end-to-end alternating kernel estimation and restoration (greatlog/DAN; docs/methods.md).
 
 Training as the official `train.py` + `blind_model.py`: every step draws one random Gaussian
 kernel per HR crop (setting 1: isotropic; setting 2: anisotropic, disturbed), blurs by

@@ -1,5 +1,5 @@
 """PDM-SR / PDM-SRGAN: "Learning the Degradation Distribution for Blind Image Super-Resolution"
-(Luo et al., CVPR 2022; greatlog/UnpairedSR `DegSRModel`, spec/methods.md §1).
+(Luo et al., CVPR 2022; greatlog/UnpairedSR `DegSRModel`; docs/methods.md).
 
 Unpaired training: HR crops x (target domain of the SR net) and real LR crops y (the domain
 whose degradation is unknown). Networks (official names, so their checkpoints load):

@@ -1,5 +1,5 @@
 """RealSR: "Real-World Super-Resolution via Kernel Estimation and Noise Injection" (Ji et al., CVPRW 2020;
-Tencent/Real-SR, spec/methods.md §2). ESRGAN trained on LR made by the source domain's own degradation.
+Tencent/Real-SR; docs/methods.md). ESRGAN trained on LR made by the source domain's own degradation.
 
 Data (`data.hr`: clean HR images; `data.lr`: the source-domain images whose degradation is unknown;
 an unpaired method for the engine, whose LR crops it does not use: it makes its own LR):

@@ -1,5 +1,5 @@
 """USR_DA: "Unsupervised Real-World Super Resolution: A Domain Adaptation Perspective" (Wang et al., ICCV 2021),
-as the unofficial anse3832/USR_DA implements it (no official code exists; spec/methods.md §3).
+as the unofficial anse3832/USR_DA implements it (no official code exists; docs/methods.md).
 
 Unpaired data: X_t real target-domain LR crops (data.lr), Y_s clean HR crops (data.hr), X_s = PyTorch
 bicubic (no antialias) x1/s of Y_s. Networks (the repo's names, so its generator weights load):
@@ -14,7 +14,7 @@ F~_s = Enc(X_st), Y_sts = Dec_SR(F~_s). All adversarial terms are LSGAN on per-i
   0.01 L_align (D_feat(F_t), D_feat(F_s) -> 0.5) + L_rec (L1 + 0.01 VGG + 0.01 adv of Y_ss)
   + L_res (L1(X_tt, X_t)) + 0.01 L_sty (D_LR(X_st) -> 1) + 0.01 L_idt (L1(F_s, F~_s)) + L_cyc (as L_rec for Y_sts).
   The repo zeroes the gradients once before the two inner updates, so the second one steps on the
-  sum of both passes' gradients; `usrda.accumulate_inner_grads: true` keeps that (spec §3.5 quirk 1),
+  sum of both passes' gradients; `usrda.accumulate_inner_grads: true` keeps that (docs/fidelity.md),
   false zeroes them before each update.
 Adam lr 1e-4, betas (0.9, 0.99), amsgrad, halved at 250k/350k/450k iterations; LR patch 64, HR 256, batch 4.
 Perceptual loss: VGG19 conv5_4 (before ReLU), L1, *no* ImageNet input normalisation (as the repo).

@@ -1,4 +1,4 @@
-"""USRNet (shared/spec/methods.md §4): non-blind unfolding SR, trained as KAIR does.
+"""USRNet (docs/methods.md): non-blind unfolding SR, trained as KAIR does.
 
 Training data synthesis (KAIR data/dataset_usrnet.py): one scale per batch from
 usrnet.scales; per sample a motion kernel (probability 1/2) or a random anisotropic
@@ -11,7 +11,7 @@ USRGAN (usrnet.gan.enabled; preset paper-usrgan): the same network and data
 with w_pixel L1 + w_perceptual VGG19-conv5_4 (L1, ImageNet input norm) + w_adversarial
 relativistic-average GAN (ESRGAN's RaGAN, BCE), and a pix2pix NLayer PatchGAN discriminator
 ("netD", built from bsrops.nn.PatchGANConv) trained with the discriminator side of the same
-loss. KAIR ships USRGAN weights but no training config (spec/methods.md §4.7, §9): the loss
+loss. KAIR ships USRGAN weights but no training config (docs/fidelity.md): the loss
 types and the weights 1 / 1 / 0.005 follow the USRNet paper's description and ESRGAN's
 adversarial weight, the discriminator is our choice; all are config keys. usrnet.pretrained
 starts the generator from a USRNet checkpoint (ESRGAN's practice: GAN training from the PSNR model).

@@ -1,6 +1,6 @@
 """torch.ops.bsrops.blur_downsample: spatially-variant blur fused with stride-s decimation.
 
-Semantics are pinned in shared/DESIGN.md §3; `bsrops.reference.blur_downsample` holds
+Semantics are pinned in docs/ops.md; `bsrops.reference.blur_downsample` holds
 the PyTorch references. This module validates inputs, registers the fake kernels and
 the autograd formula (whose backward is the explicit backward op), and declares the
 Python backends (reference, cpu_shared, triton).

@@ -1,6 +1,6 @@
 """torch.ops.bsrops.dpcb: DANv2's dual-path conditional block (DPCB).
 
-Semantics (shared/DESIGN.md §3, structure shared/spec/methods.md §5.1):
+Semantics (docs/ops.md):
 
     f1 = conv_k1(lrelu(conv_k1(x_img)))         f2 = conv_k2(lrelu(conv_k2(x_cond)))
     out_img = x_img + f1 * f2                    out_cond = x_cond + f2

@@ -1,6 +1,6 @@
 """torch.ops.bsrops.patchgan_conv: a PatchGAN discriminator block.
 
-Semantics (shared/DESIGN.md §3): y = conv2d(x, weight, bias, stride, padding) (oneDNN / cuDNN),
+Semantics (docs/ops.md): y = conv2d(x, weight, bias, stride, padding) (oneDNN / cuDNN),
 then norm in {none, instance, batch} (optional affine), then LeakyReLU (`activation=False`
 for the last layer). Batch norm in training mode normalises with the batch statistics and
 updates running_mean / running_var in place exactly like nn.BatchNorm2d (momentum, unbiased

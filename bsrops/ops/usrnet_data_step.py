@@ -1,7 +1,7 @@
 """torch.ops.bsrops.usrnet_data_step / usrnet_solve: USRNet's closed-form FFT data step.
 
 x = argmin ||y - (k * x)|s||^2 + alpha ||x - z||^2 (circular true convolution, upper-left
-decimation), pinned in shared/DESIGN.md §3; `bsrops.reference.usrnet_data_step` holds the
+decimation), pinned in docs/ops.md; `bsrops.reference.usrnet_data_step` holds the
 official and hoisted PyTorch formulations. Ops:
 
 - `usrnet_data_step(z, y, kernel, alpha, scale)`: the whole step;

@@ -1,4 +1,4 @@
-"""References for bsrops.blur_downsample (semantics: shared/DESIGN.md §3).
+"""References for bsrops.blur_downsample (semantics: docs/ops.md).
 
 - `blur_downsample_unfold`: per-pixel kernels the way PDM-SR does it (pad, F.unfold, multiply, sum).
 - `blur_downsample_conv`: per-image / shared kernels the way DAN's BatchBlur does it (grouped conv2d).

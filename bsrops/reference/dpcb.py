@@ -1,4 +1,4 @@
-"""References for bsrops.dpcb (semantics: shared/DESIGN.md §3; structure: shared/spec/methods.md §5.1).
+"""References for bsrops.dpcb (semantics: docs/ops.md).
 
 - `DPCBReference`, `DPCGReference`: nn.Modules written from the documented official structure
   (DANv2 `dan_arch.py`), list interface included: a DPCB mutates the list it is given and

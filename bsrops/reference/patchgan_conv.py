@@ -1,5 +1,5 @@
-"""References for bsrops.patchgan_conv (semantics: shared/DESIGN.md §3; structures:
-shared/spec/methods.md §1.2 (PDM-SR) and §2.2 (pix2pix NLayerDiscriminator as RealSR uses it)).
+"""References for bsrops.patchgan_conv (semantics: docs/ops.md; the discriminator
+layouts of PDM-SR and of pix2pix's NLayerDiscriminator as RealSR uses it: docs/methods.md).
 
 - `norm_act_reference`: the fused kernel's part in eager PyTorch (F.instance_norm / F.batch_norm,
   F.leaky_relu), the reference backend's `_patchgan_norm_act`; F.batch_norm updates the

@@ -1,4 +1,4 @@
-"""References for bsrops.usrnet_data_step (semantics: shared/DESIGN.md §3, shared/spec/methods.md §4.1-4.2).
+"""References for bsrops.usrnet_data_step (semantics: docs/ops.md).
 
 x = argmin ||y - (k * x)|s||^2 + alpha ||x - z||^2, circular true convolution, upper-left decimation.
 

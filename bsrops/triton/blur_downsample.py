@@ -1,4 +1,4 @@
-"""Triton kernels for bsrops::blur_downsample and its backward (semantics: shared/DESIGN.md §3).
+"""Triton kernels for bsrops::blur_downsample and its backward (semantics: docs/ops.md).
 
 The index maths follows csrc/blur_downsample/blur_downsample.h, with c = k // 2:
 

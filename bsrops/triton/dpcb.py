@@ -1,4 +1,4 @@
-"""Triton kernels of bsrops::dpcb's fused part (semantics: shared/DESIGN.md §3).
+"""Triton kernels of bsrops::dpcb's fused part (semantics: docs/ops.md).
 
 The maths follows csrc/dpcb/dpcb.h: lrelu(v) = v if v > 0 else slope * v; its gradient is
 read from the sign of the output; out_img = x_img + f1 * f2, out_cond = x_cond + f2, with

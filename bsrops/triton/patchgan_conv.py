@@ -1,4 +1,4 @@
-"""Triton kernels of bsrops::patchgan_conv's fused part (semantics: shared/DESIGN.md §3).
+"""Triton kernels of bsrops::patchgan_conv's fused part (semantics: docs/ops.md).
 
 The maths follows csrc/patchgan_conv/patchgan_conv.h. A group is what one mean / rstd serves:
 an (n, c) plane for instance norm, a channel over all n for batch norm (NORM 1 / 2); its

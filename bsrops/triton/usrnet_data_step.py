@@ -1,4 +1,4 @@
-"""Triton kernels for bsrops::usrnet_solve and its backward (semantics: shared/DESIGN.md §3).
+"""Triton kernels for bsrops::usrnet_solve and its backward (semantics: docs/ops.md).
 
 The maths and the work items are those of csrc/usrnet_data_step/usrnet_data_step.h: the FFTs
 stay in torch.fft (rfft2 / irfft2: z, x and the gradients are real), and between them one

@@ -1,6 +1,6 @@
 // Per-element maths of bsrops::blur_downsample, shared by the CPU and CUDA kernels.
 //
-// Semantics (shared/DESIGN.md §3), c = k / 2:
+// Semantics (docs/ops.md), c = k / 2:
 //   flip=false: out(i, j) = sum_{a,b} K[a, b] * x(s*i + a - c, s*j + b - c)
 //   flip=true : out(i, j) = sum_{a,b} K[a, b] * x(s*i - a + c, s*j - b + c)
 // Out-of-image coordinates are mapped by the padding mode (source_index).

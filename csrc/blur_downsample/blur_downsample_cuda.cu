@@ -9,7 +9,7 @@
 //                 one output pixel for the per-pixel layout and the whole Ho x Wo image
 //                 for the per-image layouts; the shared (k, k) kernel's gradient is the
 //                 per-image gradient (in opmath dtype) summed over N.
-// Only minimal headers are included (shared/DESIGN.md §5): this file must compile
+// Only minimal headers are included (docs/ops.md): this file must compile
 // against the CPU torch wheel for the nvcc compile check.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>

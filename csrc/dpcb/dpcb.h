@@ -1,6 +1,6 @@
 // Per-element maths of bsrops::dpcb's fused kernels, shared by the CPU and CUDA kernels.
 //
-// DPCB (shared/DESIGN.md §3): f1 = conv(lrelu(conv(x_img))), f2 = conv(lrelu(conv(x_cond)));
+// DPCB (docs/ops.md): f1 = conv(lrelu(conv(x_img))), f2 = conv(lrelu(conv(x_cond)));
 //   out_img = x_img + f1 * f2   (f2 broadcast over H x W when it is 1 x 1)
 //   out_cond = x_cond + f2
 // The convolutions stay on oneDNN / cuDNN; these functions are everything around them.

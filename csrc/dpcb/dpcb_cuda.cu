@@ -6,7 +6,7 @@
 // operands mix as on the CPU. The gradient of a
 // 1 x 1 condition is one block per (n, c) plane: each thread sums a strided share of the
 // plane with grad_cond_scale_plane, then a fixed-shape tree in shared memory adds the shares:
-// deterministic, no atomics. Only minimal headers (shared/DESIGN.md §5).
+// deterministic, no atomics. Only minimal headers (docs/ops.md).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>

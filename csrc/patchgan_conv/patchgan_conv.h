@@ -1,6 +1,6 @@
 // Per-element maths of bsrops::patchgan_conv's fused part, shared by the CPU and CUDA kernels.
 //
-// PatchGAN block (shared/DESIGN.md §3): y = conv(x) + bias (oneDNN / cuDNN), then
+// PatchGAN block (docs/ops.md): y = conv(x) + bias (oneDNN / cuDNN), then
 //   z = gamma * (y - mean) * rstd + beta    (norm: instance -> per (n, c) plane, batch -> per channel)
 //   out = lrelu(z) (or z when activation is off)
 // A "group" is the set of elements one mean / rstd serves: plane n*C + c (instance) or

@@ -6,7 +6,7 @@
 // tree (deterministic, no atomics), and apply the per-element functions of
 // patchgan_conv.h, the functions the CPU kernels loop over. Forward: sum -> mean, squared
 // deviations -> rstd (two-pass), then out; backward: sum(gz), sum(gz * yhat) -> grad_y.
-// Only minimal headers (shared/DESIGN.md §5).
+// Only minimal headers (docs/ops.md).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>

@@ -9,7 +9,7 @@
 // Work items touch disjoint bins: no atomics, deterministic. alpha is checked in the kernels
 // (device assertion) so that no host synchronisation is needed. The composite ops
 // (precompute, data step and their backward) are ATen code shared with the CPU build.
-// Only minimal headers are included (shared/DESIGN.md §5).
+// Only minimal headers are included (docs/ops.md).
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/fft_irfft2.h>
