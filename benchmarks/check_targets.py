@@ -1,7 +1,12 @@
-"""Checks the performance targets of the issues; exits 1 when one is missed.
+"""Checks the performance targets of the fused ops and training steps; exits 1 when one is missed.
 
     .venv/bin/python benchmarks/check_targets.py            # all targets, paper shapes
     .venv/bin/python benchmarks/check_targets.py --only per-pixel --repeats 21
+
+Besides printing the table, a run writes it to benchmarks/results/cpu-<YYYY-MM-DD>.md (`--results DIR`
+for another folder; a second run on the same day gets cpu-<date>-2.md, ...), with the machine (CPU model,
+cores), the load average at start and end, the torch and bsrops builds, the allocator setting and the
+command line. Measure on an otherwise idle machine: the ratios compare providers timed in one process.
 
 Runs every comparison itself, in this one process: the providers of a comparison are
 timed interleaved (A, B, A, B, ...) so that load from other processes hits them alike,
@@ -14,21 +19,23 @@ The ratios depend on the allocator: with glibc's default malloc, large freed blo
 to the OS and every fresh tensor costs page faults, which weighs on the providers that
 allocate most (the eager references); GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967295:
 glibc.malloc.trim_threshold=4294967295 (or jemalloc / tcmalloc) removes that cost. The
-header line says which one a table was measured with. The issue #4 whole-block rows are timed
-in fresh processes, the eager and bsrops blocks interleaved there (fresh_process.py): timed
-in this process after the other cases they carried those cases' malloc history (the same
-Estimator code measured 0.91-1.10x); their notes give the ratio without page faults (the
-GLIBC_TUNABLES above) beside it. BSR_LIVE_MEMORY=1 measures peak memory
-as live tensors (benchmarks/memory.py), independent of the allocator's history; the issue #4
-memory rows always count live tensors and note the default allocator's RSS beside them.
+header says which one a table was measured with. The whole-block rows of dpcb and
+patchgan_conv are timed in fresh processes, the eager and bsrops blocks interleaved there
+(fresh_process.py), so that they do not carry the malloc history of the cases timed before
+them; their notes give the ratio without page faults (the GLIBC_TUNABLES above) beside it.
+BSR_LIVE_MEMORY=1 measures peak memory as live tensors (benchmarks/memory.py), independent
+of the allocator's history; the block memory rows always count live tensors and note the
+default allocator's RSS beside them.
 
-Adding the targets of a later issue: write a function `f(ctx) -> list[Result]` and
-decorate it with @target("issue #N: ..."); ctx.time(...) and ctx.memory(...) do the
-measuring. Paste the printed table into the issue's closing note.
+Adding a target: write a function `f(ctx) -> list[Result]` and decorate it with
+@target("what it checks"); ctx.time(...) and ctx.memory(...) do the measuring.
 """
 import argparse
 import dataclasses
+import datetime
 import os
+import platform
+import shlex
 import statistics
 import sys
 import time
@@ -132,9 +139,9 @@ class Context:
         return info["peak_extra_bytes"]
 
 
-# ---- issue #2: blur_downsample CPU kernels ----
+# ---- blur_downsample CPU kernels ----
 
-@target("issue #2: blur_downsample per-pixel")
+@target("blur_downsample per-pixel")
 def blur_downsample_per_pixel(ctx):
     size = "paper"
     d = bd.shape("per_pixel", size)
@@ -176,7 +183,7 @@ def blur_downsample_per_pixel(ctx):
     return results
 
 
-@target("issue #2: blur_downsample per-image")
+@target("blur_downsample per-image")
 def blur_downsample_per_image(ctx):
     size = "paper"
     results = []
@@ -193,9 +200,9 @@ def blur_downsample_per_image(ctx):
     return results
 
 
-# ---- issue #3: usrnet_data_step ----
+# ---- usrnet_data_step ----
 
-@target("issue #3: usrnet_data_step")
+@target("usrnet_data_step chain and memory")
 def usrnet_data_step_chain(ctx):
     size = "paper"
     d = ud.shape("chain", size)
@@ -223,7 +230,7 @@ def usrnet_data_step_chain(ctx):
     return results
 
 
-# ---- issue #4: dpcb and patchgan_conv (fused part around oneDNN convolutions) ----
+# ---- dpcb and patchgan_conv (fused part around oneDNN convolutions) ----
 
 NO_PAGE_FAULTS = "glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295"
 
@@ -231,8 +238,7 @@ NO_PAGE_FAULTS = "glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_thres
 def block_times(ctx, block, conv, mode):
     """(as configured, without page faults): median times of the eager ("reference") and bsrops blocks in
     `mode`, and for forward+backward of the convolutions alone ("convs"), each set interleaved in a fresh
-    process (see fresh_process.py: timed after the other cases, the blocks carried their malloc history,
-    0.91-1.10x for the same Estimator code)."""
+    process (see fresh_process.py: timed after the other cases, the blocks would carry their malloc history)."""
     factory, args = block
     cases = {provider: (factory, args(provider, mode)) for provider in ("reference", "bsrops_cpu")}
     if mode == "forward+backward":
@@ -241,7 +247,7 @@ def block_times(ctx, block, conv, mode):
 
 
 def conv_block_results(ctx, label, fused_case, block, conv):
-    """The issue #4 targets of one block: fused part vs eager / torch.compile, whole block vs eager
+    """The targets of one conv block: fused part vs eager / torch.compile, whole block vs eager
     (forward+backward, inference), peak extra memory; the conv share as a note.
 
     fused_case(provider) -> callable; block = (make_case, args(provider, mode)) and conv = (make_conv_case,
@@ -270,7 +276,7 @@ def conv_block_results(ctx, label, fused_case, block, conv):
         results.append(Result(f"{label}: whole block {mode} speedup vs eager", eager / fused, 1, ">=", note=note))
     # The target counts live tensors (each measurement's large blocks unmapped when freed): the block's own
     # footprint. With glibc's default malloc the RSS also holds freed blocks the allocator kept, which depends
-    # on the process' history (the same eager DPCB call measured 48-80 MiB): reported as a note.
+    # on the process' history: reported as a note.
     factory, args = block
     peaks = {live: [ctx.memory(factory, *args(provider, "forward+backward"), live=live)
                     for provider in ("reference", "bsrops_cpu")] for live in (True, False)}
@@ -282,7 +288,7 @@ def conv_block_results(ctx, label, fused_case, block, conv):
     return results
 
 
-@target("issue #4: dpcb")
+@target("dpcb fused part and block")
 def dpcb_targets(ctx):
     size = "paper"
     results = []
@@ -297,7 +303,7 @@ def dpcb_targets(ctx):
     return results
 
 
-@target("issue #4: patchgan_conv")
+@target("patchgan_conv fused part and block")
 def patchgan_targets(ctx):
     size = "paper"
     d = pg_bench.SHAPES[size]
@@ -309,9 +315,9 @@ def patchgan_targets(ctx):
         (pg_bench.make_conv_case, (size,)))
 
 
-# ---- issue #5: USRNet training step ----
+# ---- USRNet training step ----
 
-@target("issue #5: USRNet training step, reference vs default backend")
+@target("USRNet training step, reference vs default backend")
 def usrnet_train_step(ctx):
     import bench_usrnet_train_step as bu
 
@@ -324,12 +330,12 @@ def usrnet_train_step(ctx):
     return results
 
 
-# ---- issue #7: DANv2 training step ----
+# ---- DANv2 training step ----
 
-@target("issue #7: DANv2 training step")
+@target("DANv2 training step")
 def dan_train_step(ctx):
     """bsrops (native DPCB, blur_downsample) vs every op on the reference backend; at the demo
-    shape by default (--dan-size paper: ~2.5 s per step on 2 CPU cores, so ~1.5 min for the 15 rounds)."""
+    shape by default (--dan-size paper: the setting-1 x4 shape)."""
     size = ctx.args.dan_size
     d = bdan.SHAPES[size]
     t = ctx.time({"reference": bdan.make_case(size, "reference"), "bsrops": bdan.make_case(size, "default")})
@@ -338,18 +344,66 @@ def dan_train_step(ctx):
                    note=f"{t['reference'] * 1e3:.0f} ms vs {t['bsrops'] * 1e3:.0f} ms")]
 
 
-def print_table(results):
+def format_table(results):
+    """The results as a Markdown table, then their notes as a list."""
     header = ["target", "measured", "required", "pass"]
     rows = [header] + [r.cells() for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     line = lambda row: "| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |"
-    print(line(header))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows[1:]:
-        print(line(row))
+    lines = [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(row) for row in rows[1:]]
     notes = [f"- {r.target}: {r.note}" for r in results if r.note]
-    if notes:
-        print("\n" + "\n".join(notes))
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def cpu_model():
+    """The CPU's model name (/proc/cpuinfo on Linux, else platform's processor string)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def load_average():
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def run_header(argv):
+    """What a table was measured with: machine, torch and bsrops builds, allocator, command."""
+    memory = "live tensors (BSR_LIVE_MEMORY=1)" if os.environ.get("BSR_LIVE_MEMORY") == "1" else "as configured"
+    command = shlex.join(["python", os.path.relpath(os.path.abspath(__file__))] + list(argv))
+    return [
+        f"machine: {cpu_model()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads",
+        f"torch {torch.__version__}; bsrops {bsrops.build_info()}",
+        # the allocator decides how much page faults cost the providers that allocate most
+        f"allocator: GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset: default glibc malloc)')}; "
+        f"memory children: {memory}",
+        f"command: {command}",
+    ]
+
+
+def results_path(folder, day):
+    """folder/cpu-<day>.md, or cpu-<day>-<n>.md when earlier runs of that day are there (never overwritten)."""
+    path, n = os.path.join(folder, f"cpu-{day}.md"), 1
+    while os.path.exists(path):
+        n += 1
+        path = os.path.join(folder, f"cpu-{day}-{n}.md")
+    return path
+
+
+def write_results(folder, header, loads, table, summary):
+    """The results file of one run (Markdown); returns its path."""
+    day = datetime.date.today().isoformat()
+    os.makedirs(folder, exist_ok=True)
+    path = results_path(folder, day)
+    lines = [f"# check_targets.py, CPU, {day}", ""] + [f"- {line}" for line in header]
+    lines.append(f"- load average (1 min): {loads[0]:.2f} at start, {loads[1]:.2f} at end")
+    with open(path, "w") as out:
+        out.write("\n".join(lines + ["", table, "", summary, ""]))
+    return path
 
 
 def main(argv=None):
@@ -360,19 +414,19 @@ def main(argv=None):
     parser.add_argument("--no-compile", action="store_true",
                         help="skip the torch.compile comparisons (reported as SKIP, not as a pass)")
     parser.add_argument("--dan-size", default="demo", choices=sorted(bdan.SHAPES),
-                        help="shape of the issue #7 DANv2 step (default demo)")
+                        help="shape of the DANv2 training step (default demo)")
+    parser.add_argument("--results", default=os.path.join(HERE, "results"), metavar="DIR",
+                        help="folder of the results file cpu-<date>.md (default benchmarks/results)")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     ctx = Context(args)
     results = []
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bsrops {bsrops.build_info()}", flush=True)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"load average (1 min) at start: {load:.2f} on {os.cpu_count()} CPUs", flush=True)
-    # the allocator decides how much page faults cost the providers that allocate most
-    print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset: default glibc malloc)')}; memory children: "
-          f"{'live tensors (BSR_LIVE_MEMORY=1)' if os.environ.get('BSR_LIVE_MEMORY') == '1' else 'as configured'}",
-          flush=True)
+    header = run_header(argv)
+    start_load = load_average()
+    print("\n".join(header), flush=True)
+    print(f"load average (1 min) at start: {start_load:.2f}", flush=True)
     # every target measures the native kernels: a missing build must not pass as the reference backend
     assert bsrops.backend_info("cpu")["backend"] == "cpu", "bsrops' native cpu backend is not active"
     for title, fn in TARGETS:
@@ -380,11 +434,13 @@ def main(argv=None):
             continue
         print(f"\n{title}", flush=True)
         results += fn(ctx)
-    print()
-    print_table(results)
+    table = format_table(results)
     failed = [r for r in results if r.passed is False]
     skipped = [r for r in results if r.passed is None]
-    print(f"\n{len(results) - len(failed) - len(skipped)} passed, {len(failed)} failed, {len(skipped)} skipped")
+    summary = f"{len(results) - len(failed) - len(skipped)} passed, {len(failed)} failed, {len(skipped)} skipped"
+    print(f"\n{table}\n\n{summary}")
+    path = write_results(args.results, header, (start_load, load_average()), table, summary)
+    print(f"results written to {path}")
     return 1 if failed else 0
 
 
