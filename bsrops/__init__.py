@@ -6,9 +6,14 @@
     term = bsrops.USRNetDataTerm(y, kernel, 4); x = term.solve(z, alpha)   # invariants hoisted
     out_img, out_cond = bsrops.dpcb(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4)  # DANv2 DPCB
     out = bsrops.patchgan_conv(x, weight, bias, stride=2, padding=1, norm="instance")
-    bsrops.nn.DPCB / DPCG / PatchGANConv / PatchGANDiscriminator  # modules, official names
+    bsrops.nn.DPCB / DPCG / PatchGANConv                  # modules, official names
     bsrops.backend_info("cpu")                             # which backend runs, and the build
     with bsrops.use_backend("reference"): ...              # or BSROPS_BACKEND=...
+
+bsrops holds the ops and op-shaped modules: `bsrops.ops` (one module per op: validation, fake kernels,
+autograd, backend registration), `bsrops.nn` (the modules over them), `bsrops.reference` (the pure-PyTorch
+reference kernels and baselines) and `bsrops.triton` (the Triton kernels). Networks built from them, the
+discriminators included, live in the `bsr` package.
 """
 from . import _extension  # loads _C (op schemas and native kernels) first
 from ._backend import BACKENDS, backend_info, kernel_calls, use_backend

@@ -1,12 +1,11 @@
 """nn.Module wrappers of the conv-block ops, with the official parameter names.
 
-- `DPCB`, `DPCG`: DANv2's dual-path conditional block and group (shared/spec/methods.md §5.1);
-  keys `body1.{0,2}`, `body2.{0,2}` and `body.{b}.body1.0.weight`, ... as in `dan_arch.py`,
+- `DPCB`, `DPCG`: DANv2's dual-path conditional block and group (a DPCB chain); keys
+  `body1.{0,2}`, `body2.{0,2}` and `body.{b}.body1.0.weight`, ... as in `dan_arch.py`,
   so official state dicts load with `load_state_dict`.
 - `PatchGANConv`: conv + norm + LeakyReLU over `torch.ops.bsrops.patchgan_conv`.
-- `PatchGANDiscriminator`: the pix2pix / RealSR NLayer layout (`nlayer`, padding 1 or KAIR's 2)
-  and PDM-SR's 3x3 layout (`pdm`), built from PatchGANConv blocks; state dicts in the
-  official `model.{i}` layout are remapped on load (see `_remap_official_keys`).
+
+The discriminators built from PatchGANConv blocks are in `bsr.archs.discriminators`.
 """
 import torch
 import torch.nn as nn
@@ -38,7 +37,7 @@ class DPCG(nn.Module):
     """nb DPCBs in `body`; forward(x_img, x_cond) -> (out_img, out_cond).
 
     legacy_doubling=True reproduces the official output, 2 x the chain output (the group's
-    "long skip" adds the chain output to itself through list aliasing, methods.md §5.1), so
+    "long skip" adds the chain output to itself through list aliasing), so
     released checkpoints behave as trained; False gives the intended input + chain output.
     """
 
@@ -99,65 +98,3 @@ class PatchGANConv(nn.Module):
         return patchgan_conv(x, self.conv.weight, self.conv.bias, self.conv.stride[0], self.conv.padding[0],
                              self.norm_type, getattr(norm, "weight", None), getattr(norm, "bias", None), running_mean,
                              running_var, training, momentum, eps, self.negative_slope, self.activation)
-
-
-class PatchGANDiscriminator(nn.Module):
-    """A stack of PatchGANConv blocks in `model`; build it with `nlayer(...)` or `pdm(...)`.
-
-    Official state dicts (`model.{i}` over the interleaved conv / norm / LeakyReLU sequence)
-    load with `load_state_dict`: the keys are remapped to `model.{block}.conv` / `.norm`.
-    """
-
-    def __init__(self, blocks):
-        super().__init__()
-        self.model = nn.Sequential(*blocks)
-        self._register_load_state_dict_pre_hook(self._remap_official_keys)
-
-    @classmethod
-    def nlayer(cls, in_nc=3, ndf=64, n_layers=3, norm="batch", padding=1):
-        """pix2pix / RealSR NLayerDiscriminator (4x4 convs; padding 1, KAIR's variant 2); conv bias without batch norm."""
-        use_bias = norm != "batch"
-        blocks = [PatchGANConv(in_nc, ndf, 4, 2, padding, "none")]
-        mult = 1
-        for n in range(1, n_layers + 1):
-            prev, mult = mult, min(2 ** n, 8)
-            blocks.append(PatchGANConv(ndf * prev, ndf * mult, 4, 2 if n < n_layers else 1, padding, norm,
-                                       bias=use_bias))
-        blocks.append(PatchGANConv(ndf * mult, 1, 4, 1, padding, "none", activation=False))
-        return cls(blocks)
-
-    @classmethod
-    def pdm(cls, in_c=3, nf=64, nb=3, stride=2):
-        """PDM-SR's PatchGANDiscriminator (3x3 convs, instance norm, last conv to nf channels)."""
-        blocks = [PatchGANConv(in_c, nf, 3, 1, 1, "none")]
-        for n in range(1, nb + 1):
-            blocks.append(PatchGANConv(nf * min(2 ** (n - 1), 8), nf * min(2 ** n, 8), 3, stride if n < nb else 1, 1,
-                                       "instance"))
-        blocks.append(PatchGANConv(nf * min(2 ** nb, 8), nf, 3, 1, 1, "none", activation=False))
-        return cls(blocks)
-
-    def official_index(self):
-        """{official sequence index: (block, 'conv' | 'norm')} of the interleaved official layout."""
-        index, table = 0, {}
-        for b, block in enumerate(self.model):
-            table[index] = (b, "conv")
-            index += 1
-            if block.norm_type != "none" or (0 < b < len(self.model) - 1):
-                table[index] = (b, "norm")  # norm (or pix2pix's Identity) takes an index
-                index += 1
-            index += 1 if block.activation else 0
-        return table
-
-    def _remap_official_keys(self, state_dict, prefix, *args):
-        table = self.official_index()
-        for key in list(state_dict):
-            if not key.startswith(prefix + "model."):
-                continue
-            head, rest = key[len(prefix) + len("model."):].split(".", 1)
-            if not head.isdigit() or rest.split(".")[0] in ("conv", "norm") or int(head) not in table:
-                continue
-            block, part = table[int(head)]
-            state_dict[f"{prefix}model.{block}.{part}.{rest}"] = state_dict.pop(key)
-
-    def forward(self, x):
-        return self.model(x)

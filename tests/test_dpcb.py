@@ -9,7 +9,8 @@ import torch
 
 import bsrops
 from bsrops.nn import DPCB, DPCG
-from bsrops.reference.dpcb import DPCBReference, DPCGReference
+from bsrops.reference.dpcb import DPCBReference
+from reference_modules import DPCGReference
 from tolerances import assert_close_to_float64
 
 # name: (nf, ksize1, ksize2, image (H, W), condition (H, W))

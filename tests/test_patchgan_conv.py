@@ -1,5 +1,5 @@
-"""bsrops.patchgan_conv / bsrops.nn.PatchGANConv / PatchGANDiscriminator against references written
-from the official structures (float64, random weights): outputs and all gradients for every
+"""bsrops.patchgan_conv / bsrops.nn.PatchGANConv / bsr.archs.discriminators.PatchGANDiscriminator against
+references written from the official structures (float64, random weights): outputs and all gradients for every
 norm, batch norm in train and eval mode with its running statistics, the official discriminator
 layouts (state dicts in the official `model.{i}` layout), backends, opcheck, compile, bad inputs."""
 import pytest
@@ -7,8 +7,9 @@ import torch
 import torch.nn as nn
 
 import bsrops
-from bsrops.nn import PatchGANConv, PatchGANDiscriminator
-from bsrops.reference.patchgan_conv import NLayerDiscriminatorReference, PDMDiscriminatorReference
+from bsr.archs.discriminators import PatchGANDiscriminator
+from bsrops.nn import PatchGANConv
+from reference_modules import NLayerDiscriminatorReference, PDMDiscriminatorReference
 from tolerances import assert_close_to_float64
 from triton_sm90 import require_interpreter
 

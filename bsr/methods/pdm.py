@@ -26,6 +26,7 @@ mode), which the engine compares with the true kernel and draws next to it.
 import torch
 import torch.nn.functional as F
 
+from ..archs.discriminators import PatchGANDiscriminator
 from ..archs.edsr import EDSR
 from ..archs.lpips import load_lpips
 from ..archs.pdm import DegModel, quantize
@@ -48,8 +49,6 @@ def build_sr(opt, scale):
 
 
 def build_discriminator(opt):
-    from bsrops.nn import PatchGANDiscriminator
-
     return PatchGANDiscriminator.pdm(in_c=3, nf=opt.get("nf", 64), nb=opt.get("nb", 3), stride=opt.get("stride", 1))
 
 

@@ -17,7 +17,7 @@ an unpaired method for the engine, whose LR crops it does not use: it makes its 
 Training (`SRGAN_model.py`): RRDBNet; G: 0.01 L1 + 1 VGG19-conv5_4 (L1) + 0.005 RaGAN against the
 discriminator, then the D update; Adam 1e-4 for both, halved at 5k/10k/20k/30k, batch 16, HR 128.
 Discriminator (realsr.discriminator.arch): "patch", the pix2pix NLayer PatchGAN with batch norm (the
-DPED yml; `bsrops.nn.PatchGANDiscriminator`), or "vgg128", ESRGAN's Discriminator_VGG_128 (the DF2K
+DPED yml; `bsr.archs.discriminators.PatchGANDiscriminator`), or "vgg128", ESRGAN's Discriminator_VGG_128 (the DF2K
 yml, preset paper-df2k; bsr.archs.discriminators), both on the fused bsrops.nn.PatchGANConv blocks.
 Validation: SR, and the kernel pool's mean as "kernel_est" (compared with a known true kernel, after
 moving it from KernelGAN's phase, the middle of the s x s cell, to bsr's, its upper-left pixel).
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .. import degradations, kernelgan
-from ..archs.discriminators import VGGDiscriminator
+from ..archs.discriminators import PatchGANDiscriminator, VGGDiscriminator
 from ..archs.rrdb import RRDBNet, load_old_esrgan
 from ..data import lr_images
 from ..io import load_array
@@ -125,8 +125,6 @@ class RealSR(Method):
     def build_discriminator(d, hr_size):
         """arch "patch": the pix2pix NLayer PatchGAN (DPED yml); "vgg128": ESRGAN's Discriminator_VGG_128 (DF2K yml)."""
         if d.arch == "patch":
-            from bsrops.nn import PatchGANDiscriminator
-
             return PatchGANDiscriminator.nlayer(3, d.ndf, d.n_layers, d.norm)
         if d.arch == "vgg128":
             return VGGDiscriminator(3, hr_size, d.ndf, down_kernel=4)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from .. import degradations
 from ..archs.usrnet import USRNet as USRNetArch
+from ..archs.discriminators import PatchGANDiscriminator
 from ..archs.usrnet import init_identity_skip, init_orthogonal
 from . import register
 from .base import Method
@@ -105,8 +106,6 @@ class USRNet(Method):
         self.eval_kernels = {}
 
     def _build_usrgan(self, g):
-        from bsrops.nn import PatchGANDiscriminator
-
         d = g.discriminator
         self.add_srgan(lambda: PatchGANDiscriminator.nlayer(3, d.ndf, d.n_layers, d.norm), g.get("lr_d") or self.cfg.train.lr,
                        g, g.get("vgg_weights"))

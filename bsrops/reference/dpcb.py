@@ -1,8 +1,7 @@
 """References for bsrops.dpcb (semantics: docs/ops.md).
 
-- `DPCBReference`, `DPCGReference`: nn.Modules written from the documented official structure
-  (DANv2 `dan_arch.py`), list interface included: a DPCB mutates the list it is given and
-  returns it, so the DPCG "long skip" doubles the chain output (list aliasing).
+- `DPCBReference`: an nn.Module written from the documented official structure (DANv2
+  `dan_arch.py`), list interface included: it mutates the list it is given and returns it.
 - `dpcb_reference`: the op in eager PyTorch, with the op's six outputs (the "reference" backend
   and the unfused baseline of the benchmarks).
 """
@@ -25,18 +24,6 @@ class DPCBReference(nn.Module):
         x[0] = x[0] + torch.mul(f1, f2)
         x[1] = x[1] + f2
         return x
-
-
-class DPCGReference(nn.Module):
-    def __init__(self, nf1, nf2, ksize1, ksize2, nb):
-        super().__init__()
-        self.body = nn.Sequential(*[DPCBReference(nf1, nf2, ksize1, ksize2) for _ in range(nb)])
-
-    def forward(self, x):
-        y = self.body(x)  # the same list object as x
-        y[0] = x[0] + y[0]
-        y[1] = x[1] + y[1]
-        return y
 
 
 def dpcb_reference(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope=0.2):
