@@ -13,11 +13,12 @@ import os
 import time
 
 import cv2
-import numpy as np
 import skimage.data
 import torch
 
 import bsrops
+
+from .kernels import kernel_mosaic
 
 
 def lens_blur_kernels(out_h, out_w, ksize, sigma_centre=0.5, sigma_corner=3.5):
@@ -35,16 +36,6 @@ def lens_blur_kernels(out_h, out_w, ksize, sigma_centre=0.5, sigma_corner=3.5):
     weights = torch.exp(-0.5 * ((along / sigma_radial) ** 2 + (across / sigma_tangent) ** 2))
     weights = weights.reshape(ksize * ksize, out_h, out_w)
     return (weights / weights.sum(0, keepdim=True)).unsqueeze(0)
-
-
-def kernel_grid(kernels, ksize, samples=8):
-    """A samples x samples mosaic of the kernels at evenly spaced LR pixels, each normalised to its peak."""
-    _, _, out_h, out_w = kernels.shape
-    rows = []
-    for i in np.linspace(0, out_h - 1, samples).astype(int):
-        row = [kernels[0, :, i, j].view(ksize, ksize) for j in np.linspace(0, out_w - 1, samples).astype(int)]
-        rows.append(torch.cat([k / k.max() for k in row], dim=1))
-    return torch.cat(rows, dim=0)
 
 
 def to_uint8(image):
@@ -69,7 +60,7 @@ def main(argv=None):
 
     height = hr.shape[2]
     lr_big = torch.nn.functional.interpolate(lr, size=hr.shape[2:], mode="nearest")[0]
-    grid = kernel_grid(kernels, args.ksize)
+    grid = kernel_mosaic(kernels, args.ksize)
     grid = torch.nn.functional.interpolate(grid[None, None], size=(height, height), mode="nearest")[0].expand(3, -1, -1)
     panel = torch.cat([hr[0], grid, lr_big], dim=2).permute(1, 2, 0)
     os.makedirs(args.out, exist_ok=True)

@@ -17,7 +17,7 @@ import os
 import sys
 
 from . import cli, data, degradations, methods
-from .engine import run_validation
+from .validation import run_validation
 
 COLUMNS = (("psnr_y", "PSNR-Y", "{:.2f}"), ("ssim_y", "SSIM-Y", "{:.4f}"), ("psnr_rgb", "PSNR-RGB", "{:.2f}"),
            ("ssim_rgb", "SSIM-RGB", "{:.4f}"), ("kernel_error", "kernel err", "{:.3g}"))

@@ -24,9 +24,10 @@ import sys
 import numpy as np
 import torch
 
-from . import cli, degradations, methods
+from . import cli, methods
 from .data.io import IMAGE_EXTENSIONS, read_uint8, to_tensor, to_uint8, write_uint8
 from .io import load_array
+from .kernels import isotropic_gaussian_kernels, shift_by
 
 GAUSSIAN_SIZE = 25
 QUANTISE_ROWS = 64  # HR rows quantised at a time (bounds the float temporaries of a wide image)
@@ -37,16 +38,14 @@ def parse_kernel(spec, scale):
     if spec is None:
         return None
     if spec.startswith("gaussian:"):
-        from .methods.usrnet import shift_kernel
-
         try:
             width = float(spec.split(":", 1)[1])
         except ValueError:
             width = float("nan")
         if not width > 0:
             raise ValueError(f"--kernel gaussian:WIDTH needs a number WIDTH > 0, got {spec!r}")
-        kernel = degradations.isotropic_gaussian_kernels(width, GAUSSIAN_SIZE)[0].float()
-        return shift_kernel(kernel, (scale - 1) / 2)
+        kernel = isotropic_gaussian_kernels(width, GAUSSIAN_SIZE)[0].float()
+        return shift_by(kernel, (scale - 1) / 2)
     if not spec.endswith(".npy"):
         raise ValueError(f"--kernel expects gaussian:WIDTH or a .npy file, got {spec!r}")
     kernel = torch.from_numpy(load_array(spec, "--kernel file")).float()

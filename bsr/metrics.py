@@ -7,7 +7,8 @@ padding) and then over channels; Y is BasicSR's `bgr2ycbcr(y_only=True)` (ITU-R 
 The official evaluations quantise SR outputs to 8 bits first: pass `quantize_8bit(sr)` to match them.
 """
 import torch
-import torch.nn.functional as F
+
+from .kernels import centre_pad
 
 Y_WEIGHTS = (65.481, 128.553, 24.966)  # R, G, B on [0, 1] inputs; Y = (16 + w . rgb) / 255
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
@@ -102,13 +103,6 @@ def image_metrics(sr, hr, border=0):
     """{'psnr_rgb', 'ssim_rgb', 'psnr_y', 'ssim_y'} -> (N,) float64 each, for RGB (N, 3, H, W) in [0, 1]."""
     return {f"{metric.__name__}_{space}": metric(sr, hr, border, y_channel=space == "y")
             for space in ("rgb", "y") for metric in (psnr, ssim)}
-
-
-def centre_pad(kernel, size):
-    """Zero-pad (N, k, k) symmetrically to (N, size, size); the centre tap k // 2 lands on size // 2 for odd sizes."""
-    before = (size - kernel.shape[-1]) // 2
-    after = size - kernel.shape[-1] - before
-    return F.pad(kernel, (before, after, before, after))
 
 
 def kernel_error(estimate, target, max_shift=0):

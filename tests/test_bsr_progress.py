@@ -2,7 +2,9 @@
 line per report, no carriage returns), and sample grids whose panels are labelled."""
 import torch
 
-from bsr.engine import Engine, kernel_image, sample_grid
+from bsr.engine import Engine
+from bsr.kernels import kernel_image
+from bsr.validation import sample_grid
 
 from toy_method import toy_config
 

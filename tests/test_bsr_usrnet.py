@@ -12,6 +12,7 @@ from bsr import config, degradations
 from bsr.archs.usrnet import USRNet as USRNetArch
 from bsr.archs.usrnet import parameter_count
 from bsr.archs.vgg import VGG19
+from bsr.kernels import isotropic_gaussian_kernels
 from bsr.methods import usrnet as usrnet_method
 
 TINY = ["usrnet.n_iter=2", "usrnet.h_nc=8", "usrnet.nc=[8,8,8,8]", "usrnet.nb=1", "data.hr_patch=32",
@@ -46,7 +47,7 @@ def test_identity_prior_without_noise_reproduces_the_data():
     net = USRNetArch(4, 8, nc=(4, 4, 4, 4), nb=1)
     torch.nn.init.constant_(net.h.mlp[4].bias, -12.0)  # softplus(-12) ~ 6e-6: tiny α
     hr = torch.rand(1, 3, 32, 40, dtype=torch.float64)
-    kernel = degradations.isotropic_gaussian_kernels([1.2], 25)
+    kernel = isotropic_gaussian_kernels([1.2], 25)
     lr = degradations.blur_downsample(hr, kernel, 2, padding="circular", flip=True)
     x = net.double()(lr, kernel, 2, torch.zeros(1, dtype=torch.float64), prior=False)
     relred = degradations.blur_downsample(x, kernel, 2, padding="circular", flip=True)
@@ -112,7 +113,7 @@ def test_infer_pads_to_a_smooth_periodic_image_and_crops_back():
         gap = (t.narrow(dim, n - 1, 1) - t.narrow(dim, 0, 1)).abs()
         assert (seam_steps(t, n, dim) <= math.pi / 2 / (extra + 1) * gap + 1e-12).all()
     method = tiny_method()
-    kernel = degradations.isotropic_gaussian_kernels([1.0], 25)[0].float()
+    kernel = isotropic_gaussian_kernels([1.0], 25)[0].float()
     assert method.infer(torch.rand(1, 3, 11, 9), kernel, 0.01).shape == (1, 3, 44, 36)
 
 
@@ -177,6 +178,6 @@ def test_infer_at_scale_1_pads_a_small_tile_to_hold_the_kernel():
     """A 5x7 tile at x1 pads to 32x32 (8-pixel multiples covering the 25x25 kernel), not 24: before, the
     FFT data term failed on a kernel larger than the image."""
     method = tiny_method("data.scale=1", "usrnet.scales=[1]", "eval.scales=[1]")
-    kernel = degradations.isotropic_gaussian_kernels([1.0], 25)[0].float()
+    kernel = isotropic_gaussian_kernels([1.0], 25)[0].float()
     sr = method.infer(torch.rand(1, 3, 5, 7), kernel, 0.0)
     assert sr.shape == (1, 3, 5, 7) and torch.isfinite(sr).all()

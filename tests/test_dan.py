@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 import bsrops
 from bsr import config, degradations
+from bsr.kernels import dan_random_kernels, isotropic_gaussian_kernels
 from bsr.archs.dan import DAN, kernel_pca
 from bsr.methods import dan as dan_method
 
@@ -42,7 +43,7 @@ def official_layout(nf, nb, ng, scale, ksize, code_length):
 
 
 def tiny_pca(ksize=7, code_length=4):
-    kernels = degradations.dan_random_kernels(200, ksize, (0.3, 2.0), generator=torch.Generator().manual_seed(1))
+    kernels = dan_random_kernels(200, ksize, (0.3, 2.0), generator=torch.Generator().manual_seed(1))
     return kernel_pca(kernels, code_length)
 
 
@@ -113,7 +114,7 @@ def test_restorer_runs_on_the_bsrops_dpcb():
 
 
 def test_kernel_pca_is_the_centred_svd():
-    kernels = degradations.dan_random_kernels(500, 7, (0.3, 2.0), generator=torch.Generator().manual_seed(2))
+    kernels = dan_random_kernels(500, 7, (0.3, 2.0), generator=torch.Generator().manual_seed(2))
     pca = kernel_pca(kernels, 4)
     assert pca.shape == (49, 4) and pca.dtype == torch.float32
     assert torch.allclose(pca.t() @ pca, torch.eye(4), atol=1e-5)
@@ -135,7 +136,7 @@ def test_pca_matrix_is_cached(tmp_path):
 
 def test_degradation_is_blur_bicubic_and_8bit():
     hr = torch.rand(2, 3, 16, 12)
-    kernels = degradations.isotropic_gaussian_kernels([1.0, 2.0], 7).float()
+    kernels = isotropic_gaussian_kernels([1.0, 2.0], 7).float()
     lr = dan_method.degrade(hr, kernels, 4)
     blurred = torch.stack([F.conv2d(F.pad(hr[i:i + 1], (3, 3, 3, 3), mode="reflect"), kernels[i].expand(3, 1, 7, 7),
                                     groups=3)[0] for i in range(2)])  # DAN BatchBlur

@@ -1,4 +1,4 @@
-"""bsr.kernelgan / bsr.archs.kernelgan: KernelGAN's networks, constraints, schedule, crops, post-processing and CLI,
+"""bsr.kernelgan: KernelGAN's networks, constraints, schedule, crops, post-processing and CLI,
 checked against properties written independently of the code (docs/methods.md)."""
 import numpy as np
 import pytest
@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from bsr import kernelgan as kg
-from bsr.archs.kernelgan import KernelDiscriminator, KernelGenerator, init_weights
+from bsr.kernelgan import KernelDiscriminator, KernelGenerator, init_weights
 from bsr.data.io import ImageError, write_image
-from bsr.degradations import covariance, gaussian_kernels, imresize
+from bsr.degradations import imresize
+from bsr.kernels import covariance, gaussian_kernels
 
 
 def textured(h, w, seed=0):

@@ -11,7 +11,7 @@ import skimage.data
 import torch
 
 import bsrops
-from bsr import config, degradations, engine, metrics
+from bsr import config, kernels, metrics, validation
 from bsr.archs.lpips import LPIPS
 from bsr.archs.vgg import VGG19
 from bsr.methods import get
@@ -113,9 +113,9 @@ def test_lpips_in_validation_when_weights_are_set(tmp_path):
         getattr(metric, f"lin{i}").model[1].weight.data.abs_()
     torch.save(metric.state_dict(), tmp_path / "lpips.pth")  # one full state dict
     item = {"name": "x", "hr": torch.rand(1, 3, 48, 40), "lr": torch.rand(1, 3, 12, 10)}
-    rows, mean = engine.run_validation(make(f"pdm.lpips.lin={tmp_path / 'lpips.pth'}"), [item])
+    rows, mean = validation.run_validation(make(f"pdm.lpips.lin={tmp_path / 'lpips.pth'}"), [item])
     assert rows[0]["lpips"] > 0 and "lpips" in mean
-    rows, _ = engine.run_validation(make(), [item])
+    rows, _ = validation.run_validation(make(), [item])
     assert "lpips" not in rows[0]
 
 
@@ -146,7 +146,7 @@ def test_degradation_model_learns_the_kernel():
     reaches the target's neighbourhood after 80 iterations and then oscillates around it (the
     GAN equilibrium is not a fixed point); the test stops at 80, one thread, fixed seeds."""
     scale, ksize, iters, batch_size = 2, 9, 80, 16
-    target = degradations.gaussian_kernels(degradations.covariance(0.6 * scale, 0.35 * scale, math.pi / 6), ksize)[0].float()
+    target = kernels.gaussian_kernels(kernels.covariance(0.6 * scale, 0.35 * scale, math.pi / 6), ksize)[0].float()
     pool = torch.stack([photo(name, 128) for name in ("astronaut", "coffee", "chelsea", "rocket")])
     real_lr = bsrops.blur_downsample(pool, target, stride=scale)
     method = make("pdm.workflow=degradation", f"pdm.kernel={{nc: 3, nf: 16, nb: 2, ksize: {ksize}}}",

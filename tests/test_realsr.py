@@ -15,7 +15,8 @@ from bsr.archs.discriminators import VGGDiscriminator
 from bsr.archs.vgg import VGG19
 from bsr.data import ImageSet
 from bsr.data.transforms import augment
-from bsr.degradations import covariance, gaussian_kernels, imresize
+from bsr.degradations import imresize
+from bsr.kernels import covariance, dihedral, gaussian_kernels, read_kernel_files
 from bsr.methods import realsr
 from resume_check import run_split_and_once
 
@@ -63,20 +64,20 @@ def test_kernels_are_read_from_kernelgan_files_and_centred_to_one_size(tmp_path)
     scipy.io.savemat(tmp_path / "a_kernel_x4.mat", {"Kernel": small.double().numpy()})
     scipy.io.savemat(tmp_path / "b_kernel_x4.mat", {"Kernel": big.double().numpy()})
     scipy.io.savemat(tmp_path / "b_kernel_x2.mat", {"Kernel": small.double().numpy()})
-    kernels = realsr.read_kernels(str(tmp_path), 4)
+    kernels = read_kernel_files(str(tmp_path), 4)
     assert kernels.shape == (2, 33, 33)
     torch.testing.assert_close(kernels[0, 8:25, 8:25], small)
     assert kernels[0].sum() == pytest.approx(small.sum().item()) and torch.equal(kernels[1], big)
     with pytest.raises(FileNotFoundError, match="_kernel_x3.mat"):
-        realsr.read_kernels(str(tmp_path), 3)
+        read_kernel_files(str(tmp_path), 3)
 
 
 def test_dihedral_transforms_a_kernel_as_the_data_augmentation_transforms_an_image():
     kernel = torch.rand(5, 5, dtype=torch.float64)
     for mode in range(8):
         expected = torch.from_numpy(augment(kernel.numpy()[..., None], mode)[..., 0].copy())
-        torch.testing.assert_close(realsr.dihedral(kernel, mode), expected)
-    assert len({realsr.dihedral(kernel, m).numpy().tobytes() for m in range(8)}) == 8
+        torch.testing.assert_close(dihedral(kernel, mode), expected)
+    assert len({dihedral(kernel, m).numpy().tobytes() for m in range(8)}) == 8
 
 
 # ---- degradation ----
@@ -91,7 +92,7 @@ def test_degradation_is_scipy_correlate_then_every_fourth_pixel_in_8_bit():
     assert lr.shape == (2, 3, 16, 16) and torch.equal(lr, (lr * 255).round() / 255)
     for b, g in enumerate(modes):
         torch.randint(1, (1,), generator=g)  # the pool pick (one kernel)
-        kernel = realsr.dihedral(method.kernels[0], int(torch.randint(8, (1,), generator=g))).double().numpy()
+        kernel = dihedral(method.kernels[0], int(torch.randint(8, (1,), generator=g))).double().numpy()
         for c in range(3):  # RealSR's imresize with a kernel: scipy correlate (reflect = half-sample) + [::4]
             expected = scipy.ndimage.correlate(hr[b, c].double().numpy(), kernel, mode="reflect")[::4, ::4]
             expected = np.round(np.clip(expected, 0, 1) * 255) / 255

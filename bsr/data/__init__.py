@@ -107,7 +107,7 @@ def validation_items(cfg, method, folder=None):
         if method.data_kind == "hr":
             degraded = method.degrade_for_validation(hr, index)
         else:
-            degraded = {"lr": demo_set.demo_degrade(hr[0], scale, index)[None], "kernel": demo_set.demo_kernel(scale)}
+            degraded = demo_set.degrade_for_validation(hr, scale, index)
         many = isinstance(degraded, (list, tuple))
         for j, entry in enumerate(degraded if many else [degraded]):
             entry = dict(entry)

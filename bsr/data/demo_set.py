@@ -51,11 +51,11 @@ def image_set(names):
 
 def demo_kernel(scale):
     """The (k, k) kernel of DEMO_DEGRADATION at scale `scale`."""
-    from bsr import degradations
+    from bsr import kernels
 
     d = DEMO_DEGRADATION
-    cov = degradations.covariance(d["sigma_major"] * scale, d["sigma_minor"] * scale, d["theta"])
-    return degradations.gaussian_kernels(cov, d["kernel_size"])[0].float()
+    cov = kernels.covariance(d["sigma_major"] * scale, d["sigma_minor"] * scale, d["theta"])
+    return kernels.gaussian_kernels(cov, d["kernel_size"])[0].float()
 
 
 def demo_degrade(hr, scale, index):
@@ -65,6 +65,12 @@ def demo_degrade(hr, scale, index):
     lr = degradations.blur_downsample(hr[None], demo_kernel(scale), scale, DEMO_DEGRADATION["padding"])
     lr = degradations.add_noise(lr, DEMO_DEGRADATION["noise"], torch.Generator().manual_seed(1000 + index))
     return (lr[0].clamp(0, 1) * 255).round() / 255
+
+
+def degrade_for_validation(hr, scale, index):
+    """(1, 3, H, W) HR -> {"lr": (1, 3, H/s, W/s) by DEMO_DEGRADATION, noise seeded by `index`; "kernel": its
+    (k, k) kernel}: the degradation of an unpaired method's validation image."""
+    return {"lr": demo_degrade(hr[0], scale, index)[None], "kernel": demo_kernel(scale)}
 
 
 def unpaired_lr_set(scale):
@@ -81,7 +87,6 @@ def unpaired_validation(scale, multiple):
     """Validation items of the unpaired demo: HR, its LR by DEMO_DEGRADATION, the true kernel."""
     items = []
     for index, name in enumerate(VALIDATION):
-        hr = to_tensor(modcrop(load(name), multiple))
-        lr = demo_degrade(hr, scale, len(UNPAIRED_LR) + index)
-        items.append({"name": name, "hr": hr[None], "lr": lr[None], "kernel": demo_kernel(scale)})
+        hr = to_tensor(modcrop(load(name), multiple))[None]
+        items.append({"name": name, "hr": hr, **degrade_for_validation(hr, scale, len(UNPAIRED_LR) + index)})
     return items

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .. import degradations
 from ..archs.dan import DAN, kernel_pca
+from ..kernels import dan_random_kernels, isotropic_gaussian_kernels
 from . import register
 from ..io import UntrustedFileError, load_untrusted, state_dict_of
 from .base import Method
@@ -34,7 +35,7 @@ def gaussian8_kernels(scale, ksize=21):
     """The 8 isotropic test kernels of setting 1 -> (8, ksize, ksize) float64."""
     if scale not in GAUSSIAN8_SIGMA:
         raise ValueError(f"Gaussian8 is defined for scale 2, 3, 4, got {scale}")
-    return degradations.isotropic_gaussian_kernels(torch.linspace(*GAUSSIAN8_SIGMA[scale], 8, dtype=torch.float64), ksize)
+    return isotropic_gaussian_kernels(torch.linspace(*GAUSSIAN8_SIGMA[scale], 8, dtype=torch.float64), ksize)
 
 
 def degrade(hr, kernels, scale):
@@ -54,8 +55,8 @@ def kernel_setting(cfg):
 
 
 def random_kernels(setting, batch, generator=None):
-    return degradations.dan_random_kernels(batch, setting["ksize"], (setting["sig_min"], setting["sig_max"]),
-                                           setting["rate_iso"], setting["random_disturb"], generator)
+    return dan_random_kernels(batch, setting["ksize"], (setting["sig_min"], setting["sig_max"]),
+                              setting["rate_iso"], setting["random_disturb"], generator)
 
 
 def pca_cache_dir():

@@ -3,7 +3,7 @@ Tencent/Real-SR; docs/methods.md). ESRGAN trained on LR made by the source domai
 
 Data (`data.hr`: clean HR images; `data.lr`: the source-domain images whose degradation is unknown;
 an unpaired method for the engine, whose LR crops it does not use: it makes its own LR):
-- kernel pool (realsr.track "kernel", the DPED recipe): KernelGAN (bsr/kernelgan.py) on every source
+- kernel pool (realsr.track "kernel", the DPED recipe): KernelGAN (bsr/kernelgan/) on every source
   image, its x4 (or x2) kernel; or the `*_kernel_x{s}.mat` files of `python -m bsr.kernelgan` in
   `realsr.kernels`. Track "bicubic" (the DF2K recipe) uses MATLAB bicubic instead of kernels.
 - noise pool (`collect_noise.py`): the non-overlapping realsr.noise.patch windows of the source images
@@ -25,9 +25,6 @@ moving it from KernelGAN's phase, the middle of the s x s cell, to bsr's, its up
 Left out: the clean-up (bicubic x1/2 of the source images that the official scripts use as HR:
 give such a folder as data.hr).
 """
-import glob
-import os
-
 import numpy as np
 import torch
 
@@ -35,8 +32,7 @@ from .. import degradations, kernelgan
 from ..archs.discriminators import PatchGANDiscriminator, VGGDiscriminator
 from ..archs.rrdb import RRDBNet, load_old_esrgan
 from ..data import lr_images
-from ..io import load_array
-from ..metrics import centre_pad
+from ..kernels import dihedral, read_kernel_files, shift_centre_of_mass, stack_centred
 from . import register
 from .base import Method
 
@@ -70,27 +66,7 @@ def estimate_kernels(images, scale, opt):
                                            grouped_bicubic_loss=opt.get("grouped_bicubic_loss", False))
         kernels.append(torch.from_numpy(k4 if scale == 4 else k2))
         print(f"realsr: KernelGAN kernel of {name}: {tuple(kernels[-1].shape)}", flush=True)
-    return _stack(kernels).float()
-
-
-def read_kernels(folder, scale):
-    """(K, k, k) float32 from the `*_kernel_x{scale}.mat` files of `python -m bsr.kernelgan`."""
-    files = sorted(glob.glob(os.path.join(folder, f"*_kernel_x{scale}.mat")))
-    if not files:
-        raise FileNotFoundError(f"realsr.kernels: no *_kernel_x{scale}.mat files in {folder!r}")
-    return _stack([torch.from_numpy(load_array(f, "realsr.kernels file", "Kernel")) for f in files]).float()
-
-
-def _stack(kernels):
-    """Kernels of different (odd) sizes zero-padded to the largest, centred."""
-    size = max(k.shape[-1] for k in kernels)
-    return torch.cat([centre_pad(k[None], size) for k in kernels])
-
-
-def dihedral(kernel, mode):
-    """The kernel under transform `mode` in 0..7 (rotation by 90 * (mode % 4), then a flip if mode >= 4)."""
-    kernel = torch.rot90(kernel, mode % 4, (-2, -1))
-    return kernel.flip(-2) if mode >= 4 else kernel
+    return stack_centred(kernels).float()
 
 
 @register("realsr")
@@ -137,7 +113,7 @@ class RealSR(Method):
         if self.noise is None:
             self.noise = collect_noise(lr_images(self.cfg), r.noise.patch, r.noise.max_var, r.noise.min_mean)
         if self.kernels is None and r.track == "kernel":
-            self.kernels = read_kernels(r.kernels, scale) if r.get("kernels") else \
+            self.kernels = read_kernel_files(r.kernels, scale, "realsr.kernels") if r.get("kernels") else \
                 estimate_kernels(lr_images(self.cfg), scale, r.kernelgan)
         return self.kernels, self.noise
 
@@ -191,7 +167,7 @@ class RealSR(Method):
         if self.kernels is not None:
             # KernelGAN centres a x s kernel on the middle of the s x s cell, bsr's kernels on its upper-left
             # pixel: the pool's mean is moved to its grid centre before it is compared with a true kernel
-            mean = kernelgan.shift_kernel(self.kernels.mean(0).double().numpy(), scale=1)
+            mean = shift_centre_of_mass(self.kernels.mean(0).double().numpy(), scale=1)
             out["kernel_est"] = torch.from_numpy(mean).float()
         return out
 

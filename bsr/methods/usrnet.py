@@ -4,8 +4,9 @@ Training data synthesis (KAIR data/dataset_usrnet.py): one scale per batch from
 usrnet.scales; per sample a motion kernel (probability 1/2) or a random anisotropic
 Gaussian (USRNet's gen_kernel ranges), circular true convolution with upper-left
 decimation (`blur_downsample(padding="circular", flip=True)`), then AWGN with σ = 0
-(probability 1/9) or σ ~ U{0..24}/255 (bsr.degradations), drawn from (seed, step). LR stays float (KAIR blurs the uint8 HR into uint8: a
-quantisation we drop). L1 loss, Adam, MultiStepLR (train.milestones, train.gamma).
+(probability 1/9) or σ ~ U{0..24}/255 (bsr.kernels, bsr.degradations), drawn from (seed, step).
+LR stays float (KAIR blurs the uint8 HR into uint8: a quantisation we drop). L1 loss, Adam,
+MultiStepLR (train.milestones, train.gamma).
 
 USRGAN (usrnet.gan.enabled; preset paper-usrgan): the same network and data
 with w_pixel L1 + w_perceptual VGG19-conv5_4 (L1, ImageNet input norm) + w_adversarial
@@ -30,25 +31,14 @@ import torch
 import torch.nn.functional as F
 
 from .. import degradations
-from ..archs.usrnet import USRNet as USRNetArch
 from ..archs.discriminators import PatchGANDiscriminator
+from ..archs.usrnet import USRNet as USRNetArch
 from ..archs.usrnet import init_identity_skip, init_orthogonal
+from ..kernels import covariance, gaussian_kernels, motion_kernels, shift_by, usrnet_random_kernels
 from . import register
 from .base import Method
 
 KERNEL_SIZE = 25
-
-
-def shift_kernel(kernel, shift):
-    """k'(p, q) = k(p + shift, q + shift) by bilinear interpolation (zeros outside), renormalised.
-    With the true convolution of the degradation, a kernel shifted by (s-1)/2 samples each LR
-    pixel at the centre of its s x s HR cell (KAIR's shift_pixel) instead of its upper-left pixel."""
-    whole, frac = math.floor(shift), shift - math.floor(shift)
-    size = kernel.shape[-1]
-    padded = F.pad(kernel, (0, whole + 2, 0, whole + 2))
-    rows = (1 - frac) * padded[whole:whole + size + 1] + frac * padded[whole + 1:whole + size + 2]
-    both = (1 - frac) * rows[:size, whole:whole + size] + frac * rows[:size, whole + 1:whole + size + 1]
-    return both / both.sum()
 
 
 def protocol_kernels(size=KERNEL_SIZE, shift=0.0):
@@ -57,13 +47,13 @@ def protocol_kernels(size=KERNEL_SIZE, shift=0.0):
     4-7 anisotropic Gaussians, (σ_major, σ_minor, θ) = (2.0, 0.8, 0), (2.4, 1.0, π/4),
         (2.8, 1.2, π/2), (3.2, 1.4, 3π/4);
     8-11 USRNet-style motion kernels drawn with seeds 0..3;
-    all size x size, then moved by `shift` pixels up and left (see shift_kernel)."""
+    all size x size, then moved by `shift` pixels up and left (bsr.kernels.shift_by)."""
     gaussians = [(s, s, 0.0) for s in (0.7, 1.2, 1.6, 2.0)]
     gaussians += [(2.0, 0.8, 0.0), (2.4, 1.0, math.pi / 4), (2.8, 1.2, math.pi / 2), (3.2, 1.4, 3 * math.pi / 4)]
     major, minor, theta = zip(*gaussians)
-    kernels = list(degradations.gaussian_kernels(degradations.covariance(major, minor, theta), size, (size - 1) / 2))
-    kernels += [degradations.motion_kernels(1, size, torch.Generator().manual_seed(seed))[0] for seed in range(4)]
-    return torch.stack([shift_kernel(k.float(), shift) if shift else k.float() for k in kernels])
+    kernels = list(gaussian_kernels(covariance(major, minor, theta), size, (size - 1) / 2))
+    kernels += [motion_kernels(1, size, torch.Generator().manual_seed(seed))[0] for seed in range(4)]
+    return torch.stack([shift_by(k.float(), shift) if shift else k.float() for k in kernels])
 
 
 def smooth_periodic_pad(x, height, width):
@@ -116,7 +106,7 @@ class USRNet(Method):
 
     def synthesize(self, hr, step):
         """HR batch -> (LR, kernels (B, k, k), σ (B,), scale): KAIR's degradation
-        (bsr.degradations.usrnet_random_kernels / usrnet_noise_levels), circular convolution,
+        (bsr.kernels.usrnet_random_kernels, bsr.degradations.usrnet_noise_levels), circular convolution,
         upper-left decimation, AWGN. The draws of the whole global batch (all DDP ranks) come
         from one generator seeded by (seed, step), batched (the motion-kernel walk is the
         slow part), and each rank keeps its slice: 2 ranks with batch B draw exactly what one
@@ -126,7 +116,7 @@ class USRNet(Method):
         scale = int(scales[torch.randint(len(scales), (1,), generator=generator).item()])
         b, total = hr.shape[0], hr.shape[0] * self.world_size
         mine = slice(self.rank * b, (self.rank + 1) * b)
-        kernels = degradations.usrnet_random_kernels(total, KERNEL_SIZE, generator)[mine].to(hr)
+        kernels = usrnet_random_kernels(total, KERNEL_SIZE, generator)[mine].to(hr)
         sigma = degradations.usrnet_noise_levels(total, generator)[mine].to(hr)
         lr = degradations.blur_downsample(hr, kernels, scale, padding="circular", flip=True)
         noise = torch.randn((total, *lr.shape[1:]), generator=generator)[mine].to(hr)
