@@ -46,10 +46,10 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]
 import torch  # noqa: E402
 
 import bench_blur_downsample as bd  # noqa: E402
-import bench_dan_train_step as bdan  # noqa: E402
 import bench_usrnet_data_step as ud  # noqa: E402
 import bench_dpcb as dpcb_bench  # noqa: E402
 import bench_patchgan_conv as pg_bench  # noqa: E402
+import bench_train_step as train_steps  # noqa: E402
 import bsrops  # noqa: E402
 import fresh_process  # noqa: E402
 from memory import format_bytes, peak_extra_memory  # noqa: E402
@@ -319,11 +319,9 @@ def patchgan_targets(ctx):
 
 @target("USRNet training step, reference vs default backend")
 def usrnet_train_step(ctx):
-    import bench_usrnet_train_step as bu
-
     results = []
     for size in ("demo",):  # the paper model's step takes tens of seconds on 2 cores: see the pytest benchmark
-        t = ctx.time({f"{size} {b}": bu.make_case(size, b) for b in bu.BACKENDS}, repeats=3)
+        t = ctx.time({f"{size} {b}": train_steps.make_case("usrnet", size, b) for b in train_steps.BACKENDS}, repeats=3)
         ratio = t[f"{size} reference"] / t[f"{size} default"]
         results.append(Result(f"USRNet train step ({size} shapes) reference / default time", ratio, 1.0, ">=",
                               note=f"default {t[f'{size} default']:.3f} s, reference {t[f'{size} reference']:.3f} s"))
@@ -337,8 +335,9 @@ def dan_train_step(ctx):
     """bsrops (native DPCB, blur_downsample) vs every op on the reference backend; at the demo
     shape by default (--dan-size paper: the setting-1 x4 shape)."""
     size = ctx.args.dan_size
-    d = bdan.SHAPES[size]
-    t = ctx.time({"reference": bdan.make_case(size, "reference"), "bsrops": bdan.make_case(size, "default")})
+    d = train_steps.CASES["dan"].shapes[size]
+    t = ctx.time({"reference": train_steps.make_case("dan", size, "reference"),
+                  "bsrops": train_steps.make_case("dan", size, "default")})
     return [Result(f"DANv2 train step speedup vs BSROPS_BACKEND=reference ({size}: batch {d['batch']}, HR {d['patch']})",
                    t["reference"] / t["bsrops"], 1.0, ">=",
                    note=f"{t['reference'] * 1e3:.0f} ms vs {t['bsrops'] * 1e3:.0f} ms")]
@@ -413,7 +412,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--no-compile", action="store_true",
                         help="skip the torch.compile comparisons (reported as SKIP, not as a pass)")
-    parser.add_argument("--dan-size", default="demo", choices=sorted(bdan.SHAPES),
+    parser.add_argument("--dan-size", default="demo", choices=sorted(train_steps.CASES["dan"].shapes),
                         help="shape of the DANv2 training step (default demo)")
     parser.add_argument("--results", default=os.path.join(HERE, "results"), metavar="DIR",
                         help="folder of the results file cpu-<date>.md (default benchmarks/results)")

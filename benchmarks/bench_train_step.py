@@ -1,0 +1,121 @@
+"""One training step of each bsr method with every bsrops op on the `reference` backend (pure
+PyTorch) against the default one (bsrops' native kernels).
+
+Cases (what one step runs):
+  usrnet         KAIR data synthesis with blur_downsample, the unrolled network on USRNetDataTerm,
+                 L1, backward, Adam
+  dan            DANv2: random Gaussian kernels, blur through blur_downsample, MATLAB bicubic, the
+                 alternating loop on bsrops.nn.DPCB/DPCG, L1 on SR and kernel, backward, Adam
+  pdm-invariant  PDM-SR: degradation + LR discriminator + SR, one kernel per image (the official
+                 configs)
+  pdm-variant    the same with a kernel per LR pixel (netK with 3x3 convs and the HR image mixed
+                 in, which the official code cannot run at scale 4)
+  realsr         a pool kernel through blur_downsample with symmetric padding, 8-bit LR, noise
+                 injection, RRDB, RaGAN against the NLayer PatchGAN on bsrops.nn.PatchGANConv,
+                 both Adam steps; KernelGAN runs 2 iterations (the pool is built before the timing)
+  usrda          USR_DA: the discriminator update and the two generator updates, seven network
+                 passes each, three VGG discriminators on bsrops.nn.PatchGANConv
+The perceptual terms are off (VGG19's ImageNet weights cannot be downloaded here).
+
+Shapes (BSR_BENCH_SIZE):
+  paper  each paper's model at its crops, with a batch of 2 instead of the paper's (16-64) so
+         that a CPU step takes seconds, not minutes (the ops' share is per image); PDM-SR keeps
+         the official psnr/2020Track1 step (batch 32, HR 128 -> LR 32, k 21, netK and netN nf 64
+         nb 8, EDSR 16x64)
+  smoke  tiny models for CI (run once with --benchmark-disable)
+  demo   (usrnet, dan; benchmarks/check_targets.py) the demo preset's model at its crops
+
+    pytest benchmarks/bench_train_step.py --benchmark-only
+"""
+import collections
+import contextlib
+import os
+
+import pytest
+import torch
+
+import bsrops
+from bsr import config, methods
+
+BACKENDS = ("reference", "default")
+
+REALSR = ["realsr.loss.perceptual=0", "realsr.kernelgan.iterations=2"]
+PDM_SMOKE = ["pdm.kernel={nf: 8, nb: 1, ksize: 7}", "pdm.noise={nf: 8, nb: 1}", "pdm.sr={nf: 8, nb: 1}",
+             "pdm.d_lr={nf: 8, nb: 2}"]
+PDM_VARIANT = ["pdm.kernel.spatial=true", "pdm.kernel.mix=true"]
+
+
+def pdm_shapes(kind):
+    return {"paper": dict(preset="paper", batch=32, patch=128, overrides=kind),
+            "smoke": dict(preset="paper", batch=2, patch=32, overrides=kind + PDM_SMOKE)}
+
+
+# method: bsr's method name; op: the op whose kernel counters show the backend that ran;
+# shapes: {size: dict(preset, batch, patch, overrides)}
+Case = collections.namedtuple("Case", "method op shapes")
+CASES = {
+    "usrnet": Case("usrnet", "usrnet", {
+        "paper": dict(preset="paper", batch=2, patch=96, overrides=["usrnet.scales=[4]"]),
+        "demo": dict(preset="demo", batch=8, patch=48, overrides=[]),
+        "smoke": dict(preset="smoke", batch=2, patch=32, overrides=["usrnet.scales=[4]"]),
+    }),
+    "dan": Case("dan", "dpcb", {
+        "paper": dict(preset="paper", batch=2, patch=256, overrides=[]),
+        "demo": dict(preset="demo", batch=8, patch=64, overrides=[]),
+        "smoke": dict(preset="demo", batch=2, patch=32,
+                      overrides=["dan.nf=8", "dan.nb=1", "dan.ng=1", "dan.loop=2", "dan.pca_kernels=2000"]),
+    }),
+    "pdm-invariant": Case("pdm", "blur_downsample", pdm_shapes([])),
+    "pdm-variant": Case("pdm", "blur_downsample", pdm_shapes(PDM_VARIANT)),
+    "realsr": Case("realsr", "blur_downsample", {
+        # the embedded photos have no flat 256x256 window: 32x32 ones (the LR crop) with a looser threshold
+        "paper": dict(preset="paper", batch=2, patch=160,
+                      overrides=REALSR + ["realsr.noise.patch=32", "realsr.noise.max_var=120", "realsr.noise.min_mean=0"]),
+        "smoke": dict(preset="smoke", batch=2, patch=64, overrides=REALSR),
+    }),
+    "usrda": Case("usrda", "patchgan", {
+        # batch 2 at LR 32 instead of 4 at LR 64: batch norm needs 2 values on the last 1x1 map
+        "paper": dict(preset="paper", batch=2, patch=128, overrides=["usrda.loss.percept=0"]),
+        "smoke": dict(preset="smoke", batch=2, patch=128, overrides=[]),
+    }),
+}
+
+
+def make_step(method_name, shape, backend):
+    """A zero-argument callable running one training step of `method_name` at `shape`
+    (dict: preset, batch, patch, overrides) on `backend` ("reference" or "default")."""
+    cfg = config.load(method_name, shape["preset"], overrides=shape["overrides"] + [f"data.hr_patch={shape['patch']}"])
+    torch.manual_seed(0)
+    method = methods.get(method_name)(cfg, "cpu")
+    batch = {"hr": torch.rand(shape["batch"], 3, shape["patch"], shape["patch"]), "seed": torch.arange(shape["batch"])}
+    if method.data_kind == "unpaired":  # the target-domain LR crops
+        lr_patch = shape["patch"] // cfg.data.scale
+        batch["lr"] = torch.rand(shape["batch"], 3, lr_patch, lr_patch)
+
+    def step():
+        with bsrops.use_backend("reference") if backend == "reference" else contextlib.nullcontext():
+            return method.train_step(batch, 0)
+    return step
+
+
+def make_case(case, size, backend):
+    """make_step of case `case` (a key of CASES) at shape `size`."""
+    return make_step(CASES[case].method, CASES[case].shapes[size], backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", tuple(CASES))
+def test_train_step(benchmark, bench_size, case, backend):
+    """Times one step and asserts that the kernels of the case's op ran on the backend asked for."""
+    shape = CASES[case].shapes[bench_size]
+    benchmark.group = f"train_step/{case}/{bench_size}"
+    step = make_step(CASES[case].method, shape, backend)
+    before = bsrops.kernel_calls()
+    benchmark(step)
+    after = bsrops.kernel_calls()
+    ran = {k.split(".", 1)[1] for k in after if after[k] != before.get(k, 0) and CASES[case].op in k}
+    ran.discard("composite")  # backend-independent glue around the kernels (e.g. _usrnet_precompute)
+    expected = "reference" if backend == "reference" else bsrops.backend_info("cpu")["backend"]
+    assert ran and all(b.startswith(expected) for b in ran), (ran, expected)
+    benchmark.extra_info.update(shape, backends_ran=sorted(ran), threads=torch.get_num_threads(),
+                                load_average=os.getloadavg()[0])
