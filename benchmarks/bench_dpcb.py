@@ -19,49 +19,37 @@ oneDNN post-ops of the first convs, so they are not separate passes there and no
 Also `convs`: the four convolutions alone (NCHW, as eager runs them), forward+backward,
 for the conv share.
 
-Where the time goes. Restorer shape: a 3x3 64->64 conv on 8x64x64 is 8*4096*64*64*9 =
-1.21 GMAC; forward+backward runs the two image-path convs forward plus their data and
-weight gradients (the first conv's data gradient is needed for x_img): 6 conv-sized passes,
-7.2 GMAC = 14.5 GFLOP (the 1x1 condition path is negligible). In units of one 8 MiB image
-tensor read or written, the eager NCHW block's elementwise part moves ~18 units (LeakyReLU
-2, modulation 2 + 3, grad_f1 2, grad_img*f1 2 + its sum 1, LeakyReLU backward 3, residual
-gradient 3), and oneDNN's NCHW convolutions reorder to and from their blocked layout inside
-(2 units per forward, 2-4 per backward, with 2 image-sized buffers per backward). The op
-moves 16 units (to channels_last 2 + 2, epilogue 3, its backward 3, LeakyReLU backward 3,
-gradient back to NCHW with the residual 3) and its channels_last convolutions reorder
-nothing. The fused part's 2-4x over the same work in eager ops comes from the transposes
-(torch's NCHW -> channels_last copy takes ~3 ms per 8 MiB here, our 8x8 register transposes
-~0.2-0.4 ms) and from fewer passes; what the block gains comes from the convolutions (a
-64-channel 3x3 conv here: 10.7 vs 11.7 ms forward, 24.6 vs 25.7 ms backward in channels_last,
-alone; more in the block, where the NCHW reorder buffers are fresh pages) and from the memory.
+Where the time goes (the arithmetic; measured figures: benchmarks/results/). Restorer shape: a
+3x3 64->64 conv on 8x64x64 is 8*4096*64*64*9 = 1.21 GMAC; forward+backward runs the two
+image-path convs forward plus their data and weight gradients (the first conv's data gradient
+is needed for x_img): 6 conv-sized passes, 7.2 GMAC = 14.5 GFLOP (the 1x1 condition path is
+negligible). In units of one 8 MiB image tensor read or written, the eager NCHW block's
+elementwise part moves ~18 units (LeakyReLU 2, modulation 2 + 3, grad_f1 2, grad_img*f1 2 + its
+sum 1, LeakyReLU backward 3, residual gradient 3), and oneDNN's NCHW convolutions reorder to and
+from their blocked layout inside (2 units per forward, 2-4 per backward, with 2 image-sized
+buffers per backward). The op moves 16 units (to channels_last 2 + 2, epilogue 3, its backward
+3, LeakyReLU backward 3, gradient back to NCHW with the residual 3) and its channels_last
+convolutions reorder nothing. The fused part gains over the same work in eager ops through its
+register-blocked transposes and its fewer passes; the whole block through the convolutions'
+missing reorders and through memory, since the convolutions dominate its time.
 Estimator shape (both paths 32 ch, full resolution, 3x3; 4 MiB tensors): the op moves 33
 units (to channels_last 4 + 4, epilogue 6, grad_f2 4, grad_f1 3, LeakyReLU backwards 6,
 gradients back 6) against the eager block's ~34: the transposes eat the fusion's savings, and
-at 32 channels channels_last convolutions gain less than at 64 (~3% forward), so the block
-runs at about eager's speed with 0.8x of its memory.
-- CPU (2 cores, measured by check_targets.py, see the issue #4 closing note): the convs are
-  ~90% of the eager block's forward+backward.
-- GPU roofline (H200: ~495 TFLOP/s dense TF32, 4.8 TB/s HBM): the convs' 14.5 GFLOP take
-  ~30 us ideal, ~45-60 us at realistic cuDNN efficiency; eager elementwise 18 x 8.4 MB =
-  151 MB is ~31 us plus ~10 launches, the fused kernels 16 x 8.4 MB = 134 MB ~28 us in 7
-  launches, 9 units (~16 us) when the caller's tensors are channels_last already (no
-  transposes; cuDNN prefers NHWC for tensor cores). Measured on an H200 (float32 without TF32,
-  benchmarks/gpu_conv_blocks.py): eager 1.16 ms forward+backward, the op 1.38 ms on its CUDA
-  kernels (1.73 on Triton), with the layout moves 2.27 ms (so they run on the CPU only): the
-  saved traffic (~12 us) is smaller than the op's extra launches and Python glue per call.
+at 32 channels channels_last convolutions gain less than at 64, so the block runs at about
+eager's speed with less memory.
+On a GPU the same traffic is a few tens of microseconds at HBM bandwidth, comparable to the
+op's extra launches and Python glue per call: there the convolutions keep the caller's layout
+(benchmarks/gpu_conv_blocks.py measures the blocks on a device).
 Inference (bsrops runs _dpcb_inference, see ops/dpcb.py). Estimator shape: four 32->32 3x3
-convs of 0.30 GMAC, ~3.0-3.3 ms each here (~12.5 ms, ~94% of the eager block's ~13.3 ms when
-no page faults intervene); eager's elementwise part moves 13 units of 4 MiB (LeakyReLUs 2 x 2,
-mul 3, adds 3 + 3) in ~0.65 ms, the op 7 units in place (addcmul 4, add_ 3) in ~0.35 ms, its
-LeakyReLUs oneDNN post-ops (which save about what their pass cost, ~0.07 ms each): the best
-case is ~2-3% of the block, inside the run-to-run noise, so the row measures 1.00-1.03x without
-page faults; with them (glibc's malloc trimming the heap between calls) the op's 3 image-sized
-allocations against eager's 4 count more (1.1-1.2x in a fresh process). Restorer shape
-(64 ch): ~95% convolution, the same arithmetic on 8 MiB tensors.
-Whole-block timings on the 2-core CPU vary by +-15% between processes: page faults of
-freshly allocated tensors (glibc's default malloc returns large blocks to the OS) cost up to
-~10k faults per call; GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...:glibc.malloc.trim_threshold=...
-set high (or jemalloc/tcmalloc) removes them.
+convs of 0.30 GMAC are almost all of the block; eager's elementwise part moves 13 units of
+4 MiB (LeakyReLUs 2 x 2, mul 3, adds 3 + 3), the op 7 units in place (addcmul 4, add_ 3), its
+LeakyReLUs oneDNN post-ops: a gain of a few percent of the block at best, plus one image-sized
+allocation fewer than eager's 4 (fewer page faults). Restorer shape (64 ch): the same
+arithmetic on 8 MiB tensors.
+Whole-block timings vary between processes through the page faults of freshly allocated
+tensors (glibc's default malloc returns large blocks to the OS);
+GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...:glibc.malloc.trim_threshold=... set high (or
+jemalloc/tcmalloc) removes them.
 
 extra_info: peak_extra_bytes (benchmarks/memory.py: a fresh subprocess, peak RSS during one
 call minus the RSS before it).

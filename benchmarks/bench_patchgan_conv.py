@@ -14,27 +14,20 @@ F.instance_norm + in-place LeakyReLU, their autograd backward and torch's layout
 `_patchgan_norm_act_backward` + `_relayout` (bsrops_cpu). Also `conv alone`
 forward+backward (NCHW, as eager runs it), for the conv share.
 
-Where the time goes and why the fusion helps: the conv is 16*1024*128*64*16 = 2.15 GMAC
-forward and twice that backward (data + weight gradients), 6.4 GMAC = 12.9 GFLOP in all.
-The norm + activation work on 8 MiB tensors (y, out, grad_out, grad_y); in units of one
-such tensor read or written, eager runs ~13 (instance-norm statistics 1, normalise 2,
-LeakyReLU 2, LeakyReLU backward 3, norm backward reductions 2 + input gradient 3) and the
-fused kernels 6 (statistics 1, write out 1 - the 4 KB planes stay in L1 between the passes -,
-backward: read grad_out and out, write gz into grad_y's memory 3, then the reductions and
-grad_y in place from L1), with 2 instead of 4 tensor-sized allocations. The op's conv backward runs in channels_last
-(oneDNN's NCHW backward holds ~3 y-sized reorder buffers; peak live memory of the block 50.0
-vs 63.9 MiB): grad_y leaves the norm's backward in channels_last (1 transpose of y's size),
-x goes to channels_last for the weight gradient and grad_x back (2 of x's, twice y's size).
-- CPU (2 cores, measured in the issue #4 closing note): the conv is ~86% of the eager
-  block's forward+backward and the norm + activation ~7%; the fused part runs ~5x faster
-  than eager and on par with torch.compile (inductor generates the same one-pass kernels,
-  1.0-1.2x in our favour), which makes the whole block ~1.1x faster.
-- GPU roofline (H200: ~495 TFLOP/s dense TF32, 4.8 TB/s): the conv's 12.9 GFLOP take ~26 us
-  ideal, ~40-50 us realistic; eager norm + activation 13 x 8.4 MB = 109 MB ~23 us plus ~8
-  launches, fused 6 x 8.4 MB = 50 MB ~11 us in 2 launches: ~12 us of a ~65-75 us block
-  with TF32 convs. Measured on an H200 without TF32 (benchmarks/gpu_conv_blocks.py): eager
-  0.60 ms, the op 0.83 ms forward+backward (its per-call overhead outweighs the ~12 us), peak
-  memory 16.0 vs 31.5 MiB.
+Where the time goes and why the fusion helps (the arithmetic; measured figures:
+benchmarks/results/): the conv is 16*1024*128*64*16 = 2.15 GMAC forward and twice that backward
+(data + weight gradients), 6.4 GMAC = 12.9 GFLOP in all. The norm + activation work on 8 MiB
+tensors (y, out, grad_out, grad_y); in units of one such tensor read or written, eager runs ~13
+(instance-norm statistics 1, normalise 2, LeakyReLU 2, LeakyReLU backward 3, norm backward
+reductions 2 + input gradient 3) and the fused kernels 6 (statistics 1, write out 1 - the 4 KB
+planes stay in L1 between the passes -, backward: read grad_out and out, write gz into grad_y's
+memory 3, then the reductions and grad_y in place from L1), with 2 instead of 4 tensor-sized
+allocations. The op's conv backward runs in channels_last (oneDNN's NCHW backward holds ~3
+y-sized reorder buffers): grad_y leaves the norm's backward in channels_last (1 transpose of
+y's size), x goes to channels_last for the weight gradient and grad_x back (2 of x's, twice y's
+size). The conv dominates the block's time, so the fused part's gain shows as a smaller one for
+the block. On a GPU the saved traffic (7 units of 8.4 MB) is about what the op's extra launches
+and per-call overhead cost (benchmarks/gpu_conv_blocks.py measures it on a device).
 """
 import functools
 

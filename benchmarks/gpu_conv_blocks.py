@@ -1,4 +1,4 @@
-"""GPU time and memory of the issue #4 blocks at the paper shapes (needs a CUDA device; CI has none).
+"""GPU time and memory of the conv blocks (DPCB, PatchGAN) at the paper shapes (needs a CUDA device; CI has none).
 
     TRITON_INTERPRET=0 python benchmarks/gpu_conv_blocks.py
 
