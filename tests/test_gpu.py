@@ -147,7 +147,7 @@ def test_patchgan_conv(block, backend):
     assert_close_cpu(actual, expected)
 
 
-# ---- issue 15: views, extreme strides, the alpha check on the device ----
+# ---- views, extreme strides, the alpha check on the device ----
 
 def _to_cuda(args):
     return {k: v.to(CUDA) if isinstance(v, torch.Tensor) else v for k, v in args.items()}

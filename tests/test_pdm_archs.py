@@ -95,7 +95,7 @@ def test_noise_model_variants(spatial, mix, dim):
     assert noise.shape == (2, dim, 5, 7)
     conv_k = 3 if spatial else 1
     assert net.deg_noise[0].kernel_size == (conv_k, conv_k) and net.deg_noise[0].in_channels == 3 * mix + 3
-    if not spatial and not mix:  # the official deg/2020 configs: one constant per image (issue #15)
+    if not spatial and not mix:  # the official deg/2020 configs: one constant per image (UnpairedSR issue #15)
         assert torch.allclose(noise, noise[:, :, :1, :1].expand_as(noise))
     else:
         assert noise.flatten(2).std(2).min() > 0
