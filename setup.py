@@ -177,7 +177,7 @@ def extension_and_cmdclass():
     with_cuda, why = cuda_wanted(torch.version.cuda, cpp_extension.CUDA_HOME)
     ninja = find_ninja() or "not found (one file at a time)"  # before BuildExtension looks for it
     required = required or (with_cuda and cuda_switch() == "1")
-    sources = ["csrc/bsrops.cpp"] + sorted(glob.glob("csrc/*/*_cpu.cpp"))
+    sources = ["csrc/bsrops.cpp"] + sorted(glob.glob("csrc/*/*.cpp"))
     macros = [("BSROPS_TORCH_VERSION", f'"{torch.__version__}"'), ("BSROPS_WITH_CUDA", str(int(with_cuda)))]
     extra_cflags = shlex.split(os.environ.get("BSROPS_EXTRA_CFLAGS", ""))
     extra = {"cxx": ["-O3", "-std=c++20", "-fopenmp", *extra_cflags]}

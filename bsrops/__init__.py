@@ -15,7 +15,7 @@ autograd, backend registration), `bsrops.nn` (the modules over them), `bsrops.re
 reference kernels and baselines) and `bsrops.triton` (the Triton kernels). Networks built from them, the
 discriminators included, live in the `bsr` package.
 """
-from . import _extension  # loads _C (op schemas and native kernels) first
+from . import _extension  # loads _C, the native kernels (the op modules below define the schemas)
 from ._backend import BACKENDS, backend_info, kernel_calls, use_backend
 from ._extension import build_info
 from .ops.blur_downsample import blur_downsample

@@ -1,9 +1,10 @@
 """Backend selection for the bsrops ops.
 
-One op has one schema whichever backend runs it. The native kernels (`cpu`, `cuda`)
-are registered by `_C` for the CPU and CUDA dispatch keys. The other backends are
-Python kernels registered over them for the devices they serve, through a
-torch.library.Library whose destruction restores the native kernels:
+One op has one schema whichever backend runs it, defined in Python by the op's module
+(`define_schemas`). The native kernels (`cpu`, `cuda`) are registered by `_C` for the CPU
+and CUDA dispatch keys. The other backends are Python kernels registered over them for the
+devices they serve, through a torch.library.Library whose destruction restores the native
+kernels:
 
 - `reference`: the pure-PyTorch references (CPU and CUDA); also the fallback without `_C`;
 - `triton`: the Triton kernels (CUDA; and CPU tensors under TRITON_INTERPRET=1);
@@ -34,20 +35,14 @@ _python_calls = collections.Counter()
 _active = []  # stack of (backend, devices, Library); the last one serving a device wins
 _owners = {}  # id of a use_backend entry in _active -> (backend, thread) that entered it
 _lock = threading.Lock()  # guards _active and _owners: check, install and remove as one step
+_schemas = torch.library.Library("bsrops", "DEF")  # holds every op's schema for the life of the process
 
 
-def define_schemas_if_missing(schemas):
-    """Without a usable _C the op schemas ({name: schema}) are defined here, with the reference
-    kernels behind them. Returns the Library holding them (keep it alive), or None."""
-    first = next(iter(schemas))
-    try:
-        getattr(torch.ops.bsrops, first).default
-        return None
-    except (AttributeError, RuntimeError):
-        library = torch.library.Library("bsrops", "FRAGMENT")
-        for schema in schemas.values():
-            library.define(schema)
-        return library
+def define_schemas(schemas):
+    """Define torch.ops.bsrops.<name> for each schema string, its one definition (each op's module passes its
+    own). The native kernels of _C attach to the names whether _C was loaded before or after."""
+    for schema in schemas:
+        _schemas.define(schema)
 
 
 def register_kernel(backend, op_name, fn):

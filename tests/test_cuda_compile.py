@@ -22,7 +22,8 @@ CSRC = ROOT / "csrc"
 CU_FILES = sorted(CSRC.glob("*/*.cu"))
 ARCHS = ("80", "90")
 
-# Per op: the per-element functions of csrc/<op>/<op>.h that its CUDA kernels must call.
+# Per op: the per-element functions of csrc/<op>/<op>.h (or of the csrc/common headers it includes) that its
+# CUDA kernels must call.
 SHARED_ELEMENT_FUNCTIONS = {
     "blur_downsample": ("forward_element", "grad_input_element", "grad_kernel_element"),
     "usrnet_data_step": ("solve_element", "solve_backward_element"),
@@ -52,6 +53,23 @@ def _find_nvcc():
 def _strip_comments(source):
     source = re.sub(r"/\*.*?\*/", " ", source, flags=re.S)
     return re.sub(r"//[^\n]*", "", source)
+
+
+def _with_local_includes(path):
+    """The code of `path` and of every csrc file it includes with #include "..." (transitively), comments
+    stripped."""
+    seen, pending, code = set(), [path.resolve()], []
+    while pending:
+        current = pending.pop(0)
+        if current in seen:
+            continue
+        seen.add(current)
+        text = _strip_comments(current.read_text())
+        code.append(text)
+        for include in re.findall(r'#\s*include\s*"([^"]+)"', text):
+            if (current.parent / include).is_file():
+                pending.append((current.parent / include).resolve())
+    return "\n".join(code)
 
 
 def _called(name, code):
@@ -102,8 +120,7 @@ def test_every_op_with_a_header_and_cpu_kernel_has_cuda_kernels():
 @pytest.mark.skipif(not CU_FILES, reason="no csrc/*/*.cu files")
 @pytest.mark.parametrize("cu", CU_FILES, ids=_rel)
 def test_cu_uses_only_minimal_headers_and_stream_discipline(cu):
-    source = cu.read_text()
-    code = _strip_comments(source)
+    code = _with_local_includes(cu)  # its launches may go through csrc/common/cuda_kernel.cuh
     for header in FORBIDDEN_INCLUDES:
         assert not re.search(rf'#\s*include\s*[<"]{re.escape(header)}[>"]', code), \
             f"{_rel(cu)} includes {header}: use the minimal headers listed in docs/ops.md"
@@ -120,13 +137,14 @@ def test_cu_uses_only_minimal_headers_and_stream_discipline(cu):
 
 @pytest.mark.parametrize("op", sorted(SHARED_ELEMENT_FUNCTIONS))
 def test_cuda_and_cpu_shared_kernels_call_the_header_per_element_functions(op):
-    header = _strip_comments((CSRC / op / f"{op}.h").read_text())
+    header = _with_local_includes(CSRC / op / f"{op}.h")
     cu = _strip_comments((CSRC / op / f"{op}_cuda.cu").read_text())
-    cpu = _strip_comments((CSRC / op / f"{op}_cpu.cpp").read_text())
+    # the CPU kernels: <op>_cpu.cpp and, where the op has a cpu_shared backend, <op>_cpu_shared.cpp
+    cpu = "\n".join(_strip_comments(path.read_text()) for path in sorted((CSRC / op).glob(f"{op}_cpu*.cpp")))
     assert re.search(rf'#\s*include\s*"{op}\.h"', cu), f"{op}_cuda.cu must include {op}.h"
     for name in SHARED_ELEMENT_FUNCTIONS[op]:
         assert re.search(rf"C10_HOST_DEVICE\s+inline\s+[\w:<>,\s]*\b{name}\s*\(", header), \
-            f"{op}.h must define {name} as a C10_HOST_DEVICE function"
+            f"{op}.h (or a csrc/common header it includes) must define {name} as a C10_HOST_DEVICE function"
         assert not re.search(rf"\b{name}\s*\([^;{{]*\)\s*\{{", cu), f"{op}_cuda.cu must not redefine {name}"
         assert _called(name, cu), f"{op}_cuda.cu never calls the shared {name}"
-        assert _called(name, cpu), f"{op}_cpu.cpp (cpu_shared backend) never calls the shared {name}"
+        assert _called(name, cpu), f"{op}_cpu*.cpp (cpu, cpu_shared backends) never call the shared {name}"

@@ -169,14 +169,6 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(grad, x_img.grad)
 
 
-def test_python_schemas_equal_native_schemas():
-    from bsrops.ops.dpcb import SCHEMAS
-
-    for name, schema in SCHEMAS.items():
-        native = str(getattr(torch.ops.bsrops, name).default._schema)
-        assert native == str(torch._C.parse_schema("bsrops::" + schema)), name
-
-
 def test_channel_mismatch_in_module_is_a_clear_error():
     with pytest.raises(ValueError, match="nf1 \\(4\\) must equal nf2 \\(8\\)"):
         DPCB(4, 8)

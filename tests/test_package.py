@@ -138,7 +138,7 @@ def test_sdist_holds_every_source_and_header_the_build_needs(project, sdist):
     all_sources = set(sources) | {p.relative_to(project).as_posix() for p in (project / "csrc").rglob("*")
                                   if p.suffix in SOURCE_SUFFIXES}
     needed = include_closure(sorted(all_sources), project.resolve())
-    assert {"csrc/call_counter.h", "csrc/cpu_isa.h"} <= needed  # what the old sdist lacked
+    assert {"csrc/common/call_counter.h", "csrc/common/cpu_isa.h"} <= needed  # what the old sdist lacked
     assert not needed - names, f"the sdist lacks {sorted(needed - names)}"
     assert {"setup.py", "pyproject.toml", "README.md", "MANIFEST.in"} <= names
     configs = {p.relative_to(project).as_posix() for p in (project / "bsr" / "configs").glob("*.yaml")}

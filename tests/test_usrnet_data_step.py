@@ -286,14 +286,6 @@ def test_torch_compile_fullgraph_no_graph_break():
         torch.testing.assert_close(actual, truth)
 
 
-def test_python_schemas_equal_native_schemas():
-    from bsrops.ops.usrnet_data_step import SCHEMAS
-
-    for name, schema in SCHEMAS.items():
-        native = str(getattr(torch.ops.bsrops, name).default._schema)
-        assert native == str(torch._C.parse_schema("bsrops::" + schema)), name
-
-
 def _bad(**change):
     args = dict(z=torch.randn(2, 3, 8, 12), y=torch.randn(2, 3, 4, 6), kernel=torch.rand(3, 3), alpha=0.5, scale=2)
     args.update(change)

@@ -10,10 +10,15 @@ import torch
 from .. import _backend
 from ..reference import blur_downsample as ref
 
-SCHEMAS = {
-    "blur_downsample": "blur_downsample(Tensor x, Tensor kernel, int stride=1, str padding='reflect', bool flip=False) -> Tensor",
-    "_blur_downsample_backward": "_blur_downsample_backward(Tensor grad_out, Tensor x, Tensor kernel, int stride, str padding, bool flip, bool[2] output_mask) -> (Tensor, Tensor)",
-}
+SCHEMAS = (
+    "blur_downsample(Tensor x, Tensor kernel, int stride=1, str padding='reflect', bool flip=False) -> Tensor",
+    "_blur_downsample_backward(Tensor grad_out, Tensor x, Tensor kernel, int stride, str padding, bool flip, "
+    "bool[2] output_mask) -> (Tensor, Tensor)",
+    # the same maths through the per-element functions the CUDA kernels use (backend "cpu_shared")
+    "_blur_downsample_shared(Tensor x, Tensor kernel, int stride=1, str padding='reflect', bool flip=False) -> Tensor",
+    "_blur_downsample_shared_backward(Tensor grad_out, Tensor x, Tensor kernel, int stride, str padding, bool flip, "
+    "bool[2] output_mask) -> (Tensor, Tensor)",
+)
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INT64_MAX = 2 ** 63 - 1
 
@@ -81,7 +86,7 @@ def check_inputs(x, kernel, stride, padding):
 
 # ---- registration ----
 
-_schema_library = _backend.define_schemas_if_missing(SCHEMAS)
+_backend.define_schemas(SCHEMAS)
 
 
 @torch.library.register_fake("bsrops::blur_downsample")

@@ -65,15 +65,23 @@ from ..reference import dpcb as ref
 from ._common import (check_device, check_slope, check_tensor, conv_backward, memory_format, memory_format_of,
                       onednn_conv_leaky_relu, records_autograd, to_channels_last)
 
-SCHEMAS = {
-    "dpcb": "dpcb(Tensor x_img, Tensor x_cond, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor w3, Tensor? b3, Tensor w4, Tensor? b4, float negative_slope=0.2) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
-    "_leaky_relu_": "_leaky_relu_(Tensor(a!) x, float negative_slope) -> ()",
-    "_leaky_relu_backward_": "_leaky_relu_backward_(Tensor(a!) grad, Tensor out, float negative_slope) -> ()",
-    "_dpcb_epilogue": "_dpcb_epilogue(Tensor x_img, Tensor f1, Tensor x_cond, Tensor f2) -> (Tensor, Tensor)",
-    "_dpcb_epilogue_backward": "_dpcb_epilogue_backward(Tensor grad_img, Tensor grad_cond, Tensor? f1, Tensor? f2, bool channels_last) -> (Tensor, Tensor)",
-    "_relayout": "_relayout(Tensor x, Tensor? other, bool channels_last) -> Tensor",
-    "_dpcb_inference": "_dpcb_inference(Tensor x_img, Tensor x_cond, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor w3, Tensor? b3, Tensor w4, Tensor? b4, float negative_slope=0.2) -> (Tensor, Tensor)",
-}
+SCHEMAS = (
+    # (out_img, out_cond, h1, f1, h2, f2): the LeakyReLU outputs and the second convolutions' outputs are
+    # returned for the backward, which frees each as soon as it has used it
+    "dpcb(Tensor x_img, Tensor x_cond, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor w3, Tensor? b3, "
+    "Tensor w4, Tensor? b4, float negative_slope=0.2) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+    # the fused elementwise kernels around the convolutions, any mix of NCHW and channels_last operands
+    "_leaky_relu_(Tensor(a!) x, float negative_slope) -> ()",
+    "_leaky_relu_backward_(Tensor(a!) grad, Tensor out, float negative_slope) -> ()",
+    "_dpcb_epilogue(Tensor x_img, Tensor f1, Tensor x_cond, Tensor f2) -> (Tensor, Tensor)",
+    "_dpcb_epilogue_backward(Tensor grad_img, Tensor grad_cond, Tensor? f1, Tensor? f2, bool channels_last) "
+    "-> (Tensor, Tensor)",
+    # x (+ other) in NCHW or channels_last, fused with a residual gradient's add
+    "_relayout(Tensor x, Tensor? other, bool channels_last) -> Tensor",
+    # the forward without autograd: nothing kept for a backward, the outputs written in place of f1 and f2
+    "_dpcb_inference(Tensor x_img, Tensor x_cond, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor w3, "
+    "Tensor? b3, Tensor w4, Tensor? b4, float negative_slope=0.2) -> (Tensor, Tensor)",
+)
 PARAMETERS = ("w1", "b1", "w2", "b2", "w3", "b3", "w4", "b4")
 
 
@@ -226,7 +234,7 @@ def _backward_composite(grad_img, grad_cond, x_img, x_cond, weights, held, negat
 
 # ---- registration ----
 
-_schema_library = _backend.define_schemas_if_missing(SCHEMAS)
+_backend.define_schemas(SCHEMAS)
 torch.library.impl("bsrops::dpcb", "CompositeExplicitAutograd")(_forward_composite)
 torch.library.impl("bsrops::_dpcb_inference", "CompositeExplicitAutograd")(_inference_composite)
 

@@ -45,13 +45,27 @@ from ..reference import patchgan_conv as ref
 from ._common import (check_device, check_slope, check_tensor, conv_backward, memory_format_of,
                       onednn_conv_leaky_relu, records_autograd, to_channels_last)
 
-SCHEMAS = {
-    "patchgan_conv": "patchgan_conv(Tensor x, Tensor weight, Tensor? bias, int stride, int padding, str norm, Tensor? norm_weight, Tensor? norm_bias, Tensor? running_mean, Tensor? running_var, bool training, float momentum, float eps, float negative_slope, bool activation) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
-    "patchgan_norm_act": "patchgan_norm_act(Tensor y, Tensor? norm_weight, Tensor? norm_bias, Tensor? running_mean, Tensor? running_var, str norm, bool training, float momentum, float eps, float negative_slope, bool activation) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
-    "_patchgan_norm_act": "_patchgan_norm_act(Tensor y, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, Tensor(b!)? running_var, str norm, bool training, float momentum, float eps, float negative_slope, bool activation) -> (Tensor, Tensor, Tensor)",
-    "_patchgan_norm_act_backward": "_patchgan_norm_act_backward(Tensor grad_out, Tensor y, Tensor out, Tensor mean, Tensor rstd, Tensor? weight, str norm, bool training, float negative_slope, bool activation, bool[3] output_mask) -> (Tensor, Tensor, Tensor)",
-    "_patchgan_conv2d": "_patchgan_conv2d(Tensor x, Tensor weight, Tensor? bias, int stride, int padding) -> Tensor",
-}
+SCHEMAS = (
+    # (out, y = conv output, mean, rstd, new running_mean, new running_var); functional: the Python wrapper
+    # writes the new running statistics into the buffers. A composite of _patchgan_conv2d and
+    # patchgan_norm_act (which carries the autograd formula): two autograd nodes, so y is released before
+    # the conv's backward
+    "patchgan_conv(Tensor x, Tensor weight, Tensor? bias, int stride, int padding, str norm, Tensor? norm_weight, "
+    "Tensor? norm_bias, Tensor? running_mean, Tensor? running_var, bool training, float momentum, float eps, "
+    "float negative_slope, bool activation) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "patchgan_norm_act(Tensor y, Tensor? norm_weight, Tensor? norm_bias, Tensor? running_mean, "
+    "Tensor? running_var, str norm, bool training, float momentum, float eps, float negative_slope, "
+    "bool activation) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    # the fused kernels: norm statistics + affine + activation, and their backward
+    "_patchgan_norm_act(Tensor y, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, Tensor(b!)? running_var, "
+    "str norm, bool training, float momentum, float eps, float negative_slope, bool activation) "
+    "-> (Tensor, Tensor, Tensor)",
+    "_patchgan_norm_act_backward(Tensor grad_out, Tensor y, Tensor out, Tensor mean, Tensor rstd, Tensor? weight, "
+    "str norm, bool training, float negative_slope, bool activation, bool[3] output_mask) -> (Tensor, Tensor, Tensor)",
+    # aten's conv2d whose backward runs in channels_last when its incoming gradient is (the norm's backward
+    # hands it so): no oneDNN reorder buffers
+    "_patchgan_conv2d(Tensor x, Tensor weight, Tensor? bias, int stride, int padding) -> Tensor",
+)
 NORMS = ("none", "instance", "batch")
 
 
@@ -199,7 +213,7 @@ def _conv2d_composite(x, weight, bias, stride, padding):
 
 # ---- registration ----
 
-_schema_library = _backend.define_schemas_if_missing(SCHEMAS)
+_backend.define_schemas(SCHEMAS)
 torch.library.impl("bsrops::patchgan_conv", "CompositeImplicitAutograd")(_patchgan_conv_composite)
 torch.library.impl("bsrops::patchgan_norm_act", "CompositeExplicitAutograd")(_norm_act_composite)
 torch.library.impl("bsrops::_patchgan_conv2d", "CompositeExplicitAutograd")(_conv2d_composite)

@@ -30,14 +30,23 @@ import torch
 from .. import _backend
 from ..reference import usrnet_data_step as ref
 
-SCHEMAS = {
-    "usrnet_data_step": "usrnet_data_step(Tensor z, Tensor y, Tensor kernel, Tensor alpha, int scale) -> Tensor",
-    "_usrnet_data_step_backward": "_usrnet_data_step_backward(Tensor grad_x, Tensor z, Tensor y, Tensor kernel, Tensor alpha, int scale, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)",
-    "usrnet_solve": "usrnet_solve(Tensor z, Tensor FB, Tensor FBFy, Tensor F2B_mean, Tensor alpha, int scale) -> Tensor",
-    "_usrnet_solve_backward": "_usrnet_solve_backward(Tensor grad_x, Tensor z, Tensor FB, Tensor FBFy, Tensor F2B_mean, Tensor alpha, int scale, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
-    "_usrnet_precompute": "_usrnet_precompute(Tensor y, Tensor kernel, int scale) -> (Tensor, Tensor, Tensor)",
-    "_usrnet_precompute_backward": "_usrnet_precompute_backward(Tensor grad_FB, Tensor grad_FBFy, Tensor grad_F2B_mean, Tensor y, Tensor kernel, int scale, bool[2] output_mask) -> (Tensor, Tensor)",
-}
+SCHEMAS = (
+    "usrnet_data_step(Tensor z, Tensor y, Tensor kernel, Tensor alpha, int scale) -> Tensor",
+    "_usrnet_data_step_backward(Tensor grad_x, Tensor z, Tensor y, Tensor kernel, Tensor alpha, int scale, "
+    "bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)",
+    # the per-iteration part over the loop invariants of _usrnet_precompute: FB (N, H, W, 2) and
+    # FBFy (N, C, H, W, 2), complex spectra as real views, and F2B_mean (N, h, w)
+    "usrnet_solve(Tensor z, Tensor FB, Tensor FBFy, Tensor F2B_mean, Tensor alpha, int scale) -> Tensor",
+    "_usrnet_solve_backward(Tensor grad_x, Tensor z, Tensor FB, Tensor FBFy, Tensor F2B_mean, Tensor alpha, "
+    "int scale, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "_usrnet_precompute(Tensor y, Tensor kernel, int scale) -> (Tensor, Tensor, Tensor)",
+    "_usrnet_precompute_backward(Tensor grad_FB, Tensor grad_FBFy, Tensor grad_F2B_mean, Tensor y, Tensor kernel, "
+    "int scale, bool[2] output_mask) -> (Tensor, Tensor)",
+    # usrnet_solve through the per-element functions the CUDA kernels use (backend "cpu_shared")
+    "_usrnet_solve_shared(Tensor z, Tensor FB, Tensor FBFy, Tensor F2B_mean, Tensor alpha, int scale) -> Tensor",
+    "_usrnet_solve_shared_backward(Tensor grad_x, Tensor z, Tensor FB, Tensor FBFy, Tensor F2B_mean, Tensor alpha, "
+    "int scale, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+)
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -212,7 +221,7 @@ class _SolveForZAndAlpha(torch.autograd.Function):
 
 # ---- registration ----
 
-_schema_library = _backend.define_schemas_if_missing(SCHEMAS)
+_backend.define_schemas(SCHEMAS)
 
 
 def _like(tensor, wanted):

@@ -199,7 +199,7 @@ inline Geometry make_geometry(const at::Tensor& x, const at::Tensor& kernel, int
   TORCH_CHECK(g.H >= 1 && g.W >= 1, "blur_downsample: x must have H, W >= 1, got ", x.sizes());
   // A stride >= max(H, W) leaves one output per axis (i = j = 0), whose taps do not depend on it,
   // so it runs as max(H, W): the same output, and no s * i, (u + s - 1) / s or stride-sized
-  // buffer can overflow (2^63 - 1 gave a (N, C, 0, 0) output, 2^40 a std::bad_alloc).
+  // buffer can overflow, up to a stride of 2^63 - 1.
   g.stride = std::min(stride, std::max(g.H, g.W));
   g.Ho = (g.H + g.stride - 1) / g.stride;  // ceil(H / s)
   g.Wo = (g.W + g.stride - 1) / g.stride;
@@ -234,6 +234,14 @@ inline Geometry make_geometry(const at::Tensor& x, const at::Tensor& kernel, int
               std::string(padding), " padding of ", widest, " pixels needs H and W larger than ", widest,
               g.padding == kReflect ? "" : " - 1", "; got (H, W) = (", g.H, ", ", g.W, ") for k = ", g.k);
   return g;
+}
+
+// grad_kernel from its sums per (n, tap, cell) in opmath dtype, (N, k*k, cells) with cells = Ho * Wo
+// (per-pixel kernel) or 1 (per image): the kernel's shape and dtype, a shared (k, k) kernel's
+// summed over N before the cast.
+inline at::Tensor kernel_grad_of(const at::Tensor& grad, const at::Tensor& kernel) {
+  const at::Tensor summed = kernel.dim() == 2 ? grad.sum(0) : grad;
+  return summed.view(kernel.sizes()).to(kernel.scalar_type());
 }
 
 }  // namespace blur_downsample

@@ -34,9 +34,6 @@
 // padding also reads from border rows (reflect, ...) go through the side buffer and are
 // summed in a fixed order afterwards. Per-image kernels reduce grad_K into per-task
 // partial sums, added in task order (two-stage, deterministic).
-//
-// The "cpu_shared" ops loop over the per-element functions of blur_downsample.h, which
-// are what the CUDA kernels run.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -52,24 +49,11 @@
 #include <type_traits>
 #include <vector>
 
-#include "../call_counter.h"
-#include "../cpu_isa.h"  // BSR_CLONES, BSR_INLINE
+#include "../common/call_counter.h"
+#include "../common/cpu_isa.h"
+#include "../common/loop_pragmas.h"
+#include "../common/simd_vec.h"
 #include "blur_downsample.h"
-
-#if defined(__GNUC__) || defined(__clang__)
-#define BSR_PREFETCH(p, write) __builtin_prefetch((p), (write), 3)
-#define BSR_PRAGMA(x) _Pragma(#x)
-#else
-#define BSR_PREFETCH(p, write) ((void)0)
-#define BSR_PRAGMA(x)
-#endif
-#if defined(__clang__)
-#define BSR_UNROLL BSR_PRAGMA(unroll)
-#elif defined(__GNUC__)
-#define BSR_UNROLL BSR_PRAGMA(GCC unroll 64)
-#else
-#define BSR_UNROLL
-#endif
 
 namespace bsrops {
 namespace blur_downsample {
@@ -233,42 +217,7 @@ BSR_INLINE void load_rows(const Plan& p, const scalar_t* x, int64_t n, int64_t r
   }
 }
 
-// ---- register tiles ----
-//
-// The tiles use GCC/Clang vector extensions: one Vec<T> is 64 bytes (16 floats), which
-// the compiler maps to one AVX-512 register, two AVX2 ones or four SSE ones for the
-// respective clone. (Plain loops over arrays were not vectorised reliably by GCC once
-// the backward tile fused its two products.)
-
-#if defined(__GNUC__) || defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte vectors only live inside inlined code
-template <typename T>
-struct Vec {
-  static constexpr int kLanes = 64 / static_cast<int>(sizeof(T));
-  typedef T type __attribute__((vector_size(64)));
-  static BSR_INLINE type load(const T* p) {
-    type v;
-    __builtin_memcpy(&v, p, sizeof v);
-    return v;
-  }
-  static BSR_INLINE void store(T* p, type v) { __builtin_memcpy(p, &v, sizeof v); }
-  static BSR_INLINE type splat(T s) { return type{} + s; }
-};
-#else
-template <typename T>
-struct Vec {  // portable fallback with the same interface
-  static constexpr int kLanes = 64 / static_cast<int>(sizeof(T));
-  struct type {
-    T e[kLanes];
-    friend type operator+(type a, type b) { for (int l = 0; l < kLanes; ++l) a.e[l] += b.e[l]; return a; }
-    friend type operator*(type a, type b) { for (int l = 0; l < kLanes; ++l) a.e[l] *= b.e[l]; return a; }
-    type& operator+=(type b) { return *this = *this + b; }
-  };
-  static type load(const T* p) { type v; std::copy(p, p + kLanes, v.e); return v; }
-  static void store(T* p, type v) { std::copy(v.e, v.e + kLanes, p); }
-  static type splat(T s) { type v; std::fill(v.e, v.e + kLanes, s); return v; }
-};
-#endif
+// ---- register tiles (of Vec<T>, 64 bytes) ----
 
 // Forward, one output row and one tap row a, NV vectors of outputs j, CB channels:
 //   acc[cc][j] += sum_b w_b(j) * x[cc][colpos[b] + j],  w_b(j) = w[b * w_tap + j] (kPixel) or w[b * w_tap].
@@ -666,16 +615,6 @@ int64_t task_grain(const Geometry& g, int64_t rows_per_task) {
   return std::max<int64_t>(1, (int64_t(1) << 18) / fmas);
 }
 
-at::ScalarType opmath_dtype(at::ScalarType t) {
-  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
-}
-
-// Per-image grads in acc dtype -> the kernel's layout and dtype.
-at::Tensor finish_image_grad(const at::Tensor& per_image, const at::Tensor& kernel) {
-  at::Tensor grad = kernel.dim() == 2 ? per_image.sum(0) : per_image;
-  return grad.view(kernel.sizes()).to(kernel.scalar_type());
-}
-
 bool is_half_type(const at::Tensor& t) {
   return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
 }
@@ -738,7 +677,7 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_out, con
   const RowFold fold = make_row_fold(p);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "blur_downsample_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto acc_options = x.options().dtype(opmath_dtype(x.scalar_type()));
+    const auto acc_options = x.options().dtype(at::toOpMathType(x.scalar_type()));
     const int64_t taps = g.k * g.k;
     at::Tensor partial, side;
     if (want_gk && !per_pixel) partial = at::empty({g.N, p.bwd_blocks, taps}, acc_options);
@@ -814,78 +753,11 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
   return {grad_x.to(x.scalar_type()), grad_kernel.to(kernel.scalar_type())};
 }
 
-// ---- cpu_shared: the CUDA kernels' per-element functions, looped on the CPU ----
-
-at::Tensor forward_shared(const at::Tensor& x_in, const at::Tensor& kernel_in, int64_t stride,
-                          c10::string_view padding, bool flip) {
-  count_call("_blur_downsample_shared.cpu");
-  const at::Tensor x = x_in.contiguous(), kernel = kernel_in.contiguous();
-  const Geometry g = make_geometry(x, kernel, stride, padding, flip);
-  at::Tensor out = at::empty({g.N, g.C, g.Ho, g.Wo}, x.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "blur_downsample_shared", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* xd = x.data_ptr<scalar_t>();
-    const scalar_t* kd = kernel.data_ptr<scalar_t>();
-    scalar_t* od = out.data_ptr<scalar_t>();
-    at::parallel_for(0, out.numel(), 64, [&](int64_t begin, int64_t end) {
-      for (int64_t e = begin; e < end; ++e) {
-        const int64_t j = e % g.Wo, i = (e / g.Wo) % g.Ho, c = (e / (g.Wo * g.Ho)) % g.C, n = e / (g.Wo * g.Ho * g.C);
-        od[e] = scalar_t(forward_element<scalar_t, acc_t>(xd, kd, g, n, c, i, j));
-      }
-    });
-  });
-  return out;
-}
-
-std::tuple<at::Tensor, at::Tensor> backward_shared(const at::Tensor& grad_out_in, const at::Tensor& x_in,
-                                                   const at::Tensor& kernel_in, int64_t stride,
-                                                   c10::string_view padding, bool flip,
-                                                   std::array<bool, 2> output_mask) {
-  count_call("_blur_downsample_shared_backward.cpu");
-  const at::Tensor x = x_in.contiguous(), kernel = kernel_in.contiguous(), grad_out = grad_out_in.contiguous();
-  const Geometry g = make_geometry(x, kernel, stride, padding, flip);
-  at::Tensor grad_x = output_mask[0] ? at::empty_like(x) : x.new_empty({0});
-  at::Tensor grad_kernel = kernel.new_empty({0});
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "blur_downsample_backward_shared", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* gd = grad_out.data_ptr<scalar_t>();
-    const scalar_t* kd = kernel.data_ptr<scalar_t>();
-    const scalar_t* xd = x.data_ptr<scalar_t>();
-    if (output_mask[0]) {
-      scalar_t* gx = grad_x.data_ptr<scalar_t>();
-      at::parallel_for(0, x.numel(), 64, [&](int64_t begin, int64_t end) {
-        for (int64_t e = begin; e < end; ++e) {
-          const int64_t xc = e % g.W, y = (e / g.W) % g.H, c = (e / (g.W * g.H)) % g.C, n = e / (g.W * g.H * g.C);
-          gx[e] = scalar_t(grad_input_element<scalar_t, acc_t>(gd, kd, g, n, c, y, xc));
-        }
-      });
-    }
-    if (output_mask[1]) {
-      const bool per_pixel = kernel.dim() == 4;
-      const int64_t taps = g.k * g.k, cells = per_pixel ? g.Ho * g.Wo : 1;
-      at::Tensor grad = at::empty({g.N, taps, cells}, x.options().dtype(opmath_dtype(x.scalar_type())));
-      acc_t* gk = grad.data_ptr<acc_t>();
-      at::parallel_for(0, grad.numel(), 16, [&](int64_t begin, int64_t end) {
-        for (int64_t e = begin; e < end; ++e) {
-          const int64_t cell = e % cells, t = (e / cells) % taps, n = e / (cells * taps);
-          const int64_t i0 = per_pixel ? cell / g.Wo : 0, j0 = per_pixel ? cell % g.Wo : 0;
-          const int64_t i1 = per_pixel ? i0 + 1 : g.Ho, j1 = per_pixel ? j0 + 1 : g.Wo;
-          gk[e] = grad_kernel_element<scalar_t, acc_t>(gd, xd, g, n, t, i0, i1, j0, j1);
-        }
-      });
-      grad_kernel = per_pixel ? grad.view(kernel.sizes()).to(kernel.scalar_type()) : finish_image_grad(grad, kernel);
-    }
-  });
-  return {grad_x, grad_kernel};
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(bsrops, CPU, m) {
   m.impl("blur_downsample", &forward_cpu);
   m.impl("_blur_downsample_backward", &backward_cpu);
-  m.impl("_blur_downsample_shared", &forward_shared);
-  m.impl("_blur_downsample_shared_backward", &backward_shared);
 }
 
 }  // namespace blur_downsample

@@ -16,28 +16,19 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <array>
 #include <tuple>
 
-#include "../call_counter.h"
+#include "../common/call_counter.h"
+#include "../common/cuda_kernel.cuh"
 #include "blur_downsample.h"
 
 namespace bsrops {
 namespace blur_downsample {
 namespace {
-
-constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = 65536;  // the grid-stride loop covers the rest
-
-inline unsigned int num_blocks(int64_t total) {
-  return static_cast<unsigned int>(std::min<int64_t>((total + kThreads - 1) / kThreads, kMaxBlocks));
-}
 
 // out[e], e = ((n * C + c) * Ho + i) * Wo + j
 template <typename scalar_t>
@@ -45,8 +36,7 @@ __global__ void __launch_bounds__(kThreads)
     forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ kernel, scalar_t* __restrict__ out,
                    const Geometry g, const int64_t total) {
   using acc_t = at::opmath_type<scalar_t>;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
-       e += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+  BSR_GRID_STRIDE(e, total) {
     const int64_t j = e % g.Wo, i = (e / g.Wo) % g.Ho, c = (e / (g.Wo * g.Ho)) % g.C, n = e / (g.Wo * g.Ho * g.C);
     out[e] = static_cast<scalar_t>(forward_element<scalar_t, acc_t>(x, kernel, g, n, c, i, j));
   }
@@ -58,8 +48,7 @@ __global__ void __launch_bounds__(kThreads)
     grad_input_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ kernel,
                       scalar_t* __restrict__ grad_x, const Geometry g, const int64_t total) {
   using acc_t = at::opmath_type<scalar_t>;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
-       e += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+  BSR_GRID_STRIDE(e, total) {
     const int64_t xc = e % g.W, y = (e / g.W) % g.H, c = (e / (g.W * g.H)) % g.C, n = e / (g.W * g.H * g.C);
     grad_x[e] = static_cast<scalar_t>(grad_input_element<scalar_t, acc_t>(grad_out, kernel, g, n, c, y, xc));
   }
@@ -73,17 +62,12 @@ __global__ void __launch_bounds__(kThreads)
                        const int64_t total) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t taps = g.k * g.k, cells = per_pixel ? g.Ho * g.Wo : 1;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
-       e += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+  BSR_GRID_STRIDE(e, total) {
     const int64_t cell = e % cells, t = (e / cells) % taps, n = e / (cells * taps);
     const int64_t i0 = per_pixel ? cell / g.Wo : 0, j0 = per_pixel ? cell % g.Wo : 0;
     const int64_t i1 = per_pixel ? i0 + 1 : g.Ho, j1 = per_pixel ? j0 + 1 : g.Wo;
     grad[e] = grad_kernel_element<scalar_t, acc_t>(grad_out, x, g, n, t, i0, i1, j0, j1);
   }
-}
-
-at::ScalarType opmath_dtype(at::ScalarType t) {
-  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
 }
 
 void check_cuda_inputs(const at::Tensor& x, const at::Tensor& kernel) {
@@ -102,11 +86,9 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& kernel_in, int
   at::Tensor out = at::empty({g.N, g.C, g.Ho, g.Wo}, x.options());
   const int64_t total = out.numel();
   if (total == 0) return out;
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "blur_downsample_cuda", [&] {
-    forward_kernel<scalar_t><<<num_blocks(total), kThreads, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), kernel.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), g, total);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(forward_kernel<scalar_t>, grid_blocks(total), x.const_data_ptr<scalar_t>(),
+                  kernel.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), g, total);
   });
   return out;
 }
@@ -126,30 +108,23 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_out_in, 
               "blur_downsample backward: grad_out must be (N, C, Ho, Wo)");
   at::Tensor grad_x = output_mask[0] ? at::empty_like(x) : x.new_empty({0});
   at::Tensor grad_kernel = kernel.new_empty({0});
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "blur_downsample_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (output_mask[0] && grad_x.numel() > 0) {
       const int64_t total = grad_x.numel();
-      grad_input_kernel<scalar_t><<<num_blocks(total), kThreads, 0, stream>>>(
-          grad_out.const_data_ptr<scalar_t>(), kernel.const_data_ptr<scalar_t>(),
-          grad_x.mutable_data_ptr<scalar_t>(), g, total);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_kernel(grad_input_kernel<scalar_t>, grid_blocks(total), grad_out.const_data_ptr<scalar_t>(),
+                    kernel.const_data_ptr<scalar_t>(), grad_x.mutable_data_ptr<scalar_t>(), g, total);
     }
     if (output_mask[1]) {
       const bool per_pixel = kernel.dim() == 4;
       const int64_t taps = g.k * g.k, cells = per_pixel ? g.Ho * g.Wo : 1;
-      at::Tensor grad = at::empty({g.N, taps, cells}, x.options().dtype(opmath_dtype(x.scalar_type())));
+      at::Tensor grad = at::empty({g.N, taps, cells}, x.options().dtype(at::toOpMathType(x.scalar_type())));
       const int64_t total = grad.numel();
       if (total > 0) {
-        grad_kernel_kernel<scalar_t><<<num_blocks(total), kThreads, 0, stream>>>(
-            grad_out.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<acc_t>(), g,
-            per_pixel, total);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        launch_kernel(grad_kernel_kernel<scalar_t>, grid_blocks(total), grad_out.const_data_ptr<scalar_t>(),
+                      x.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<acc_t>(), g, per_pixel, total);
       }
-      // (k, k): sum the per-image grads over N in opmath dtype, then cast once.
-      const at::Tensor summed = kernel.dim() == 2 ? grad.sum(0) : grad;
-      grad_kernel = summed.view(kernel.sizes()).to(kernel.scalar_type());
+      grad_kernel = kernel_grad_of(grad, kernel);
     }
   });
   return {grad_x, grad_kernel};

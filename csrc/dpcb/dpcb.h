@@ -11,30 +11,11 @@
 #include <c10/macros/Macros.h>
 #include <cstdint>
 
-// Vectorised loops on the CPU (OpenMP simd, also inside macro arguments); nothing for nvcc.
-#if defined(_OPENMP) && !defined(__CUDACC__)
-#define BSR_OMP_PRAGMA(x) _Pragma(#x)
-#define BSR_SIMD BSR_OMP_PRAGMA(omp simd)
-#define BSR_SIMD_SUM(...) BSR_OMP_PRAGMA(omp simd reduction(+ : __VA_ARGS__))
-#else
-#define BSR_SIMD
-#define BSR_SIMD_SUM(...)
-#endif
+#include "../common/leaky_relu.h"    // leaky_relu_element, leaky_relu_grad_element
+#include "../common/loop_pragmas.h"  // BSR_SIMD_SUM
 
 namespace bsrops {
 namespace dpcb {
-
-template <typename T>
-C10_HOST_DEVICE inline T leaky_relu_element(T v, T slope) {
-  return v > T(0) ? v : v * slope;
-}
-
-// d lrelu from its *output*: for slope >= 0 the output has the sign of the input, so the
-// pre-activation need not be kept for the backward.
-template <typename T>
-C10_HOST_DEVICE inline T leaky_relu_grad_element(T grad, T out, T slope) {
-  return out > T(0) ? grad : grad * slope;
-}
 
 template <typename T>
 C10_HOST_DEVICE inline T modulate_element(T x, T f1, T f2) {

@@ -24,8 +24,9 @@
 #include <tuple>
 #include <vector>
 
-#include "../call_counter.h"
-#include "../cpu_isa.h"
+#include "../common/call_counter.h"
+#include "../common/cpu_isa.h"
+#include "../common/loop_pragmas.h"
 #include "dpcb.h"
 
 namespace bsrops {
@@ -43,9 +44,9 @@ void check_cpu_float(const at::Tensor& t, const char* name) {
 
 // The loops over one contiguous run of n elements: the LeakyReLU ones are multi-ISA functions
 // (cpu_isa.h) called on long runs; the others are inlined into the tile bodies, which run in
-// the multi-ISA build as a whole (with_best_isa: one dispatch per tile, not per row). Written inline inside the parallel lambdas, GCC left some of them scalar (a
-// conditional load, a LeakyReLU select kept as a branch); as plain-pointer functions every
-// one vectorises.
+// the multi-ISA build as a whole (with_best_isa: one dispatch per tile, not per row). They
+// are plain-pointer functions so that GCC vectorises every one (written inline inside the
+// parallel lambdas, a conditional load or a LeakyReLU select may stay scalar).
 template <typename T>
 BSR_CLONES void leaky_relu_run(T* x, int64_t n, T slope) {
   BSR_SIMD

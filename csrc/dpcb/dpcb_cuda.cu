@@ -12,31 +12,18 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <tuple>
 
-#include "../call_counter.h"
+#include "../common/call_counter.h"
+#include "../common/cuda_kernel.cuh"
 #include "dpcb.h"
 
 namespace bsrops {
 namespace dpcb {
 namespace {
-
-constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = 65536;
-
-inline unsigned int num_blocks(int64_t total) {
-  return static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>((total + kThreads - 1) / kThreads, kMaxBlocks)));
-}
-
-#define BSR_GRID_STRIDE(e, total)                                                          \
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < (total); \
-       e += static_cast<int64_t>(blockDim.x) * gridDim.x)
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) leaky_relu_kernel(scalar_t* __restrict__ x, scalar_t slope, int64_t total) {
@@ -91,16 +78,12 @@ __global__ void __launch_bounds__(kThreads)
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t partial[kThreads];
   const int64_t n = blockIdx.x / channels, c = blockIdx.x % channels;
-  partial[threadIdx.x] = grad_cond_scale_plane<scalar_t, acc_t>(gi + offset_of(sgi, n, c, 0), sgi.p,
-                                                                f1 + offset_of(sf1, n, c, 0), sf1.p, threadIdx.x,
-                                                                pixels, blockDim.x);
-  __syncthreads();
-  for (int width = kThreads / 2; width > 0; width /= 2) {
-    if (threadIdx.x < width) partial[threadIdx.x] += partial[threadIdx.x + width];
-    __syncthreads();
-  }
+  const acc_t sum = block_sum(grad_cond_scale_plane<scalar_t, acc_t>(gi + offset_of(sgi, n, c, 0), sgi.p,
+                                                                     f1 + offset_of(sf1, n, c, 0), sf1.p, threadIdx.x,
+                                                                     pixels, blockDim.x),
+                              partial);
   if (threadIdx.x == 0)
-    g2[offset_of(sg2, n, c, 0)] = static_cast<scalar_t>(partial[0] + static_cast<acc_t>(gc[offset_of(sgc, n, c, 0)]));
+    g2[offset_of(sg2, n, c, 0)] = static_cast<scalar_t>(sum + static_cast<acc_t>(gc[offset_of(sgc, n, c, 0)]));
 }
 
 // out = x (+ other), each in its own layout
@@ -129,11 +112,9 @@ void leaky_relu_cuda(at::Tensor& x, double slope) {
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t total = x.numel();
   if (total == 0) return;
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "leaky_relu_cuda", [&] {
-    leaky_relu_kernel<scalar_t><<<num_blocks(total), kThreads, 0, stream>>>(x.mutable_data_ptr<scalar_t>(),
-                                                                            static_cast<scalar_t>(slope), total);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(leaky_relu_kernel<scalar_t>, grid_blocks(total), x.mutable_data_ptr<scalar_t>(),
+                  static_cast<scalar_t>(slope), total);
   });
 }
 
@@ -144,11 +125,9 @@ void leaky_relu_backward_cuda(at::Tensor& grad, const at::Tensor& out_in, double
   const at::Tensor out = same_order(out_in, grad);
   const int64_t total = grad.numel();
   if (total == 0) return;
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "leaky_relu_backward_cuda", [&] {
-    leaky_relu_backward_kernel<scalar_t><<<num_blocks(total), kThreads, 0, stream>>>(
-        grad.mutable_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(), static_cast<scalar_t>(slope), total);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(leaky_relu_backward_kernel<scalar_t>, grid_blocks(total), grad.mutable_data_ptr<scalar_t>(),
+                  out.const_data_ptr<scalar_t>(), static_cast<scalar_t>(slope), total);
   });
 }
 
@@ -162,15 +141,12 @@ std::tuple<at::Tensor, at::Tensor> epilogue_cuda(const at::Tensor& x_in, const a
   at::Tensor out = at::empty_like(x), out_cond = at::empty_like(xc);
   const int64_t total = x.numel();
   if (total == 0) return {out, out_cond};
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dpcb_epilogue_cuda", [&] {
-    epilogue_kernel<scalar_t><<<num_blocks(total), kThreads, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), plane_strides(x), f1.const_data_ptr<scalar_t>(), plane_strides(f1),
-        xc.const_data_ptr<scalar_t>(), plane_strides(xc, pointwise), f2.const_data_ptr<scalar_t>(),
-        plane_strides(f2, pointwise), out.mutable_data_ptr<scalar_t>(), plane_strides(out),
-        out_cond.mutable_data_ptr<scalar_t>(), plane_strides(out_cond, pointwise), x.size(1), x.size(2) * x.size(3),
-        pointwise, total);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(epilogue_kernel<scalar_t>, grid_blocks(total), x.const_data_ptr<scalar_t>(), plane_strides(x),
+                  f1.const_data_ptr<scalar_t>(), plane_strides(f1), xc.const_data_ptr<scalar_t>(),
+                  plane_strides(xc, pointwise), f2.const_data_ptr<scalar_t>(), plane_strides(f2, pointwise),
+                  out.mutable_data_ptr<scalar_t>(), plane_strides(out), out_cond.mutable_data_ptr<scalar_t>(),
+                  plane_strides(out_cond, pointwise), x.size(1), x.size(2) * x.size(3), pointwise, total);
   });
   return {out, out_cond};
 }
@@ -192,21 +168,17 @@ std::tuple<at::Tensor, at::Tensor> epilogue_backward_cuda(const at::Tensor& grad
   if (total == 0) return {grad_f1, grad_f2};
   const PlaneStrides sg1 = has_f2 ? plane_strides(grad_f1) : plane_strides(gi);
   const PlaneStrides sg2 = has_f1 ? plane_strides(grad_f2, pointwise) : plane_strides(gc, pointwise);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "dpcb_epilogue_backward_cuda", [&] {
     scalar_t* g1 = has_f2 ? grad_f1.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* g2 = has_f1 ? grad_f2.mutable_data_ptr<scalar_t>() : nullptr;
-    epilogue_grad_kernel<scalar_t><<<num_blocks(total), kThreads, 0, stream>>>(
-        gi.const_data_ptr<scalar_t>(), plane_strides(gi), gc.const_data_ptr<scalar_t>(), plane_strides(gc, pointwise),
-        f1.const_data_ptr<scalar_t>(), plane_strides(f1), f2.const_data_ptr<scalar_t>(), plane_strides(f2, pointwise),
-        g1, sg1, pointwise ? nullptr : g2, sg2, channels, pixels, total);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (pointwise && has_f1) {
-      grad_cond_plane_kernel<scalar_t><<<static_cast<unsigned int>(gi.size(0) * channels), kThreads, 0, stream>>>(
-          gi.const_data_ptr<scalar_t>(), plane_strides(gi), gc.const_data_ptr<scalar_t>(), plane_strides(gc, true),
-          f1.const_data_ptr<scalar_t>(), plane_strides(f1), g2, sg2, channels, pixels);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
+    launch_kernel(epilogue_grad_kernel<scalar_t>, grid_blocks(total), gi.const_data_ptr<scalar_t>(),
+                  plane_strides(gi), gc.const_data_ptr<scalar_t>(), plane_strides(gc, pointwise),
+                  f1.const_data_ptr<scalar_t>(), plane_strides(f1), f2.const_data_ptr<scalar_t>(),
+                  plane_strides(f2, pointwise), g1, sg1, pointwise ? nullptr : g2, sg2, channels, pixels, total);
+    if (pointwise && has_f1)  // one block per (n, c) plane
+      launch_kernel(grad_cond_plane_kernel<scalar_t>, gi.size(0) * channels, gi.const_data_ptr<scalar_t>(),
+                    plane_strides(gi), gc.const_data_ptr<scalar_t>(), plane_strides(gc, true),
+                    f1.const_data_ptr<scalar_t>(), plane_strides(f1), g2, sg2, channels, pixels);
   });
   return {grad_f1, grad_f2};
 }
@@ -221,13 +193,10 @@ at::Tensor relayout_cuda(const at::Tensor& x_in, const c10::optional<at::Tensor>
   at::Tensor out = at::empty(x.sizes(), x.options().memory_format(layout(channels_last)));
   const int64_t total = x.numel();
   if (total == 0) return out;
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "relayout_cuda", [&] {
-    relayout_kernel<scalar_t><<<num_blocks(total), kThreads, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), plane_strides(x), has_other ? other.const_data_ptr<scalar_t>() : nullptr,
-        plane_strides(other), out.mutable_data_ptr<scalar_t>(), plane_strides(out), x.size(1), x.size(2) * x.size(3),
-        total);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(relayout_kernel<scalar_t>, grid_blocks(total), x.const_data_ptr<scalar_t>(), plane_strides(x),
+                  has_other ? other.const_data_ptr<scalar_t>() : nullptr, plane_strides(other),
+                  out.mutable_data_ptr<scalar_t>(), plane_strides(out), x.size(1), x.size(2) * x.size(3), total);
   });
   return out;
 }

@@ -10,7 +10,7 @@
 #include <c10/macros/Macros.h>
 #include <cstdint>
 
-#include "../dpcb/dpcb.h"  // leaky_relu_element, leaky_relu_grad_element
+#include "../common/leaky_relu.h"
 
 namespace bsrops {
 namespace patchgan_conv {
@@ -38,7 +38,7 @@ struct Groups {
 template <typename T, typename acc_t>
 C10_HOST_DEVICE inline T norm_act_element(T y, acc_t scale, acc_t shift, acc_t slope, bool activation) {
   const acc_t z = static_cast<acc_t>(y) * scale + shift;
-  return static_cast<T>(activation ? dpcb::leaky_relu_element(z, slope) : z);
+  return static_cast<T>(activation ? leaky_relu_element(z, slope) : z);
 }
 
 // The slope grad_z_element applies where out <= 0: the LeakyReLU's, or 1 without activation
@@ -50,7 +50,7 @@ C10_HOST_DEVICE inline double grad_z_slope(double negative_slope, bool activatio
 // d loss / d z from d loss / d out (the activation's mask from the sign of out).
 template <typename T>
 C10_HOST_DEVICE inline T grad_z_element(T grad_out, T out, T slope) {
-  return dpcb::leaky_relu_grad_element(grad_out, out, slope);
+  return leaky_relu_grad_element(grad_out, out, slope);
 }
 
 // d loss / d y. With batch statistics (training / instance norm), mean and rstd depend on y:

@@ -11,37 +11,19 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/sum.h>
-#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <array>
 #include <tuple>
 
-#include "../call_counter.h"
+#include "../common/call_counter.h"
+#include "../common/cuda_kernel.cuh"
 #include "patchgan_conv.h"
 
 namespace bsrops {
 namespace patchgan_conv {
 namespace {
-
-constexpr int kThreads = 256;
-
-// Sum of one value per thread, in a fixed order; every thread gets the result.
-template <typename acc_t>
-__device__ acc_t block_sum(acc_t value, acc_t* shared) {
-  shared[threadIdx.x] = value;
-  __syncthreads();
-  for (int width = kThreads / 2; width > 0; width /= 2) {
-    if (threadIdx.x < width) shared[threadIdx.x] += shared[threadIdx.x + width];
-    __syncthreads();
-  }
-  const acc_t total = shared[0];
-  __syncthreads();
-  return total;
-}
 
 struct ForwardParams {
   Groups g;
@@ -92,9 +74,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   const acc_t slope = static_cast<acc_t>(p.slope);
   if (g.norm == kNone) {  // no groups: a plain grid-stride loop over all elements
-    for (int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; e < M;
-         e += static_cast<int64_t>(kThreads) * gridDim.x)
-      out[e] = norm_act_element<scalar_t, acc_t>(y[e], scale, shift, slope, p.activation);
+    BSR_GRID_STRIDE(e, M) out[e] = norm_act_element<scalar_t, acc_t>(y[e], scale, shift, slope, p.activation);
     return;
   }
   for (int64_t e = threadIdx.x; e < M; e += kThreads) {
@@ -115,9 +95,7 @@ __global__ void __launch_bounds__(kThreads)
   const acc_t slope = static_cast<acc_t>(gz_slope);
   if (g.norm == kNone) {
     const int64_t total = g.N * g.C * g.HW;
-    for (int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; e < total;
-         e += static_cast<int64_t>(kThreads) * gridDim.x)
-      grad_y[e] = static_cast<scalar_t>(grad_z_element<acc_t>(grad[e], out[e], slope));
+    BSR_GRID_STRIDE(e, total) grad_y[e] = static_cast<scalar_t>(grad_z_element<acc_t>(grad[e], out[e], slope));
     return;
   }
   const int64_t group = blockIdx.x, M = g.size();
@@ -166,16 +144,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_cuda(
   const Groups g = f.g;
   const bool tracked = f.tracked;
   ForwardParams p{g, f.data_stats, training, tracked, activation, momentum, eps, slope};
-  const int64_t blocks = norm == kNone ? std::min<int64_t>((y.numel() + kThreads - 1) / kThreads, 65536) : g.count();
+  const int64_t blocks = norm == kNone ? grid_blocks(y.numel()) : g.count();  // else one block per group
   if (blocks == 0) return {out, mean, rstd};
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "patchgan_norm_act_cuda", [&] {
-    norm_act_kernel<scalar_t><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
-        y.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), mean.mutable_data_ptr<scalar_t>(),
-        rstd.mutable_data_ptr<scalar_t>(), optional_ptr<scalar_t>(f.weight), optional_ptr<scalar_t>(f.bias),
-        tracked ? f.running_mean.mutable_data_ptr<scalar_t>() : nullptr,
-        tracked ? f.running_var.mutable_data_ptr<scalar_t>() : nullptr, p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(norm_act_kernel<scalar_t>, blocks, y.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+                  mean.mutable_data_ptr<scalar_t>(), rstd.mutable_data_ptr<scalar_t>(),
+                  optional_ptr<scalar_t>(f.weight), optional_ptr<scalar_t>(f.bias),
+                  tracked ? f.running_mean.mutable_data_ptr<scalar_t>() : nullptr,
+                  tracked ? f.running_var.mutable_data_ptr<scalar_t>() : nullptr, p);
   });
   finish_forward(f, running_mean, running_var);
   return {out, mean, rstd};
@@ -195,16 +171,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cuda(
   const at::Tensor& sums = b.sums;
   const Groups g = b.g;
   const int64_t groups = b.groups;
-  const int64_t blocks = norm == kNone ? std::min<int64_t>((out.numel() + kThreads - 1) / kThreads, 65536) : groups;
+  const int64_t blocks = norm == kNone ? grid_blocks(out.numel()) : groups;  // else one block per group
   if (blocks > 0 && (mask[0] || norm != kNone)) {
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "patchgan_norm_act_backward_cuda", [&] {
-      norm_act_backward_kernel<scalar_t><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
-          grad.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(),
-          mean.const_data_ptr<scalar_t>(), rstd.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(b.weight),
-          mask[0] ? grad_y.mutable_data_ptr<scalar_t>() : nullptr, sums.mutable_data_ptr<double>(), g,
-          b.data_stats, grad_z_slope(slope, activation));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_kernel(norm_act_backward_kernel<scalar_t>, blocks, grad.const_data_ptr<scalar_t>(),
+                    y.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(), mean.const_data_ptr<scalar_t>(),
+                    rstd.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(b.weight),
+                    mask[0] ? grad_y.mutable_data_ptr<scalar_t>() : nullptr, sums.mutable_data_ptr<double>(), g,
+                    b.data_stats, grad_z_slope(slope, activation));
     });
   }
   const auto [grad_weight, grad_bias] = norm_param_grads(sums, g, norm, mask, out);  // in a fixed order

@@ -25,31 +25,14 @@
 #include <tuple>
 #include <vector>
 
-#include "../call_counter.h"
-#include "../cpu_isa.h"
+#include "../common/call_counter.h"
+#include "../common/cpu_isa.h"
 #include "usrnet_data_step.h"
+#include "usrnet_data_step_cpu.h"
 
 namespace bsrops {
 namespace usrnet_data_step {
 namespace {
-
-// ---- CPU kernels of the fused solve ----
-
-// The alpha policy of every backend: finite and > 0. On the CPU a ValueError (no device to keep
-// asynchronous); the CUDA and Triton kernels assert it on the device.
-void check_alpha_values(const char* op, const at::Tensor& alpha) {
-  const at::Tensor values = alpha.detach().to(at::kDouble).contiguous();
-  const double* a = values.const_data_ptr<double>();
-  for (int64_t n = 0; n < values.numel(); ++n)
-    TORCH_CHECK_VALUE(std::isfinite(a[n]) && a[n] > 0, op, ": alpha must be finite and > 0, got ", a[n],
-                      " for sample ", n);
-}
-
-// Work items per parallel chunk: ~64k complex multiply-adds, whatever the shape.
-int64_t grain(const Geometry& g, int64_t items_per_row, int64_t planes) {
-  const int64_t work = std::max<int64_t>(1, items_per_row * planes * g.s * g.s * 8);
-  return std::max<int64_t>(1, (int64_t(1) << 16) / work);
-}
 
 // ---- the fast passes: one task per plane (or image) and pair of LR rows {u, -u} ----
 //
@@ -281,120 +264,45 @@ BSR_INLINE void solve_backward_rows(const Geometry& g, const T* grad_half, const
 
 int64_t solve_backward_scratch(const Geometry& g) { return 8 * g.s * g.W + 11 * g.w + 4 * g.W; }
 
-// ---- the CPU ops: FFTs around one fused pass, fast (rows) or through the shared per-element functions ----
-
-at::Tensor solve_impl(const char* op, bool shared, const at::Tensor& z_in, const at::Tensor& fb_in,
-                      const at::Tensor& fbfy_in, const at::Tensor& f2b_mean_in, const at::Tensor& alpha_in,
-                      int64_t scale) {
-  const Geometry g = make_solve_geometry(op, z_in, fb_in, fbfy_in, f2b_mean_in, alpha_in, scale);
-  check_alpha_values(op, alpha_in);
-  if (z_in.numel() == 0) return at::empty_like(z_in, at::MemoryFormat::Contiguous);
-  const at::Tensor fb = fb_in.contiguous(), fbfy = fbfy_in.contiguous(), f2b_mean = f2b_mean_in.contiguous();
-  const at::Tensor alpha = alpha_in.contiguous();
-  at::Tensor spectrum = at::view_as_real(at::fft_rfft2(z_in.contiguous()));
-  AT_DISPATCH_FLOATING_TYPES(z_in.scalar_type(), "usrnet_solve_cpu", [&] {
-    scalar_t* spec = spectrum.data_ptr<scalar_t>();
-    const scalar_t *fbd = fb.const_data_ptr<scalar_t>(), *fbfyd = fbfy.const_data_ptr<scalar_t>();
-    const scalar_t *wd = f2b_mean.const_data_ptr<scalar_t>(), *ad = alpha.const_data_ptr<scalar_t>();
-    at::parallel_for(0, g.N * g.C * g.h, grain(g, g.w, 1), [&](int64_t begin, int64_t end) {
-      if (shared) {
-        for (int64_t row = begin; row < end; ++row)
-          for (int64_t v = 0, u = row % g.h, nc = row / g.h; v < g.w; ++v)
-            if (is_pair_representative(g, u, v)) solve_element(spec, fbd, fbfyd, wd, ad, g, nc / g.C, nc % g.C, u, v);
-        return;
-      }
-      std::vector<scalar_t> scratch(solve_scratch(g));
-      with_best_isa<scalar_t>([&]() BSR_LAMBDA_INLINE {
-        for (int64_t row = begin; row < end; ++row) {
-          const int64_t u = row % g.h, nc = row / g.h, n = nc / g.C;
-          if (u <= negate(u, g.h))
-            solve_rows(g, spec + 2 * nc * g.H * g.Wh, fbd + 2 * n * g.H * g.W, fbfyd + 2 * nc * g.H * g.W,
-                       wd + n * g.h * g.w, ad[n], u, scratch.data());
-        }
-      });
-    });
-  });
-  return at::fft_irfft2(at::view_as_complex(spectrum), at::IntArrayRef({g.H, g.W}));
-}
+// ---- the CPU ops: FFTs around one pass of the row tasks (usrnet_data_step_cpu.h) ----
 
 at::Tensor solve_cpu(const at::Tensor& z, const at::Tensor& fb, const at::Tensor& fbfy, const at::Tensor& f2b_mean,
                      const at::Tensor& alpha, int64_t scale) {
   count_call("usrnet_solve.cpu");
-  return solve_impl("usrnet_solve", false, z, fb, fbfy, f2b_mean, alpha, scale);
-}
-
-at::Tensor solve_shared(const at::Tensor& z, const at::Tensor& fb, const at::Tensor& fbfy,
-                        const at::Tensor& f2b_mean, const at::Tensor& alpha, int64_t scale) {
-  count_call("_usrnet_solve_shared.cpu");
-  return solve_impl("usrnet_solve", true, z, fb, fbfy, f2b_mean, alpha, scale);
-}
-
-// output_mask: z, FB, FBFy, F2B_mean, alpha.
-SolveGrads solve_backward_impl(bool shared, const at::Tensor& grad_x_in, const at::Tensor& z_in,
-                               const at::Tensor& fb_in, const at::Tensor& fbfy_in, const at::Tensor& f2b_mean_in,
-                               const at::Tensor& alpha_in, int64_t scale, std::array<bool, 5> output_mask) {
-  const char* op = "usrnet_solve backward";
-  SolveGrads empty;
-  const Geometry g = make_solve_backward_geometry(op, grad_x_in, z_in, fb_in, fbfy_in, f2b_mean_in, alpha_in, scale,
-                                                  output_mask, empty);
-  check_alpha_values(op, alpha_in);
-  if (z_in.numel() == 0) return empty;
-  const auto& [want_z, want_fb, want_fbfy, want_w, want_alpha] = output_mask;
-  const at::Tensor fb = fb_in.contiguous(), fbfy = fbfy_in.contiguous(), f2b_mean = f2b_mean_in.contiguous();
-  const at::Tensor alpha = alpha_in.contiguous();
-  at::Tensor grad_spectrum = at::view_as_real(at::fft_rfft2(grad_x_in.contiguous()));
-  // the fast pass reads z's spectrum only for Q (see solve_backward_rows); the shared per-element one always
-  const bool need_z_spectrum = shared || want_fb || want_w || want_alpha;
-  const at::Tensor z_spectrum =
-      need_z_spectrum ? at::view_as_real(at::fft_rfft2(z_in.contiguous())) : grad_spectrum.new_empty({0});
-  at::Tensor grad_fb = wanted_like(want_fb, fb), grad_fbfy = wanted_like(want_fbfy, fbfy);
-  at::Tensor grad_w = wanted_like(want_w, f2b_mean);
-  // grad_alpha's share per work item: per LR frequency (shared) or per LR row (fast)
-  at::Tensor alpha_partial =
-      want_alpha ? at::zeros(shared ? f2b_mean.sizes() : at::IntArrayRef({g.N, g.h}), f2b_mean.options())
-                 : f2b_mean.new_empty({0});
-  AT_DISPATCH_FLOATING_TYPES(z_in.scalar_type(), "usrnet_solve_backward_cpu", [&] {
-    auto ptr = [](at::Tensor& t, bool want) { return want ? t.data_ptr<scalar_t>() : nullptr; };
-    const Grads<scalar_t> out{ptr(grad_spectrum, want_z), ptr(grad_fbfy, want_fbfy), ptr(grad_fb, want_fb),
-                              ptr(grad_w, want_w), ptr(alpha_partial, want_alpha)};
-    const scalar_t *gd = grad_spectrum.const_data_ptr<scalar_t>(), *zd = z_spectrum.const_data_ptr<scalar_t>();
-    const scalar_t *fbd = fb.const_data_ptr<scalar_t>(), *fbfyd = fbfy.const_data_ptr<scalar_t>();
-    const scalar_t *wd = f2b_mean.const_data_ptr<scalar_t>(), *ad = alpha.const_data_ptr<scalar_t>();
-    at::parallel_for(0, g.N * g.h, grain(g, g.w, 2 * g.C), [&](int64_t begin, int64_t end) {
-      if (shared) {
-        for (int64_t row = begin; row < end; ++row)
-          for (int64_t v = 0, u = row % g.h; v < g.w; ++v)
-            if (is_pair_representative(g, u, v))
-              solve_backward_element(gd, zd, fbd, fbfyd, wd, ad, out, g, row / g.h, u, v);
-        return;
-      }
-      std::vector<scalar_t> scratch(solve_backward_scratch(g));
-      with_best_isa<scalar_t>([&]() BSR_LAMBDA_INLINE {
-        for (int64_t row = begin; row < end; ++row)
-          if (row % g.h <= negate(row % g.h, g.h))
-            solve_backward_rows(g, gd, zd, fbd, fbfyd, wd, ad, out, row / g.h, row % g.h, scratch.data());
+  const auto pass = []<typename T>(const Geometry& g, T* spectrum, const T* fb, const T* fbfy, const T* f2b_mean,
+                                   const T* alpha) {
+    at::parallel_for(0, g.N * g.C * g.h, grain(g, g.w, 1), [&](int64_t begin, int64_t end) {
+      std::vector<T> scratch(solve_scratch(g));
+      with_best_isa<T>([&]() BSR_LAMBDA_INLINE {
+        for (int64_t row = begin; row < end; ++row) {
+          const int64_t u = row % g.h, nc = row / g.h, n = nc / g.C;
+          if (u <= negate(u, g.h))
+            solve_rows(g, spectrum + 2 * nc * g.H * g.Wh, fb + 2 * n * g.H * g.W, fbfy + 2 * nc * g.H * g.W,
+                       f2b_mean + n * g.h * g.w, alpha[n], u, scratch.data());
+        }
       });
     });
-  });
-  at::Tensor grad_z = want_z ? at::fft_irfft2(at::view_as_complex(grad_spectrum), at::IntArrayRef({g.H, g.W}))
-                             : z_in.new_empty({0});
-  at::Tensor grad_alpha =
-      want_alpha ? alpha_partial.flatten(1).sum(1).view(alpha_in.sizes()) : alpha_in.new_empty({0});
-  return {grad_z, grad_fb, grad_fbfy, grad_w, grad_alpha};
+  };
+  return solve_on_cpu(z, fb, fbfy, f2b_mean, alpha, scale, pass);
 }
 
 SolveGrads solve_backward_cpu(const at::Tensor& grad_x, const at::Tensor& z, const at::Tensor& fb,
                               const at::Tensor& fbfy, const at::Tensor& f2b_mean, const at::Tensor& alpha,
                               int64_t scale, std::array<bool, 5> output_mask) {
   count_call("_usrnet_solve_backward.cpu");
-  return solve_backward_impl(false, grad_x, z, fb, fbfy, f2b_mean, alpha, scale, output_mask);
-}
-
-SolveGrads solve_backward_shared(const at::Tensor& grad_x, const at::Tensor& z, const at::Tensor& fb,
-                                 const at::Tensor& fbfy, const at::Tensor& f2b_mean, const at::Tensor& alpha,
-                                 int64_t scale, std::array<bool, 5> output_mask) {
-  count_call("_usrnet_solve_shared_backward.cpu");
-  return solve_backward_impl(true, grad_x, z, fb, fbfy, f2b_mean, alpha, scale, output_mask);
+  const auto pass = []<typename T>(const Geometry& g, const Grads<T>& out, const T* grad_half, const T* z_half,
+                                   const T* fb, const T* fbfy, const T* f2b_mean, const T* alpha) {
+    at::parallel_for(0, g.N * g.h, grain(g, g.w, 2 * g.C), [&](int64_t begin, int64_t end) {
+      std::vector<T> scratch(solve_backward_scratch(g));
+      with_best_isa<T>([&]() BSR_LAMBDA_INLINE {
+        for (int64_t row = begin; row < end; ++row)
+          if (row % g.h <= negate(row % g.h, g.h))
+            solve_backward_rows(g, grad_half, z_half, fb, fbfy, f2b_mean, alpha, out, row / g.h, row % g.h,
+                                scratch.data());
+      });
+    });
+  };
+  return solve_backward_on_cpu(grad_x, z, fb, fbfy, f2b_mean, alpha, scale, output_mask, false, pass);
 }
 
 // ---- composites ----
@@ -558,8 +466,6 @@ void register_composites(torch::Library& m) {
 TORCH_LIBRARY_IMPL(bsrops, CPU, m) {
   m.impl("usrnet_solve", &solve_cpu);
   m.impl("_usrnet_solve_backward", &solve_backward_cpu);
-  m.impl("_usrnet_solve_shared", &solve_shared);
-  m.impl("_usrnet_solve_shared_backward", &solve_backward_shared);
   register_composites(m);
 }
 

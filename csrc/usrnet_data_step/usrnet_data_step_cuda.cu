@@ -18,26 +18,19 @@
 #include <ATen/ops/view_as_real.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <array>
+#include <initializer_list>
 #include <tuple>
 
-#include "../call_counter.h"
+#include "../common/call_counter.h"
+#include "../common/cuda_kernel.cuh"
 #include "usrnet_data_step.h"
 
 namespace bsrops {
 namespace usrnet_data_step {
 namespace {
-
-constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = 65536;  // the grid-stride loop covers the rest
-
-inline unsigned int num_blocks(int64_t total) {
-  return static_cast<unsigned int>(std::min<int64_t>((total + kThreads - 1) / kThreads, kMaxBlocks));
-}
 
 template <typename T>
 __device__ inline void check_alpha(T a) {
@@ -49,8 +42,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     solve_kernel(T* __restrict__ spectrum, const T* __restrict__ fb, const T* __restrict__ fbfy,
                  const T* __restrict__ f2b_mean, const T* __restrict__ alpha, const Geometry g, const int64_t total) {
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
-       e += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+  BSR_GRID_STRIDE(e, total) {
     const int64_t v = e % g.w, u = (e / g.w) % g.h, nc = e / (g.w * g.h);
     check_alpha(alpha[nc / g.C]);
     if (is_pair_representative(g, u, v)) solve_element(spectrum, fb, fbfy, f2b_mean, alpha, g, nc / g.C, nc % g.C, u, v);
@@ -63,8 +55,7 @@ __global__ void __launch_bounds__(kThreads)
     solve_backward_kernel(const T* __restrict__ grad_half, const T* __restrict__ fz_half, const T* __restrict__ fb,
                           const T* __restrict__ fbfy, const T* __restrict__ f2b_mean, const T* __restrict__ alpha,
                           const Grads<T> out, const Geometry g, const int64_t total) {
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
-       e += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+  BSR_GRID_STRIDE(e, total) {
     const int64_t v = e % g.w, u = (e / g.w) % g.h, n = e / (g.w * g.h);
     check_alpha(alpha[n]);
     if (is_pair_representative(g, u, v))
@@ -91,12 +82,10 @@ at::Tensor solve_cuda(const at::Tensor& z_in, const at::Tensor& fb_in, const at:
   const at::Tensor alpha = alpha_in.contiguous();
   at::Tensor spectrum = at::view_as_real(at::fft_rfft2(z_in.contiguous()));
   const int64_t total = g.N * g.C * g.h * g.w;
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(z_in.scalar_type(), "usrnet_solve_cuda", [&] {
-    solve_kernel<scalar_t><<<num_blocks(total), kThreads, 0, stream>>>(
-        spectrum.mutable_data_ptr<scalar_t>(), fb.const_data_ptr<scalar_t>(), fbfy.const_data_ptr<scalar_t>(),
-        f2b_mean.const_data_ptr<scalar_t>(), alpha.const_data_ptr<scalar_t>(), g, total);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(solve_kernel<scalar_t>, grid_blocks(total), spectrum.mutable_data_ptr<scalar_t>(),
+                  fb.const_data_ptr<scalar_t>(), fbfy.const_data_ptr<scalar_t>(), f2b_mean.const_data_ptr<scalar_t>(),
+                  alpha.const_data_ptr<scalar_t>(), g, total);
   });
   return at::fft_irfft2(at::view_as_complex(spectrum), at::IntArrayRef({g.H, g.W}));
 }
@@ -121,16 +110,13 @@ SolveGrads solve_backward_cuda(
   at::Tensor grad_fb = wanted_like(want_fb, fb), grad_fbfy = wanted_like(want_fbfy, fbfy);
   at::Tensor grad_w = wanted_like(want_w, f2b_mean), alpha_partial = wanted_like(want_alpha, f2b_mean);
   const int64_t total = g.N * g.h * g.w;
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(z_in.scalar_type(), "usrnet_solve_backward_cuda", [&] {
     auto ptr = [](at::Tensor& t, bool want) { return want ? t.mutable_data_ptr<scalar_t>() : nullptr; };
     const Grads<scalar_t> out{ptr(grad_spectrum, want_z), ptr(grad_fbfy, want_fbfy), ptr(grad_fb, want_fb),
                               ptr(grad_w, want_w), ptr(alpha_partial, want_alpha)};
-    solve_backward_kernel<scalar_t><<<num_blocks(total), kThreads, 0, stream>>>(
-        grad_spectrum.const_data_ptr<scalar_t>(), z_spectrum.const_data_ptr<scalar_t>(), fb.const_data_ptr<scalar_t>(),
-        fbfy.const_data_ptr<scalar_t>(), f2b_mean.const_data_ptr<scalar_t>(), alpha.const_data_ptr<scalar_t>(), out, g,
-        total);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(solve_backward_kernel<scalar_t>, grid_blocks(total), grad_spectrum.const_data_ptr<scalar_t>(),
+                  z_spectrum.const_data_ptr<scalar_t>(), fb.const_data_ptr<scalar_t>(), fbfy.const_data_ptr<scalar_t>(),
+                  f2b_mean.const_data_ptr<scalar_t>(), alpha.const_data_ptr<scalar_t>(), out, g, total);
   });
   at::Tensor grad_z = want_z ? at::fft_irfft2(at::view_as_complex(grad_spectrum), at::IntArrayRef({g.H, g.W}))
                              : z_in.new_empty({0});
