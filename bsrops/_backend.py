@@ -45,18 +45,29 @@ def define_schemas(schemas):
         _schemas.define(schema)
 
 
-def register_kernel(backend, op_name, fn):
-    """Declare `fn` as `backend`'s kernel for torch.ops.bsrops.<op_name>."""
-    _kernels[backend][op_name] = fn
+def register_kernel(backend, op_name, fn, check=None):
+    """Declare `fn` as `backend`'s kernel for torch.ops.bsrops.<op_name>. `check`, when given, is called
+    with the kernel's arguments first and raises on inputs `fn` must not receive: the Python kernels
+    take validated inputs, also when the op is called directly."""
+    _kernels[backend][op_name] = fn if check is None else _checked(check, fn)
 
 
-def register_lazy_kernel(backend, op_name, module, function):
-    """Declare bsrops.<module>.<function> as `backend`'s kernel, importing the module on the first
-    call only (the Triton kernels are never imported at package import)."""
+def register_lazy_kernel(backend, op_name, module, function, check=None):
+    """Declare bsrops.<module>.<function> as `backend`'s kernel (`check` as in register_kernel),
+    importing the module on the first call only (the Triton kernels are never imported at package
+    import). Every Triton kernel is registered here."""
     def kernel(*args):
         return getattr(importlib.import_module(f"bsrops.{module}"), function)(*args)
 
-    register_kernel(backend, op_name, kernel)
+    register_kernel(backend, op_name, kernel, check)
+
+
+def _checked(check, fn):
+    def kernel(*args):
+        check(*args)
+        return fn(*args)
+
+    return kernel
 
 
 def _devices(backend):

@@ -1,4 +1,7 @@
-"""Helpers shared by the schema glue of the conv-block ops (dpcb, patchgan_conv)."""
+"""Helpers shared by the op modules, their reference kernels and the Triton kernels.
+
+Imports no op module, so that bsrops.reference and bsrops.triton can use it without importing the ops back.
+"""
 import math
 
 import torch
@@ -62,6 +65,40 @@ def onednn_conv_leaky_relu(x, weight, bias, stride, padding, negative_slope):
     bias = None if bias is None else bias.contiguous()
     return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, [padding, padding], [stride, stride], [1, 1], 1,
                                                    "leaky_relu", [negative_slope], "")
+
+
+def check_alpha_values(op, alpha):
+    """The alpha policy of every backend, for a kernel that runs on the host: alpha finite and > 0, else a
+    ValueError naming the first bad sample (as the native CPU kernels, TORCH_CHECK_VALUE). CUDA tensors are checked
+    on the device instead, as torch checks its own kernels' data there (CUDA_KERNEL_ASSERT in the CUDA kernels,
+    tl.device_assert in the Triton ones; here torch._assert_async): a failure is a device-side assertion, reported
+    by the next synchronising call, and no host synchronisation is added. Meta tensors hold no values."""
+    if alpha.device.type == "meta" or alpha.numel() == 0:
+        return
+    ok = torch.isfinite(alpha) & (alpha > 0)
+    if alpha.device.type == "cuda":
+        torch._assert_async(ok.all(), f"{op}: alpha must be finite and > 0")
+        return
+    bad = (~ok).flatten().nonzero()
+    if bad.numel():
+        sample = int(bad[0])
+        value = alpha.flatten()[sample].item()
+        raise ValueError(f"{op}: alpha must be finite and > 0, got {value} for sample {sample}")
+
+
+def convs_in_channels_last(x):
+    """Whether the conv-block ops run their convolutions on x in channels_last: on the CPU, where oneDNN's
+    convolutions on NCHW tensors reorder them into its blocked layout and back (its backward holds two
+    image-sized reorder buffers per convolution); cuDNN runs NCHW without reorder buffers."""
+    return x.device.type == "cpu"
+
+
+def conv_layouts(*xs):
+    """The memory formats of the convolution outputs on inputs xs (one device): channels_last where the
+    convolutions run in it (convs_in_channels_last), else each input's own."""
+    if convs_in_channels_last(xs[0]):
+        return tuple(torch.channels_last for _ in xs)
+    return tuple(memory_format_of(x) for x in xs)
 
 
 def memory_format(channels_last):

@@ -118,23 +118,22 @@ def _backward(ctx, grad_out):
 torch.library.register_autograd("bsrops::blur_downsample", _backward, setup_context=_setup_context)
 
 
-def _reference_backward(grad_out, x, kernel, stride, padding, flip, output_mask):
-    """Autograd of the reference, re-entered below the op's own autograd kernel."""
-    inputs = [x.detach().requires_grad_(output_mask[0]), kernel.detach().requires_grad_(output_mask[1])]
-    with torch.enable_grad():
-        out = ref.blur_downsample_reference(*inputs, stride, padding, flip)
-        wanted = [t for t in inputs if t.requires_grad]
-        grads = iter(torch.autograd.grad(out, wanted, grad_out))
-    return tuple(next(grads) if need else t.new_empty(0) for t, need in zip(inputs, output_mask))
+def _check_forward_call(x, kernel, stride=1, padding="reflect", flip=False):
+    """check_inputs on the arguments of a blur_downsample call (the Triton kernels take validated inputs)."""
+    check_inputs(x, kernel, stride, padding)
+
+
+def _check_backward_call(grad_out, x, kernel, stride, padding, flip, output_mask):
+    check_inputs(x, kernel, stride, padding)
 
 
 _backend.register_kernel("reference", "blur_downsample", ref.blur_downsample_reference)
-_backend.register_kernel("reference", "_blur_downsample_backward", _reference_backward)
+_backend.register_kernel("reference", "_blur_downsample_backward", ref.blur_downsample_backward_reference)
 _backend.register_kernel("cpu_shared", "blur_downsample",
                          lambda *args: torch.ops.bsrops._blur_downsample_shared(*args))
 _backend.register_kernel("cpu_shared", "_blur_downsample_backward",
                          lambda *args: torch.ops.bsrops._blur_downsample_shared_backward(*args))
-
-
-_backend.register_lazy_kernel("triton", "blur_downsample", "triton.blur_downsample", "forward")
-_backend.register_lazy_kernel("triton", "_blur_downsample_backward", "triton.blur_downsample", "backward")
+_backend.register_lazy_kernel("triton", "blur_downsample", "triton.blur_downsample", "forward",
+                              check=_check_forward_call)
+_backend.register_lazy_kernel("triton", "_blur_downsample_backward", "triton.blur_downsample", "backward",
+                              check=_check_backward_call)

@@ -62,8 +62,8 @@ import torch.nn.functional as F
 
 from .. import _backend
 from ..reference import dpcb as ref
-from ._common import (check_device, check_slope, check_tensor, conv_backward, memory_format, memory_format_of,
-                      onednn_conv_leaky_relu, records_autograd, to_channels_last)
+from ._common import (check_device, check_slope, check_tensor, conv_backward, conv_layouts, convs_in_channels_last,
+                      memory_format, memory_format_of, onednn_conv_leaky_relu, records_autograd, to_channels_last)
 
 SCHEMAS = (
     # (out_img, out_cond, h1, f1, h2, f2): the LeakyReLU outputs and the second convolutions' outputs are
@@ -153,16 +153,9 @@ def _path_forward(x, wa, ba, wb, bb, negative_slope, channels_last):
     return h, F.conv2d(h, wb, bb, padding=wb.shape[-1] // 2)
 
 
-def _convs_in_channels_last(x):
-    """Whether the convolutions run in channels_last: on the CPU (oneDNN's NCHW convolutions reorder, see the
-    module docstring). cuDNN runs NCHW without reorder buffers: on a GPU the moves would only cost (measured
-    on an H200: the block 0.54x of eager with them, benchmarks/gpu_conv_blocks.py)."""
-    return x.device.type == "cpu"
-
-
 def _forward_composite(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope=0.2):
     check_slope("dpcb", negative_slope)  # also for direct calls of the op
-    channels_last = _convs_in_channels_last(x_img)
+    channels_last = convs_in_channels_last(x_img)
     h1, f1 = _path_forward(x_img, w1, b1, w2, b2, negative_slope, channels_last)
     h2, f2 = _path_forward(x_cond, w3, b3, w4, b4, negative_slope, channels_last)
     out_img, out_cond = torch.ops.bsrops._dpcb_epilogue(x_img, f1, x_cond, f2)
@@ -215,7 +208,7 @@ def _backward_composite(grad_img, grad_cond, x_img, x_cond, weights, held, negat
     grad_residual = grad_img
     grad_img = grad_img if grad_img is not None else torch.zeros_like(x_img)  # only out_cond was used
     grad_cond = grad_cond if grad_cond is not None else torch.zeros_like(x_cond)
-    channels_last = _convs_in_channels_last(x_img)  # the backward runs where the forward's convolutions ran
+    channels_last = convs_in_channels_last(x_img)  # the backward runs where the forward's convolutions ran
     if f2.shape != f1.shape:  # a 1x1 condition: grad_f1 and the reduced grad_f2 in one pass
         grad_f1, grad_f2 = ops._dpcb_epilogue_backward(grad_img, grad_cond, f1, f2, channels_last)
         del f1, f2
@@ -248,16 +241,9 @@ def _outputs_like(x_img, x_cond):
     return _empty(x_img, memory_format_of(x_img)), _empty(x_cond, memory_format_of(x_cond))
 
 
-def _intermediate_layouts(x_img, x_cond):
-    """The memory formats of (h1, f1) and (h2, f2): where the convolutions ran."""
-    if _convs_in_channels_last(x_img):
-        return torch.channels_last, torch.channels_last
-    return memory_format_of(x_img), memory_format_of(x_cond)
-
-
 @torch.library.register_fake("bsrops::dpcb")
 def _forward_fake(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope=0.2):
-    image_layout, cond_layout = _intermediate_layouts(x_img, x_cond)
+    image_layout, cond_layout = conv_layouts(x_img, x_cond)  # of (h1, f1) and (h2, f2)
     h1, h2 = _empty(x_img, image_layout), _empty(x_cond, cond_layout)  # nf1 == nf2: h2 is x_cond-shaped
     return (*_outputs_like(x_img, x_cond), h1, torch.empty_like(h1), h2, torch.empty_like(h2))
 
@@ -333,71 +319,23 @@ def _backward(ctx, grad_img, grad_cond, *unused):
 torch.library.register_autograd("bsrops::dpcb", _backward, setup_context=_setup_context)
 
 
-def _reference_forward(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope=0.2):
-    """The eager forward, with the op's output layouts."""
+def _check_slope_call(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope=0.2):
+    """check_slope on the arguments of a dpcb / _dpcb_inference call (the reference kernels take validated inputs)."""
     check_slope("dpcb", negative_slope)
-    out_img, out_cond, h1, f1, h2, f2 = ref.dpcb_reference(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4,
-                                                           negative_slope)
-    image_layout, cond_layout = _intermediate_layouts(x_img, x_cond)
-    return (out_img.contiguous(memory_format=memory_format_of(x_img)),
-            out_cond.contiguous(memory_format=memory_format_of(x_cond)),
-            h1.contiguous(memory_format=image_layout), f1.contiguous(memory_format=image_layout),
-            h2.contiguous(memory_format=cond_layout), f2.contiguous(memory_format=cond_layout))
-
-
-def _reference_inference(*args):
-    return _reference_forward(*args)[:2]
-
-
-# ---- reference kernels ----
-
-def _reference_leaky_relu_(x, negative_slope):
-    x.copy_(F.leaky_relu(x, negative_slope))
-
-
-def _reference_leaky_relu_backward_(grad, out, negative_slope):
-    grad.copy_(torch.where(out > 0, grad, grad * negative_slope))
-
-
-def _reference_epilogue(x_img, f1, x_cond, f2):
-    return ((x_img + f1 * f2).contiguous(memory_format=memory_format_of(x_img)),
-            (x_cond + f2).contiguous(memory_format=memory_format_of(x_cond)))
-
-
-def _reference_epilogue_backward(grad_img, grad_cond, f1, f2, channels_last):
-    layout = memory_format(channels_last)
-    grad_f1 = grad_img.new_empty(0) if f2 is None else (grad_img * f2).contiguous(memory_format=layout)
-    if f1 is None:
-        return grad_f1, grad_img.new_empty(0)
-    product = grad_img * f1
-    if product.shape != grad_cond.shape:
-        product = product.sum((2, 3), keepdim=True)
-    return grad_f1, (grad_cond + product).contiguous(memory_format=layout)
-
-
-def _reference_relayout(x, other, channels_last):
-    layout = memory_format(channels_last)
-    return x.clone(memory_format=layout) if other is None else (x + other).contiguous(memory_format=layout)
 
 
 # The reference backend runs the eager forward; its backward is the composite over the
-# reference elementwise kernels (eager PyTorch ops) below.
-for _name, _fn in (("dpcb", _reference_forward), ("_dpcb_inference", _reference_inference),
-                   ("_leaky_relu_", _reference_leaky_relu_), ("_leaky_relu_backward_", _reference_leaky_relu_backward_),
-                   ("_dpcb_epilogue", _reference_epilogue), ("_dpcb_epilogue_backward", _reference_epilogue_backward),
-                   ("_relayout", _reference_relayout)):
+# reference elementwise kernels (eager PyTorch ops).
+_backend.register_kernel("reference", "dpcb", ref.dpcb_reference, check=_check_slope_call)
+_backend.register_kernel("reference", "_dpcb_inference", ref.dpcb_inference_reference, check=_check_slope_call)
+for _name, _fn in (("_leaky_relu_", ref.leaky_relu_reference_),
+                   ("_leaky_relu_backward_", ref.leaky_relu_backward_reference_),
+                   ("_dpcb_epilogue", ref.epilogue_reference),
+                   ("_dpcb_epilogue_backward", ref.epilogue_backward_reference),
+                   ("_relayout", ref.relayout_reference)):
     _backend.register_kernel("reference", _name, _fn)
-
-
-def _triton(name):
-    def kernel(*args):
-        from ..triton import dpcb as kernels  # imported on first use only
-
-        return getattr(kernels, name)(*args)
-    return kernel
-
 
 for _op, _fn in (("_leaky_relu_", "leaky_relu_"), ("_leaky_relu_backward_", "leaky_relu_backward_"),
                  ("_dpcb_epilogue", "epilogue"), ("_dpcb_epilogue_backward", "epilogue_backward"),
                  ("_relayout", "relayout")):
-    _backend.register_kernel("triton", _op, _triton(_fn))
+    _backend.register_lazy_kernel("triton", _op, "triton.dpcb", _fn)

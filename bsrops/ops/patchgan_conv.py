@@ -42,8 +42,8 @@ import torch.nn.functional as F
 
 from .. import _backend
 from ..reference import patchgan_conv as ref
-from ._common import (check_device, check_slope, check_tensor, conv_backward, memory_format_of,
-                      onednn_conv_leaky_relu, records_autograd, to_channels_last)
+from ._common import (check_device, check_slope, check_tensor, conv_backward, convs_in_channels_last,
+                      memory_format_of, onednn_conv_leaky_relu, records_autograd, to_channels_last)
 
 SCHEMAS = (
     # (out, y = conv output, mean, rstd, new running_mean, new running_var); functional: the Python wrapper
@@ -299,7 +299,7 @@ def _backward(ctx, grad_out, *unused):
     grad_y, *params = torch.ops.bsrops._patchgan_norm_act_backward(
         grad_out.contiguous(), out if y is None else y, out, mean, rstd, norm_weight, norm, training, negative_slope,
         activation, mask)
-    if mask[0] and grad_y.device.type == "cpu":  # for the convolution's backward (_conv2d_backward) on oneDNN,
+    if mask[0] and convs_in_channels_last(grad_y):  # for the convolution's backward (_conv2d_backward) on oneDNN,
         grad_y = torch.ops.bsrops._relayout(grad_y, None, True)  # the NCHW copy freed here (cuDNN: NCHW is fine)
     return (*(g if need else None for g, need in zip((grad_y, *params), mask)), *(None,) * 8)
 
@@ -307,58 +307,16 @@ def _backward(ctx, grad_out, *unused):
 torch.library.register_autograd("bsrops::patchgan_norm_act", _backward, setup_context=_setup_context)
 
 
-# ---- reference kernels (eager PyTorch) ----
-
-def _reference_norm_act_backward(grad_out, y, out, mean, rstd, weight, norm, training, negative_slope, activation,
-                                 output_mask):
-    """Autograd of the eager normalisation. With batch statistics, eps is recovered from the saved rstd
-    (1 / rstd^2 - var) so that the recomputed normalisation equals the forward's."""
-    y = out if norm == "none" else y
-    inputs = [y.detach().requires_grad_(), None if weight is None else weight.detach().requires_grad_()]
-    with torch.enable_grad():
-        z = y_in = inputs[0]
-        if norm != "none":
-            shape = (1, -1, 1, 1) if norm == "batch" else (*mean.shape, 1, 1)
-            batch_stats = norm == "instance" or training
-            dims = (0, 2, 3) if norm == "batch" else (2, 3)
-            if batch_stats:
-                var = y_in.var(dims, unbiased=False, keepdim=True)
-                eps = (rstd.view(shape) ** -2 - var).detach()
-                z = (y_in - y_in.mean(dims, keepdim=True)) * (var + eps).rsqrt()
-            else:
-                z = (y_in - mean.view(shape)) * rstd.view(shape)
-            if weight is not None:
-                z = z * inputs[1].view(1, -1, 1, 1)
-        mask = torch.where(out > 0, torch.ones_like(out), torch.full_like(out, negative_slope)) if activation else 1.0
-        wanted = [t for t, need in zip(inputs, output_mask[:2]) if t is not None and need]
-        grads = iter(torch.autograd.grad(z, wanted, grad_out * mask, allow_unused=True)) if wanted else iter(())
-    grad_y = next(grads) if output_mask[0] else out.new_empty(0)
-    grad_weight = next(grads) if output_mask[1] and weight is not None else out.new_empty(0)
-    grad_bias = (grad_out * mask).sum((0, 2, 3)) if output_mask[2] and norm != "none" else out.new_empty(0)
-    return grad_y, grad_weight, grad_bias
+def _check_norm_act_call(y, weight, bias, running_mean, running_var, norm, training, momentum, eps, negative_slope,
+                         activation):
+    """check_norm_act_args on the arguments of a _patchgan_norm_act call (the reference and Triton kernels take
+    validated inputs). Expanded running statistics are rejected here as in the native kernels: F.batch_norm would
+    silently land each channel's update in the one shared location."""
+    check_norm_act_args(y, weight, bias, running_mean, running_var, norm, training, momentum, eps, negative_slope)
 
 
-def _reference_norm_act(y, norm_weight, norm_bias, running_mean, running_var, norm, training, momentum, eps,
-                        negative_slope, activation):
-    """The eager norm + activation; F.batch_norm would silently update expanded running statistics (each
-    channel's update landing in the one shared location), so they are rejected here as in the native kernels."""
-    check_norm_act_args(y, norm_weight, norm_bias, running_mean, running_var, norm, training, momentum, eps,
-                        negative_slope)
-    return ref.norm_act_reference(y, norm_weight, norm_bias, running_mean, running_var, norm, training, momentum, eps,
-                                  negative_slope, activation)
-
-
-_backend.register_kernel("reference", "_patchgan_norm_act", _reference_norm_act)
-_backend.register_kernel("reference", "_patchgan_norm_act_backward", _reference_norm_act_backward)
-
-
-def _triton(name):
-    def kernel(*args):
-        from ..triton import patchgan_conv as kernels  # imported on first use only
-
-        return getattr(kernels, name)(*args)
-    return kernel
-
-
-_backend.register_kernel("triton", "_patchgan_norm_act", _triton("norm_act"))
-_backend.register_kernel("triton", "_patchgan_norm_act_backward", _triton("norm_act_backward"))
+_backend.register_kernel("reference", "_patchgan_norm_act", ref.norm_act_reference, check=_check_norm_act_call)
+_backend.register_kernel("reference", "_patchgan_norm_act_backward", ref.norm_act_backward_reference)
+_backend.register_lazy_kernel("triton", "_patchgan_norm_act", "triton.patchgan_conv", "norm_act",
+                              check=_check_norm_act_call)
+_backend.register_lazy_kernel("triton", "_patchgan_norm_act_backward", "triton.patchgan_conv", "norm_act_backward")

@@ -29,6 +29,7 @@ import torch
 
 from .. import _backend
 from ..reference import usrnet_data_step as ref
+from ._common import check_alpha_values
 
 SCHEMAS = (
     "usrnet_data_step(Tensor z, Tensor y, Tensor kernel, Tensor alpha, int scale) -> Tensor",
@@ -120,25 +121,6 @@ def _alpha_tensor(alpha, z, dtype):
     if not (math.isfinite(alpha) and alpha > 0):
         raise ValueError(f"usrnet_data_step: alpha must be finite and > 0, got {alpha!r}")
     return torch.full((z.shape[0],), float(alpha), dtype=dtype, device=z.device)
-
-
-def check_alpha_values(op, alpha):
-    """The alpha policy of every backend, for a kernel that runs on the host: alpha finite and > 0, else a
-    ValueError naming the first bad sample (as the native CPU kernels, TORCH_CHECK_VALUE). CUDA tensors are checked
-    on the device instead, as torch checks its own kernels' data there (CUDA_KERNEL_ASSERT in the CUDA kernels,
-    tl.device_assert in the Triton ones; here torch._assert_async): a failure is a device-side assertion, reported
-    by the next synchronising call, and no host synchronisation is added. Meta tensors hold no values."""
-    if alpha.device.type == "meta" or alpha.numel() == 0:
-        return
-    ok = torch.isfinite(alpha) & (alpha > 0)
-    if alpha.device.type == "cuda":
-        torch._assert_async(ok.all(), f"{op}: alpha must be finite and > 0")
-        return
-    bad = (~ok).flatten().nonzero()
-    if bad.numel():
-        sample = int(bad[0])
-        value = alpha.flatten()[sample].item()
-        raise ValueError(f"{op}: alpha must be finite and > 0, got {value} for sample {sample}")
 
 
 def usrnet_data_step(z, y, kernel, alpha, scale):
@@ -296,49 +278,21 @@ torch.library.register_autograd("bsrops::usrnet_solve", _solve_backward, setup_c
 torch.library.register_autograd("bsrops::_usrnet_precompute", _precompute_backward, setup_context=_save_inputs)
 
 
-def _reference_backward(fn, outputs=1):
-    """The backward op of `fn`'s op via autograd of the reference, re-entered below the op's autograd kernel.
-
-    Its arguments: the gradients of fn's `outputs` outputs, fn's tensor inputs, scale, output_mask."""
-
-    def backward(*args):
-        grads, (*tensors, scale, mask) = args[:outputs], args[outputs:]
-        # autograd of view_as_real hands the gradient to view_as_complex, which needs an even storage offset
-        grads = tuple(g if g.is_contiguous() and g.storage_offset() % 2 == 0 else g.clone(
-            memory_format=torch.contiguous_format) for g in grads)
-        inputs = [t.detach().requires_grad_(want) for t, want in zip(tensors, mask)]
-        with torch.enable_grad():
-            out = fn(*inputs, scale)
-            wanted = [t for t in inputs if t.requires_grad]
-            found = iter(torch.autograd.grad(out, wanted, grads, allow_unused=True) if wanted else ())
-        result = []
-        for t, want in zip(inputs, mask):
-            grad = next(found) if want else t.new_empty(0)
-            result.append(torch.zeros_like(t) if grad is None else grad)
-        return tuple(result)
-
-    return backward
+def _alpha_check(op, position):
+    """A check of alpha, the kernel's argument `position`, for the reference kernels: their formulas divide by
+    alpha and would return non-finite outputs for alpha = 0 without a word."""
+    return lambda *args: check_alpha_values(op, args[position])
 
 
-def _alpha_checked(op, fn, position):
-    """fn with alpha (its argument `position`) checked first: the reference formulas divide by alpha and returned
-    non-finite outputs for alpha = 0 without a word."""
-    def kernel(*args):
-        check_alpha_values(op, args[position])
-        return fn(*args)
-
-    return kernel
-
-
-_backend.register_kernel("reference", "usrnet_data_step",
-                         _alpha_checked("usrnet_data_step", ref.data_step_reference, 3))
-_backend.register_kernel("reference", "_usrnet_data_step_backward",
-                         _alpha_checked("usrnet_data_step backward", _reference_backward(ref.data_step_reference), 4))
-_backend.register_kernel("reference", "usrnet_solve", _alpha_checked("usrnet_solve", ref.solve_reference, 4))
-_backend.register_kernel("reference", "_usrnet_solve_backward",
-                         _alpha_checked("usrnet_solve backward", _reference_backward(ref.solve_reference), 5))
+_backend.register_kernel("reference", "usrnet_data_step", ref.data_step_reference,
+                         check=_alpha_check("usrnet_data_step", 3))
+_backend.register_kernel("reference", "_usrnet_data_step_backward", ref.data_step_backward_reference,
+                         check=_alpha_check("usrnet_data_step backward", 4))
+_backend.register_kernel("reference", "usrnet_solve", ref.solve_reference, check=_alpha_check("usrnet_solve", 4))
+_backend.register_kernel("reference", "_usrnet_solve_backward", ref.solve_backward_reference,
+                         check=_alpha_check("usrnet_solve backward", 5))
 _backend.register_kernel("reference", "_usrnet_precompute", ref.precompute_reference)
-_backend.register_kernel("reference", "_usrnet_precompute_backward", _reference_backward(ref.precompute_reference, 3))
+_backend.register_kernel("reference", "_usrnet_precompute_backward", ref.precompute_backward_reference)
 _backend.register_kernel("cpu_shared", "usrnet_solve", lambda *args: torch.ops.bsrops._usrnet_solve_shared(*args))
 _backend.register_kernel("cpu_shared", "_usrnet_solve_backward",
                          lambda *args: torch.ops.bsrops._usrnet_solve_shared_backward(*args))

@@ -2,7 +2,8 @@
 
 - `blur_downsample_unfold`: per-pixel kernels the way PDM-SR does it (pad, F.unfold, multiply, sum).
 - `blur_downsample_conv`: per-image / shared kernels the way DAN's BatchBlur does it (grouped conv2d).
-- `blur_downsample_reference`: picks one of the two by the kernel layout (the "reference" backend).
+- `blur_downsample_reference`: picks one of the two by the kernel layout (the "reference" backend);
+  `blur_downsample_backward_reference`: its backward op, by autograd.
 - `blur_downsample_loop`: the formula written out tap by tap, padding from numpy.pad; ground truth.
 """
 import math
@@ -89,6 +90,17 @@ def blur_downsample_reference(x, kernel, stride=1, padding="reflect", flip=False
     if kernel.dim() == 4:
         return blur_downsample_unfold(x, kernel, stride, padding, flip)
     return blur_downsample_conv(x, kernel, stride, padding, flip)
+
+
+def blur_downsample_backward_reference(grad_out, x, kernel, stride, padding, flip, output_mask):
+    """(grad_x, grad_kernel) by autograd of blur_downsample_reference, re-entered below the op's own autograd
+    kernel; empty where output_mask is False."""
+    inputs = [x.detach().requires_grad_(output_mask[0]), kernel.detach().requires_grad_(output_mask[1])]
+    with torch.enable_grad():
+        out = blur_downsample_reference(*inputs, stride, padding, flip)
+        wanted = [t for t in inputs if t.requires_grad]
+        grads = iter(torch.autograd.grad(out, wanted, grad_out))
+    return tuple(next(grads) if need else t.new_empty(0) for t, need in zip(inputs, output_mask))
 
 
 def _source_indices(size, before, after, padding):

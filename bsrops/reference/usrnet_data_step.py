@@ -8,7 +8,9 @@ x = argmin ||y - (k * x)|s||^2 + alpha ||x - z||^2, circular true convolution, u
   `usrnet_data_step_official` chains them. This is the benchmark baseline.
 - The hoisted formulation: `hoisted_precompute` also computes the s^2-block mean of |FB|^2
   once, `hoisted_solve` is one iteration with plain complex PyTorch ops (block means by a
-  reshape). The `reference` backend of the ops runs it, on the real views the op schemas use.
+  reshape). The `reference` backend of the ops runs it, on the real views the op schemas use
+  (`precompute_reference`, `solve_reference`, `data_step_reference`), and their backward ops by
+  autograd (`autograd_backward`).
 """
 import torch
 
@@ -123,3 +125,36 @@ def solve_reference(z, fb, fbfy, f2b_mean, alpha, scale):
 def data_step_reference(z, y, kernel, alpha, scale):
     """usrnet_data_step the official way."""
     return usrnet_data_step_official(z, y, kernel, alpha, scale)
+
+
+# ---- the reference backend's backward ops ----
+
+
+def autograd_backward(fn, outputs=1):
+    """The backward op of `fn`'s op via autograd of `fn`, re-entered below the op's autograd kernel.
+
+    Its arguments: the gradients of fn's `outputs` outputs, fn's tensor inputs, scale, output_mask; it returns
+    one gradient per tensor input (zeros where fn does not depend on it, empty where the mask is False)."""
+
+    def backward(*args):
+        grads, (*tensors, scale, mask) = args[:outputs], args[outputs:]
+        # autograd of view_as_real hands the gradient to view_as_complex, which needs an even storage offset
+        grads = tuple(g if g.is_contiguous() and g.storage_offset() % 2 == 0 else g.clone(
+            memory_format=torch.contiguous_format) for g in grads)
+        inputs = [t.detach().requires_grad_(want) for t, want in zip(tensors, mask)]
+        with torch.enable_grad():
+            out = fn(*inputs, scale)
+            wanted = [t for t in inputs if t.requires_grad]
+            found = iter(torch.autograd.grad(out, wanted, grads, allow_unused=True) if wanted else ())
+        result = []
+        for t, want in zip(inputs, mask):
+            grad = next(found) if want else t.new_empty(0)
+            result.append(torch.zeros_like(t) if grad is None else grad)
+        return tuple(result)
+
+    return backward
+
+
+data_step_backward_reference = autograd_backward(data_step_reference)
+solve_backward_reference = autograd_backward(solve_reference)
+precompute_backward_reference = autograd_backward(precompute_reference, 3)

@@ -36,7 +36,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops.blur_downsample import check_inputs
 from ..reference.blur_downsample import effective_stride, geometry, kernel_size
 
 PADDING_CODES = {"reflect": 0, "symmetric": 1, "replicate": 2, "zeros": 3, "circular": 4}
@@ -361,8 +360,7 @@ def _channel_block(channels, block_p):
 
 
 def forward(x, kernel, stride=1, padding="reflect", flip=False):
-    """torch.ops.bsrops.blur_downsample on the Triton kernels."""
-    check_inputs(x, kernel, stride, padding)
+    """torch.ops.bsrops.blur_downsample on the Triton kernels (inputs validated by the op's check_inputs)."""
     x, kernel = x.contiguous(), kernel.contiguous()
     n, channels, height, width = x.shape
     stride = effective_stride(height, width, stride)
@@ -436,8 +434,8 @@ def _grad_kernel(grad_out, x, kernel, stride, padding, flip):
 
 
 def backward(grad_out, x, kernel, stride, padding, flip, output_mask):
-    """torch.ops.bsrops._blur_downsample_backward on the Triton kernels -> (grad_x, grad_kernel)."""
-    check_inputs(x, kernel, stride, padding)
+    """torch.ops.bsrops._blur_downsample_backward on the Triton kernels -> (grad_x, grad_kernel); x, kernel, stride
+    and padding validated by the op's check_inputs, grad_out checked here."""
     n, channels, height, width = x.shape
     stride = effective_stride(height, width, stride)
     out_h, out_w = geometry(height, width, kernel_size(kernel), stride, flip)[:2]

@@ -18,7 +18,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops.patchgan_conv import check_norm_act_args
 
 BLOCK = 1024
 NORM_CODES = {"none": 0, "instance": 1, "batch": 2}
@@ -167,8 +166,7 @@ def _vector(t):
 
 def norm_act(y, weight, bias, running_mean, running_var, norm, training, momentum, eps, negative_slope, activation):
     """torch.ops.bsrops._patchgan_norm_act on the Triton kernels (running stats updated in place: through contiguous
-    copies, written back, when the buffers are views)."""
-    check_norm_act_args(y, weight, bias, running_mean, running_var, norm, training, momentum, eps, negative_slope)
+    copies, written back, when the buffers are views); inputs validated by the op's check_norm_act_args."""
     update = norm == "batch" and training and running_mean is not None
     y, weight, bias = y.contiguous(), _vector(weight), _vector(bias)
     buffers = (running_mean, running_var)

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops.usrnet_data_step import check_alpha_values
+from ..ops._common import check_alpha_values
 
 # compile options of the kernels: device_assert enabled, without the integer-overflow assertions debug adds
 DEVICE_CHECKS = {"debug": True, "sanitize_overflow": False}
