@@ -34,7 +34,8 @@ class PatchGANDiscriminator(nn.Module):
 
     @classmethod
     def nlayer(cls, in_nc=3, ndf=64, n_layers=3, norm="batch", padding=1):
-        """pix2pix / RealSR NLayerDiscriminator (4x4 convs; padding 1, KAIR's variant 2); conv bias without batch norm."""
+        """pix2pix / RealSR NLayerDiscriminator (4x4 convs; padding 1, KAIR's variant 2); conv bias without batch
+        norm."""
         use_bias = norm != "batch"
         blocks = [PatchGANConv(in_nc, ndf, 4, 2, padding, "none")]
         mult = 1
