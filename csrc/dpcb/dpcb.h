@@ -53,6 +53,8 @@ C10_HOST_DEVICE inline acc_t grad_cond_scale_plane(const T* grad_img, int64_t gr
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include "../common/optional_tensor.h"
+
 namespace bsrops {
 namespace dpcb {
 
@@ -79,23 +81,21 @@ inline bool check_epilogue(const at::Tensor& x_img, const at::Tensor& f1, const 
   return check_condition(x_img, f2, "x_img", "f2");
 }
 
-inline bool defined(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
-
 // The epilogue backward's operands (f1, f2 optional: which gradients are wanted); returns true
 // for a 1 x 1 condition.
 inline bool check_epilogue_backward(const at::Tensor& grad_img, const at::Tensor& grad_cond,
                                     const c10::optional<at::Tensor>& f1, const c10::optional<at::Tensor>& f2) {
   const bool pointwise = check_condition(grad_img, grad_cond, "grad_img", "grad_cond");
-  TORCH_CHECK(!defined(f1) || (f1->sizes() == grad_img.sizes() && f1->scalar_type() == grad_img.scalar_type()),
+  TORCH_CHECK(!present(f1) || (f1->sizes() == grad_img.sizes() && f1->scalar_type() == grad_img.scalar_type()),
               "_dpcb_epilogue_backward: f1 must have grad_img's shape ", grad_img.sizes(), " and dtype");
-  TORCH_CHECK(!defined(f2) || (f2->sizes() == grad_cond.sizes() && f2->scalar_type() == grad_img.scalar_type()),
+  TORCH_CHECK(!present(f2) || (f2->sizes() == grad_cond.sizes() && f2->scalar_type() == grad_img.scalar_type()),
               "_dpcb_epilogue_backward: f2 must have grad_cond's shape ", grad_cond.sizes(), " and dtype");
   return pointwise;
 }
 
 inline void check_relayout(const at::Tensor& x, const c10::optional<at::Tensor>& other) {
   TORCH_CHECK(x.dim() == 4, "_relayout: x must be (N, C, H, W), got ", x.sizes());
-  TORCH_CHECK(!defined(other) || (other->sizes() == x.sizes() && other->scalar_type() == x.scalar_type()),
+  TORCH_CHECK(!present(other) || (other->sizes() == x.sizes() && other->scalar_type() == x.scalar_type()),
               "_relayout: other must have x's shape ", x.sizes(), " and dtype");
 }
 

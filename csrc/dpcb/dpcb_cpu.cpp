@@ -344,7 +344,7 @@ std::tuple<at::Tensor, at::Tensor> epilogue_backward_cpu(const at::Tensor& grad_
   count_call("_dpcb_epilogue_backward.cpu");
   check_cpu_float(grad_img_in, "grad_img");
   const bool pointwise = check_epilogue_backward(grad_img_in, grad_cond_in, f1_in, f2_in);
-  const bool has_f1 = defined(f1_in), has_f2 = defined(f2_in);
+  const bool has_f1 = present(f1_in), has_f2 = present(f2_in);
   const at::Tensor gi = dense(grad_img_in), gc = dense(grad_cond_in);
   const at::Tensor f1 = has_f1 ? dense(*f1_in) : at::Tensor(), f2 = has_f2 ? dense(*f2_in) : at::Tensor();
   at::Tensor grad_f1 = has_f2 ? empty_in_layout(gi, channels_last) : gi.new_empty({0});
@@ -414,7 +414,7 @@ at::Tensor relayout_cpu(const at::Tensor& x_in, const c10::optional<at::Tensor>&
   count_call("_relayout.cpu");
   check_cpu_float(x_in, "x");
   check_relayout(x_in, other_in);
-  const bool has_other = defined(other_in);
+  const bool has_other = present(other_in);
   const at::Tensor x = dense(x_in), other = has_other ? dense(*other_in) : x;
   at::Tensor out = empty_in_layout(x, channels_last);
   const Plane plane = plane_of(x, {other, out}, false);

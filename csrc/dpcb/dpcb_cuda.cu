@@ -157,7 +157,7 @@ std::tuple<at::Tensor, at::Tensor> epilogue_backward_cuda(const at::Tensor& grad
   count_call("_dpcb_epilogue_backward.cuda");
   check_cuda(grad_img_in, "grad_img");
   const bool pointwise = check_epilogue_backward(grad_img_in, grad_cond_in, f1_in, f2_in);
-  const bool has_f1 = defined(f1_in), has_f2 = defined(f2_in);
+  const bool has_f1 = present(f1_in), has_f2 = present(f2_in);
   const c10::cuda::CUDAGuard guard(grad_img_in.device());
   const at::Tensor gi = dense(grad_img_in), gc = dense(grad_cond_in);
   const at::Tensor f1 = has_f1 ? dense(*f1_in) : gi, f2 = has_f2 ? dense(*f2_in) : gc;  // gi, gc: never read
@@ -187,7 +187,7 @@ at::Tensor relayout_cuda(const at::Tensor& x_in, const c10::optional<at::Tensor>
   count_call("_relayout.cuda");
   check_cuda(x_in, "x");
   check_relayout(x_in, other_in);
-  const bool has_other = defined(other_in);
+  const bool has_other = present(other_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = dense(x_in), other = has_other ? dense(*other_in) : x;
   at::Tensor out = at::empty(x.sizes(), x.options().memory_format(layout(channels_last)));

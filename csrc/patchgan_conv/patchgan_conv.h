@@ -78,6 +78,8 @@ C10_HOST_DEVICE inline acc_t grad_y_element(acc_t gz, acc_t yhat, acc_t gamma_rs
 #include <tuple>
 #include <vector>
 
+#include "../common/optional_tensor.h"
+
 namespace bsrops {
 namespace patchgan_conv {
 
@@ -87,8 +89,6 @@ inline int parse_norm(std::string_view norm) {
   if (norm == "batch") return kBatch;
   TORCH_CHECK(false, "patchgan_conv: norm must be one of none, instance, batch; got '", std::string(norm), "'");
 }
-
-inline bool present(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
 inline Groups make_groups(const at::Tensor& y, int norm) {
   TORCH_CHECK(y.dim() == 4, "patchgan_conv: the conv output must be (N, C, H, W), got ", y.sizes());
