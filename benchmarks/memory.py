@@ -42,7 +42,7 @@ import fresh_process
 # BSR_LIVE_MEMORY=1: every allocation of 128 KiB or more gets its own mapping in the child,
 # returned to the OS when freed, so RSS follows the live tensors. With glibc's adaptive
 # default (what users run), freed blocks are kept or returned depending on the process'
-# history: the same eager DPCB call measured 48-80 MiB; the fused ops are stable either way.
+# history, so the same eager call can measure differently from run to run.
 LIVE_MEMORY_MALLOC = "glibc.malloc.mmap_threshold=131072"
 
 _MEASURE = r"""

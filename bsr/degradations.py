@@ -53,7 +53,7 @@ def resize_matrix(in_size, out_size, scale, antialias=True):
     with antialias uses scale * cubic(scale * t), a kernel stretched to width 4 / scale; P = ceil(width) + 2
     taps from floor(u - width / 2) on, weights normalised to sum 1, out-of-range taps mirrored
     symmetrically (edge pixel repeated), as MATLAB's `aux = [1:in, in:-1:1]`. Dense, so that the resize
-    is two BLAS matmuls (the banded gather is ~50x slower in PyTorch).
+    is two BLAS matmuls rather than a banded gather.
     """
     stretch = scale if (scale < 1 and antialias) else 1.0
     width = 4.0 / stretch

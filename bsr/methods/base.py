@@ -15,7 +15,7 @@ Data the engine hands to a method (tensors float32 RGB in [0, 1], NCHW):
   made by `method.degrade_for_validation(hr, index)` (deterministic); for "unpaired" the
   data module degrades with the documented demo degradation (or reads paired folders).
 
-Additions (backward compatible; a method that ignores them keeps working):
+Conventions a method may use (the engine works with methods that ignore them):
 - Training batches also carry "seed": (B,) int64, one seed per sample derived from the
   run seed and the sample's global number (bsr/data/datasets.py). Draw per-sample random
   degradations from it (and per-batch ones from `step`) instead of the global RNG, and

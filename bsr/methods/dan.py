@@ -101,7 +101,7 @@ class DANv2(Method):
         self.scale = cfg.data.scale
         self.setting = kernel_setting(cfg)
         # channels_last on the CPU (dan.channels_last): oneDNN's convolutions run without reorders and the DPCBs
-        # without layout moves (a training step 11-13% faster at the demo and paper shapes); NCHW elsewhere
+        # without layout moves; NCHW elsewhere
         cpu_channels_last = cfg.dan.get("channels_last", True) and self.device.type == "cpu"
         self.memory_format = torch.channels_last if cpu_channels_last else torch.contiguous_format
         net = build_net(cfg, pca_matrix(self.setting, cfg.dan.get("pca_cache")))

@@ -33,25 +33,19 @@ Without autograd (inference mode, no_grad, or no input requiring a gradient) `dp
 `_dpcb_inference` instead, which keeps nothing for a backward: the convolutions run in the
 caller's layout (no copies of x_img, x_cond; the NCHW reorders are oneDNN's internal ones, as in
 eager), each LeakyReLU output is freed once the next convolution has read it, and the outputs
-are written in place of f1 and f2 (torch's addcmul and add_): at the Estimator shape the
-out-of-place epilogue took 0.48-0.65 ms in the block against 0.34-0.39 ms in place (a fresh
-output is write-allocate traffic and, with glibc's malloc, page faults), and the block
-allocates 3 image-sized tensors against eager's 4 (fewer page faults). oneDNN's binary post-op
-(conv * f2) is not used: torch runs it as conv + mul_ on NCHW tensors, and on channels_last it
-cost more than the separate pass (3.37 vs 3.0 + 0.2 ms). Inference is ~94% convolution at both
-paper shapes on the CPU, so the block gains 1-4% there (benchmarks/bench_dpcb.py).
+are written in place of f1 and f2 (torch's addcmul and add_: a fresh output is write-allocate
+traffic and, with glibc's malloc, page faults), and the block allocates 3 image-sized tensors
+against eager's 4. oneDNN's binary post-op (conv * f2) is not used: torch runs it as conv + mul_
+on NCHW tensors, and on channels_last it costs more than the separate pass.
 
-Where the time goes (details and the arithmetic: benchmarks/bench_dpcb.py). At the Restorer
-shape (N=8, 64 ch, 64x64) forward+backward is 6 conv-sized passes (7.2 GMAC) against ~20
-passes over 8 MiB tensors for the eager elementwise part, plus oneDNN's reorders inside the
-NCHW convolutions (2 passes per convolution forward, 2-4 per backward). The op's fused
-kernels make 16 passes, transposes included (the forward LeakyReLU is a oneDNN post-op of
-the conv on CPU float32), and its channels_last convolutions make no reorders. On a 2-core
-CPU the convolutions are ~90% of the block, so the block gains a few percent. On a GPU
-(measured on an H200, benchmarks/gpu_conv_blocks.py: float32, no TF32) the op is slower than
-eager at these sizes, 1.38 vs 1.16 ms forward+backward for the Restorer block: the ~7 units of
-traffic it saves are ~12 us at 4.8 TB/s, less than what its extra launches and Python glue cost
-per call; its peak memory there is at or below eager's.
+Traffic (the arithmetic and the measurements: benchmarks/bench_dpcb.py, benchmarks/results/).
+At the Restorer shape (N=8, 64 ch, 64x64) forward+backward is 6 conv-sized passes (7.2 GMAC)
+against ~20 passes over 8 MiB tensors for the eager elementwise part, plus oneDNN's reorders
+inside the NCHW convolutions (2 passes per convolution forward, 2-4 per backward). The op's
+fused kernels make 16 passes, transposes included (the forward LeakyReLU is a oneDNN post-op of
+the conv on CPU float32), and its channels_last convolutions make no reorders. The
+convolutions dominate the block, so the fused elementwise part bounds what the block gains; on
+a GPU the traffic it saves is small against its extra launches at these sizes.
 
 The convolutions run on oneDNN / cuDNN through F.conv2d and aten.convolution_backward in
 the composite kernel and the autograd formula below, whatever the backend; the backend (cpu,

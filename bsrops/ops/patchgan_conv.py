@@ -19,21 +19,19 @@ the sign of out), so the eager pipeline's separate normalised tensor and activat
 tensor never exist. The conv's backward runs in channels_last: the norm's backward hands grad_y
 over in channels_last (its NCHW result freed there), x is moved for the weight gradient and
 dropped before grad_x goes back to x's layout, so oneDNN needs none of the ~3 y-sized reorder
-buffers of an NCHW backward. Live tensors at the benchmark block's peak: 50.0 MiB against
-eager's 64.0 (out + grad_y + x and grad_x in channels_last = 6 y-sized tensors of 8). The
+buffers of an NCHW backward. Live tensors at the block's peak: out + grad_y + x and grad_x in
+channels_last, 6 y-sized tensors against eager's 8. The
 fused kernels are `_patchgan_norm_act` (statistics + affine + activation: one reading pass
 for the statistics, one pass writing out) and `_patchgan_norm_act_backward` (one reduction
 pass, one pass writing grad_y, parameter gradients from per-group partial sums).
 
-Where the time goes (details and the arithmetic: benchmarks/bench_patchgan_conv.py): for
-64->128, 4x4 s2 on (16, 64, 64, 64) the conv is 6.4 GMAC forward+backward, the eager norm +
-activation ~13 passes over 8 MiB tensors, the fused kernels 6 (each 4 KB instance-norm
-plane stays in L1 between its passes). On a 2-core CPU the conv is ~70% of the block and
-the fused part ~2x faster than eager, ~1.2x for the block. On a GPU (an H200, float32 without
-TF32, benchmarks/gpu_conv_blocks.py) the block measured 0.83 vs eager's 0.60 ms
-forward+backward: the ~12 us of HBM traffic saved is less than the op's per-call overhead at
-this size (its peak memory: 16.0 vs 31.5 MiB). With norm='none' the
-LeakyReLU is a oneDNN post-op of the conv on CPU float32 when no gradient is recorded.
+Traffic (the arithmetic and the measurements: benchmarks/bench_patchgan_conv.py,
+benchmarks/results/): for 64->128, 4x4 s2 on (16, 64, 64, 64) the conv is 6.4 GMAC
+forward+backward, the eager norm + activation ~13 passes over 8 MiB tensors, the fused kernels 6
+(each 4 KB instance-norm plane stays in L1 between its passes). The conv dominates the block;
+on a GPU the traffic saved is small against the op's per-call overhead at this size. With
+norm='none' the LeakyReLU is a oneDNN post-op of the conv on CPU float32 when no gradient is
+recorded.
 """
 import math
 
