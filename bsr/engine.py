@@ -285,7 +285,7 @@ class Engine:
         self.ckpt_dir = os.path.join(out_dir, "checkpoints")
         changes = self._resume(resume) if resume else {}
         self._wrap_ddp(device)
-        self.dataset = data.train_dataset(cfg, self.method.data_kind)
+        self.dataset = data.train_dataset(cfg, self.method.data_kind, self.method.augment_crops)
         self.val_items = []
         if self.is_main and self.val_every:
             print(f"validation set: {data.validation_source(cfg)}", flush=True)

@@ -333,9 +333,12 @@ def write_kernel_file(path, kernel):
 
 
 def read_kernel_files(folder, scale, what="kernel folder"):
-    """(K, k, k) float32: the kernels of the `*_kernel_x{scale}.mat` files of `folder`, sorted by name, read
-    through bsr.io.load_array and centred on the largest size; `what` names the folder's role in errors."""
-    files = sorted(glob.glob(os.path.join(folder, kernel_file_name("*", scale))))
+    """(K, k, k) float32: the kernels of the `*_kernel_x{scale}.mat` files of `folder` and of its
+    sub-folders (KernelGAN's own output layout, `<folder>/<image>/<image>_kernel_x4.mat`), sorted by
+    path, read through bsr.io.load_array and centred on the largest size; `what` names the folder's
+    role in errors."""
+    pattern = kernel_file_name("*", scale)
+    files = sorted(glob.glob(os.path.join(folder, pattern)) + glob.glob(os.path.join(folder, "*", pattern)))
     if not files:
-        raise FileNotFoundError(f"{what}: no {kernel_file_name('*', scale)} files in {folder!r}")
+        raise FileNotFoundError(f"{what}: no {pattern} files in {folder!r} or its sub-folders")
     return stack_centred([torch.from_numpy(load_array(f, f"{what} file", MAT_VARIABLE)) for f in files]).float()

@@ -13,10 +13,11 @@ import torch
 from bsr import config
 from bsr.archs.discriminators import VGGDiscriminator
 from bsr.archs.vgg import VGG19
-from bsr.data import ImageSet
+from bsr.config import ConfigError
+from bsr.data import ImageSet, UnpairedCrops
 from bsr.data.transforms import augment
 from bsr.degradations import imresize
-from bsr.kernels import covariance, dihedral, gaussian_kernels, read_kernel_files
+from bsr.kernels import covariance, decimation_centre, dihedral, gaussian_kernels, read_kernel_files
 from bsr.methods import realsr
 from resume_check import run_split_and_once
 
@@ -72,6 +73,44 @@ def test_kernels_are_read_from_kernelgan_files_and_centred_to_one_size(tmp_path)
         read_kernel_files(str(tmp_path), 3)
 
 
+def test_kernel_pool_reads_kernelgans_per_image_folders_and_flat_files(tmp_path):
+    """KernelGAN writes <out>/<image>/<image>_kernel_x4.mat (a taken folder name gets 'l's appended)."""
+    kernels = kernel_pool(3, 33)
+    for folder, (name, kernel) in zip(["a", "bl", None], zip("abc", kernels)):
+        target = tmp_path / folder if folder else tmp_path
+        target.mkdir(exist_ok=True)
+        scipy.io.savemat(target / f"{name}_kernel_x4.mat", {"Kernel": kernel.double().numpy()})
+    pool = read_kernel_files(str(tmp_path), 4)
+    assert pool.shape == (3, 33, 33)
+    assert {k.numpy().tobytes() for k in pool} == {k.numpy().tobytes() for k in kernels}
+    with pytest.raises(FileNotFoundError, match="or its sub-folders"):
+        read_kernel_files(str(tmp_path / "a"), 2)
+
+
+def test_kernelgan_of_the_pool_runs_on_the_runs_device(monkeypatch):
+    devices = []
+
+    def fake_kernelgan(image, *args, device="cpu", **kwargs):
+        devices.append(device)
+        return np.eye(17) / 17, np.eye(33) / 33
+
+    monkeypatch.setattr(realsr.kernelgan, "estimate_kernel", fake_kernelgan)
+    method = tiny_method()
+    method.device = torch.device("cuda", 1)  # not used: KernelGAN is faked
+    kernels, _ = method.pools()
+    assert kernels.shape == (3, 33, 33) and kernels.device.type == "cpu"
+    assert devices == [torch.device("cuda", 1)] * 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_kernelgan_on_a_gpu_leaves_the_callers_cuda_rng_alone():
+    image = np.random.default_rng(0).random((100, 100, 3))
+    state = torch.cuda.get_rng_state()
+    k2, k4 = realsr.kernelgan.estimate_kernel(image, iterations=3, channels=8, seed=3, device="cuda")
+    assert torch.equal(torch.cuda.get_rng_state(), state)
+    assert abs(k2.sum() - 1) < 1e-3 and abs(k4.sum() - 1) < 1e-3
+
+
 def test_dihedral_transforms_a_kernel_as_the_data_augmentation_transforms_an_image():
     kernel = torch.rand(5, 5, dtype=torch.float64)
     for mode in range(8):
@@ -82,22 +121,69 @@ def test_dihedral_transforms_a_kernel_as_the_data_augmentation_transforms_an_ima
 
 # ---- degradation ----
 
+def official_lr(hr, kernel):
+    """RealSR's imresize with a kernel (create_kernel_dataset.py): scipy correlate (reflect = half-sample
+    symmetric) of each channel, rows/cols 0, 4, 8, ..., in 8 bit -> (3, H/4, W/4) float64."""
+    lr = [scipy.ndimage.correlate(channel.double().numpy(), kernel.double().numpy(), mode="reflect")[::4, ::4]
+          for channel in hr]
+    return torch.from_numpy(np.round(np.clip(np.stack(lr), 0, 1) * 255) / 255)
+
+
+def assert_8bit_close(actual, expected):
+    """Equal up to float32 rounding ties of the 8-bit quantisation (one level at a few pixels)."""
+    actual, expected = actual.double(), expected.double()
+    torch.testing.assert_close(actual, expected, atol=1 / 255 + 1e-6, rtol=0)
+    assert ((actual - expected).abs() < 1e-5).double().mean() > 0.98
+
+
 def test_degradation_is_scipy_correlate_then_every_fourth_pixel_in_8_bit():
+    """The pool kernel as it is (the official LR files are made before any flip/rotation)."""
     method = tiny_method()
     method.kernels, method.noise = kernel_pool(1), torch.zeros(1, 3, 16, 16, dtype=torch.uint8)
     hr = torch.rand(2, 3, 64, 64, dtype=torch.float64).float()
-    generators = [torch.Generator().manual_seed(s) for s in (0, 1)]
-    modes = [torch.Generator().manual_seed(s) for s in (0, 1)]
-    lr = method.degrade(hr, generators)
+    lr = method.degrade(hr, [torch.Generator().manual_seed(s) for s in (0, 1)])
     assert lr.shape == (2, 3, 16, 16) and torch.equal(lr, (lr * 255).round() / 255)
-    for b, g in enumerate(modes):
-        torch.randint(1, (1,), generator=g)  # the pool pick (one kernel)
-        kernel = dihedral(method.kernels[0], int(torch.randint(8, (1,), generator=g))).double().numpy()
-        for c in range(3):  # RealSR's imresize with a kernel: scipy correlate (reflect = half-sample) + [::4]
-            expected = scipy.ndimage.correlate(hr[b, c].double().numpy(), kernel, mode="reflect")[::4, ::4]
-            expected = np.round(np.clip(expected, 0, 1) * 255) / 255
-            np.testing.assert_allclose(lr[b, c].numpy(), expected, atol=1 / 255 + 1e-6)
-            assert np.mean(np.abs(lr[b, c].numpy() - expected) < 1e-5) > 0.98  # rounding ties aside
+    for b in range(2):
+        assert_8bit_close(lr[b], official_lr(hr[b], method.kernels[0]))
+
+
+def kernelgan_like_kernel():
+    """(1, 33, 33): an anisotropic, rotated Gaussian centred where KernelGAN puts a x4 kernel's centre of
+    mass, the middle of the 4 x 4 cell (1.5 pixels right of and below the grid centre)."""
+    return gaussian_kernels(covariance(3.0, 1.2, 0.6), 33, centre=decimation_centre(33, 4)).float()
+
+
+def test_every_flip_rotation_keeps_the_lr_aligned_with_its_hr():
+    """For each of the 8 dihedral transforms: the step's LR is the transform of the LR of the crop
+    (degrade, then augment the pair, as the official dataset), for a kernel centred off the pixel grid."""
+    method = tiny_method()
+    method.kernels, method.noise = kernelgan_like_kernel(), torch.zeros(1, 3, 16, 16, dtype=torch.uint8)
+    hr = torch.rand(1, 3, 64, 64, dtype=torch.float64).float()
+    crop, crop_lr = hr[0, :, 16:-16, 16:-16], official_lr(hr[0], method.kernels[0])[:, 4:-4, 4:-4]
+    seen = set()
+    for seed in range(64):
+        pair_hr, pair_lr = method.training_pair(hr, [torch.Generator().manual_seed(seed)])
+        mode = next(m for m in range(8) if torch.equal(pair_hr[0], dihedral(crop, m)))
+        assert_8bit_close(pair_lr[0], dihedral(crop_lr, mode))
+        seen.add(mode)
+    assert seen == set(range(8))
+
+
+def test_realsr_hr_crops_come_unflipped_from_the_loader():
+    """The method flips its pairs itself: the engine's unpaired HR crops are plain crops for RealSR."""
+    rng = np.random.default_rng(0)
+    image, lr_image = rng.integers(0, 256, (24, 24, 3)).astype(np.uint8), np.zeros((8, 8, 3), np.uint8)
+    crops = {flag: UnpairedCrops(ImageSet([("a", image)]), ImageSet([("b", lr_image)]), 16, 4, augment_hr=flag)
+             for flag in (True, False)}
+    windows = [image[t:t + 16, l:l + 16] for t in range(9) for l in range(9)]
+
+    def is_plain_crop(sample):
+        hr = (sample["hr"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        return any(np.array_equal(hr, w) for w in windows)
+
+    assert realsr.RealSR.augment_crops is False
+    assert all(is_plain_crop(crops[False][(0, seed)]) for seed in range(16))
+    assert not all(is_plain_crop(crops[True][(0, seed)]) for seed in range(16))
 
 
 def test_bicubic_track_degrades_with_matlab_bicubic():
@@ -183,6 +269,42 @@ def test_pretrained_generator_loads_from_an_old_esrgan_state_dict(tmp_path):
     loaded = tiny_method(None, "realsr.loss.adversarial=0", f"realsr.pretrained={tmp_path / 'rrdb_psnr.pth'}")
     for key, value in source.state_dict().items():
         assert torch.equal(loaded.nets["netG"].state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("preset", ["paper", "paper-df2k"])
+def test_paper_presets_start_from_the_psnr_rrdb_or_say_so(tmp_path, preset):
+    def build(*overrides):
+        return tiny_method(None, "realsr.loss.perceptual=0", *overrides, preset=preset).nets["netG"]
+
+    with pytest.raises(ConfigError, match="realsr.pretrained=FILE.*--preset paper-psnr.*realsr.pretrained=none"):
+        build()
+    source = build("realsr.pretrained=none")
+    torch.save(source.state_dict(), tmp_path / "rrdb_psnr.pth")
+    loaded = build(f"realsr.pretrained={tmp_path / 'rrdb_psnr.pth'}")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in source.state_dict().items())
+    method = realsr.RealSR(config.load("realsr", preset, overrides=TINY), "cpu", for_training=False)
+    assert "netG" in method.nets  # evaluation and inference need no starting weights
+
+
+def test_paper_psnr_is_esrgans_psnr_stage_on_bicubic_lr_without_noise(monkeypatch):
+    cfg = config.load("realsr", "paper-psnr")
+    t, r = cfg.train, cfg.realsr
+    assert (t.lr, t.milestones, t.gamma, t.iters, t.batch_size) == (2e-4, [200000, 400000, 600000, 800000], 0.5,
+                                                                     1000000, 16)
+    assert cfg.data.hr_patch - 2 * r.margin == 128 and (r.generator.nf, r.generator.nb, r.generator.gc) == (64, 23, 32)
+    assert r.track == "bicubic" and not r.noise.inject and r.pretrained is None
+    assert dict(r.loss) == {"pixel": 1.0, "perceptual": 0.0, "adversarial": 0.0}
+    monkeypatch.setattr(realsr, "collect_noise", lambda *a: pytest.fail("no noise pool without realsr.noise.inject"))
+    method = tiny_method(None, preset="paper-psnr")
+    assert set(method.nets) == {"netG"}
+    hr = torch.rand(2, 3, 64, 64)
+    pair_hr, pair_lr = method.training_pair(hr, [torch.Generator().manual_seed(s) for s in (0, 1)])
+    expected = (imresize(hr, scale=0.25).clamp(0, 1) * 255).round() / 255
+    for b in range(2):
+        mode = next(m for m in range(8) if torch.equal(pair_hr[b], dihedral(hr[b, :, 16:-16, 16:-16], m)))
+        torch.testing.assert_close(pair_lr[b], dihedral(expected[b, :, 4:-4, 4:-4], mode))
+    logs = method.train_step({"hr": hr, "seed": torch.tensor([0, 1])}, step=0)
+    assert set(logs) == {"l1"} and math.isfinite(logs["l1"])
 
 
 def test_resume_is_bit_identical_and_reuses_the_checkpointed_kernel_pool(tmp_path, monkeypatch):

@@ -13,8 +13,9 @@ from .io import ImageError, list_images, read_image, read_uint8, to_tensor, writ
 from .transforms import check_size, modcrop
 
 
-def train_dataset(cfg, data_kind):
-    """The training Dataset of a method (`data_kind` "hr" or "unpaired", see methods/base.py)."""
+def train_dataset(cfg, data_kind, augment_hr=True):
+    """The training Dataset of a method (`data_kind` "hr" or "unpaired", see methods/base.py);
+    `augment_hr=False`: unpaired HR crops without the random flip/rotation."""
     d = cfg.data
     if data_kind == "hr":
         images = ImageSet.from_folder(d.hr) if d.hr else demo_set.image_set(demo_set.TRAIN)
@@ -22,7 +23,7 @@ def train_dataset(cfg, data_kind):
     if d.hr and not d.lr:
         raise ValueError(f"method {cfg.method} trains on unpaired data: set data.lr to a folder of LR images")
     hr = ImageSet.from_folder(d.hr) if d.hr else demo_set.image_set(demo_set.UNPAIRED_HR)
-    return UnpairedCrops(hr, lr_images(cfg), d.hr_patch, d.scale)
+    return UnpairedCrops(hr, lr_images(cfg), d.hr_patch, d.scale, augment_hr)
 
 
 def lr_images(cfg):

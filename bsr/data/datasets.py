@@ -91,12 +91,14 @@ class HRCrops(Dataset):
 
 class UnpairedCrops(Dataset):
     """An HR patch and an LR patch (P/s) of unrelated images: the sample's image index picks
-    the HR image; the LR image is drawn from the sample seed."""
+    the HR image; the LR image is drawn from the sample seed. `augment_hr=False` leaves the HR
+    patch unflipped (for a method that flips its own pairs after degrading them)."""
 
-    def __init__(self, hr_images, lr_images, patch, scale):
+    def __init__(self, hr_images, lr_images, patch, scale, augment_hr=True):
         if patch % scale:
             raise ValueError(f"data.hr_patch ({patch}) must be a multiple of data.scale ({scale})")
         self.hr, self.lr, self.patch, self.scale = hr_images, lr_images, patch, scale
+        self.augment_hr = augment_hr
         hr_images.check(patch)
         lr_images.check(patch // scale)
 
@@ -110,7 +112,8 @@ class UnpairedCrops(Dataset):
         lr_name, lr = self.lr[int(rng.integers(len(self.lr)))]
         check_size(hr, self.patch, self.patch, hr_name)
         check_size(lr, self.patch // self.scale, self.patch // self.scale, lr_name)
-        hr = augment(random_crop(hr, self.patch, rng), int(rng.integers(8)))
+        hr, hr_mode = random_crop(hr, self.patch, rng), int(rng.integers(8))
+        hr = augment(hr, hr_mode) if self.augment_hr else hr
         lr = augment(random_crop(lr, self.patch // self.scale, rng), int(rng.integers(8)))
         return {"hr": to_tensor(hr), "lr": to_tensor(lr), "seed": seed}
 

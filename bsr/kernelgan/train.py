@@ -83,9 +83,11 @@ def estimate_kernel(image, iterations=3000, real_image=False, channels=64, seed=
         raise ValueError(f"kernelgan: iterations must be >= 1, got {iterations}")
     image = prepare_image(np.asarray(image, dtype=np.float64), real_image)
     rng = np.random.default_rng(seed)
-    # seeded init and D noise without moving the caller's RNG (a training run building its kernel pool);
-    # float32 with autograd also when called under no_grad / autocast
-    with torch.random.fork_rng(devices=[]), torch.enable_grad(), torch.autocast(torch.device(device).type, enabled=False):
+    # seeded init and D noise without moving the caller's RNG (a training run building its kernel pool;
+    # on a GPU, that device's RNG too); float32 with autograd also when called under no_grad / autocast
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.enable_grad(), \
+            torch.autocast(device.type, enabled=False):
         torch.manual_seed(seed)
         gan = KernelGAN(channels, device, grouped_bicubic_loss)
         g_centres, d_centres = crop_centres(image, gan.d_crop, iterations, rng)

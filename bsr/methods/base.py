@@ -73,6 +73,7 @@ def load_net_state(path, name, what=None):
 class Method:
     name = "base"
     data_kind = "hr"  # "hr" or "unpaired" (see the module docstring)
+    augment_crops = True  # False: unpaired HR crops come unflipped; the method flips its pairs after degrading
     inference_nets = ()  # the networks super_resolve uses: what bsr.export writes and --weights loads
     scales = None  # the data.scale values the method trains (None: any)
     needs_kernel = False  # non-blind: super_resolve needs the blur kernel (bsr.infer --kernel)

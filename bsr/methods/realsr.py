@@ -9,11 +9,13 @@ an unpaired method for the engine, whose LR crops it does not use: it makes its 
 - noise pool (`collect_noise.py`): the non-overlapping realsr.noise.patch windows of the source images
   whose grey level (0..255) has variance < max_var and mean > min_mean.
 - each step: LR = correlate(HR, kernel) (scipy's half-sample symmetric border) keeping rows/cols
-  0, s, 2s, ... (bsrops.blur_downsample), 8-bit like the official LR files, then + a random noise
-  crop minus its per-channel mean, clamped to [0, 1]. The kernel gets a random dihedral transform:
-  the official pairs are made first and flipped/rotated afterwards, which transforms the kernel
-  with the image. HR crops carry realsr.margin extra pixels per side (the x4 kernel's radius) that
-  are cut after degradation, so the LR is what the official whole-image degradation gives.
+  0, s, 2s, ... (bsrops.blur_downsample), 8-bit like the official LR files. HR crops carry
+  realsr.margin extra pixels per side (the x4 kernel's radius) that are cut after degradation, so the
+  LR is what the official whole-image degradation gives. Then, as the official dataset does with its
+  stored pairs, the (HR, LR) pair gets one random dihedral transform (flip/rotation) and the LR
+  + a random noise crop minus its per-channel mean, clamped to [0, 1]. Degrading first keeps the
+  LR/HR alignment of every transform: KernelGAN centres a x s kernel on the middle of the s x s cell,
+  which a flip maps onto itself, while flipping the kernel instead would move it by s - 1 pixels.
 Training (`SRGAN_model.py`): RRDBNet; G: 0.01 L1 + 1 VGG19-conv5_4 (L1) + 0.005 RaGAN against the
 discriminator, then the D update; Adam 1e-4 for both, halved at 5k/10k/20k/30k, batch 16, HR 128.
 Discriminator (realsr.discriminator.arch): "patch", the pix2pix NLayer PatchGAN with batch norm (the
@@ -22,8 +24,8 @@ yml, preset paper-df2k; bsr.archs.discriminators), both on the fused bsrops.nn.P
 Validation: SR, and the kernel pool's mean as "kernel_est" (compared with a known true kernel, after
 moving it from KernelGAN's phase, the middle of the s x s cell, to bsr's, its upper-left pixel).
 
-Left out: the clean-up (bicubic x1/2 of the source images that the official scripts use as HR:
-give such a folder as data.hr).
+The official clean-up (the source images bicubic-downscaled x1/2 as the HR set) is
+`python -m bsr.prepare realsr-hr SRC --out HR` (bsr/prepare.py); give its output as data.hr.
 """
 import numpy as np
 import torch
@@ -31,6 +33,7 @@ import torch
 from .. import degradations, kernelgan
 from ..archs.discriminators import PatchGANDiscriminator, VGGDiscriminator
 from ..archs.rrdb import RRDBNet, load_old_esrgan
+from ..config import ConfigError
 from ..data import lr_images
 from ..kernels import dihedral, read_kernel_files, shift_centre_of_mass, stack_centred
 from . import register
@@ -56,13 +59,13 @@ def collect_noise(images, patch, max_var, min_mean):
     return torch.stack(found)
 
 
-def estimate_kernels(images, scale, opt):
-    """(K, k, k) float32: KernelGAN's x`scale` kernel of every source image."""
+def estimate_kernels(images, scale, opt, device="cpu"):
+    """(K, k, k) float32 (CPU): KernelGAN's x`scale` kernel of every source image, trained on `device`."""
     kernels = []
     for index in range(len(images)):
         name, image = images[index]
         k2, k4 = kernelgan.estimate_kernel(image / 255.0, opt.iterations, opt.get("real_image", False),
-                                           opt.get("channels", 64), opt.get("seed", 0) + index,
+                                           opt.get("channels", 64), opt.get("seed", 0) + index, device=device,
                                            grouped_bicubic_loss=opt.get("grouped_bicubic_loss", False))
         kernels.append(torch.from_numpy(k4 if scale == 4 else k2))
         print(f"realsr: KernelGAN kernel of {name}: {tuple(kernels[-1].shape)}", flush=True)
@@ -72,6 +75,7 @@ def estimate_kernels(images, scale, opt):
 @register("realsr")
 class RealSR(Method):
     data_kind = "unpaired"
+    augment_crops = False  # the official order: degrade the crop, then flip/rotate the (HR, LR) pair
     inference_nets = ("netG",)
     scales = (2, 4)  # RRDBNet, KernelGAN's x2 / x4 kernels
 
@@ -85,13 +89,24 @@ class RealSR(Method):
                              f"({cfg.data.hr_patch}) more than twice it")
         g = r.generator
         self.add_net("netG", RRDBNet(nf=g.nf, nb=g.nb, gc=g.gc, upscale=cfg.data.scale), t.lr)
-        if r.get("pretrained") and for_training:  # official: ESRGAN's RRDB_PSNR_x4
-            self.load_pretrained("netG", r.pretrained, "realsr.pretrained")
+        if for_training:
+            self.load_start_weights(r)
         self.weights = dict(r.loss)
         self.add_srgan(lambda: self.build_discriminator(r.discriminator, cfg.data.hr_patch - 2 * r.margin),
                        t.get("lr_d") or t.lr, self.weights, r.get("vgg_weights"))
         self.kernels = None  # the pools are built at the first step (or come with a checkpoint)
         self.noise = None
+
+    def load_start_weights(self, r):
+        """netG from realsr.pretrained; "none" (any case) starts from random weights. With
+        realsr.require_pretrained (the paper presets: the official ymls start from ESRGAN's RRDB_PSNR_x4.pth)
+        the key must be set."""
+        if r.pretrained is None and r.require_pretrained:
+            raise ConfigError(f"realsr: preset {self.cfg.get('preset')!r} starts from ESRGAN's PSNR-oriented RRDB "
+                              "(RRDB_PSNR_x4.pth, as the official ymls): set realsr.pretrained=FILE, or train one "
+                              "with --preset paper-psnr, or set realsr.pretrained=none for random weights")
+        if r.pretrained is not None and r.pretrained.lower() != "none":
+            self.load_pretrained("netG", r.pretrained, "realsr.pretrained")
 
     def official_state(self, name, state):
         """Old ESRGAN names (RRDB_PSNR_x4.pth, RealSR's releases) -> BasicSR's, which netG uses."""
@@ -108,26 +123,39 @@ class RealSR(Method):
 
     # ------------------------------------------------------------------ degradation pools
     def pools(self):
-        """(kernels (K, k, k) or None for track bicubic, noise patches (M, 3, P, P) uint8)."""
+        """(kernels (K, k, k) or None for track bicubic, noise patches (M, 3, P, P) uint8 or None without
+        realsr.noise.inject)."""
         r, scale = self.cfg.realsr, self.cfg.data.scale
-        if self.noise is None:
+        if self.noise is None and r.noise.inject:
             self.noise = collect_noise(lr_images(self.cfg), r.noise.patch, r.noise.max_var, r.noise.min_mean)
         if self.kernels is None and r.track == "kernel":
             self.kernels = read_kernel_files(r.kernels, scale, "realsr.kernels") if r.get("kernels") else \
-                estimate_kernels(lr_images(self.cfg), scale, r.kernelgan)
+                estimate_kernels(lr_images(self.cfg), scale, r.kernelgan, self.device)
         return self.kernels, self.noise
 
     def degrade(self, hr, generators):
-        """HR batch -> 8-bit LR: blurred by a pool kernel (dihedral-transformed) and decimated, or bicubic.
-        One generator per sample."""
+        """(B, 3, H, W) HR -> (B, 3, H/s, W/s) 8-bit LR: correlated with a pool kernel (one pick per sample,
+        from its generator) keeping rows/cols 0, s, 2s, ..., or MATLAB bicubic (track bicubic)."""
         kernels, scale = self.pools()[0], self.cfg.data.scale
         if kernels is None:
             lr = degradations.imresize(hr, scale=1 / scale)
         else:
-            picks = [dihedral(kernels[torch.randint(len(kernels), (1,), generator=g).item()],
-                              int(torch.randint(8, (1,), generator=g))) for g in generators]
-            lr = degradations.blur_downsample(hr, torch.stack(picks), scale, padding="symmetric")
+            picks = kernels[[torch.randint(len(kernels), (1,), generator=g).item() for g in generators]]
+            lr = degradations.blur_downsample(hr, picks.to(hr), scale, padding="symmetric")
         return (lr.clamp(0, 1) * 255).round() / 255
+
+    def training_pair(self, hr, generators):
+        """(B, 3, P, P) HR crops -> the step's (HR, LR) pair: each crop degraded whole, the realsr.margin
+        border cut from both, then the pair under one random dihedral transform per sample and noise
+        injected into the LR (realsr.noise.inject). The LR of the transformed HR is the transformed LR of
+        the crop."""
+        m, scale = self.cfg.realsr.margin, self.cfg.data.scale
+        lr = self.degrade(hr, generators)[..., m // scale:-(m // scale), m // scale:-(m // scale)]
+        hr = hr[..., m:-m, m:-m]
+        modes = [int(torch.randint(8, (1,), generator=g)) for g in generators]
+        hr = torch.stack([dihedral(x, mode) for x, mode in zip(hr, modes)])
+        lr = torch.stack([dihedral(x, mode) for x, mode in zip(lr, modes)])
+        return hr, self.inject_noise(lr, generators) if self.cfg.realsr.noise.inject else lr
 
     def inject_noise(self, lr, generators):
         """LR + a random crop of a random noise patch minus its per-channel mean, clamped to [0, 1]."""
@@ -149,12 +177,10 @@ class RealSR(Method):
     def train_step(self, batch, step):
         hr = batch["hr"].to(self.device)
         generators = [torch.Generator().manual_seed(int(seed)) for seed in batch["seed"]]
-        m, scale = self.cfg.realsr.margin, self.cfg.data.scale
         with torch.no_grad():
-            lr = self.degrade(hr, generators)[..., m // scale:-(m // scale), m // scale:-(m // scale)]
-            lr = self.inject_noise(lr, generators)
+            hr, lr = self.training_pair(hr, generators)
         sr = self.nets["netG"](lr)
-        return self.srgan_step("netG", sr, hr[..., m:-m, m:-m], self.weights)
+        return self.srgan_step("netG", sr, hr, self.weights)
 
     # ------------------------------------------------------------------ inference / evaluation
     @torch.no_grad()
