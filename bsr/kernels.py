@@ -18,7 +18,7 @@ import scipy.ndimage
 import torch
 import torch.nn.functional as F
 
-from .io import load_array
+from .io import UntrustedFileError, load_array, load_untrusted
 
 # DANv2 setting 1 (isotropic) sigma range: the shipped ymls use [0.2, 4.0] at every scale; the paper
 # (issue greatlog/DAN#32) uses an upper bound of 2.0 / 3.0 / 4.0 for x2 / x3 / x4.
@@ -342,3 +342,56 @@ def read_kernel_files(folder, scale, what="kernel folder"):
     if not files:
         raise FileNotFoundError(f"{what}: no {pattern} files in {folder!r} or its sub-folders")
     return stack_centred([torch.from_numpy(load_array(f, f"{what} file", MAT_VARIABLE)) for f in files]).float()
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernel sets: USRNet's test kernels (KAIR `kernels/kernels_12.mat`, `kernels/kernels_bicubicx234.mat`)
+# ----------------------------------------------------------------------------------------------
+
+KERNEL_SET_VARIABLE = "kernels"
+
+
+def read_kernel_set(path, what="kernel set file"):
+    """(N, k, k) float64: the kernels of a kernel set file, as stored (not renormalised).
+
+    `.mat`: the variable `kernels`, a 1 x N MATLAB cell array of k x k numeric arrays (the layout of
+    KAIR's kernels_12.mat and kernels_bicubicx234.mat) or an (N, k, k) numeric array; `.npy`: an
+    (N, k, k) or (k, k) array; `.npz`: the variable `kernels`, or the only one. Read through
+    bsr.io; any other layout is an UntrustedFileError saying what the file holds."""
+    key = KERNEL_SET_VARIABLE if os.path.splitext(path)[1].lower() == ".mat" else None
+    data = load_untrusted(path, what)
+    if isinstance(data, dict):
+        data = _kernel_set_variable(data, key, path, what)
+    return _kernel_set_array(np.asarray(data), path, what)
+
+
+def _kernel_set_variable(variables, key, path, what):
+    variables = {name: value for name, value in variables.items() if not name.startswith("__")}
+    if key is None and KERNEL_SET_VARIABLE not in variables and len(variables) == 1:
+        key = next(iter(variables))
+    key = key or KERNEL_SET_VARIABLE
+    if key not in variables:
+        raise UntrustedFileError(f"{what} {path!r}: expected a variable {key!r}, found {sorted(variables)}")
+    return variables[key]
+
+
+def _kernel_set_array(array, path, what):
+    expected = "a 1 x N cell array of k x k kernels, or an (N, k, k) or (k, k) numeric array"
+    if array.dtype == object:
+        if array.ndim != 2 or 1 not in array.shape:
+            raise UntrustedFileError(f"{what} {path!r}: expected {expected}, found a cell array of shape {array.shape}")
+        cells = [np.asarray(cell) for cell in array.ravel()]
+        found = sorted({f"{c.dtype} {c.shape}" for c in cells})
+        if not cells or len(found) != 1 or not _numeric(cells[0]) or cells[0].ndim != 2:
+            raise UntrustedFileError(f"{what} {path!r}: expected {expected}, found cells of {', '.join(found) or 'nothing'}")
+        array = np.stack(cells)
+    elif not _numeric(array) or array.ndim not in (2, 3):
+        raise UntrustedFileError(f"{what} {path!r}: expected {expected}, found a {array.dtype} array of shape {array.shape}")
+    array = array[None] if array.ndim == 2 else array
+    if array.shape[-1] != array.shape[-2] or not np.isfinite(array).all():
+        raise UntrustedFileError(f"{what} {path!r}: expected square finite kernels, found shape {array.shape[1:]}")
+    return torch.from_numpy(array.astype(np.float64))
+
+
+def _numeric(array):
+    return np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)

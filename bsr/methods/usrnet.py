@@ -5,10 +5,11 @@ usrnet.scales; per sample a motion kernel (probability 1/2) or a random anisotro
 Gaussian (USRNet's gen_kernel ranges), circular true convolution with upper-left
 decimation (`blur_downsample(padding="circular", flip=True)`), then AWGN with σ = 0
 (probability 1/9) or σ ~ U{0..24}/255 (bsr.kernels, bsr.degradations), drawn from (seed, step).
-LR stays float (KAIR blurs the uint8 HR into uint8: a quantisation we drop). L1 loss, Adam,
-MultiStepLR (train.milestones, train.gamma).
+With usrnet.quantize_lr the blurred LR is truncated to 8 bits before the noise, as KAIR's
+convolution of the uint8 HR into a uint8 image does. L1 loss, Adam, MultiStepLR
+(train.milestones, train.gamma).
 
-USRGAN (usrnet.gan.enabled; preset paper-usrgan): the same network and data
+USRGAN (usrnet.gan.enabled; presets paper-usrgan, tiny-usrgan): the same network and data
 with w_pixel L1 + w_perceptual VGG19-conv5_4 (L1, ImageNet input norm) + w_adversarial
 relativistic-average GAN (ESRGAN's RaGAN, BCE), and a pix2pix NLayer PatchGAN discriminator
 ("netD", built from bsrops.nn.PatchGANConv) trained with the discriminator side of the same
@@ -17,14 +18,21 @@ types and the weights 1 / 1 / 0.005 follow the USRNet paper's description and ES
 adversarial weight, the discriminator is our choice; all are config keys. usrnet.pretrained
 starts the generator from a USRNet checkpoint (ESRGAN's practice: GAN training from the PSNR model).
 
-Evaluation protocol (`eval` config section): HR modcropped to lcm(8, scales); for each
-image, scale in eval.scales and kernel in eval.kernels (indices into protocol_kernels,
-the 12 kernels of Table 1): LR made exactly as in training plus AWGN of σ = eval.noise
-(seeded per image and degradation), RGB PSNR with border s² (main_test_table1.py).
-With eval.shift_kernels the kernels are shifted by (s-1)/2 pixels as KAIR's shift_pixel
-does, so the LR is pixel-centre aligned and bicubic upsampling is a fair baseline.
+Evaluation protocols (`eval` config section), one LR per image and scale in eval.scales:
+- `eval.protocol: table1` (main_test_table1.py): HR modcropped to lcm(s, 8) per scale; for each
+  kernel index in eval.kernels, into the kernels of eval.kernel_file (KAIR's kernels_12.mat) or,
+  without a file, the generated approximate Table 1 kernels (a warning says so): LR made as in
+  training (8-bit truncation with usrnet.quantize_lr) plus AWGN of σ = eval.noise (seeded per
+  image and degradation), RGB PSNR with border s². With eval.shift_kernels the kernels are
+  shifted by (s-1)/2 pixels as KAIR's shift_pixel does, so the LR is pixel-centre aligned and
+  bicubic upsampling is a fair baseline.
+- `eval.protocol: bicubic` (main_test_bicubic.py): HR modcropped to s, LR by MATLAB bicubic
+  downscaling (not quantised) plus AWGN of σ = eval.noise, the model given kernel s-2 of
+  eval.kernel_file (KAIR's kernels_bicubicx234.mat) and the LR extended to a smooth periodic
+  image as for real images; PSNR border s.
 """
 import math
+import sys
 
 import numpy as np
 import torch
@@ -34,26 +42,45 @@ from .. import degradations
 from ..archs.discriminators import PatchGANDiscriminator
 from ..archs.usrnet import USRNet as USRNetArch
 from ..archs.usrnet import init_identity_skip, init_orthogonal
-from ..kernels import covariance, gaussian_kernels, motion_kernels, shift_by, usrnet_random_kernels
+from ..kernels import covariance, gaussian_kernels, motion_kernels, read_kernel_set, shift_by, usrnet_random_kernels
 from . import register
 from .base import Method
 
 KERNEL_SIZE = 25
+PROTOCOLS = ("table1", "bicubic")
+BICUBIC_SCALES = (2, 3, 4)  # kernels_bicubicx234.mat holds one kernel per scale, in this order
+APPROXIMATE_KERNELS_WARNING = (
+    "usrnet: warning: eval.kernel_file is not set, so Table 1 is evaluated with bsr's generated approximate "
+    "Table 1 kernels (8 of the 12 differ from the paper's): scores compare between bsr runs, not with the "
+    "paper; set eval.kernel_file to kernels/kernels_12.mat of github.com/cszn/USRNet (or cszn/KAIR)")
 
 
-def protocol_kernels(size=KERNEL_SIZE, shift=0.0):
-    """The 12 evaluation kernels of USRNet Table 1, generated here with documented parameters:
-    0-3 isotropic Gaussians, standard deviations 0.7, 1.2, 1.6, 2.0;
+def protocol_kernels(size=KERNEL_SIZE):
+    """The approximate Table 1 kernels (12, size, size) float32, the stand-in for kernels_12.mat when
+    eval.kernel_file is not set, generated with documented parameters:
+    0-3 isotropic Gaussians, standard deviations 0.7, 1.2, 1.6, 2.0 (as the official 1-4);
     4-7 anisotropic Gaussians, (σ_major, σ_minor, θ) = (2.0, 0.8, 0), (2.4, 1.0, π/4),
-        (2.8, 1.2, π/2), (3.2, 1.4, 3π/4);
-    8-11 USRNet-style motion kernels drawn with seeds 0..3;
-    all size x size, then moved by `shift` pixels up and left (bsr.kernels.shift_by)."""
+        (2.8, 1.2, π/2), (3.2, 1.4, 3π/4) (the official 5-8 have other variances and angles);
+    8-11 USRNet-style motion kernels drawn with seeds 0..3 (the official 9-12 are other, off-centre ones)."""
     gaussians = [(s, s, 0.0) for s in (0.7, 1.2, 1.6, 2.0)]
     gaussians += [(2.0, 0.8, 0.0), (2.4, 1.0, math.pi / 4), (2.8, 1.2, math.pi / 2), (3.2, 1.4, 3 * math.pi / 4)]
     major, minor, theta = zip(*gaussians)
     kernels = list(gaussian_kernels(covariance(major, minor, theta), size, (size - 1) / 2))
     kernels += [motion_kernels(1, size, torch.Generator().manual_seed(seed))[0] for seed in range(4)]
-    return torch.stack([shift_by(k.float(), shift) if shift else k.float() for k in kernels])
+    return torch.stack(kernels).float()
+
+
+def truncate_8bit(x, tolerance=1e-3):
+    """x in [0, 1] -> floor(255 x) / 255, the uint8 cast of KAIR's blurred uint8 image (truncation,
+    not rounding). `tolerance` (in 8-bit levels) keeps a value that is an integer level up to float
+    rounding (a flat region blurred by a kernel summing to 1) at that level."""
+    return torch.floor(x * 255 + tolerance).clamp(0, 255) / 255
+
+
+def modcrop(x, multiple):
+    """(..., H, W) cropped at the bottom and right to multiples of `multiple` (KAIR's util.modcrop)."""
+    h, w = x.shape[-2:]
+    return x[..., :h - h % multiple, :w - w % multiple]
 
 
 def smooth_periodic_pad(x, height, width):
@@ -83,6 +110,10 @@ class USRNet(Method):
         u = cfg.usrnet
         if cfg.data.hr_patch < KERNEL_SIZE:  # the FFT data term embeds the kernel in the HR patch
             raise ValueError(f"usrnet needs data.hr_patch >= {KERNEL_SIZE} (the kernel size); got {cfg.data.hr_patch}")
+        if cfg.eval.protocol not in PROTOCOLS:
+            raise ValueError(f"eval.protocol must be one of {PROTOCOLS}; got {cfg.eval.protocol!r}")
+        if cfg.eval.protocol == "bicubic" and not set(self.eval_scales()) <= set(BICUBIC_SCALES):
+            raise ValueError(f"eval.protocol=bicubic evaluates scales {BICUBIC_SCALES}; got eval.scales={self.eval_scales()}")
         net = USRNetArch(n_iter=u.n_iter, h_nc=u.h_nc, nc=tuple(u.nc), nb=u.nb)
         init_orthogonal(net, u.init_gain)
         if u.get("init_identity_skip"):
@@ -93,6 +124,7 @@ class USRNet(Method):
         self.gan = u.get("gan") if u.get("gan", {}).get("enabled") else None
         if self.gan:
             self._build_usrgan(self.gan)
+        self.kernel_set = None
         self.eval_kernels = {}
 
     def _build_usrgan(self, g):
@@ -118,9 +150,15 @@ class USRNet(Method):
         mine = slice(self.rank * b, (self.rank + 1) * b)
         kernels = usrnet_random_kernels(total, KERNEL_SIZE, generator)[mine].to(hr)
         sigma = degradations.usrnet_noise_levels(total, generator)[mine].to(hr)
-        lr = degradations.blur_downsample(hr, kernels, scale, padding="circular", flip=True)
+        lr = self.blur_downsample(hr, kernels, scale)
         noise = torch.randn((total, *lr.shape[1:]), generator=generator)[mine].to(hr)
         return lr + sigma.view(-1, 1, 1, 1) * noise, kernels, sigma, scale
+
+    def blur_downsample(self, hr, kernels, scale):
+        """KAIR's LR before the noise: circular true convolution, upper-left decimation, and with
+        usrnet.quantize_lr the truncation to 8 bits (hr holds 8-bit levels)."""
+        lr = degradations.blur_downsample(hr, kernels, scale, padding="circular", flip=True)
+        return truncate_8bit(lr) if self.cfg.usrnet.quantize_lr else lr
 
     def train_step(self, batch, step):
         hr = batch["hr"]
@@ -144,54 +182,100 @@ class USRNet(Method):
         return self.module("usrnet")(lr, kernel, scale, sigma, prior=prior)
 
     @torch.no_grad()
+    def super_resolve_padded(self, lr, kernel=None, noise_level=None, scale=None, prior=True):
+        """super_resolve of an LR that is not periodic (a real image, a bicubic LR): extended to a
+        smooth periodic image (sides a multiple of 8, at least 16 more pixels, as the official test
+        scripts; and at least the kernel once upscaled, for the FFT data term), then cropped back."""
+        h, w = lr.shape[-2:]
+        scale = scale or self.cfg.data.scale
+        side = lambda n: max(math.ceil(n / 8) + 2, math.ceil(KERNEL_SIZE / (8 * scale))) * 8
+        padded = smooth_periodic_pad(lr, side(h), side(w))
+        return self.super_resolve(padded, kernel, noise_level, scale, prior)[..., :h * scale, :w * scale]
+
+    def restore(self, item, prior=True):
+        """SR of a validation item; items marked "periodic_pad" (the bicubic protocol) are padded."""
+        restore = self.super_resolve_padded if item.get("periodic_pad") else self.super_resolve
+        return {"sr": restore(item["lr"], item["kernel"], item.get("noise_level"), item.get("scale"), prior)}
+
+    @torch.no_grad()
     def validate(self, item):
-        return {"sr": self.super_resolve(item["lr"], item["kernel"], item.get("noise_level"), item.get("scale"))}
+        return self.restore(item)
 
     @torch.no_grad()
     def infer(self, lr, kernel=None, noise_level=None):
-        """Real images: extend to a smooth periodic image (sides a multiple of 8, at least 16
-        more pixels, as main_test_realapplication.py; and at least the kernel once upscaled, for the
-        FFT data term), super-resolve, crop back."""
-        h, w = lr.shape[-2:]
-        scale = self.cfg.data.scale
-        side = lambda n: max(math.ceil(n / 8) + 2, math.ceil(KERNEL_SIZE / (8 * scale))) * 8
-        padded = smooth_periodic_pad(lr, side(h), side(w))
-        return self.super_resolve(padded, kernel, noise_level)[..., :h * scale, :w * scale]
+        """Real images: super_resolve_padded at data.scale."""
+        return self.super_resolve_padded(lr, kernel, noise_level)
 
     def baselines(self):
-        def identity_prior(item):
-            sr = self.super_resolve(item["lr"], item["kernel"], item.get("noise_level"), item.get("scale"), prior=False)
-            return {"sr": sr}
-        return {"identity prior": identity_prior}
+        return {"identity prior": lambda item: self.restore(item, prior=False)}
 
     def eval_scales(self):
         return [int(s) for s in self.cfg.eval.scales]
 
+    def scale_multiple(self, scale):
+        """The HR modcrop of a scale: lcm(s, 8) in Table 1 (main_test_table1.py), s for the bicubic protocol."""
+        return math.lcm(scale, 8) if self.cfg.eval.protocol == "table1" else scale
+
     def modcrop_multiple(self):
-        return math.lcm(8, *self.eval_scales())
+        """What every scale's modcrop is a multiple of; degrade_for_validation crops each scale further."""
+        return 8 if self.cfg.eval.protocol == "table1" else 1
 
     def border(self, scale):
-        return scale * scale
+        return scale * scale if self.cfg.eval.protocol == "table1" else scale
 
     def min_validation_size(self):
-        """The modcrop multiple, the kernel (the circular blur wraps once at most) and the s² borders."""
-        return max(self.modcrop_multiple(), KERNEL_SIZE, *(2 * self.border(s) + 1 for s in self.eval_scales()))
+        """Each scale's modcrop multiple, the kernel (the circular blur wraps once at most) and the borders."""
+        return max(KERNEL_SIZE, *(max(self.scale_multiple(s), 2 * self.border(s) + 1) for s in self.eval_scales()))
+
+    def evaluation_kernels(self):
+        """(N, k, k) float32: the kernels of eval.kernel_file, or (with a warning, once) the generated
+        approximate Table 1 kernels of `protocol_kernels`."""
+        if self.kernel_set is None:
+            path = self.cfg.eval.get("kernel_file")
+            if path:
+                self.kernel_set = read_kernel_set(path, "eval.kernel_file").float()
+            else:
+                print(APPROXIMATE_KERNELS_WARNING, file=sys.stderr, flush=True)
+                self.kernel_set = protocol_kernels(KERNEL_SIZE)
+        return self.kernel_set
 
     def protocol_kernels(self, scale):
+        """The evaluation kernels at `scale`, shifted by (s-1)/2 with eval.shift_kernels."""
         shift = (scale - 1) / 2 if self.cfg.eval.get("shift_kernels") else 0.0
         if shift not in self.eval_kernels:
-            self.eval_kernels[shift] = protocol_kernels(KERNEL_SIZE, shift)
+            kernels = self.evaluation_kernels()
+            self.eval_kernels[shift] = torch.stack([shift_by(k, shift) for k in kernels]) if shift else kernels
         return self.eval_kernels[shift]
 
     def degrade_for_validation(self, hr, index):
-        """One LR per (scale, kernel) of the protocol, with AWGN σ = eval.noise."""
-        sigma = float(self.cfg.eval.noise)
+        """One LR per (scale, kernel) of the protocol (each with its modcropped HR), AWGN σ = eval.noise."""
+        if self.cfg.eval.protocol == "bicubic":
+            return [self._bicubic_item(hr, scale, index) for scale in self.eval_scales()]
         items = []
         for scale in self.eval_scales():
+            kernels = self.protocol_kernels(scale)
+            hr_s = modcrop(hr, self.scale_multiple(scale))
             for j in self.cfg.eval.kernels:
-                kernel = self.protocol_kernels(scale)[j]
-                lr = degradations.blur_downsample(hr, kernel, scale, padding="circular", flip=True)
-                lr = degradations.add_noise(lr, sigma, torch.Generator().manual_seed(10_000 * index + 100 * scale + j))
-                items.append({"lr": lr, "kernel": kernel, "noise_level": sigma, "scale": scale,
-                              "tag": f"x{scale}_k{j}"})
+                if not 0 <= j < len(kernels):
+                    raise ValueError(f"eval.kernels: index {j} is outside the {len(kernels)} evaluation kernels")
+                lr = self.add_eval_noise(self.blur_downsample(hr_s, kernels[j].to(hr), scale), index, scale, j)
+                items.append({"hr": hr_s, "lr": lr, "kernel": kernels[j], "noise_level": float(self.cfg.eval.noise),
+                              "scale": scale, "tag": f"x{scale}_k{j}"})
         return items
+
+    def _bicubic_item(self, hr, scale, index):
+        """main_test_bicubic.py: MATLAB bicubic LR, the approximate bicubic kernel of that scale."""
+        path = self.cfg.eval.get("kernel_file")
+        kernels = self.evaluation_kernels() if path else ()
+        if len(kernels) != len(BICUBIC_SCALES):
+            raise ValueError(f"eval.protocol=bicubic needs eval.kernel_file = kernels/kernels_bicubicx234.mat of "
+                             f"github.com/cszn/USRNet, one kernel for each scale {BICUBIC_SCALES} "
+                             f"(eval.kernel_file = {path!r} holds {len(kernels)})")
+        hr_s = modcrop(hr, scale)
+        lr = self.add_eval_noise(degradations.imresize(hr_s, 1 / scale), index, scale, 0)
+        return {"hr": hr_s, "lr": lr, "kernel": kernels[BICUBIC_SCALES.index(scale)], "periodic_pad": True,
+                "noise_level": float(self.cfg.eval.noise), "scale": scale, "tag": f"x{scale}_bicubic"}
+
+    def add_eval_noise(self, lr, index, scale, kernel_index):
+        generator = torch.Generator().manual_seed(10_000 * index + 100 * scale + kernel_index)
+        return degradations.add_noise(lr, float(self.cfg.eval.noise), generator)
