@@ -9,6 +9,10 @@ the `types` table of the method's YAML ("path", "str", "float", "int", "bool", "
 else is a ConfigError naming the key: an unknown key (with the closest valid one), a value of the
 wrong type, or one out of range (RANGES).
 
+A method's YAML may also hold a `variants` section, {key: {value: {preset: layer}}}: when the
+resolved `key` is not null, the layer of its value under the chosen preset goes between the preset
+and the user's file and overrides (pdm.track: each official track's values per stage preset).
+
 The resolved config is a `Config`: a nested dict with attribute access (cfg.train.lr),
 written to the run directory as config.yaml.
 """
@@ -135,7 +139,7 @@ def describe_methods():
 
 
 def presets_of(sections):
-    return [name for name in sections if name not in ("base", "types")]
+    return [name for name in sections if name not in ("base", "types", "variants")]
 
 
 def method_presets(method):
@@ -232,13 +236,39 @@ def load(method, preset="demo", config_file=None, overrides=()):
     if preset not in presets_of(sections):
         raise ConfigError(f"unknown preset {preset!r} for {method}; choose one of {presets_of(sections)}")
     schema = Schema(sections)
-    cfg = merge(schema.defaults, schema.check(sections[preset] or {}, f"preset {preset}"))
+    layers = [(sections[preset] or {}, f"preset {preset}")]
     if config_file:
         with open(config_file) as f:
-            cfg = merge(cfg, schema.check(yaml.safe_load(f) or {}, config_file))
-    cfg = apply_overrides(cfg, overrides, schema)
+            layers.append((yaml.safe_load(f) or {}, config_file))
+    cfg = _stack(schema, layers, overrides)
+    variants = list(_variant_layers(sections.get("variants") or {}, preset, cfg))
+    if variants:
+        cfg = _stack(schema, [layers[0], *variants, *layers[1:]], overrides)
     cfg["method"], cfg["preset"] = method, preset
     return Config(cfg)
+
+
+def _stack(schema, layers, overrides):
+    """schema.defaults < each (layer, where) checked < the --set overrides."""
+    cfg = schema.defaults
+    for layer, where in layers:
+        cfg = merge(cfg, schema.check(layer, where))
+    return apply_overrides(cfg, overrides, schema)
+
+
+def _variant_layers(variants, preset, cfg):
+    """The (layer, where) pairs that the `variants` section gives `cfg` under `preset`."""
+    for key, table in variants.items():
+        value = cfg
+        for part in key.split("."):
+            value = value[part]
+        if value is None:
+            continue
+        if value not in table:
+            raise ConfigError(f"config key {key!r} must be one of {sorted(table)} (or null), got {value!r}")
+        if preset not in table[value]:
+            raise ConfigError(f"{key}={value} has no {preset!r} preset; it has {sorted(table[value])}")
+        yield table[value][preset] or {}, f"{key}={value} under preset {preset}"
 
 
 def apply_overrides(cfg, overrides, schema=None):

@@ -7,6 +7,7 @@ padding) and then over channels; Y is BasicSR's `bgr2ycbcr(y_only=True)` (ITU-R 
 The official evaluations quantise SR outputs to 8 bits first: pass `quantize_8bit(sr)` to match them.
 """
 import torch
+import torch.nn.functional as F
 
 from .kernels import centre_pad
 
@@ -59,6 +60,35 @@ def psnr(sr, hr, border=0, y_channel=False):
     """PSNR in dB per image -> (N,) float64; peak 1, MSE over C, H, W after cropping `border` (inf if equal)."""
     sr, hr = _prepare(sr, hr, border, y_channel, "psnr")
     mse = (sr - hr).pow(2).mean((1, 2, 3))
+    return 10 * torch.log10(1 / mse)
+
+
+def best_psnr(sr, hr, border=0, shift=40, window=60):
+    """NTIRE 2018's PSNR of misaligned pairs per image -> (N,) float64 (RGB, peak 1).
+
+    After cropping `border` pixels, the centre `window` x `window` square of sr is compared with
+    every square of hr displaced by (dy, dx), |dy|, |dx| <= shift; the best PSNR is returned. The
+    images must be at least window + 2 * shift pixels on each side after the crop.
+    """
+    sr, hr = _prepare(sr, hr, border, False, "best_psnr")
+    h, w = sr.shape[-2:]
+    if min(h, w) < window + 2 * shift:
+        raise ValueError(f"best_psnr: images must be at least {window + 2 * shift} pixels on each side after "
+                         f"cropping the border, got {(h, w)}")
+    top, left = h // 2 - window // 2, w // 2 - window // 2
+    centre = sr[..., top:top + window, left:left + window]
+    region = hr[..., top - shift:top + window + shift, left - shift:left + window + shift]
+    n, c = sr.shape[:2]
+    size, count = window + 2 * shift, 2 * shift + 1
+    # per displacement: sum (centre - moved)^2 = sum centre^2 + sum moved^2 - 2 sum centre * moved;
+    # the last is a correlation (by FFT: no wrap-around, since displacement + window <= size)
+    spectrum = torch.fft.rfft2(region, s=(size, size)) * torch.fft.rfft2(centre, s=(size, size)).conj()
+    cross = torch.fft.irfft2(spectrum, s=(size, size))[..., :count, :count].sum(1)
+    table = F.pad(region.pow(2).sum(1).cumsum(-2).cumsum(-1), (1, 0, 1, 0))  # summed-area table
+    moved = (table[:, window:, window:] - table[:, :count, window:] - table[:, window:, :count]
+             + table[:, :count, :count])
+    squared = (centre.pow(2).sum((1, 2, 3)).view(n, 1, 1) + moved - 2 * cross).clamp_min(0)
+    mse = squared.flatten(1).amin(1) / (c * window * window)
     return 10 * torch.log10(1 / mse)
 
 

@@ -14,7 +14,8 @@ Differences from the official code, all behind options whose defaults reproduce 
   enters as pixel_unshuffle(HR, s), which at s = 1 is the official input.
 - `init="delta"` starts the kernel near a delta instead of the official near-box `zero_init`.
 - NoiseModel with zero_init=False: the official `normal_(w, 0.001)` draws w ~ N(0.001, 1) (the
-  positional argument is the mean); `official_normal_init=False` draws N(0, 0.001) as intended.
+  positional argument is the mean); `official_normal_init=False` (pdm.noise.official_normal_init)
+  draws N(0, 0.001) as intended.
 """
 import math
 

@@ -6,12 +6,15 @@ whose degradation is unknown). Networks (official names, so their checkpoints lo
 - netDeg: DegModel — kernel generator netK (blur + decimation by `bsrops.blur_downsample`) and
   noise generator netN: fake LR = K(z_k) * x ↓s + N(z_n, LR).
 - netD1: PatchGAN on LR (real y vs fake LR), LSGAN.
-- netSR: EDSR or RRDBNet, trained on (quantise(fake LR), x).
+- netSR: EDSR or RRDBNet, trained on (quantise(fake LR), x); it starts from pdm.sr.pretrained,
+  which presets whose official config starts from the EDSR-baseline weights require
+  (pdm.sr.require_pretrained; `none` is an explicit random start).
 - netD2: PatchGAN on HR (PDM-SRGAN only), LSGAN.
+pdm.noise.enabled false: no netN, the LR is soft-quantised instead (the 2017 tracks).
 
 One step (`optimize_parameters` of the official model, pdm.workflow decides which parts run):
 1. degradation (workflow joint | degradation): fake LR = netDeg(x);
-   L = w_lr_adv LSGAN_G(D1(fake LR)) + λ mean(noise²)  (λ = 100); step netDeg; then
+   L = w_lr_adv LSGAN_G(D1(fake LR)) + λ mean(noise²)  (λ = pdm.loss.noise_mean); step netDeg; then
    L_D1 = w_lr_adv (LSGAN(D1(y), 1) + LSGAN(D1(fake LR), 0)) / 2 every d_ratio steps.
 2. SR (workflow joint | sr): SR = netSR(quantise(fake LR).detach()), where a frozen netDeg makes
    the fake LR in workflow sr (loaded from pdm.deg_checkpoint, the first stage's checkpoint);
@@ -19,33 +22,52 @@ One step (`optimize_parameters` of the official model, pdm.workflow decides whic
 The two parts are decoupled (the SR loss never reaches netDeg), as in every official config.
 Gradient clipping: train.grad_clip (official max_grad_norm 50).
 
-Validation: SR of the validation LR (made by the true degradation), and the learned kernel
+Validation: SR of the validation LR (made by the true degradation), scored by PSNR/SSIM, LPIPS
+with pdm.lpips and NTIRE 2018's best_psnr with pdm.best_psnr; and the learned kernel
 ("kernel_est": the mean of pdm.kernel_samples draws of netK on the validation HR, in eval
 mode), which the engine compares with the true kernel and draws next to it.
 """
 import torch
 import torch.nn.functional as F
 
+from .. import metrics
 from ..archs.discriminators import PatchGANDiscriminator
 from ..archs.edsr import EDSR
 from ..archs.lpips import load_lpips
 from ..archs.pdm import DegModel, quantize
 from ..archs.rrdb import RRDBNet
+from ..config import ConfigError
 from ..losses import GANLoss
 from . import register
 from .base import Method
 
 WORKFLOWS = ("joint", "degradation", "sr")
+# the weights the official configs start netSR from
+PRETRAINED_NAMES = {"edsr": "the EDSR-baseline x4 weights: EDSR-PyTorch's edsr_baseline_x4-6b446fab.pt, "
+                            "which the official configs load as checkpoints/EDSR/edsr_baseline_x4-new.pt"}
 DISCRIMINATORS = ("netD1", "netD2")  # train.lr_d applies to these (netDeg also starts with "netD")
 
 
 def build_sr(opt, scale):
+    """EDSR or RRDBNet from pdm.sr; nb null (or absent) is the architecture's official depth."""
     arch = opt.get("arch", "edsr")
     if arch == "edsr":
-        return EDSR(nf=opt.get("nf", 64), nb=opt.get("nb", 16), upscale=scale, res_scale=opt.get("res_scale", 1.0))
+        return EDSR(nf=opt.get("nf", 64), nb=opt.get("nb") or 16, upscale=scale, res_scale=opt.get("res_scale", 1.0))
     if arch == "rrdb":
-        return RRDBNet(nf=opt.get("nf", 64), nb=opt.get("nb", 23), gc=opt.get("gc", 32), upscale=scale)
+        return RRDBNet(nf=opt.get("nf", 64), nb=opt.get("nb") or 23, gc=opt.get("gc", 32), upscale=scale)
     raise ValueError(f"pdm.sr.arch must be 'edsr' or 'rrdb', got {arch!r}")
+
+
+def pretrained_sr(opt, preset):
+    """The file to start netSR from, or None. pdm.sr.pretrained "none" (any case) is an explicit
+    random start; with pdm.sr.require_pretrained a missing file is a ConfigError naming it."""
+    path = opt.get("pretrained")
+    if path is None and opt.get("require_pretrained"):
+        raise ConfigError(
+            f"preset {preset} starts {opt.arch.upper()} from pretrained weights, as the official config: set "
+            f"pdm.sr.pretrained=FILE ({PRETRAINED_NAMES.get(opt.arch, 'the official weights')}), or "
+            f"pdm.sr.pretrained=none to start from random weights")
+    return None if path is None or path.lower() == "none" else path
 
 
 def build_discriminator(opt):
@@ -67,15 +89,16 @@ class PDM(Method):
         self.optim_sr = p.workflow in ("joint", "sr")
         self.weights = dict(p.loss)
         self.gan = GANLoss("lsgan")
-        self.nets["netDeg"] = DegModel(scale, 3, p.kernel, p.noise)
+        self.nets["netDeg"] = DegModel(scale, 3, p.kernel, p.noise if p.noise.get("enabled", True) else None)
         if self.optim_deg:
             self.nets["netD1"] = build_discriminator(p.d_lr)
         elif for_training:
             self._load_frozen_degradation(p.get("deg_checkpoint"))
         if self.optim_sr:
             self.nets["netSR"] = build_sr(p.sr, scale)
-            if p.sr.get("pretrained") and for_training:
-                self.load_pretrained("netSR", p.sr.pretrained, "pdm.sr.pretrained")
+            pretrained = pretrained_sr(p.sr, cfg.get("preset")) if for_training else None
+            if pretrained:
+                self.load_pretrained("netSR", pretrained, "pdm.sr.pretrained")
             if self.weights.get("sr_adv"):
                 self.nets["netD2"] = build_discriminator(p.d_hr)
             if self.weights.get("sr_percep") and for_training:
@@ -184,11 +207,16 @@ class PDM(Method):
 
     @torch.no_grad()
     def extra_metrics(self, sr, hr, border):
-        """LPIPS (AlexNet, v0.1) on the border-cropped images, when pdm.lpips names its weights."""
-        if self.lpips is None:
-            return {}
-        crop = (..., slice(border, -border or None), slice(border, -border or None))
-        return {"lpips": float(self.lpips(sr[crop], hr[crop]).mean())}
+        """LPIPS (AlexNet, v0.1) on the border-cropped images, when pdm.lpips names its weights;
+        with pdm.best_psnr, NTIRE 2018's best_psnr of the 8-bit SR: the official test script crops
+        `border`, then its best_psnr another 6 + 4 pixels before taking the centre window."""
+        out = {}
+        if self.cfg.pdm.get("best_psnr"):
+            out["best_psnr"] = float(metrics.best_psnr(metrics.quantize_8bit(sr), hr, border + 6 + 4).mean())
+        if self.lpips is not None:
+            crop = (..., slice(border, -border or None), slice(border, -border or None))
+            out["lpips"] = float(self.lpips(sr[crop], hr[crop]).mean())
+        return out
 
     @torch.no_grad()
     def validate(self, item):
