@@ -97,3 +97,17 @@ def test_patch_size_must_suit_the_vgg_discriminators():
 
 def test_resume_is_bit_identical(tmp_path):
     run_split_and_once(tmp_path, "usrda", TINY)
+
+
+def test_paper_preset_has_the_papers_sizes_over_the_repos_epochs():
+    """The repo's option comments record the paper's LR patch 128 and batch 8 (its defaults: 64 and 4); its
+    35 000 epochs over the 800 HR images of NTIRE 2020 track 1, drop_last, are 35 000 x 800 // batch iterations."""
+    paper, repo = config.load("usrda", "paper"), config.load("usrda", "repo")
+    assert (paper.data.hr_patch // paper.data.scale, paper.train.batch_size, paper.train.iters) == (128, 8, 35000 * 100)
+    assert (repo.data.hr_patch // repo.data.scale, repo.train.batch_size, repo.train.iters) == (64, 4, 35000 * 200)
+    assert paper.train.milestones == repo.train.milestones == [250000, 350000, 450000]
+    narrow = TINY[:-1] + ["usrda.loss.percept=0"]  # the paper's crops and batch, narrow networks, no VGG19 file
+    method = usrda.USRDA(config.load("usrda", "paper", overrides=narrow), "cpu")
+    ndf = method.cfg.usrda.ndf
+    for name, size in (("model_Disc_feat", 128), ("model_Disc_img_LR", 128), ("model_Disc_img_HR", 512)):
+        assert method.nets[name].classifier[0].in_features == 8 * ndf * (size // 32) ** 2, name

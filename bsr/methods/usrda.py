@@ -16,7 +16,8 @@ F~_s = Enc(X_st), Y_sts = Dec_SR(F~_s). All adversarial terms are LSGAN on per-i
   The repo zeroes the gradients once before the two inner updates, so the second one steps on the
   sum of both passes' gradients; `usrda.accumulate_inner_grads: true` keeps that (docs/fidelity.md),
   false zeroes them before each update.
-Adam lr 1e-4, betas (0.9, 0.99), amsgrad, halved at 250k/350k/450k iterations; LR patch 64, HR 256, batch 4.
+Adam lr 1e-4, betas (0.9, 0.99), amsgrad, halved at 250k/350k/450k iterations; the repo's LR patch 64, HR 256,
+batch 4 (`repo` preset), or the paper's LR patch 128, batch 8 that the repo's comments record (`paper`).
 Perceptual loss: VGG19 conv5_4 (before ReLU), L1, *no* ImageNet input normalisation (as the repo).
 
 Deviations: the repo's D step also builds the generator graphs (it does not use no_grad) and evaluates
