@@ -65,7 +65,7 @@ def test_a_config_file_is_checked_like_overrides(tmp_path):
 
 
 def test_unknown_method_and_preset_list_the_choices():
-    with pytest.raises(ConfigError, match=r"unknown method 'usrnt'.*\n  dan: paper, demo, smoke"):
+    with pytest.raises(ConfigError, match=r"unknown method 'usrnt'.*\n  dan: paper, paper-x3, paper-x2, setting2, setting2-x2, demo, smoke"):
         config.load("usrnt")
     with pytest.raises(ConfigError, match=r"unknown preset 'papr' for usrnet; choose one of \['paper'"):
         config.load("usrnet", "papr")

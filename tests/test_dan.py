@@ -1,11 +1,13 @@
 """DANv2 (bsr/archs/dan.py, bsr/methods/dan.py): official state-dict layout, the alternating loop,
-kernel PCA, the degradation, the Gaussian8 protocol and an estimator that learns on tiny data."""
+kernel PCA, the degradation, the Gaussian8 protocol, an estimator that learns on tiny data, the
+presets against the official option files, official PCA files and setting-2 weights."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import bsrops
-from bsr import config, degradations
+from bsr import config, data, degradations, engine, evaluate
+from bsr.io import UntrustedFileError
 from bsr.kernels import dan_random_kernels, isotropic_gaussian_kernels
 from bsr.archs.dan import DAN, kernel_pca
 from bsr.methods import dan as dan_method
@@ -227,3 +229,142 @@ def test_estimator_learns_on_tiny_data(pca_dir):
         method.train_step({"hr": images, "seed": torch.arange(4) + 4 * step}, step)
     after = kernel_error()
     assert after < 0.6 * before, (before, after)
+
+
+# The official DANv2 training option files (codes/config/DANv2/options/setting{1,2}/train/*.yml):
+# preset -> (scale, GT_size, niter, lr_steps, nb, ng, ksize, sig_min, sig_max, rate_iso, random_disturb)
+OFFICIAL_TRAIN_YMLS = {
+    "paper": (4, 256, 800000, [200000, 400000, 600000], 10, 5, 21, 0.2, 4.0, 1.0, False),
+    "paper-x3": (3, 192, 800000, [200000, 400000, 600000], 10, 5, 21, 0.2, 4.0, 1.0, False),
+    "paper-x2": (2, 128, 800000, [200000, 400000, 600000], 10, 5, 21, 0.2, 4.0, 1.0, False),
+    "setting2": (4, 256, 400000, [200000], 40, 5, 21, 0.6, 5.0, 0.0, True),
+    "setting2-x2": (2, 128, 400000, [200000], 40, 5, 11, 0.6, 5.0, 0.0, True),
+}
+
+
+@pytest.mark.parametrize("preset", list(OFFICIAL_TRAIN_YMLS))
+def test_presets_are_the_official_training_ymls(preset):
+    cfg = config.load("dan", preset)
+    d, t = cfg.dan, cfg.train
+    assert (cfg.data.scale, cfg.data.hr_patch, t.iters, t.lr_steps, d.nb, d.ng, d.kernel_size, d.sig_min, d.sig_max,
+            d.rate_iso, d.random_disturb) == OFFICIAL_TRAIN_YMLS[preset]
+    assert cfg.data.hr_patch == 64 * cfg.data.scale  # LR_size 64 in every yml
+    assert (t.batch_size, t.lr_G, t.beta1, t.beta2, t.lr_gamma, d.nf, d.loop, d.code_length) == \
+        (64, 4e-4, 0.9, 0.99, 0.5, 64, 4, 10)
+
+
+@pytest.mark.parametrize("preset, sigmas", [
+    ("paper-x2", [0.8 + 0.8 * i / 7 for i in range(8)]),
+    ("paper-x3", [1.35 + 1.05 * i / 7 for i in range(8)]),
+    ("setting2-x2", [0.8 + 0.8 * i / 7 for i in range(8)]),
+])
+def test_gaussian8_follows_the_scale_with_21x21_kernels(pca_dir, preset, sigmas):
+    """IKC's Gaussian8 widths per scale, 21 x 21 kernels whatever the training kernel size (setting2-x2: 11)."""
+    overrides = ["dan.nf=8", "dan.nb=1", "dan.ng=1", "dan.pca_kernels=500", f"dan.pca_cache={pca_dir}"]
+    method = dan_method.DANv2(config.load("dan", preset, overrides=overrides), "cpu")
+    scale = method.scale
+    items = method.degrade_for_validation(torch.rand(1, 3, 12 * scale, 12 * scale), 0)
+    assert [i["tag"] for i in items] == [f"sigma{round(s, 2)}" for s in sigmas]
+    expected = isotropic_gaussian_kernels(sigmas, 21)
+    for item, kernel in zip(items, expected):
+        assert item["kernel"].shape == (21, 21) and item["lr"].shape == (1, 3, 12, 12)
+        torch.testing.assert_close(item["kernel"].double(), kernel, rtol=0, atol=1e-7)
+
+
+def overshooting_image():
+    """A white square on black: the bicubic filter's negative lobes take the LR below 0 and above 1."""
+    hr = torch.zeros(1, 3, 64, 64)
+    hr[..., 24:40, 24:40] = 1
+    return hr
+
+
+def test_validation_lr_is_clamped_before_rounding(pca_dir):
+    """The official test LR went through tensor2img (clamp to [0, 1], then round); training LR is only rounded."""
+    method = demo_method(pca_dir)
+    hr = overshooting_image()
+    kernel = dan_method.gaussian8_kernels(4)[0][None].float()
+    unclamped = dan_method.degrade(hr, kernel, 4)
+    assert unclamped.min() < 0 and unclamped.max() > 1  # the case that matters
+    item = method.degrade_for_validation(hr, 0)[0]
+    assert item["lr"].min() >= 0 and item["lr"].max() <= 1
+    torch.testing.assert_close(item["lr"], unclamped.clamp(0, 1), rtol=0, atol=0)
+
+
+def official_pca_file(path, matrix, legacy, transposed):
+    """A PCA matrix written as greatlog/DAN's pca_matrix/*.pth: one float32 tensor (k², L), saved by torch.save
+    in the legacy format (pca_matrix.pth, pca_aniso_matrix_x2.pth) or the zip one (pca_aniso_matrix_x4.pth),
+    some as the transpose of an (L, k²) tensor."""
+    value = matrix.t().contiguous().t() if transposed else matrix.contiguous()
+    torch.save(value, path, _use_new_zipfile_serialization=not legacy)
+    return str(path)
+
+
+@pytest.mark.parametrize("legacy, transposed", [(True, False), (True, True), (False, True)])
+def test_pca_matrix_loads_from_the_official_file(tmp_path, legacy, transposed):
+    matrix = tiny_pca(ksize=21, code_length=10)
+    path = official_pca_file(tmp_path / "pca_matrix.pth", matrix, legacy, transposed)
+    cfg = config.load("dan", "smoke", overrides=[f"dan.pca_matrix={path}", f"dan.pca_cache={tmp_path / 'cache'}"])
+    net = dan_method.DANv2(cfg, "cpu").module("G")
+    assert torch.equal(net.encoder[0], matrix)
+    assert not (tmp_path / "cache").exists()  # nothing computed
+    torch.testing.assert_close(net.init_ker_map[0], matrix[220])  # the delta kernel's code: the centre row
+
+
+def test_a_pca_file_of_another_shape_is_refused(tmp_path):
+    path = official_pca_file(tmp_path / "pca_aniso_matrix_x4.pth", tiny_pca(ksize=7, code_length=4), False, True)
+    cfg = config.load("dan", "smoke", overrides=[f"dan.pca_matrix={path}"])
+    with pytest.raises(UntrustedFileError, match=r"pca_aniso_matrix_x4.pth.*shape \(49, 4\).*expected.*\(441, 10\)"):
+        dan_method.DANv2(cfg, "cpu")
+    torch.save({"pca": torch.zeros(441, 10)}, tmp_path / "dict.pth")
+    with pytest.raises(UntrustedFileError, match="holds a dict"):
+        dan_method.load_pca_file(str(tmp_path / "dict.pth"), 21, 10)
+
+
+def official_state(nf, nb, ng, scale, ksize, code_length, seed=0):
+    """A random state dict of the official layout, with a consistent PCA matrix, delta kernel and its code."""
+    gen = torch.Generator().manual_seed(seed)
+    state = {k: 0.01 * torch.randn(shape, generator=gen) for k, shape in
+             official_layout(nf, nb, ng, scale, ksize, code_length).items()}
+    pca = tiny_pca(ksize, code_length)
+    centre = ksize ** 2 // 2
+    state["encoder"], state["init_kernel"] = pca[None], torch.zeros(1, ksize, ksize)
+    state["init_kernel"][0, ksize // 2, ksize // 2] = 1
+    state["init_ker_map"] = pca[centre][None]
+    return state
+
+
+# The official setting-2 test ymls (options/setting2/test/test_setting2_x{2,4}.yml): nf 64, 5 groups x 10 DPCBs,
+# kernel 11 / code 10 at x2 and kernel 31 / code 15 at x4 (the shapes of pca_aniso_matrix_x2/x4.pth).
+SETTING2_TEST_SHAPES = {"setting2-x2": (2, 11, 10), "setting2": (4, 31, 15)}
+
+
+@pytest.mark.parametrize("preset", list(SETTING2_TEST_SHAPES))
+def test_setting2_weights_evaluate_at_the_official_test_shapes(tmp_path, pca_dir, preset):
+    """`--weights` of an official setting-2 file (test yml sizes, not the training yml's 5 x 40 blocks and
+    21 x 21 kernels) evaluates on a paired folder (DIV2KRK's protocol)."""
+    scale, ksize, code_length = SETTING2_TEST_SHAPES[preset]
+    path = tmp_path / f"danv2_x{scale}_setting2.pth"
+    torch.save({f"module.{k}": v for k, v in official_state(64, 10, 5, scale, ksize, code_length).items()}, path)
+    folder = tmp_path / "DIV2KRK"
+    hr = F.interpolate(torch.rand(1, 3, 6, 6, generator=torch.Generator().manual_seed(3)), size=(12 * scale, 12 * scale),
+                       mode="bicubic", align_corners=False).clamp(0, 1)[0]
+    data.write_image(str(folder / "hr" / "im_1.png"), hr)
+    data.write_image(str(folder / "lr" / "im_1.png"), degradations.imresize(hr[None], scale=1 / scale)[0].clamp(0, 1))
+    overrides = ["dan.pca_kernels=500", f"dan.pca_cache={pca_dir}", "dan.nb=1"]  # the preset's size does not matter
+    method, _ = engine.load_weights("dan", str(path), preset, overrides=overrides)
+    net = method.module("G")
+    assert (net.ksize, net.encoder.shape[-1], len(net.Restorer.body), len(net.Restorer.body[0].body)) == \
+        (ksize, code_length, 5, 10)
+    results = evaluate.evaluate_method(method, out_dir=str(tmp_path / "eval"), data_dir=str(folder))
+    row = results["dan"]["items"][0]
+    assert row["name"] == "im_1.png" and all(k in row for k in ("psnr_rgb", "psnr_y", "ssim_rgb"))
+    item = data.validation_items(method.cfg, method, str(folder))[0]
+    assert not method.baselines()["delta kernel, no estimation"](item)["sr"].requires_grad  # evaluated without autograd
+
+
+def test_weights_of_another_scale_are_refused(tmp_path, pca_dir):
+    path = tmp_path / "danv2_x2_setting2.pth"
+    torch.save(official_state(8, 1, 1, 2, 11, 4), path)
+    with pytest.raises(UntrustedFileError, match=r"holds a x2 DANv2.*x4"):
+        engine.load_weights("dan", str(path), "setting2", overrides=["dan.pca_kernels=500", f"dan.pca_cache={pca_dir}",
+                                                                     "dan.nb=1"])

@@ -116,6 +116,7 @@ ENTRY_POINTS = {
     "realsr.kernels (.mat)": realsr_kernels,
     "dan PCA cache": dan_pca_cache,
     "dan.load_official": dan_official,
+    "dan.pca_matrix": lambda tmp_path, evil: build("dan", f"dan.pca_matrix={evil}"),
     "VGG19 weights": vgg19,
     "LPIPS weights": lpips,
 }

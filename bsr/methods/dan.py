@@ -5,12 +5,19 @@ kernel per HR crop (setting 1: isotropic; setting 2: anisotropic, disturbed), bl
 reflect-padded correlation (`bsrops.blur_downsample`, stride 1), MATLAB-bicubic ↓s with
 antialias, rounds to 8 bit; loss = L1(SR, HR) + L1(kernel, true kernel) of the last
 alternating iteration only; one Adam with a Restorer group (lr_G) and an Estimator group
-(lr_E, which every shipped yml omits: defaults to lr_G here); MultiStepLR.
+(lr_E, which every shipped yml omits: defaults to lr_G here); MultiStepLR. The presets are the
+official training option files (bsr/configs/dan.yaml; docs/fidelity.md lists every value).
+
+Kernel codes use a PCA matrix computed from random kernels of the setting (cached), or the
+official `pca_matrix/*.pth` file given as `dan.pca_matrix`.
 
 Validation and evaluation: the Gaussian8 protocol of setting 1 — every HR image degraded by
-the 8 isotropic kernels σ = linspace(1.8, 3.2, 8) (×4; 0.8–1.6 ×2, 1.35–2.4 ×3) the same way;
-PSNR/SSIM on Y and RGB with border = scale, kernel error of the estimate. The baseline
-"delta kernel, no estimation" (the Restorer on the initial code) gives the delta kernel's error.
+the 8 isotropic 21 × 21 kernels σ = linspace(1.8, 3.2, 8) (×4; 0.8–1.6 ×2, 1.35–2.4 ×3) the
+same way, the LR clamped to [0, 1] and rounded to 8 bit as the official test images were
+written; PSNR/SSIM on Y and RGB with border = scale, kernel error of the estimate. Setting 2 is
+evaluated on DIV2KRK, a paired folder (hr/ + lr/). The baseline "delta kernel, no estimation"
+(the Restorer on the initial code) gives the delta kernel's error. `--weights` builds the network
+at the sizes the file holds (load_weights).
 """
 import hashlib
 import json
@@ -24,25 +31,35 @@ from ..archs.dan import DAN, kernel_pca
 from ..kernels import dan_random_kernels, isotropic_gaussian_kernels
 from . import register
 from ..io import UntrustedFileError, load_untrusted, state_dict_of
-from .base import Method
+from .base import Method, load_net_state
 
-# Gaussian8 σ range per scale (DAN `generate_mod_blur_LR_bic.py`, IKC's protocol).
+# Gaussian8 σ range per scale: IKC's protocol (Gu et al., CVPR 2019), which DANv2 evaluates with; DAN's
+# `codes/scripts/generate_mod_blur_LR_bic.py` writes the ×4 set, linspace(1.8, 3.2, 8), with 21 × 21 kernels.
 GAUSSIAN8_SIGMA = {2: (0.8, 1.6), 3: (1.35, 2.4), 4: (1.8, 3.2)}
+GAUSSIAN8_KSIZE = 21
 PCA_SEED = 0
 
 
-def gaussian8_kernels(scale, ksize=21):
-    """The 8 isotropic test kernels of setting 1 -> (8, ksize, ksize) float64."""
+def gaussian8_sigmas(scale):
+    """The 8 kernel widths of Gaussian8 at `scale` -> (8,) float64, evenly spaced over GAUSSIAN8_SIGMA[scale]."""
     if scale not in GAUSSIAN8_SIGMA:
         raise ValueError(f"Gaussian8 is defined for scale 2, 3, 4, got {scale}")
-    return isotropic_gaussian_kernels(torch.linspace(*GAUSSIAN8_SIGMA[scale], 8, dtype=torch.float64), ksize)
+    return torch.linspace(*GAUSSIAN8_SIGMA[scale], 8, dtype=torch.float64)
 
 
-def degrade(hr, kernels, scale):
+def gaussian8_kernels(scale, ksize=GAUSSIAN8_KSIZE):
+    """The 8 isotropic test kernels of setting 1 -> (8, ksize, ksize) float64."""
+    return isotropic_gaussian_kernels(gaussian8_sigmas(scale), ksize)
+
+
+def degrade(hr, kernels, scale, clamp=False):
     """The official LR synthesis: reflect-padded correlation with one kernel per image,
-    MATLAB bicubic ↓scale with antialias, rounding to 8 bit (not clamped, as train.py)."""
+    MATLAB bicubic ↓scale with antialias, rounding to 8 bit. Training rounds without clamping
+    (train.py); `clamp=True` clamps to [0, 1] first, as `tensor2img` wrote the official test LR."""
     blurred = degradations.blur(hr, kernels, padding="reflect")
     lr = degradations.imresize(blurred, scale=1 / scale)
+    if clamp:
+        lr = lr.clamp(0, 1)
     return (lr * 255).round() / 255
 
 
@@ -85,6 +102,28 @@ def pca_matrix(setting, cache_dir=None):
     return pca
 
 
+def load_pca_file(path, ksize, code_length):
+    """The (ksize², code_length) float32 PCA matrix of a file in the official layout (greatlog/DAN
+    `pca_matrix/*.pth`: one floating tensor of shape (k², L) written by torch.save), read through
+    bsr.io.load_untrusted; a file holding anything else is an UntrustedFileError saying what it holds."""
+    what = "DAN PCA matrix file (dan.pca_matrix)"
+    value = load_untrusted(path, what)
+    expected = (ksize * ksize, code_length)
+    if torch.is_tensor(value) and value.is_floating_point() and tuple(value.shape) == expected:
+        return value.float().contiguous()
+    found = f"a {value.dtype} tensor of shape {tuple(value.shape)}" if torch.is_tensor(value) else f"a {type(value).__name__}"
+    raise UntrustedFileError(f"{what} {path!r} holds {found}; expected one floating tensor of shape {expected} "
+                             f"(dan.kernel_size² x dan.code_length)")
+
+
+def setting_pca(cfg, setting):
+    """The PCA matrix of the config: the file dan.pca_matrix, or the cached matrix of the setting."""
+    path = cfg.dan.get("pca_matrix")
+    if path:
+        return load_pca_file(path, setting["ksize"], setting["code_length"])
+    return pca_matrix(setting, cfg.dan.get("pca_cache"))
+
+
 def build_net(cfg, pca):
     d = cfg.dan
     return DAN(pca, nf=d.nf, nb=d.nb, ng=d.ng, scale=cfg.data.scale, loop=d.loop, legacy_doubling=d.legacy_doubling)
@@ -104,8 +143,7 @@ class DANv2(Method):
         # without layout moves; NCHW elsewhere
         cpu_channels_last = cfg.dan.get("channels_last", True) and self.device.type == "cpu"
         self.memory_format = torch.channels_last if cpu_channels_last else torch.contiguous_format
-        net = build_net(cfg, pca_matrix(self.setting, cfg.dan.get("pca_cache")))
-        net = net.to(self.device, memory_format=self.memory_format)
+        net = self.place(build_net(cfg, setting_pca(cfg, self.setting)))
         self.nets["G"] = net
         t = cfg.train
         lr_e = t.get("lr_E") or t.lr_G  # the official ymls omit lr_E (Adam then fails): default to lr_G
@@ -113,6 +151,26 @@ class DANv2(Method):
             [{"params": net.Restorer.parameters(), "lr": t.lr_G}, {"params": net.Estimator.parameters(), "lr": lr_e}],
             betas=(t.beta1, t.beta2), weight_decay=t.get("weight_decay", 0) or 0)
         self.schedulers["G"] = torch.optim.lr_scheduler.MultiStepLR(self.optimizers["G"], t.lr_steps, t.lr_gamma)
+
+    def place(self, net):
+        """`net` on the device, in the networks' memory format."""
+        return net.to(self.device, memory_format=self.memory_format)
+
+    def load_weights(self, path):
+        """The network from a weights file (an official `*.pth`, python -m bsr.export's output or a bsr
+        checkpoint), built at the sizes the file holds (nf, nb, ng, kernel size, code length): an official
+        setting-2 file loads at its test yml's sizes whatever the preset trains; the preset gives the
+        protocol, `dan.loop` and `dan.legacy_doubling`. For evaluation and inference: the optimiser keeps
+        the preset's network. A file of another scale is an UntrustedFileError."""
+        what = "--weights file"
+        state = load_net_state(path, "G", what)
+        d = self.cfg.dan
+        net = net_from_state(state, path, what, d.loop, d.legacy_doubling)
+        if net.scale != self.scale:
+            raise UntrustedFileError(f"{what} {path!r} holds a x{net.scale} DANv2; this configuration is "
+                                     f"x{self.scale} (check --preset / --set data.scale)")
+        self.nets["G"] = self.place(net)
+        self._load_net("G", state, path, what)
 
     def synthesize(self, hr, seeds=None):
         """HR batch -> (LR, true kernels (B, k, k)): one random kernel per image, drawn from its
@@ -150,20 +208,21 @@ class DANv2(Method):
         return {"sr": sr, "kernel_est": kernel[0].view(k, k)}
 
     def degrade_for_validation(self, hr, index):
-        """The Gaussian8 protocol: the image degraded by each of the 8 test kernels (eval.kernels
-        picks a subset, e.g. for quick checks)."""
-        sigmas = torch.linspace(*GAUSSIAN8_SIGMA[self.scale], 8).tolist()
-        kernels = gaussian8_kernels(self.scale, self.setting["ksize"])
-        return [{"lr": degrade(hr, kernels[i][None].to(hr), self.scale), "kernel": kernels[i].to(hr),
-                 "tag": f"sigma{sigmas[i]:.1f}"} for i in self.cfg.get("eval", {}).get("kernels", range(8))]
+        """The Gaussian8 protocol: the image degraded by each of the 8 test kernels, the LR clamped
+        before rounding (eval.kernels picks a subset, e.g. for quick checks)."""
+        sigmas = gaussian8_sigmas(self.scale).tolist()
+        kernels = gaussian8_kernels(self.scale)
+        return [{"lr": degrade(hr, kernels[i][None].to(hr), self.scale, clamp=True), "kernel": kernels[i].to(hr),
+                 "tag": f"sigma{round(sigmas[i], 2)}"} for i in self.cfg.get("eval", {}).get("kernels", range(8))]
 
     def min_validation_size(self):
         """Reflect padding needs more than half the kernel on each side; the border crop too."""
-        return max(super().min_validation_size(), self.setting["ksize"])
+        return max(super().min_validation_size(), GAUSSIAN8_KSIZE)
 
     def baselines(self):
         """The Restorer on the initial (delta) kernel's code with no estimation: what the alternation adds,
         and the delta kernel's error."""
+        @torch.no_grad()
         def delta(item):
             net = self.module("G")
             lr = self.network_input(item["lr"])
@@ -185,13 +244,20 @@ def official_hyperparameters(state):
     return {"nf": nf, "nb": len(blocks), "ng": len(groups), "scale": scale}
 
 
+def net_from_state(state, path, what, loop=4, legacy_doubling=True):
+    """A DAN of the sizes of the DANv2 state dict `state` (official names; weights not loaded): nf, nb, ng
+    and scale from the Restorer's tensors, kernel size and code length from the `encoder` buffer (1, k², L)."""
+    if "encoder" not in state or "Restorer.head1.weight" not in state:
+        raise UntrustedFileError(f"{what} {path!r} is not a DANv2 state dict (no 'encoder' / 'Restorer.head1.weight' key)")
+    return DAN(state["encoder"][0], loop=loop, legacy_doubling=legacy_doubling, **official_hyperparameters(state))
+
+
 def load_official(path, loop=4, legacy_doubling=True, device="cpu"):
     """A ready DAN (eval mode) from an official DANv2 checkpoint file (`*_G.pth` of greatlog/DAN):
     a state dict, optionally under "state_dict"/"params", keys optionally prefixed by DataParallel's
     "module."; the network size comes from the tensors, the PCA matrix from the `encoder` buffer."""
-    state = state_dict_of(load_untrusted(path, "DANv2 weights file"), path, "DANv2 weights file")
-    if "encoder" not in state or "Restorer.head1.weight" not in state:
-        raise UntrustedFileError(f"DANv2 weights file {path!r} is not a DANv2 state dict (no 'encoder' / 'Restorer.head1.weight' key)")
-    net = DAN(state["encoder"][0], loop=loop, legacy_doubling=legacy_doubling, **official_hyperparameters(state))
+    what = "DANv2 weights file"
+    state = state_dict_of(load_untrusted(path, what), path, what)
+    net = net_from_state(state, path, what, loop, legacy_doubling)
     net.load_state_dict(state)
     return net.to(device).eval()
