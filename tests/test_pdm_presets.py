@@ -120,7 +120,7 @@ def test_the_demo_preset_is_not_a_track():
 
 def test_paper_needs_the_edsr_baseline_weights_or_an_explicit_none(tmp_path):
     small = ["pdm.sr.nf=8", "pdm.sr.nb=2", "pdm.kernel.nf=8", "pdm.noise.nf=8"]
-    with pytest.raises(ConfigError, match=r"preset paper starts EDSR from pretrained weights.*edsr_baseline_x4"):
+    with pytest.raises(ConfigError, match=r"preset paper starts EDSR from pretrained weights.*edsr_baseline_x4.*pdm.sr.pretrained=none"):
         get("pdm")(config.load("pdm", "paper", overrides=small), "cpu")
     random_start = get("pdm")(config.load("pdm", "paper", overrides=[*small, "pdm.sr.pretrained=none"]), "cpu")
     assert isinstance(random_start.nets["netSR"], EDSR)

@@ -276,7 +276,7 @@ def test_paper_presets_start_from_the_psnr_rrdb_or_say_so(tmp_path, preset):
     def build(*overrides):
         return tiny_method(None, "realsr.loss.perceptual=0", *overrides, preset=preset).nets["netG"]
 
-    with pytest.raises(ConfigError, match="realsr.pretrained=FILE.*--preset paper-psnr.*realsr.pretrained=none"):
+    with pytest.raises(ConfigError, match="--preset paper-psnr.*realsr.pretrained=FILE.*realsr.pretrained=none"):
         build()
     source = build("realsr.pretrained=none")
     torch.save(source.state_dict(), tmp_path / "rrdb_psnr.pth")

@@ -114,6 +114,15 @@ class Method:
         what = what or f"weights file for {name}"
         self._load_net(name, load_net_state(path, name, what), path, what)
 
+    def load_start_weights(self, name, key, path, required_because=None):
+        """Start network `name` from the file that config key `key` names (`path`). "none" (any case)
+        is an explicit random start; with `required_because` (why the preset needs the file, naming
+        it) an unset key is a ConfigError that says how to set it."""
+        if path is None and required_because:
+            raise ConfigError(f"{required_because}: set {key}=FILE, or {key}=none to start from random weights")
+        if path is not None and path.lower() != "none":
+            self.load_pretrained(name, path, key)
+
     def load_weights(self, path):
         """The inference networks from a weights file (python -m bsr.export's output, an official
         release, or a bsr checkpoint): one network's plain state dict, or with several inference

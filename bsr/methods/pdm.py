@@ -58,18 +58,6 @@ def build_sr(opt, scale):
     raise ValueError(f"pdm.sr.arch must be 'edsr' or 'rrdb', got {arch!r}")
 
 
-def pretrained_sr(opt, preset):
-    """The file to start netSR from, or None. pdm.sr.pretrained "none" (any case) is an explicit
-    random start; with pdm.sr.require_pretrained a missing file is a ConfigError naming it."""
-    path = opt.get("pretrained")
-    if path is None and opt.get("require_pretrained"):
-        raise ConfigError(
-            f"preset {preset} starts {opt.arch.upper()} from pretrained weights, as the official config: set "
-            f"pdm.sr.pretrained=FILE ({PRETRAINED_NAMES.get(opt.arch, 'the official weights')}), or "
-            f"pdm.sr.pretrained=none to start from random weights")
-    return None if path is None or path.lower() == "none" else path
-
-
 def build_discriminator(opt):
     return PatchGANDiscriminator.pdm(in_c=3, nf=opt.get("nf", 64), nb=opt.get("nb", 3), stride=opt.get("stride", 1))
 
@@ -96,9 +84,9 @@ class PDM(Method):
             self._load_frozen_degradation(p.get("deg_checkpoint"))
         if self.optim_sr:
             self.nets["netSR"] = build_sr(p.sr, scale)
-            pretrained = pretrained_sr(p.sr, cfg.get("preset")) if for_training else None
-            if pretrained:
-                self.load_pretrained("netSR", pretrained, "pdm.sr.pretrained")
+            if for_training:
+                self.load_start_weights("netSR", "pdm.sr.pretrained", p.sr.get("pretrained"),
+                                        p.sr.get("require_pretrained") and self._pretrained_reason(p.sr, cfg))
             if self.weights.get("sr_adv"):
                 self.nets["netD2"] = build_discriminator(p.d_hr)
             if self.weights.get("sr_percep") and for_training:
@@ -111,6 +99,11 @@ class PDM(Method):
         self._build_optimizers(cfg.train)
         lpips = p.get("lpips") or {}
         self.lpips = load_lpips(lpips["lin"], lpips.get("alexnet")) if lpips.get("lin") else None
+
+    @staticmethod
+    def _pretrained_reason(opt, cfg):
+        named = PRETRAINED_NAMES.get(opt.arch, "the official weights")
+        return f"preset {cfg.get('preset')} starts {opt.arch.upper()} from pretrained weights ({named}), as the official config"
 
     def _load_frozen_degradation(self, path):
         if not path:

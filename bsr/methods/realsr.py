@@ -90,23 +90,14 @@ class RealSR(Method):
         g = r.generator
         self.add_net("netG", RRDBNet(nf=g.nf, nb=g.nb, gc=g.gc, upscale=cfg.data.scale), t.lr)
         if for_training:
-            self.load_start_weights(r)
+            self.load_start_weights("netG", "realsr.pretrained", r.pretrained, r.require_pretrained and (
+                f"realsr: preset {cfg.get('preset')!r} starts from ESRGAN's PSNR-oriented RRDB (RRDB_PSNR_x4.pth, as "
+                "the official ymls; or train one with --preset paper-psnr)"))
         self.weights = dict(r.loss)
         self.add_srgan(lambda: self.build_discriminator(r.discriminator, cfg.data.hr_patch - 2 * r.margin),
                        t.get("lr_d") or t.lr, self.weights, r.get("vgg_weights"))
         self.kernels = None  # the pools are built at the first step (or come with a checkpoint)
         self.noise = None
-
-    def load_start_weights(self, r):
-        """netG from realsr.pretrained; "none" (any case) starts from random weights. With
-        realsr.require_pretrained (the paper presets: the official ymls start from ESRGAN's RRDB_PSNR_x4.pth)
-        the key must be set."""
-        if r.pretrained is None and r.require_pretrained:
-            raise ConfigError(f"realsr: preset {self.cfg.get('preset')!r} starts from ESRGAN's PSNR-oriented RRDB "
-                              "(RRDB_PSNR_x4.pth, as the official ymls): set realsr.pretrained=FILE, or train one "
-                              "with --preset paper-psnr, or set realsr.pretrained=none for random weights")
-        if r.pretrained is not None and r.pretrained.lower() != "none":
-            self.load_pretrained("netG", r.pretrained, "realsr.pretrained")
 
     def official_state(self, name, state):
         """Old ESRGAN names (RRDB_PSNR_x4.pth, RealSR's releases) -> BasicSR's, which netG uses."""

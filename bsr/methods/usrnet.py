@@ -119,8 +119,8 @@ class USRNet(Method):
         if u.get("init_identity_skip"):
             init_identity_skip(net.p)
         self.add_net("usrnet", net, cfg.train.lr)
-        if u.get("pretrained") and for_training:  # USRGAN starts from a trained USRNet, as ESRGAN from its PSNR model
-            self.load_pretrained("usrnet", u.pretrained, "usrnet.pretrained")
+        if for_training:  # USRGAN starts from a trained USRNet, as ESRGAN from its PSNR model
+            self.load_start_weights("usrnet", "usrnet.pretrained", u.get("pretrained"))
         self.gan = u.get("gan") if u.get("gan", {}).get("enabled") else None
         if self.gan:
             self._build_usrgan(self.gan)
