@@ -111,3 +111,46 @@ def test_paper_preset_has_the_papers_sizes_over_the_repos_epochs():
     ndf = method.cfg.usrda.ndf
     for name, size in (("model_Disc_feat", 128), ("model_Disc_img_LR", 128), ("model_Disc_img_HR", 512)):
         assert method.nets[name].classifier[0].in_features == 8 * ndf * (size // 32) ** 2, name
+
+
+def test_the_ablation_starts_from_the_same_weights_as_the_full_method():
+    """usrda.domain_adaptation only changes the training step: for one seed every network starts equal."""
+    torch.manual_seed(3)
+    full = tiny_method()
+    torch.manual_seed(3)
+    ablation = tiny_method("usrda.domain_adaptation=false")
+    for name in full.nets:
+        for key, value in full.nets[name].state_dict().items():
+            assert torch.equal(value, ablation.nets[name].state_dict()[key]), (name, key)
+
+
+def test_the_ablation_trains_enc_and_dec_sr_on_the_source_bicubic_pairs_only(monkeypatch):
+    torch.manual_seed(0)
+    method = tiny_method("usrda.domain_adaptation=false", "usrda.loss.rec=0.5")
+    data = batch()
+    x_s = F.interpolate(data["hr"], scale_factor=0.25, mode="bicubic", align_corners=False)
+    with torch.no_grad():
+        first_loss = 0.5 * F.l1_loss(method.nets["model_Dec_SR"](method.nets["model_Enc"](x_s)), data["hr"])
+    seen, calls = [], []
+    hook = method.nets["model_Enc"].register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].detach()))
+    original = method.optimize
+    monkeypatch.setattr(method, "optimize", lambda loss, *names, zero_grad=True: (
+        calls.append((names, zero_grad, loss.item())), original(loss, *names, zero_grad=zero_grad))[1])
+    before = {name: copy.deepcopy(net.state_dict()) for name, net in method.nets.items()}
+    logs = method.train_step(data, step=0)
+    hook.remove()
+    assert len(seen) == 2 and all(torch.equal(x, x_s) for x in seen)  # n_gen = 2 updates, X_t never encoded
+    assert [(names, zero) for names, zero, _ in calls] == [(("G",), True), (("G",), False)]  # no D step
+    assert calls[0][2] == pytest.approx(first_loss.item(), rel=1e-6)
+    assert set(logs) == {"rec", "G"} and logs["G"] == pytest.approx(0.5 * logs["rec"], rel=1e-6)
+    changed = {name for name, net in method.nets.items()
+               if any(not torch.equal(before[name][k], v) for k, v in net.state_dict().items())}
+    assert changed == {"model_Enc", "model_Dec_SR"} and set(method.optimizers) == {"G"}
+
+
+def test_a_resumed_run_keeps_its_domain_adaptation_setting(tmp_path):
+    run_split_and_once(tmp_path, "usrda", TINY + ["usrda.domain_adaptation=false"])
+    saved = config.load("usrda", "smoke", overrides=TINY)
+    changed = config.load("usrda", "smoke", overrides=TINY + ["usrda.domain_adaptation=false"])
+    with pytest.raises(config.ConfigError, match="usrda.domain_adaptation"):
+        config.resume_changes(saved, changed)

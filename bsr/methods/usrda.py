@@ -16,6 +16,9 @@ F~_s = Enc(X_st), Y_sts = Dec_SR(F~_s). All adversarial terms are LSGAN on per-i
   The repo zeroes the gradients once before the two inner updates, so the second one steps on the
   sum of both passes' gradients; `usrda.accumulate_inner_grads: true` keeps that (docs/fidelity.md),
   false zeroes them before each update.
+`usrda.domain_adaptation: false` is an ablation (not the method): the same networks, built from the same
+seed, but no discriminator optimiser or step and a generator loss of L_rec without its adversarial term on the source
+bicubic pairs only (X_s -> Y_ss: L1 + percept x VGG), with the same n_gen inner updates; X_t is unused.
 Adam lr 1e-4, betas (0.9, 0.99), amsgrad, halved at 250k/350k/450k iterations; the repo's LR patch 64, HR 256,
 batch 4 (`repo` preset), or the paper's LR patch 128, batch 8 that the repo's comments record (`paper`).
 Perceptual loss: VGG19 conv5_4 (before ReLU), L1, *no* ImageNet input normalisation (as the repo).
@@ -60,8 +63,9 @@ class USRDA(Method):
                 "model_Disc_img_HR": VGGDiscriminator(3, patch, u.ndf)}
         self.nets = {name: net.to(self.device) for name, net in nets.items()}
         self.add_adam("G", [p for n in GENERATORS for p in self.nets[n].parameters()], cfg.train.lr)
-        self.add_adam("D", [p for n in DISCRIMINATORS for p in self.nets[n].parameters()],
-                      cfg.train.get("lr_d") or cfg.train.lr)
+        if u.get("domain_adaptation", True):  # the ablation builds the discriminators (same seeds) but never trains them
+            self.add_adam("D", [p for n in DISCRIMINATORS for p in self.nets[n].parameters()],
+                          cfg.train.get("lr_d") or cfg.train.lr)
         self.weights = dict(u.loss)
         self.lsgan = GANLoss("lsgan")
         if self.weights.get("percept") and for_training:
@@ -81,13 +85,12 @@ class USRDA(Method):
     def train_step(self, batch, step):
         y_s, x_t = batch["hr"].to(self.device), batch["lr"].to(self.device)
         x_s = F.interpolate(y_s, scale_factor=1 / self.cfg.data.scale, mode="bicubic", align_corners=False)
-        logs = {"D": self.discriminator_step(x_t, x_s, y_s)}
+        adapt = self.cfg.usrda.get("domain_adaptation", True)
+        logs = {"D": self.discriminator_step(x_t, x_s, y_s)} if adapt else {}
         accumulate = self.cfg.usrda.get("accumulate_inner_grads", True)
         for inner in range(int(self.cfg.usrda.n_gen)):
-            terms = self.generator_terms(x_t, x_s, y_s)
-            w = self.weights
-            loss = (w["align"] * terms["align"] + w["rec"] * terms["rec"] + w["res"] * terms["res"]
-                    + w["sty"] * terms["sty"] + w["idt"] * terms["idt"] + w["cyc"] * terms["cyc"])
+            terms = self.generator_terms(x_t, x_s, y_s) if adapt else self.source_terms(x_s, y_s)
+            loss = sum(self.weights[name] * value for name, value in terms.items())
             self.optimize(loss, "G", zero_grad=inner == 0 or not accumulate)
         logs.update({name: value.item() for name, value in terms.items()}, G=loss.item())
         return logs
@@ -118,9 +121,17 @@ class USRDA(Method):
                     "idt": F.l1_loss(out["F_s"], out["F_s_tilde"]),
                     "cyc": self.reconstruction(out["Y_sts"], y_s, d_hr)}
 
-    def reconstruction(self, sr, hr, d_hr):
-        """L1 + percept x VGG + adv x LSGAN(D_HR(sr) -> 1) (L_rec and L_cyc)."""
-        loss = F.l1_loss(sr, hr) + self.weights["adv"] * self.lsgan(d_hr(sr), True)
+    def source_terms(self, x_s, y_s):
+        """The ablation's only term (usrda.domain_adaptation false): L_rec of Y_ss = Dec_SR(Enc(X_s)) without
+        the adversarial part."""
+        y_ss = self.nets["model_Dec_SR"](self.nets["model_Enc"](x_s))
+        return {"rec": self.reconstruction(y_ss, y_s)}
+
+    def reconstruction(self, sr, hr, d_hr=None):
+        """L1 + percept x VGG + adv x LSGAN(D_HR(sr) -> 1) (L_rec and L_cyc); without d_hr no adversarial part."""
+        loss = F.l1_loss(sr, hr)
+        if d_hr is not None:
+            loss = loss + self.weights["adv"] * self.lsgan(d_hr(sr), True)
         if self.weights.get("percept"):
             loss = loss + self.weights["percept"] * self.perceptual(sr, hr)
         return loss
