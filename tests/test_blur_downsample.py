@@ -185,16 +185,23 @@ def test_unknown_backend_is_rejected():
 BAD_INPUTS = [
     (dict(x=torch.randn(3, 8, 8)), ValueError, "x must be \\(N, C, H, W\\)"),
     (dict(kernel=torch.randn(3, 4)), ValueError, "shared kernel must be \\(k, k\\)"),
-    (dict(kernel=torch.randn(3, 3, 3)), ValueError, "per-image kernel must be \\(N, k, k\\) with N = 2"),
+    (dict(kernel=torch.randn(3, 3, 3)), ValueError, "per-image kernel must be \\(N, k, k\\) with N = 2, or \\(1, k, k\\)"),
     (dict(kernel=torch.randn(2, 9, 4, 5)), ValueError, "per-pixel kernel must be \\(N, k\\*k, Ho, Wo\\) = \\(2, k\\*k, 4, 4\\)"),
-    (dict(kernel=torch.randn(2, 8, 4, 4)), ValueError, "per-pixel kernel"),
+    (dict(kernel=torch.randn(2, 8, 4, 4)), ValueError, r"a per-image one \(2, k\*k, 1, 1\), a per-channel one "
+                                                      r"\(2, 3, k, k\) or \(2, 1, k, k\); got \(2, 8, 4, 4\)"),
+    (dict(kernel=torch.randn(2, 3, 4, 5)), ValueError, "4-D kernel fits no layout"),
+    (dict(kernel=torch.randn(1, 9, 4, 4)), ValueError, "4-D kernel fits no layout"),
     (dict(kernel=torch.randn(2, 3, 3, 3, 3)), ValueError, "kernel must be \\(k, k\\), \\(N, k, k\\) or"),
     (dict(stride=0), ValueError, "stride must be >= 1"),
     (dict(stride=2.0), TypeError, "stride must be an int"),
     (dict(padding="mirror"), ValueError, "padding must be one of"),
     (dict(kernel=torch.randn(17, 17)), ValueError, "reflect padding of 8 pixels"),
     (dict(kernel=torch.randn(19, 19), padding="circular"), ValueError, "circular padding of 9 pixels"),
-    (dict(kernel=torch.randn(3, 3, dtype=torch.float64)), TypeError, "kernel dtype torch.float64 must equal x dtype"),
+    (dict(kernel=torch.randint(0, 3, (3, 3))), TypeError, "kernel must be float16/bfloat16/float32/float64"),
+    (dict(kernel_layout="pixel"), ValueError, "kernel_layout must be one of shared, per_image, per_channel, per_pixel"),
+    (dict(kernel_layout="per_pixel"), ValueError, r"kernel of shape \(3, 3\) is not a per_pixel kernel"),
+    (dict(kernel=torch.randn(2, 3, 3, 3), kernel_layout="per_image"), ValueError,
+     r"kernel of shape \(2, 3, 3, 3\) is not a per_image kernel"),
     (dict(x=torch.randint(0, 5, (2, 3, 8, 8))), TypeError, "x must be float16/bfloat16/float32/float64"),
     (dict(kernel=torch.randn(3, 3, device="meta")), ValueError, "kernel is on meta but x is on cpu"),
     (dict(x=[[1.0]]), TypeError, "x must be a torch.Tensor"),
@@ -206,7 +213,7 @@ def test_bad_input_gives_clear_error(change, error, message):
     args = dict(x=torch.randn(2, 3, 8, 4 * 2), kernel=torch.randn(3, 3), stride=2, padding="reflect")
     args.update(change)
     with pytest.raises(error, match=message):
-        bsrops.blur_downsample(args["x"], args["kernel"], args["stride"], args["padding"])
+        bsrops.blur_downsample(**args)
 
 
 def test_native_op_checks_shapes_too():
@@ -214,6 +221,10 @@ def test_native_op_checks_shapes_too():
         torch.ops.bsrops.blur_downsample(torch.randn(1, 1, 8, 8), torch.randn(1, 9, 3, 3), 2)
     with pytest.raises(RuntimeError, match="padding must be one of"):
         torch.ops.bsrops.blur_downsample(torch.randn(1, 1, 8, 8), torch.randn(3, 3), 2, "mirror")
+    with pytest.raises(RuntimeError, match="kernel dtype Double must equal x dtype Float"):
+        torch.ops.bsrops.blur_downsample(torch.randn(1, 1, 8, 8), torch.randn(3, 3, dtype=torch.float64), 2)
+    with pytest.raises(RuntimeError, match=r"kernel must be \(N, k, k\) with N = 2"):  # the entry point's layouts
+        torch.ops.bsrops.blur_downsample(torch.randn(2, 1, 8, 8), torch.randn(1, 3, 3), 2)
 
 
 def run_python(code, **env):

@@ -14,7 +14,9 @@ from triton_sm90 import TRITON_ERROR
 TRITON = [] if TRITON_ERROR or os.environ.get("TRITON_INTERPRET") != "1" else ["triton"]
 
 BACKENDS = ["cpu", "cpu_shared", "reference"] + TRITON
-KERNELS = {"shared": (3, 3), "per_image": (2, 3, 3), "per_pixel": (2, 9, 3, 2)}
+# the op's three layouts, and the entry point's others (views of them: tests/test_blur_downsample_layouts.py)
+KERNELS = {"shared": (3, 3), "per_image": (2, 3, 3), "per_pixel": (2, 9, 3, 2), "shared_1": (1, 3, 3),
+           "per_image_pdm": (2, 9, 1, 1), "per_channel": (2, 2, 3, 3), "per_channel_1": (2, 1, 3, 3)}
 # the Triton launchers copy x, kernel and grad_out alike whatever the layout: one layout there (the interpreter
 # takes ~0.4 s per call)
 TRITON_LAYOUTS = ("per_pixel",)

@@ -6,8 +6,9 @@ import math
 
 import torch
 
+from ._precision import FLOAT_DTYPES, run_fused
+
 CONV_BACKWARD = torch.ops.aten.convolution_backward.default
-FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
 def conv_backward(grad, x, weight, stride, padding, mask):
@@ -19,13 +20,11 @@ def conv_backward(grad, x, weight, stride, padding, mask):
     return tuple(g if g is not None else x.new_empty(0) for g in grads)
 
 
-def check_tensor(op, name, value, dims=None, dtype=None):
+def check_tensor(op, name, value, dims=None):
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
     if value.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{op}: {name} must be float32 or float64, got {value.dtype}")
-    if dtype is not None and value.dtype != dtype:
-        raise TypeError(f"{op}: {name} dtype {value.dtype} must equal x's dtype {dtype}")
+        raise TypeError(f"{op}: {name} must be float16/bfloat16/float32/float64, got {value.dtype}")
     if dims is not None and value.dim() != dims:
         raise ValueError(f"{op}: {name} must have {dims} dimensions, got shape {tuple(value.shape)}")
 
@@ -114,4 +113,4 @@ def to_channels_last(x):
     """x in channels_last (x itself when it is): oneDNN's convolutions run there without reorder buffers."""
     if x.is_contiguous(memory_format=torch.channels_last):
         return x
-    return torch.ops.bsrops._relayout(x, None, True)
+    return run_fused("_relayout", x, None, True)

@@ -58,6 +58,7 @@ from .. import _backend
 from ..reference import dpcb as ref
 from ._common import (check_device, check_slope, check_tensor, conv_backward, conv_layouts, convs_in_channels_last,
                       memory_format, memory_format_of, onednn_conv_leaky_relu, records_autograd, to_channels_last)
+from ._precision import promote, register_autocast, run_fused
 
 SCHEMAS = (
     # (out_img, out_cond, h1, f1, h2, f2): the LeakyReLU outputs and the second convolutions' outputs are
@@ -84,11 +85,13 @@ def dpcb(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope=0.2):
 
     w1, w2: (C, C, k1, k1) (image path), w3: (C, C, k2, k2), w4: (C, C, k2, k2) (condition path),
     odd k, 'same' padding; biases (C,) or None. nf1 must equal nf2 (out_cond = x_cond + f2).
+    Mixed float dtypes promote to one (under torch.autocast: the autocast dtype; docs/ops.md, Precision).
     Runs torch.ops.bsrops.dpcb when autograd records, else torch.ops.bsrops._dpcb_inference (nothing kept
     for a backward; see the module docstring).
     """
     params = (w1, b1, w2, b2, w3, b3, w4, b4)
     check_inputs(x_img, x_cond, params, negative_slope)
+    x_img, x_cond, *params = promote(x_img, x_cond, *params)
     if records_autograd(x_img, x_cond, *params):
         out_img, out_cond, *_ = torch.ops.bsrops.dpcb(x_img, x_cond, *params, float(negative_slope))
         return out_img, out_cond
@@ -99,7 +102,7 @@ def dpcb(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope=0.2):
 def check_inputs(x_img, x_cond, params, negative_slope):
     """Raise TypeError / ValueError naming the argument and what it must be."""
     check_tensor("dpcb", "x_img", x_img, dims=4)
-    check_tensor("dpcb", "x_cond", x_cond, dims=4, dtype=x_img.dtype)
+    check_tensor("dpcb", "x_cond", x_cond, dims=4)
     n, nf1, height, width = x_img.shape
     if x_cond.shape[0] != n:
         raise ValueError(f"dpcb: x_cond must have x_img's batch {n}, got shape {tuple(x_cond.shape)}")
@@ -112,11 +115,11 @@ def check_inputs(x_img, x_cond, params, negative_slope):
     for index, (name, value) in enumerate(zip(PARAMETERS, params)):
         if name.startswith("b"):
             if value is not None:
-                check_tensor("dpcb", name, value, dims=1, dtype=x_img.dtype)
+                check_tensor("dpcb", name, value, dims=1)
                 if value.shape[0] != nf1:
                     raise ValueError(f"dpcb: {name} must be ({nf1},), got {tuple(value.shape)}")
             continue
-        check_tensor("dpcb", name, value, dims=4, dtype=x_img.dtype)
+        check_tensor("dpcb", name, value, dims=4)
         k = value.shape[-1]
         if value.shape[:2] != (nf1, nf1) or value.shape[2] != k or k % 2 == 0:
             raise ValueError(f"dpcb: {name} must be ({nf1}, {nf1}, k, k) with odd k, got {tuple(value.shape)}")
@@ -135,7 +138,7 @@ def _activated_conv(x, weight, bias, negative_slope):
     h = onednn_conv_leaky_relu(x, weight, bias, 1, weight.shape[-1] // 2, negative_slope)
     if h is None:
         h = F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2)
-        torch.ops.bsrops._leaky_relu_(h, negative_slope)
+        run_fused("_leaky_relu_", h, negative_slope)
     return h
 
 
@@ -152,7 +155,7 @@ def _forward_composite(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_s
     channels_last = convs_in_channels_last(x_img)
     h1, f1 = _path_forward(x_img, w1, b1, w2, b2, negative_slope, channels_last)
     h2, f2 = _path_forward(x_cond, w3, b3, w4, b4, negative_slope, channels_last)
-    out_img, out_cond = torch.ops.bsrops._dpcb_epilogue(x_img, f1, x_cond, f2)
+    out_img, out_cond = run_fused("_dpcb_epilogue", x_img, f1, x_cond, f2)
     return out_img, out_cond, h1, f1, h2, f2
 
 
@@ -182,13 +185,13 @@ def _path_backward(state, grad_residual, x, wa, wb, negative_slope, mask, channe
     del grad_f
     grad_x, grad_wa, grad_ba = x.new_empty(0), x.new_empty(0), x.new_empty(0)
     if need_h:
-        torch.ops.bsrops._leaky_relu_backward_(grad_h, h, negative_slope)
+        run_fused("_leaky_relu_backward_", grad_h, h, negative_slope)
         del h
         x_conv = to_channels_last(x) if channels_last else x
         grad_x_conv, grad_wa, grad_ba = conv_backward(grad_h, x_conv, wa, 1, wa.shape[-1] // 2, mask[:3])
         del grad_h, x_conv
         if mask[0]:  # the residual branch's gradient added (while going back to x's layout)
-            grad_x = torch.ops.bsrops._relayout(grad_x_conv, grad_residual, memory_format_of(x) == torch.channels_last)
+            grad_x = run_fused("_relayout", grad_x_conv, grad_residual, memory_format_of(x) == torch.channels_last)
     return grad_x, grad_wa, grad_ba, grad_wb, grad_bb
 
 
@@ -198,18 +201,17 @@ def _backward_composite(grad_img, grad_cond, x_img, x_cond, weights, held, negat
     w1, w2, w3, w4 = weights
     h1, f1, h2, f2 = held
     held.clear()
-    ops = torch.ops.bsrops
     grad_residual = grad_img
     grad_img = grad_img if grad_img is not None else torch.zeros_like(x_img)  # only out_cond was used
     grad_cond = grad_cond if grad_cond is not None else torch.zeros_like(x_cond)
     channels_last = convs_in_channels_last(x_img)  # the backward runs where the forward's convolutions ran
     if f2.shape != f1.shape:  # a 1x1 condition: grad_f1 and the reduced grad_f2 in one pass
-        grad_f1, grad_f2 = ops._dpcb_epilogue_backward(grad_img, grad_cond, f1, f2, channels_last)
+        grad_f1, grad_f2 = run_fused("_dpcb_epilogue_backward", grad_img, grad_cond, f1, f2, channels_last)
         del f1, f2
     else:  # image-sized: f1 is freed before grad_f1 is allocated
-        grad_f2 = ops._dpcb_epilogue_backward(grad_img, grad_cond, f1, None, channels_last)[1]
+        grad_f2 = run_fused("_dpcb_epilogue_backward", grad_img, grad_cond, f1, None, channels_last)[1]
         del f1
-        grad_f1 = ops._dpcb_epilogue_backward(grad_img, grad_cond, None, f2, channels_last)[0]
+        grad_f1 = run_fused("_dpcb_epilogue_backward", grad_img, grad_cond, None, f2, channels_last)[0]
         del f2
     img_state, cond_state = [grad_f1, h1], [grad_f2, h2]
     del grad_f1, h1, grad_f2, h2
@@ -317,6 +319,9 @@ def _check_slope_call(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_sl
     """check_slope on the arguments of a dpcb / _dpcb_inference call (the reference kernels take validated inputs)."""
     check_slope("dpcb", negative_slope)
 
+
+register_autocast("dpcb", "lower", range(10))
+register_autocast("_dpcb_inference", "lower", range(10))
 
 # The reference backend runs the eager forward; its backward is the composite over the
 # reference elementwise kernels (eager PyTorch ops).

@@ -42,6 +42,7 @@ from .. import _backend
 from ..reference import patchgan_conv as ref
 from ._common import (check_device, check_slope, check_tensor, conv_backward, convs_in_channels_last,
                       memory_format_of, onednn_conv_leaky_relu, records_autograd, to_channels_last)
+from ._precision import compute_dtype, promote, register_autocast, result_dtype, run_fused
 
 SCHEMAS = (
     # (out, y = conv output, mean, rstd, new running_mean, new running_var); functional: the Python wrapper
@@ -75,9 +76,13 @@ def patchgan_conv(x, weight, bias=None, stride=2, padding=1, norm="instance", no
     Every tensor may be a strided, expanded or offset view (the kernels read contiguous copies where needed);
     running_mean / running_var, updated in place by batch norm in training mode as nn.BatchNorm2d does, may be
     strided or offset views but not expanded ones (stride 0: one memory location for every channel).
+    Mixed float dtypes of x, weight, bias, norm_weight and norm_bias promote to one; the running statistics keep
+    theirs. The norm computes in float32 (float64 for float64 inputs); under torch.autocast the convolution runs in
+    the autocast dtype (docs/ops.md, Precision).
     """
     check_inputs(x, weight, bias, stride, padding, norm, norm_weight, norm_bias, running_mean, running_var,
                  training, negative_slope, momentum, eps)
+    x, weight, bias, norm_weight, norm_bias = promote(x, weight, bias, norm_weight, norm_bias)
     out, _, _, _, new_mean, new_var = torch.ops.bsrops.patchgan_conv(
         x, weight, bias, stride, padding, norm, norm_weight, norm_bias, running_mean, running_var, bool(training),
         float(momentum), float(eps), float(negative_slope), bool(activation))
@@ -97,7 +102,7 @@ def check_inputs(x, weight, bias, stride, padding, norm, norm_weight, norm_bias,
     """Raise TypeError / ValueError naming the argument and what it must be."""
     op = "patchgan_conv"
     check_tensor(op, "x", x, dims=4)
-    check_tensor(op, "weight", weight, dims=4, dtype=x.dtype)
+    check_tensor(op, "weight", weight, dims=4)
     check_device(op, "weight", weight, x)
     if weight.shape[1] != x.shape[1]:
         raise ValueError(f"{op}: weight must be (C_out, {x.shape[1]}, k, k) for x with {x.shape[1]} channels, "
@@ -117,7 +122,7 @@ def check_inputs(x, weight, bias, stride, padding, norm, norm_weight, norm_bias,
                         ("running_mean", running_mean), ("running_var", running_var)):
         if value is None:
             continue
-        check_tensor(op, name, value, dims=1, dtype=x.dtype)
+        check_tensor(op, name, value, dims=1)
         check_device(op, name, value, x)
         if value.shape[0] != channels:
             raise ValueError(f"{op}: {name} must be ({channels},), got {tuple(value.shape)}")
@@ -192,17 +197,31 @@ def _patchgan_conv_composite(x, weight, bias, stride, padding, norm, norm_weight
     return out, (empty(0) if norm == "none" else y.detach()), mean, rstd, new_mean, new_var
 
 
+def norm_dtype(y, norm_weight, norm_bias):
+    """The dtype the norm computes in (its statistics' dtype): float64 where y or a norm parameter is, else float32
+    (the fused kernels have no half-precision version)."""
+    return compute_dtype(result_dtype(y, norm_weight, norm_bias))
+
+
+def _as(dtype, *tensors):
+    return tuple(None if t is None else t.to(dtype) for t in tensors)
+
+
 def _norm_act_composite(y, norm_weight, norm_bias, running_mean, running_var, norm, training, momentum, eps,
                         negative_slope, activation):
+    """The fused kernel on y and the norm parameters in norm_dtype; out in y's dtype, the new running statistics
+    in theirs."""
     check_norm_act_args(y, norm_weight, norm_bias, None, None, norm, training, momentum, eps, negative_slope)
+    dtype = norm_dtype(y, norm_weight, norm_bias)
     new_mean = new_var = None
     if norm == "batch" and running_mean is not None:  # the kernel updates (training) or reads (eval) them
-        new_mean, new_var = running_mean.clone(), running_var.clone()
-    out, mean, rstd = torch.ops.bsrops._patchgan_norm_act(y.contiguous(), norm_weight, norm_bias, new_mean, new_var,
+        new_mean, new_var = running_mean.to(dtype, copy=True), running_var.to(dtype, copy=True)
+    weight, bias = _as(dtype, norm_weight, norm_bias)
+    out, mean, rstd = torch.ops.bsrops._patchgan_norm_act(y.contiguous().to(dtype), weight, bias, new_mean, new_var,
                                                           norm, training, momentum, eps, negative_slope, activation)
     if not _updates_running_stats(norm, training, running_mean):
-        new_mean, new_var = y.new_empty(0), y.new_empty(0)
-    return out, mean, rstd, new_mean, new_var
+        return out.to(y.dtype), mean, rstd, y.new_empty(0), y.new_empty(0)
+    return out.to(y.dtype), mean, rstd, new_mean.to(running_mean.dtype), new_var.to(running_var.dtype)
 
 
 def _conv2d_composite(x, weight, bias, stride, padding):
@@ -240,7 +259,7 @@ def _conv2d_backward(ctx, grad_y):
     grad_x, grad_weight, grad_bias = conv_backward(grad_y, x_conv, weight, *ctx.geometry, needs)
     del x_conv
     if needs[0] and memory_format_of(grad_x) != memory_format_of(x):
-        grad_x = torch.ops.bsrops._relayout(grad_x, None, memory_format_of(x) == torch.channels_last)
+        grad_x = run_fused("_relayout", grad_x, None, memory_format_of(x) == torch.channels_last)
     return (*(g if need else None for g, need in zip((grad_x, grad_weight, grad_bias), needs)), None, None)
 
 
@@ -255,9 +274,13 @@ def _stats_shape(n, channels, norm):
 def _norm_act_op_fake(y, norm_weight, norm_bias, running_mean, running_var, norm, training, momentum, eps,
                       negative_slope, activation):
     stats = _stats_shape(y.shape[0], y.shape[1], norm)
-    running = (y.shape[1],) if _updates_running_stats(norm, training, running_mean) else (0,)
-    return (torch.empty_like(y, memory_format=torch.contiguous_format), y.new_empty(stats), y.new_empty(stats),
-            y.new_empty(running), y.new_empty(running))
+    dtype = norm_dtype(y, norm_weight, norm_bias)
+    if _updates_running_stats(norm, training, running_mean):
+        new_stats = (running_mean.new_empty(y.shape[1]), running_var.new_empty(y.shape[1]))
+    else:
+        new_stats = (y.new_empty(0), y.new_empty(0))
+    return (torch.empty_like(y, memory_format=torch.contiguous_format), y.new_empty(stats, dtype=dtype),
+            y.new_empty(stats, dtype=dtype), *new_stats)
 
 
 @torch.library.register_fake("bsrops::_patchgan_norm_act")
@@ -284,6 +307,7 @@ def _setup_context(ctx, inputs, output):
     # without a norm the backward needs only the activation's mask (the sign of out), not y
     ctx.save_for_backward(y if norm != "none" else None, norm_weight, out, mean, rstd)
     ctx.options = (norm, training, negative_slope, activation)
+    ctx.dtypes = [None if t is None else t.dtype for t in (y, norm_weight, norm_bias)]
 
 
 def _backward(ctx, grad_out, *unused):
@@ -294,11 +318,13 @@ def _backward(ctx, grad_out, *unused):
     mask = [needs[0], needs[1] and has_norm, needs[2] and has_norm]
     if grad_out is None or not any(mask):
         return (None,) * 11
-    grad_y, *params = torch.ops.bsrops._patchgan_norm_act_backward(
-        grad_out.contiguous(), out if y is None else y, out, mean, rstd, norm_weight, norm, training, negative_slope,
-        activation, mask)
+    dtype = mean.dtype  # the forward's norm_dtype
+    grads = torch.ops.bsrops._patchgan_norm_act_backward(
+        *_as(dtype, grad_out.contiguous(), out if y is None else y, out), mean, rstd, *_as(dtype, norm_weight), norm,
+        training, negative_slope, activation, mask)
+    grad_y, *params = (g if like is None else g.to(like) for g, like in zip(grads, ctx.dtypes))
     if mask[0] and convs_in_channels_last(grad_y):  # for the convolution's backward (_conv2d_backward) on oneDNN,
-        grad_y = torch.ops.bsrops._relayout(grad_y, None, True)  # the NCHW copy freed here (cuDNN: NCHW is fine)
+        grad_y = run_fused("_relayout", grad_y, None, True)  # the NCHW copy freed here (cuDNN: NCHW is fine)
     return (*(g if need else None for g, need in zip((grad_y, *params), mask)), *(None,) * 8)
 
 
@@ -313,6 +339,7 @@ def _check_norm_act_call(y, weight, bias, running_mean, running_var, norm, train
     check_norm_act_args(y, weight, bias, running_mean, running_var, norm, training, momentum, eps, negative_slope)
 
 
+register_autocast("patchgan_conv", "lower", (0, 1, 2))
 _backend.register_kernel("reference", "_patchgan_norm_act", ref.norm_act_reference, check=_check_norm_act_call)
 _backend.register_kernel("reference", "_patchgan_norm_act_backward", ref.norm_act_backward_reference)
 _backend.register_lazy_kernel("triton", "_patchgan_norm_act", "triton.patchgan_conv", "norm_act",

@@ -30,6 +30,7 @@ import torch
 from .. import _backend
 from ..reference import usrnet_data_step as ref
 from ._common import check_alpha_values
+from ._precision import FLOAT_DTYPES, compute_dtype, promote_dtypes, register_autocast, result_dtype
 
 SCHEMAS = (
     "usrnet_data_step(Tensor z, Tensor y, Tensor kernel, Tensor alpha, int scale) -> Tensor",
@@ -48,12 +49,6 @@ SCHEMAS = (
     "_usrnet_solve_shared_backward(Tensor grad_x, Tensor z, Tensor FB, Tensor FBFy, Tensor F2B_mean, Tensor alpha, "
     "int scale, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
 )
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _compute_dtype(dtype):
-    """float16/bfloat16 are computed in float32 (no half-precision CPU FFT; cuFFT half needs powers of two)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _check_tensor(name, value):
@@ -71,32 +66,29 @@ def _check_scale(scale):
 
 
 def check_lr_inputs(y, kernel, scale):
-    """y (N, C, h, w) and kernel (kh, kw) or (N, kh, kw), kh <= s*h, kw <= s*w."""
+    """y (N, C, h, w) and kernel (kh, kw), (N, kh, kw), (N, 1, kh, kw) or (N, C, kh, kw); kh <= s*h, kw <= s*w."""
     _check_tensor("y", y)
     _check_tensor("kernel", kernel)
     _check_scale(scale)
-    if kernel.dtype != y.dtype:
-        raise TypeError(f"usrnet_data_step: kernel dtype {kernel.dtype} must equal y dtype {y.dtype}")
     if kernel.device != y.device:
         raise ValueError(f"usrnet_data_step: kernel is on {kernel.device} but y is on {y.device}")
     if y.dim() != 4 or y.shape[2] < 1 or y.shape[3] < 1:
         raise ValueError(f"usrnet_data_step: y must be (N, C, h, w) with h, w >= 1, got shape {tuple(y.shape)}")
-    n, _, h, w = y.shape
-    if kernel.dim() not in (2, 3) or (kernel.dim() == 3 and kernel.shape[0] != n):
-        raise ValueError(f"usrnet_data_step: kernel must be (kh, kw) or (N, kh, kw) with N = {n}, "
-                         f"got shape {tuple(kernel.shape)}")
+    n, c, h, w = y.shape
+    if not (kernel.dim() == 2 or (kernel.dim() == 3 and kernel.shape[0] == n)
+            or (kernel.dim() == 4 and kernel.shape[0] == n and kernel.shape[1] in (1, c))):
+        raise ValueError(f"usrnet_data_step: kernel must be (kh, kw), (N, kh, kw), (N, 1, kh, kw) or per channel "
+                         f"(N, C, kh, kw) with N = {n}, C = {c}, got shape {tuple(kernel.shape)}")
     kh, kw = kernel.shape[-2:]
     if not (1 <= kh <= scale * h and 1 <= kw <= scale * w):
         raise ValueError(f"usrnet_data_step: kernel ({kh}, {kw}) must not be larger than the HR image "
                          f"({scale * h}, {scale * w})")
 
 
-def check_hr_inputs(z, y_shape, y_dtype, y_device, alpha, scale):
+def check_hr_inputs(z, y_shape, y_device, alpha, scale):
     """z (N, C, s*h, s*w) against y's shape; alpha a number, (N,) or (N, 1, 1, 1)."""
     _check_tensor("z", z)
     n, c, h, w = y_shape
-    if z.dtype != y_dtype:
-        raise TypeError(f"usrnet_data_step: z dtype {z.dtype} must equal y dtype {y_dtype}")
     if z.device != y_device:
         raise ValueError(f"usrnet_data_step: z is on {z.device} but y is on {y_device}")
     if tuple(z.shape) != (n, c, scale * h, scale * w):
@@ -113,30 +105,59 @@ def check_hr_inputs(z, y_shape, y_dtype, y_device, alpha, scale):
         raise TypeError(f"usrnet_data_step: alpha must be a float or a tensor, got {type(alpha).__name__}")
 
 
-def _alpha_tensor(alpha, z, dtype):
-    """alpha as the op takes it: a tensor of `dtype`. A number is checked here; a tensor's values inside the kernels
-    (no host synchronisation, no Python branch on tensor values: torch.compile traces this function)."""
+def _planes_per_image(kernel, channels):
+    """How many planes of an image the op sees as separate images: C for a per-channel kernel (N, C, kh, kw),
+    C > 1, else 1."""
+    return channels if kernel.dim() == 4 and kernel.shape[1] == channels > 1 else 1
+
+
+def _fold(t, planes):
+    """(N, C, H, W) -> (N*C, 1, H, W) when each of the C planes is an image of its own (planes = C)."""
+    return t if planes == 1 else t.reshape(t.shape[0] * planes, 1, *t.shape[2:])
+
+
+def _op_kernel(kernel):
+    """The kernel as the op takes it: (N, 1, kh, kw) -> (N, kh, kw), (N, C, kh, kw) -> (N*C, kh, kw)."""
+    return kernel if kernel.dim() < 4 else kernel.reshape(kernel.shape[0] * kernel.shape[1], *kernel.shape[2:])
+
+
+def _alpha_tensor(alpha, z, dtype, planes=1):
+    """alpha as the op takes it: a tensor of `dtype`, one value per (folded) image. A number is checked here; a
+    tensor's values inside the kernels (no host synchronisation, no Python branch on tensor values: torch.compile
+    traces this function)."""
+    n = z.shape[0]
     if isinstance(alpha, torch.Tensor):
-        return alpha.to(dtype)
+        alpha = alpha.to(dtype)
+        return alpha if planes == 1 else alpha.reshape(n, 1).expand(n, planes).reshape(n * planes)
     if not (math.isfinite(alpha) and alpha > 0):
         raise ValueError(f"usrnet_data_step: alpha must be finite and > 0, got {alpha!r}")
-    return torch.full((z.shape[0],), float(alpha), dtype=dtype, device=z.device)
+    return torch.full((n * planes,), float(alpha), dtype=dtype, device=z.device)
+
+
+def _output_dtype(dtype, z):
+    """The result's dtype: the inputs' promoted dtype; under torch.autocast the dtype computed in (float32, or
+    float64 for float64 inputs)."""
+    return compute_dtype(dtype) if torch.is_autocast_enabled(z.device.type) else dtype
 
 
 def usrnet_data_step(z, y, kernel, alpha, scale):
     """x = argmin ||y - (kernel * x)|s||^2 + alpha ||x - z||^2 -> (N, C, s*h, s*w).
 
-    z: (N, C, s*h, s*w); y: (N, C, h, w); kernel: (kh, kw) or (N, kh, kw), one per image,
-    applied as a circular true convolution centred as USRNet's p2o; decimation keeps
-    x[..., 0::s, 0::s]; alpha > 0: a float, (N,) or (N, 1, 1, 1). float16/bfloat16 are
-    computed in float32. Differentiable w.r.t. z, y, kernel and alpha.
+    z: (N, C, s*h, s*w); y: (N, C, h, w); kernel: (kh, kw), (N, kh, kw) or (N, 1, kh, kw) one per image, or
+    (N, C, kh, kw) one per channel, applied as a circular true convolution centred as USRNet's p2o; decimation
+    keeps x[..., 0::s, 0::s]; alpha > 0: a float, (N,) or (N, 1, 1, 1). Mixed dtypes promote to one; float16 /
+    bfloat16 are computed in float32 and returned in their dtype, under torch.autocast in float32.
+    Differentiable w.r.t. z, y, kernel and alpha.
     """
     check_lr_inputs(y, kernel, scale)
-    check_hr_inputs(z, y.shape, y.dtype, y.device, alpha, scale)
-    dtype = _compute_dtype(z.dtype)
-    out = torch.ops.bsrops.usrnet_data_step(z.to(dtype), y.to(dtype), kernel.to(dtype),
-                                            _alpha_tensor(alpha, z, dtype), scale)
-    return out.to(z.dtype)
+    check_hr_inputs(z, y.shape, y.device, alpha, scale)
+    dtype = result_dtype(z, y, kernel, alpha if isinstance(alpha, torch.Tensor) else None)
+    compute = compute_dtype(dtype)
+    planes = _planes_per_image(kernel, y.shape[1])
+    out = torch.ops.bsrops.usrnet_data_step(_fold(z, planes).to(compute), _fold(y, planes).to(compute),
+                                            _op_kernel(kernel).to(compute), _alpha_tensor(alpha, z, compute, planes),
+                                            scale)
+    return out.reshape(z.shape).to(_output_dtype(dtype, z))
 
 
 class USRNetDataTerm:
@@ -146,31 +167,36 @@ class USRNetDataTerm:
         for alpha_i in alphas:                           # USRNet: K = 8 iterations
             x = prior(term.solve(x, alpha_i), beta_i)
 
-    Gradients flow to y and kernel through the invariants, and to z and alpha through each solve.
+    kernel as in usrnet_data_step; with a per-channel kernel (N, C, kh, kw) the invariants are those of the N*C
+    single-channel images. Gradients flow to y and kernel through the invariants, and to z and alpha through each
+    solve.
     """
 
     def __init__(self, y, kernel, scale):
         check_lr_inputs(y, kernel, scale)
         self.scale = scale
-        self.lr_shape, self.dtype, self.device = tuple(y.shape), y.dtype, y.device
-        compute = _compute_dtype(y.dtype)
-        self.FB, self.FBFy, self.F2B_mean = torch.ops.bsrops._usrnet_precompute(y.to(compute), kernel.to(compute),
-                                                                                scale)
+        self.lr_shape, self.dtype, self.device = tuple(y.shape), result_dtype(y, kernel), y.device
+        self.planes = _planes_per_image(kernel, y.shape[1])
+        compute = compute_dtype(self.dtype)
+        self.FB, self.FBFy, self.F2B_mean = torch.ops.bsrops._usrnet_precompute(
+            _fold(y, self.planes).to(compute), _op_kernel(kernel).to(compute), scale)
         self._zero_fbfy = None  # FBFy of y = 0, made on the first solve that _SolveForZAndAlpha differentiates
 
     def solve(self, z, alpha):
-        """argmin ||y - (k * x)|s||^2 + alpha ||x - z||^2 for z (N, C, s*h, s*w); alpha as in usrnet_data_step."""
-        check_hr_inputs(z, self.lr_shape, self.dtype, self.device, alpha, self.scale)
-        dtype = self.FB.dtype
-        z_c, alpha_c = z.to(dtype), _alpha_tensor(alpha, z, dtype)
-        if torch.is_grad_enabled() and not any(t.requires_grad for t in (self.FB, self.FBFy, self.F2B_mean)):
-            if self._zero_fbfy is None:
-                self._zero_fbfy = torch.zeros_like(self.FBFy)
-            out = _SolveForZAndAlpha.apply(z_c, alpha_c, self.FB, self.FBFy, self.F2B_mean, self._zero_fbfy,
-                                           self.scale)
+        """argmin ||y - (k * x)|s||^2 + alpha ||x - z||^2 for z (N, C, s*h, s*w); alpha and the result's dtype
+        as in usrnet_data_step."""
+        check_hr_inputs(z, self.lr_shape, self.device, alpha, self.scale)
+        dtype = promote_dtypes(self.dtype, z.dtype, *([alpha.dtype] if isinstance(alpha, torch.Tensor) else []))
+        compute = compute_dtype(dtype)
+        fb, fbfy, f2b_mean = (t.to(compute) for t in (self.FB, self.FBFy, self.F2B_mean))
+        z_c, alpha_c = _fold(z, self.planes).to(compute), _alpha_tensor(alpha, z, compute, self.planes)
+        if torch.is_grad_enabled() and not any(t.requires_grad for t in (fb, fbfy, f2b_mean)):
+            if self._zero_fbfy is None or self._zero_fbfy.dtype != compute:
+                self._zero_fbfy = torch.zeros_like(fbfy)
+            out = _SolveForZAndAlpha.apply(z_c, alpha_c, fb, fbfy, f2b_mean, self._zero_fbfy, self.scale)
         else:
-            out = torch.ops.bsrops.usrnet_solve(z_c, self.FB, self.FBFy, self.F2B_mean, alpha_c, self.scale)
-        return out.to(z.dtype)
+            out = torch.ops.bsrops.usrnet_solve(z_c, fb, fbfy, f2b_mean, alpha_c, self.scale)
+        return out.reshape(z.shape).to(_output_dtype(dtype, z))
 
 
 class _SolveForZAndAlpha(torch.autograd.Function):
@@ -284,6 +310,9 @@ def _alpha_check(op, position):
     return lambda *args: check_alpha_values(op, args[position])
 
 
+register_autocast("usrnet_data_step", "float32", (0, 1, 2, 3))
+register_autocast("usrnet_solve", "float32", (0, 1, 2, 3, 4))
+register_autocast("_usrnet_precompute", "float32", (0, 1))
 _backend.register_kernel("reference", "usrnet_data_step", ref.data_step_reference,
                          check=_alpha_check("usrnet_data_step", 3))
 _backend.register_kernel("reference", "_usrnet_data_step_backward", ref.data_step_backward_reference,
