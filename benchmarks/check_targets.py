@@ -46,6 +46,7 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]
 import torch  # noqa: E402
 
 import bench_blur_downsample as bd  # noqa: E402
+import bench_data  # noqa: E402
 import bench_usrnet_data_step as ud  # noqa: E402
 import bench_dpcb as dpcb_bench  # noqa: E402
 import bench_patchgan_conv as pg_bench  # noqa: E402
@@ -341,6 +342,25 @@ def dan_train_step(ctx):
     return [Result(f"DANv2 train step speedup vs BSROPS_BACKEND=reference ({size}: batch {d['batch']}, HR {d['patch']})",
                    t["reference"] / t["bsrops"], 1.0, ">=",
                    note=f"{t['reference'] * 1e3:.0f} ms vs {t['bsrops'] * 1e3:.0f} ms")]
+
+
+# ---- data pipeline ----
+
+@target("data pipeline: paper presets' loaders, prepared form")
+def data_pipeline(ctx):
+    """bench_data.measure at paper size: each paper preset's DataLoader alone, 2 workers, on 100 generated
+    DIV2K-sized images, read from the prepared form and by decoding; the first batch of a fresh process."""
+    results = bench_data.measure("paper", report=ctx.note)
+    rows = []
+    for method, required in (("usrnet", 1000), ("pdm", 1000), ("dan", 300)):
+        prepared, decoded = results[method, "prepared"], results[method, "decoded"]
+        rows.append(Result(f"{method} paper loader, prepared form, 2 workers ({bench_data.describe(method, 'paper')})",
+                           prepared, required, ">=", unit=" samples/s", shown=f"{prepared:.0f} samples/s",
+                           note=f"decoding every crop's file instead: {decoded:.1f} samples/s ({prepared / decoded:.0f}x fewer)"))
+    first = results["first_batch"]
+    rows.append(Result("first batch of a fresh process, 100 prepared DIV2K-sized images", first, 10, "<=", unit=" s",
+                       shown=f"{first:.2f} s", note=f"preparing the 100 HR + 100 LR images: {results['prepare']:.1f} s"))
+    return rows
 
 
 def format_table(results):

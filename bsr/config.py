@@ -29,20 +29,22 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 DEFAULTS = {
     "seed": 0,
     "device": "cpu",
-    "data": {"hr": None, "lr": None, "val": None, "val_lr_name": "{}", "scale": 4, "hr_patch": 96, "num_workers": 0},
+    "data": {"hr": None, "lr": None, "val": None, "val_lr_name": "{}", "scale": 4, "hr_patch": 96, "num_workers": 0,
+             "cache": None},
     "train": {"iters": 100, "batch_size": 4, "grad_clip": 0, "amp": False, "val_every": 0, "save_every": 0,
               "ckpt_every": 0, "log_every": 10},
 }
 
-# The type of each DEFAULTS key whose default is null.
-NULL_TYPES = {"data.hr": "path", "data.lr": "path", "data.val": "path"}
+# The type of each DEFAULTS key whose default is null, or whose default's type is narrower than the key's.
+NULL_TYPES = {"data.hr": "path", "data.lr": "path", "data.val": "path", "data.cache": "path",
+              "data.num_workers": "int_or_auto"}
 
 # Ranges of numeric keys: key -> (test, what it must be). Keys named lr or lr_* must be > 0.
 RANGES = {
     "seed": (lambda v: v >= 0, ">= 0"),
     "data.scale": (lambda v: v >= 1, ">= 1"),
     "data.hr_patch": (lambda v: v >= 1, ">= 1"),
-    "data.num_workers": (lambda v: v >= 0, ">= 0"),
+    "data.num_workers": (lambda v: v == "auto" or v >= 0, ">= 0 or auto"),
     "train.iters": (lambda v: v >= 1, "a whole number >= 1"),
     "train.batch_size": (lambda v: v >= 1, "a whole number >= 1"),
     "train.grad_clip": (lambda v: v >= 0, ">= 0 (0: off)"),
@@ -57,7 +59,8 @@ LEARNING_RATE = (lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
 # from the checkpoint's configuration is refused. A new learning rate moves the optimiser groups built
 # from it (engine.Engine._apply_learning_rates).
 RESUMABLE = ("train.iters", "train.lr", "train.lr_d", "train.lr_G", "train.lr_E", "train.grad_clip",
-             "train.log_every", "train.val_every", "train.save_every", "train.ckpt_every", "device", "data.num_workers")
+             "train.log_every", "train.val_every", "train.save_every", "train.ckpt_every", "device", "data.num_workers",
+             "data.cache")
 
 TYPES = {"path": str, "str": str, "float": float, "int": int, "bool": bool, "list": list}
 
@@ -158,7 +161,7 @@ class Schema:
         self.types = {**NULL_TYPES, **(sections.get("types") or {})}
         self.keys = [key for key, _ in _flatten_values(self.defaults)]
         self.text_keys = {key for key, value in _flatten_values(self.defaults)
-                          if isinstance(value, str) or self.types.get(key) in ("str", "path")}
+                          if self.types.get(key, "str" if isinstance(value, str) else None) in ("str", "path")}
 
     def check(self, values, where):
         """`values` (a nested dict of overrides) with types converted; ConfigError naming the key otherwise."""
@@ -184,7 +187,7 @@ class Schema:
         return f"; did you mean {close[0]!r}?" if close else "; see the method's YAML for the valid keys"
 
     def _value(self, path, value, default, where):
-        expected = self.types.get(path) if default is None else _type_name(default)
+        expected = self.types.get(path) or (None if default is None else _type_name(default))
         if expected is None:
             raise ConfigError(f"config key {path!r} has a null default and no declared type (a `types` entry)")
         if value is None and (default is None or expected == "path"):
@@ -199,7 +202,7 @@ class Schema:
 
 
 _ARTICLE = {"path": "a path (string)", "str": "a string", "float": "a number", "int": "a whole number",
-            "bool": "true or false", "list": "a list"}
+            "bool": "true or false", "list": "a list", "int_or_auto": "a whole number or auto"}
 
 
 def _type_name(default):
@@ -215,6 +218,8 @@ def _convert(value, expected):
         return value if isinstance(value, bool) else None
     if isinstance(value, bool):
         return None
+    if expected == "int_or_auto":
+        return value if value == "auto" else _convert(value, "int")
     if expected == "int":
         if isinstance(value, float) and value.is_integer():
             return int(value)

@@ -29,7 +29,6 @@ import time
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
 
 from . import config as config_lib
 from . import data, methods
@@ -356,12 +355,9 @@ class Engine:
 
     def loader(self):
         """A DataLoader continuing the seeded sample stream at the current step."""
-        bs = int(self.cfg.train.batch_size)
-        sampler = data.SeededSampler(len(self.dataset), bs, int(self.cfg.seed), self.step, self.rank, self.world)
-        workers = int(self.cfg.data.get("num_workers") or 0)
-        return DataLoader(self.dataset, batch_size=bs, sampler=sampler, num_workers=workers,
-                          collate_fn=data.collate_seeds, generator=torch.Generator().manual_seed(self.cfg.seed),
-                          persistent_workers=workers > 0, pin_memory=self.method.device.type == "cuda")
+        return data.train_loader(self.dataset, int(self.cfg.train.batch_size), int(self.cfg.seed),
+                                 self.cfg.data.get("num_workers"), self.step, self.rank, self.world,
+                                 pin_memory=self.method.device.type == "cuda")
 
     def validate(self):
         if not (self.is_main and self.val_items):

@@ -33,15 +33,16 @@ class UntrustedFileError(ValueError):
     """A user-supplied file that cannot be loaded safely or is not what was expected."""
 
 
-def load_untrusted(path, what="file"):
+def load_untrusted(path, what="file", mmap=False):
     """The contents of `path` (see the module docstring for the formats), loaded without executing
-    code; `what` names the file's role in errors ("checkpoint", "--kernel file", ...)."""
+    code; `what` names the file's role in errors ("checkpoint", "--kernel file", ...). `mmap`: the file
+    is read as a .npy file, returned as a read-only memory map (its pages read on access)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} {path!r} does not exist")
     if os.path.getsize(path) == 0:
         raise UntrustedFileError(f"{what} {path!r} is empty")
-    loader = _LOADERS.get(os.path.splitext(path)[1].lower(), _load_torch)
+    loader = _map_npy if mmap else _LOADERS.get(os.path.splitext(path)[1].lower(), _load_torch)
     try:
         return loader(path)
     except Exception as error:
@@ -61,6 +62,10 @@ def _load_safetensors(path):
 
 def _load_npy(path):
     return np.load(path, allow_pickle=False)
+
+
+def _map_npy(path):
+    return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
 def _load_npz(path):

@@ -29,6 +29,15 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _prepared_images_in_a_temporary_folder(tmp_path_factory, monkeypatch):
+    """Training folders' prepared form (bsr.data.cache) goes to the session's temporary folder, not
+    the user's cache folder."""
+    from bsr.data import cache
+
+    monkeypatch.setattr(cache, "default_root", lambda: str(tmp_path_factory.getbasetemp() / "prepared"))
+
+
 # ---- views: every tensor argument of an op fed as a strided, an expanded and a storage-offset view ----
 
 VIEW_KINDS = ("strided", "expanded", "offset")

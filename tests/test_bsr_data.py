@@ -57,6 +57,20 @@ def test_augment_gives_the_eight_dihedral_transforms():
     assert np.array_equal(transforms.augment(image, 0), image)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.float64])
+def test_augment_is_numpys_rotation_then_row_flip_of_a_view(dtype):
+    """The crops are views of a larger, read-only image (a prepared image's memory map)."""
+    image = np.random.default_rng(0).integers(0, 256, (30, 40, 3)).astype(dtype)
+    image.flags.writeable = False
+    crop = image[3:20, 5:29]
+    for mode in range(8):
+        expected = np.rot90(crop, mode % 4)
+        expected = expected[::-1] if mode >= 4 else expected
+        out = transforms.augment(crop, mode)
+        assert out.flags.c_contiguous and out.dtype == dtype and np.array_equal(out, expected), mode
+    assert transforms.augment(crop[..., :1], 1).shape == (24, 17, 1)
+
+
 def test_sampler_ranks_together_equal_one_process_with_their_total_batch():
     def keys(sampler, count):
         stream = iter(sampler)

@@ -1,4 +1,5 @@
-"""bsr.prepare: RealSR's clean HR set (source photos bicubic-shrunk by 2, cropped to a multiple of 4)."""
+"""bsr.prepare: the prepared form of training folders (cache); RealSR's clean HR set (source photos
+bicubic-shrunk by 2, cropped to a multiple of 4)."""
 import os
 import subprocess
 import sys
@@ -8,7 +9,8 @@ import pytest
 import torch
 
 from bsr import prepare
-from bsr.data.io import read_uint8, to_tensor, to_uint8, write_uint8
+from bsr.data import cache
+from bsr.data.io import list_images, read_uint8, to_tensor, to_uint8, write_uint8
 from bsr.degradations import imresize
 
 
@@ -46,3 +48,19 @@ def test_command_line(tmp_path):
         prepare.main(["realsr-hr", str(folder), "--out", str(out), "--factor", "0"])
     with pytest.raises(SystemExit):
         prepare.main([])
+
+
+def test_cache_command_prepares_each_folder(tmp_path, capsys):
+    hr, lr = source_folder(tmp_path), tmp_path / "lr"
+    write_uint8(str(lr / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    prepare.main(["cache", str(hr), str(lr), "--cache", str(tmp_path / "c"), "--threads", "1"])
+    for folder in (hr, lr):
+        for path in list_images(str(folder)):
+            entry = cache.entry_path(str(tmp_path / "c"), path)
+            assert np.array_equal(np.load(entry, allow_pickle=False), read_uint8(path))
+    assert "2 images prepared in" in capsys.readouterr().out
+    prepare.main(["cache", str(hr), "--cache", str(tmp_path / "c")])
+    assert "preparing" not in capsys.readouterr().out  # up to date: nothing decoded
+    for bad in (["--cache", "none"], ["--threads", "0"]):
+        with pytest.raises(SystemExit):
+            prepare.main(["cache", str(hr), *bad])

@@ -3,13 +3,17 @@
 Config keys: data.hr (HR folder; unset = embedded demo photos), data.lr (target-domain LR
 folder for unpaired methods), data.val (validation folder: HR images, or hr/ + lr/
 sub-folders for paired LR, matched by name: data.val_lr_name), data.scale, data.hr_patch,
-data.num_workers.
+data.num_workers (a number, or auto: loader.resolve_workers), data.cache (where the training folders'
+prepared form goes: cache.py; none: decode every crop's file).
 """
 import os
 
-from . import demo_set
+import torch.distributed as dist
+
+from . import cache, demo_set
 from .datasets import HRCrops, ImageSet, SeededSampler, UnpairedCrops, collate_seeds
 from .io import ImageError, list_images, read_image, read_uint8, to_tensor, write_image
+from .loader import resolve_workers, train_loader
 from .transforms import check_size, modcrop
 
 
@@ -18,17 +22,29 @@ def train_dataset(cfg, data_kind, augment_hr=True):
     `augment_hr=False`: unpaired HR crops without the random flip/rotation."""
     d = cfg.data
     if data_kind == "hr":
-        images = ImageSet.from_folder(d.hr) if d.hr else demo_set.image_set(demo_set.TRAIN)
+        images = folder_images(cfg, d.hr) if d.hr else demo_set.image_set(demo_set.TRAIN)
         return HRCrops(images, d.hr_patch, d.scale)
     if d.hr and not d.lr:
         raise ValueError(f"method {cfg.method} trains on unpaired data: set data.lr to a folder of LR images")
-    hr = ImageSet.from_folder(d.hr) if d.hr else demo_set.image_set(demo_set.UNPAIRED_HR)
+    hr = folder_images(cfg, d.hr) if d.hr else demo_set.image_set(demo_set.UNPAIRED_HR)
     return UnpairedCrops(hr, lr_images(cfg), d.hr_patch, d.scale, augment_hr)
 
 
 def lr_images(cfg):
     """The target-domain LR images of an unpaired method: data.lr, or the embedded demo's."""
-    return ImageSet.from_folder(cfg.data.lr) if cfg.data.lr else demo_set.unpaired_lr_set(cfg.data.scale)
+    return folder_images(cfg, cfg.data.lr) if cfg.data.lr else demo_set.unpaired_lr_set(cfg.data.scale)
+
+
+def folder_images(cfg, folder):
+    """The ImageSet of a training folder: its prepared form under data.cache (prepared first where
+    missing: under torchrun by local rank 0 of each machine while every process waits), or with
+    data.cache none its files, decoded on every access."""
+    root = cache.cache_root(cfg.data.get("cache"))
+    if root is None:
+        return ImageSet.from_folder(folder)
+    builder = int(os.environ.get("LOCAL_RANK", "0")) == 0
+    barrier = dist.barrier if dist.is_available() and dist.is_initialized() else None
+    return ImageSet(cache.prepared_items(folder, root, builder, barrier))
 
 
 def validation_source(cfg, folder=None):
@@ -118,6 +134,6 @@ def validation_items(cfg, method, folder=None):
     return items
 
 
-__all__ = ["HRCrops", "ImageError", "ImageSet", "SeededSampler", "UnpairedCrops", "collate_seeds", "demo_set",
-           "list_images", "lr_images", "paired_files", "read_image", "read_uint8", "train_dataset", "validation_items",
-           "validation_source", "write_image"]
+__all__ = ["HRCrops", "ImageError", "ImageSet", "SeededSampler", "UnpairedCrops", "cache", "collate_seeds", "demo_set",
+           "folder_images", "list_images", "lr_images", "paired_files", "read_image", "read_uint8", "resolve_workers",
+           "train_dataset", "train_loader", "validation_items", "validation_source", "write_image"]

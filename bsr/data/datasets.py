@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from .cache import MappedImage
 from .io import read_uint8, list_images, to_tensor
 from .transforms import augment, check_size, random_crop
 
@@ -27,11 +28,13 @@ class SeededSampler(Sampler):
     def __init__(self, num_images, batch_size, seed, start_step=0, rank=0, world_size=1):
         self.num_images, self.batch_size, self.seed = num_images, batch_size, seed
         self.start_step, self.rank, self.world_size = start_step, rank, world_size
+        self._order = (None, None)  # (pass, its permutation): drawn once per pass
 
     def key(self, n):
         epoch, position = divmod(n, self.num_images)
-        image = np.random.default_rng([self.seed, epoch]).permutation(self.num_images)[position]
-        return int(image), sample_seed(self.seed, n)
+        if self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_images))
+        return int(self._order[1][position]), sample_seed(self.seed, n)
 
     def __iter__(self):
         step = self.start_step
@@ -43,10 +46,11 @@ class SeededSampler(Sampler):
 
 
 class ImageSet:
-    """Named images from files (read on access) or in-memory HWC uint8 arrays."""
+    """Named (H, W, 3) uint8 images: files decoded on access, prepared entries memory-mapped on access
+    (cache.MappedImage), or in-memory arrays."""
 
     def __init__(self, items):
-        self.items = list(items)  # (name, path or array)
+        self.items = list(items)  # (name, path, MappedImage or array)
         if not self.items:
             raise ValueError("an image set needs at least one image")
 
@@ -59,7 +63,9 @@ class ImageSet:
 
     def __getitem__(self, index):
         name, source = self.items[index]
-        return name, read_uint8(source) if isinstance(source, str) else source
+        if isinstance(source, str):
+            return name, read_uint8(source)
+        return name, source.pixels() if isinstance(source, MappedImage) else source
 
     def check(self, min_size):
         """Read every image once: an unreadable or too small one fails now, naming its file."""

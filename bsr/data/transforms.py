@@ -1,4 +1,5 @@
 """Crops aligned to the scale and the 8-way (dihedral) augmentation, on HWC numpy arrays."""
+import cv2
 import numpy as np
 
 from .io import ImageError
@@ -19,12 +20,18 @@ def random_crop(image, size, rng, align=1):
     return image[top:top + size, left:left + size]
 
 
+ROTATIONS = (None, cv2.ROTATE_90_COUNTERCLOCKWISE, cv2.ROTATE_180, cv2.ROTATE_90_CLOCKWISE)
+
+
 def augment(image, mode):
-    """Dihedral transform `mode` in 0..7: rotate by 90 * (mode % 4) degrees, then flip if mode >= 4."""
-    image = np.rot90(image, mode % 4)
+    """Dihedral transform `mode` in 0..7 of an (H, W, C) array: rotate by 90 * (mode % 4) degrees
+    counter-clockwise (as np.rot90), then flip the rows if mode >= 4; a C-contiguous array. OpenCV
+    moves whole pixels where numpy's strided copy of a rotated view moves single bytes."""
+    rotation = ROTATIONS[mode % 4]
+    out = np.ascontiguousarray(image) if rotation is None else cv2.rotate(image, rotation)
     if mode >= 4:
-        image = image[::-1]
-    return np.ascontiguousarray(image)
+        out = cv2.flip(out, 0)
+    return out.reshape(out.shape[:2] + image.shape[2:])  # OpenCV drops a single channel's axis
 
 
 def modcrop(image, multiple):
