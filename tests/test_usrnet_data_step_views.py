@@ -59,6 +59,23 @@ def test_data_step_every_argument_as_a_view(group, layout, view_kind, assert_vie
                        backends, only=only)
 
 
+@pytest.mark.parametrize("kernel_channels", [2, 1], ids=["per_channel", "one_for_all"])
+def test_data_step_with_a_4d_kernel_every_argument_as_a_view(kernel_channels, view_kind, assert_views_match):
+    """Per-channel (N, C, kh, kw) and (N, 1, kh, kw) kernels, which run as views (per channel: z, y and the kernel
+    as N*C single-channel images)."""
+    g = torch.Generator().manual_seed(9)
+    z = torch.randn(N, 2, 2 * H, 2 * W, generator=g, dtype=torch.float64)
+    y = torch.randn(N, 2, H, W, generator=g, dtype=torch.float64)
+    kernel = torch.rand(N, kernel_channels, 3, 2, generator=g, dtype=torch.float64)
+    alpha = torch.rand(N, generator=g, dtype=torch.float64) + 0.2
+
+    def run(z, y, kernel, alpha):
+        return bsrops.usrnet_data_step(z, y, kernel, alpha, 2)
+
+    assert_views_match(run, dict(z=z, y=y, kernel=kernel, alpha=alpha), ["z", "y", "kernel", "alpha"], view_kind,
+                       ["cpu", "reference"])
+
+
 @pytest.mark.parametrize("group", GROUPS, ids=GROUP_IDS)
 def test_solve_every_argument_as_a_view(group, view_kind, assert_views_match):
     backends, scale = group

@@ -4,8 +4,8 @@
   (`result_dtype`, `promote`).
 - Under torch.autocast each op's autocast kernel, registered for the dispatcher's AutocastCPU and AutocastCUDA keys
   (`register_autocast`), casts its floating inputs: "lower" ops to the autocast dtype, "float32" ops from
-  float16 / bfloat16 to float32. As autocast does, float64 tensors are left alone; one among the cast inputs
-  promotes the others. The op then runs with that device's autocast off.
+  float16 / bfloat16 to float32; with a float64 among them all run in float64 (autocast leaves float64 alone). The
+  op then runs with that device's autocast off.
 - The fused elementwise kernels of dpcb and patchgan_conv are float32 / float64 kernels on every backend;
   `run_fused` runs them on float32 copies of float16 / bfloat16 tensors.
 
@@ -43,25 +43,20 @@ def compute_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _autocast_target(policy, device_type, dtype):
-    if dtype == torch.float64:
-        return dtype
-    if policy == "lower":
-        return torch.get_autocast_dtype(device_type)
-    return torch.float32 if dtype in HALF_DTYPES else dtype
-
-
 def autocast_arguments(args, positions, policy, device_type):
-    """args with the floating tensors at `positions` (on `device_type`) cast by `policy`, then promoted to one
-    dtype (a float64 among them wins)."""
+    """args with the floating tensors at `positions` (on `device_type`) in one dtype: float64 where one of them is
+    (as outside autocast), else the autocast dtype (policy "lower") or float32 (policy "float32")."""
     args = list(args)
     cast = [i for i in positions
             if isinstance(args[i], torch.Tensor) and args[i].is_floating_point() and args[i].device.type == device_type]
+    if not cast:
+        return args
+    if result_dtype(*(args[i] for i in cast)) == torch.float64:
+        dtype = torch.float64
+    else:
+        dtype = torch.get_autocast_dtype(device_type) if policy == "lower" else torch.float32
     for i in cast:
-        args[i] = args[i].to(_autocast_target(policy, device_type, args[i].dtype))
-    if cast:
-        for i, value in zip(cast, promote(*(args[i] for i in cast))):
-            args[i] = value
+        args[i] = args[i].to(dtype)
     return args
 
 
