@@ -5,8 +5,10 @@ Groups (BSR_BENCH_SIZE=paper, the default):
                                  per-output-pixel kernels (N, k*k, 32, 32), the PDM-style op
   blur_downsample/per_image      the same shapes with one (k, k) kernel per image (DAN BatchBlur)
   blur_downsample/per_image_pdm  per-image kernels at PDM's batch, N=32
+  blur_downsample/per_image_s1   per-image kernels at stride 1 (BasicSR's and DAN's degradation blur)
+  blur_downsample/shared_s1      one shared (k, k) kernel at stride 1
 Providers: reference (the unfold reference for per-pixel kernels, the grouped-conv
-reference for per-image ones), compiled_reference (torch.compile of it), bsrops_cpu;
+reference for per-image and shared ones), compiled_reference (torch.compile of it), bsrops_cpu;
 modes: forward, forward+backward (grads w.r.t. x and the kernel). Plus `kernel.clone()`
 of the per-pixel kernel tensor: the bandwidth floor of the per-pixel forward.
 
@@ -36,16 +38,22 @@ SHAPES = {
         "per_pixel": dict(n=16, c=3, h=128, w=128, k=21, s=4),
         "per_image": dict(n=16, c=3, h=128, w=128, k=21, s=4),
         "per_image_pdm": dict(n=32, c=3, h=128, w=128, k=21, s=4),
+        "per_image_s1": dict(n=16, c=3, h=128, w=128, k=21, s=1),
+        "shared_s1": dict(n=16, c=3, h=128, w=128, k=21, s=1),
     },
     "smoke": {
         "per_pixel": dict(n=2, c=3, h=24, w=24, k=7, s=4),
         "per_image": dict(n=2, c=3, h=24, w=24, k=7, s=4),
         "per_image_pdm": dict(n=3, c=3, h=24, w=24, k=7, s=4),
+        "per_image_s1": dict(n=2, c=3, h=24, w=24, k=7, s=1),
+        "shared_s1": dict(n=2, c=3, h=24, w=24, k=7, s=1),
     },
 }
 KINDS = tuple(SHAPES["paper"])
 PROVIDERS = ("reference", "compiled_reference", "bsrops_cpu")
 MODES = ("forward", "forward+backward")
+# the forward and one gradient: what each half of the backward costs alone
+GRADIENT_MODES = {"forward+backward": ("x", "kernel"), "fwd+grad x": ("x",), "fwd+grad kernel": ("kernel",)}
 PADDING = "reflect"
 ELEMENT = torch.float32
 
@@ -54,18 +62,26 @@ def shape(kind, size):
     return SHAPES[size][kind]
 
 
+def kernel_layout(kind):
+    return "per_pixel" if kind == "per_pixel" else "shared" if kind.startswith("shared") else "per_image"
+
+
 def make_inputs(kind, size, requires_grad=False, seed=0):
-    """x (N, C, H, W), the kernel (per pixel: softmax over the k*k taps), grad_out, stride."""
+    """x (N, C, H, W), the kernel (softmax over the k*k taps; per pixel (N, k*k, Ho, Wo), per image (N, k, k),
+    shared (k, k)), grad_out, stride."""
     d = shape(kind, size)
     gen = torch.Generator().manual_seed(seed)
     out_h, out_w = -(-d["h"] // d["s"]), -(-d["w"] // d["s"])
     x = torch.randn(d["n"], d["c"], d["h"], d["w"], generator=gen, dtype=ELEMENT)
-    if kind == "per_pixel":
+    layout = kernel_layout(kind)
+    if layout == "per_pixel":
         logits = torch.randn(d["n"], d["k"] * d["k"], out_h, out_w, generator=gen, dtype=ELEMENT)
         kernel = torch.softmax(logits, dim=1)
     else:
-        logits = torch.randn(d["n"], d["k"] * d["k"], generator=gen, dtype=ELEMENT)
-        kernel = torch.softmax(logits, dim=1).view(d["n"], d["k"], d["k"])
+        images = 1 if layout == "shared" else d["n"]
+        logits = torch.randn(images, d["k"] * d["k"], generator=gen, dtype=ELEMENT)
+        kernel = torch.softmax(logits, dim=1).view(images, d["k"], d["k"])
+        kernel = kernel[0] if layout == "shared" else kernel
     grad_out = torch.randn(d["n"], d["c"], out_h, out_w, generator=gen, dtype=ELEMENT)
     x.requires_grad_(requires_grad)
     kernel.requires_grad_(requires_grad)
@@ -122,28 +138,29 @@ def make_copy_case(size):
     return kernel.clone
 
 
-def tensor_bytes(kind, size):
+def tensor_bytes(kind, size, dtype=ELEMENT):
     """Bytes of x, kernel, out (= grad_out) of one case."""
     d = shape(kind, size)
     out_h, out_w = -(-d["h"] // d["s"]), -(-d["w"] // d["s"])
     taps = d["k"] * d["k"]
-    elem = torch.finfo(ELEMENT).bits // 8
-    kernel = d["n"] * taps * out_h * out_w if kind == "per_pixel" else d["n"] * taps
+    elem = torch.finfo(dtype).bits // 8
+    layout = kernel_layout(kind)
+    kernel = d["n"] * taps * out_h * out_w if layout == "per_pixel" else taps if layout == "shared" else d["n"] * taps
     return {"x": d["n"] * d["c"] * d["h"] * d["w"] * elem, "kernel": kernel * elem,
             "out": d["n"] * d["c"] * out_h * out_w * elem}
 
 
-def traffic_bytes(kind, mode, size):
-    """What the mode must read and write at least.
+def traffic_bytes(kind, mode, size, dtype=ELEMENT):
+    """What the mode (MODES or GRADIENT_MODES) must read and write at least.
 
-    forward: read x and the kernel, write out. forward+backward: that, plus the backward
-    reading grad_out, x and the kernel and writing grad_x and grad_kernel.
+    forward: read x and the kernel, write out. The backward adds reading grad_out once and, per gradient,
+    reading the other operand and writing the gradient (grad_x reads the kernel, grad_kernel reads x).
     """
-    b = tensor_bytes(kind, size)
+    b = tensor_bytes(kind, size, dtype)
     forward = b["x"] + b["kernel"] + b["out"]
     if mode == "forward":
         return forward
-    return forward + b["out"] + b["x"] + b["kernel"] + b["x"] + b["kernel"]
+    return forward + b["out"] + len(GRADIENT_MODES[mode]) * (b["kernel"] + b["x"])
 
 
 def native_calls():

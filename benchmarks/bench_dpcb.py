@@ -39,7 +39,7 @@ at 32 channels channels_last convolutions gain less than at 64, so the block run
 eager's speed with less memory.
 On a GPU the same traffic is a few tens of microseconds at HBM bandwidth, comparable to the
 op's extra launches and Python glue per call: there the convolutions keep the caller's layout
-(benchmarks/gpu_conv_blocks.py measures the blocks on a device).
+(benchmarks/gpu_suite.py measures the blocks on a device).
 Inference (bsrops runs _dpcb_inference, see ops/dpcb.py). Estimator shape: four 32->32 3x3
 convs of 0.30 GMAC are almost all of the block; eager's elementwise part moves 13 units of
 4 MiB (LeakyReLUs 2 x 2, mul 3, adds 3 + 3), the op 7 units in place (addcmul 4, add_ 3), its

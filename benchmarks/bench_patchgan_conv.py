@@ -27,7 +27,7 @@ y-sized reorder buffers): grad_y leaves the norm's backward in channels_last (1 
 y's size), x goes to channels_last for the weight gradient and grad_x back (2 of x's, twice y's
 size). The conv dominates the block's time, so the fused part's gain shows as a smaller one for
 the block. On a GPU the saved traffic (7 units of 8.4 MB) is about what the op's extra launches
-and per-call overhead cost (benchmarks/gpu_conv_blocks.py measures it on a device).
+and per-call overhead cost (benchmarks/gpu_suite.py measures it on a device).
 """
 import functools
 
@@ -66,15 +66,19 @@ def _compiled(size):
     return torch.compile(reference, dynamic=False)
 
 
+def make_input(size, seed=0):
+    """The block's input x (N, Cin, H, W)."""
+    d = SHAPES[size]
+    return torch.randn(d["n"], d["cin"], d["h"], d["w"], generator=torch.Generator().manual_seed(seed))
+
+
 def make_case(provider, mode, size):
     """A zero-argument callable running the whole block once in `mode`."""
     ours, reference = make_modules(size)
     module = {"bsrops_cpu": ours, "reference": reference}.get(provider)
     if provider == "compiled_reference":
         module = _compiled(size)
-    d = SHAPES[size]
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(d["n"], d["cin"], d["h"], d["w"], generator=gen)
+    x = make_input(size)
     if mode == "inference":
         def run():
             with torch.inference_mode():

@@ -59,6 +59,19 @@ def make_inputs(kind, size, seed=0):
     return z, y, kernel, alphas, torch.randn(hr, generator=gen, dtype=ELEMENT)
 
 
+def traffic_bytes(kind, mode, size, dtype=ELEMENT):
+    """Bytes the chain moves in the FFT formulation, the precompute left out: per data step z read and its
+    half spectrum written (rfft2), that spectrum, FB and FBFy read and the solution's spectrum written (the
+    solve), that spectrum read and x written (irfft2); spectra complex64 (half precision is solved in
+    float32). The backward of a step is one more solve of that traffic."""
+    d = shape(kind, size)
+    height, width = d["s"] * d["h"], d["s"] * d["w"]
+    half_spectrum = d["n"] * height * (width // 2 + 1) * 8  # one channel
+    image = d["n"] * d["c"] * height * width * torch.finfo(dtype).bits // 8
+    step = 2 * image + 5 * d["c"] * half_spectrum + half_spectrum  # z, x; 4 passes of z's spectrum + FBFy; FB
+    return d["iterations"] * step * (1 if mode == "forward" else 2)
+
+
 def official_chain(z, y, kernel, alphas, scale):
     fb, fbc, f2b, fbfy = ref.official_precompute(y, kernel, scale)
     for i in range(alphas.shape[1]):

@@ -34,7 +34,6 @@ import argparse
 import dataclasses
 import datetime
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -54,6 +53,7 @@ import bench_train_step as train_steps  # noqa: E402
 import bsrops  # noqa: E402
 import fresh_process  # noqa: E402
 from memory import format_bytes, peak_extra_memory  # noqa: E402
+from report import cpu_model, free_stem, load_average, markdown_table  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -198,6 +198,35 @@ def blur_downsample_per_image(ctx):
         ref_t, ours = t[f"{kind} reference (grouped conv) fwd+bwd"], t[f"{kind} bsrops cpu fwd+bwd"]
         results.append(Result(f"per-image fwd+bwd speedup vs grouped conv (N={d['n']})", ref_t / ours, 2, ">=",
                               note=f"{ref_t * 1e3:.1f} ms vs {ours * 1e3:.2f} ms"))
+    return results
+
+
+@target("blur_downsample stride 1 (BasicSR and DAN degradation blur)")
+def blur_downsample_stride_1(ctx):
+    """The degradation blur of BasicSR and DAN: per-image and shared kernels at stride 1, forward (no grad) and
+    forward+backward, at 1 and 2 torch threads, against the grouped convolution."""
+    size = "paper"
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            for kind in ("per_image_s1", "shared_s1"):
+                d = bd.shape(kind, size)
+                names = {(provider, mode): f"{kind} {provider} {mode}, {n_threads} thread(s)"
+                         for mode in bd.MODES for provider in ("reference", "bsrops_cpu")}
+                calls = bsrops.kernel_calls()
+                t = ctx.time({name: bd.make_case(kind, provider, mode, size)
+                              for (provider, mode), name in names.items()})
+                assert bsrops.kernel_calls().get("blur_downsample.cpu", 0) > calls.get("blur_downsample.cpu", 0)
+                for mode in bd.MODES:
+                    theirs, ours = t[names["reference", mode]], t[names["bsrops_cpu", mode]]
+                    results.append(Result(
+                        f"stride-1 {bd.kernel_layout(kind).replace('_', '-')} {mode} speedup vs grouped conv "
+                        f"(N={d['n']} {d['h']}x{d['w']} k={d['k']}, {n_threads} thread{'s' if n_threads > 1 else ''})",
+                        theirs / ours, 1.0, ">=", note=f"{theirs * 1e3:.2f} ms vs {ours * 1e3:.2f} ms"))
+    finally:
+        torch.set_num_threads(threads)
     return results
 
 
@@ -365,29 +394,9 @@ def data_pipeline(ctx):
 
 def format_table(results):
     """The results as a Markdown table, then their notes as a list."""
-    header = ["target", "measured", "required", "pass"]
-    rows = [header] + [r.cells() for r in results]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    line = lambda row: "| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |"
-    lines = [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(row) for row in rows[1:]]
+    table = markdown_table(["target", "measured", "required", "pass"], [r.cells() for r in results])
     notes = [f"- {r.target}: {r.note}" for r in results if r.note]
-    return "\n".join(lines + ([""] + notes if notes else []))
-
-
-def cpu_model():
-    """The CPU's model name (/proc/cpuinfo on Linux, else platform's processor string)."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def load_average():
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return "\n".join([table] + ([""] + notes if notes else []))
 
 
 def run_header(argv):
@@ -406,11 +415,7 @@ def run_header(argv):
 
 def results_path(folder, day):
     """folder/cpu-<day>.md, or cpu-<day>-<n>.md when earlier runs of that day are there (never overwritten)."""
-    path, n = os.path.join(folder, f"cpu-{day}.md"), 1
-    while os.path.exists(path):
-        n += 1
-        path = os.path.join(folder, f"cpu-{day}-{n}.md")
-    return path
+    return free_stem(folder, f"cpu-{day}", (".md",)) + ".md"
 
 
 def write_results(folder, header, loads, table, summary):
