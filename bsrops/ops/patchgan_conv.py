@@ -32,6 +32,10 @@ forward+backward, the eager norm + activation ~13 passes over 8 MiB tensors, the
 on a GPU the traffic saved is small against the op's per-call overhead at this size. With
 norm='none' the LeakyReLU is a oneDNN post-op of the conv on CPU float32 when no gradient is
 recorded.
+
+Precision (docs/ops.md): the convolution runs in x's dtype; the norm in `norm_dtype` (float32 for
+float16 / bfloat16, whose fused kernels run on float32 copies), its statistics kept in it, its output
+rounded to y's dtype; the running statistics keep their dtype.
 """
 import math
 
