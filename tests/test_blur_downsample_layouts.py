@@ -12,6 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import bsrops
 from bsrops.reference.blur_downsample import PADDINGS, blur_downsample_loop, geometry
+from test_blur_downsample import calls_delta
 from tolerances import assert_close_to_float64
 from triton_sm90 import TRITON_ERROR
 
@@ -55,13 +56,6 @@ def assert_layout_matches_loop(x, kernel, layout, stride, padding, flip, kernel_
     for name, actual, expected, like in zip(("out", "grad_x", "grad_kernel"), ours, truth, (grad_out, x, kernel)):
         assert actual.shape == like.shape and actual.dtype == like.dtype, name
         assert_close_to_float64(actual, expected)
-
-
-def calls_delta(run):
-    before = bsrops.kernel_calls()
-    run()
-    after = bsrops.kernel_calls()
-    return {name: after[name] - before.get(name, 0) for name in after if after[name] != before.get(name, 0)}
 
 
 MATRIX = [(layout, stride, k, flip, PADDINGS[i % len(PADDINGS)]) for i, (layout, stride, k, flip) in

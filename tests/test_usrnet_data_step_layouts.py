@@ -7,9 +7,10 @@ import torch
 
 import bsrops
 from bsrops.reference import usrnet_data_step as ref
+from test_usrnet_data_step import case_id
 from tolerances import assert_close_to_float64
 
-# n, c, h, w (LR), scale, kh, kw, kernel layout
+# n, c, h, w (LR), scale, kh, kw, kernel layout ("per_channel" (N, C, kh, kw), "one_for_all" (N, 1, kh, kw))
 CASES = [
     (2, 3, 5, 4, 2, 3, 4, "per_channel"),
     (1, 2, 4, 6, 3, 5, 5, "per_channel"),
@@ -18,11 +19,6 @@ CASES = [
     (2, 3, 4, 5, 2, 5, 4, "one_for_all"),
     (1, 1, 5, 3, 3, 6, 6, "one_for_all"),
 ]
-
-
-def case_id(case):
-    n, c, h, w, s, kh, kw, layout = case
-    return f"{n}x{c}x{h}x{w}-s{s}-k{kh}x{kw}-{layout}"
 
 
 def make_inputs(n, c, h, w, s, kh, kw, layout):
