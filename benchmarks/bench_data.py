@@ -81,19 +81,37 @@ def paper_loader(method, size, hr, lr, cache):
     return data.train_loader(dataset, cfg.train.batch_size, cfg.seed, SIZES[size]["workers"]), cfg
 
 
+def cpu_seconds(pids):
+    """User + system CPU seconds of this process and the processes `pids` (Linux /proc; None elsewhere)."""
+    try:
+        ticks = 0
+        for pid in pids:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    except OSError:
+        return None
+    return time.process_time() + ticks / os.sysconf("SC_CLK_TCK")
+
+
 def samples_per_second(loader, batch_size, batches, workers):
-    """Samples per second of `batches` batches, after each worker's first batch."""
+    """(samples per second, CPU seconds per sample of this process and the workers together) over
+    `batches` batches, after each worker's first batch."""
     stream = iter(loader)
     for _ in range(max(1, workers)):
         next(stream)
-    start = time.perf_counter()
+    pids = [worker.pid for worker in getattr(stream, "_workers", [])]
+    start, cpu = time.perf_counter(), cpu_seconds(pids)
     for _ in range(batches):
         next(stream)
-    return batches * batch_size / (time.perf_counter() - start)
+    elapsed, samples = time.perf_counter() - start, batches * batch_size
+    end_cpu = cpu_seconds(pids)
+    return samples / elapsed, None if cpu is None or end_cpu is None else (end_cpu - cpu) / samples
 
 
 def throughput(method, form, size, hr, lr, cache):
-    """Samples per second of `method`'s paper loader, reading the prepared form or decoding."""
+    """(samples per second, CPU seconds per sample) of `method`'s paper loader, reading the prepared form
+    or decoding."""
     loader, cfg = paper_loader(method, size, hr, lr, cache if form == "prepared" else "none")
     s = SIZES[size]
     batches = s["batches"] if form == "prepared" else s["decoded_batches"]
@@ -132,7 +150,8 @@ def prepare(hr, lr, cache):
 
 
 def measure(size, report=print):
-    """{"prepare": s, "first_batch": s, (method, form): samples/s} on freshly generated folders."""
+    """{"prepare": s, "first_batch": s, (method, form): (samples/s, CPU s per sample)} on freshly generated
+    folders."""
     results = {}
     with image_folders(size) as (hr, lr, cache):
         results["prepare"] = prepare(hr, lr, cache)
@@ -141,8 +160,8 @@ def measure(size, report=print):
         report(f"first batch of a fresh process (usrnet paper, prepared): {results['first_batch']:.2f} s")
         for method in METHODS:
             for form in FORMS:
-                results[method, form] = throughput(method, form, size, hr, lr, cache)
-                report(f"{method} {form}: {results[method, form]:.0f} samples/s")
+                rate, cpu = results[method, form] = throughput(method, form, size, hr, lr, cache)
+                report(f"{method} {form}: {rate:.0f} samples/s, {format_cpu(cpu)} per sample")
     return results
 
 
@@ -153,14 +172,20 @@ def describe(method, size):
     return f"{cfg.train.batch_size} x {cfg.data.hr_patch}²{lr}"
 
 
+def format_cpu(seconds):
+    return "CPU time unknown" if seconds is None else f"{seconds * 1e3:.2f} CPU ms"
+
+
 def format_table(results, size):
-    lines = ["| method (paper preset) | batch x crops | prepared samples/s | decoded samples/s | ratio |",
-             "|---|---|---|---|---|"]
+    lines = ["| method (paper preset) | batch x crops | prepared: samples/s | CPU per sample | "
+             "decoded: samples/s | CPU per sample |", "|---|---|---|---|---|---|"]
     for method in METHODS:
-        prepared, decoded = results[method, "prepared"], results[method, "decoded"]
-        lines.append(f"| {method} | {describe(method, size)} | {prepared:.0f} | {decoded:.1f} | {prepared / decoded:.0f}x |")
-    lines += ["", f"- workers: {SIZES[size]['workers']}; preparing the folders: {results['prepare']:.1f} s; "
-                  f"first batch of a fresh process: {results['first_batch']:.2f} s"]
+        (prepared, prepared_cpu), (decoded, decoded_cpu) = results[method, "prepared"], results[method, "decoded"]
+        lines.append(f"| {method} | {describe(method, size)} | {prepared:.0f} | {format_cpu(prepared_cpu)} | "
+                     f"{decoded:.1f} | {format_cpu(decoded_cpu)} |")
+    lines += ["", f"- workers: {SIZES[size]['workers']}; CPU per sample: the main process and the workers together; "
+                  f"preparing the folders: {results['prepare']:.1f} s; first batch of a fresh process: "
+                  f"{results['first_batch']:.2f} s"]
     return "\n".join(lines)
 
 

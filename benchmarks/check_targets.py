@@ -386,10 +386,11 @@ def data_pipeline(ctx):
     results = bench_data.measure("paper", report=ctx.note)
     rows = []
     for method, required in (("usrnet", 1000), ("pdm", 1000), ("dan", 300)):
-        prepared, decoded = results[method, "prepared"], results[method, "decoded"]
+        (prepared, cpu), (decoded, _) = results[method, "prepared"], results[method, "decoded"]
         rows.append(Result(f"{method} paper loader, prepared form, 2 workers ({bench_data.describe(method, 'paper')})",
                            prepared, required, ">=", unit=" samples/s", shown=f"{prepared:.0f} samples/s",
-                           note=f"decoding every crop's file instead: {decoded:.1f} samples/s ({prepared / decoded:.0f}x fewer)"))
+                           note=f"{bench_data.format_cpu(cpu)} per sample (main process and workers); decoding every "
+                                f"crop's file instead: {decoded:.1f} samples/s ({prepared / decoded:.0f}x fewer)"))
     first = results["first_batch"]
     rows.append(Result("first batch of a fresh process, 100 prepared DIV2K-sized images", first, 10, "<=", unit=" s",
                        shown=f"{first:.2f} s", note=f"preparing the 100 HR + 100 LR images: {results['prepare']:.1f} s"))

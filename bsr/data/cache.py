@@ -74,7 +74,7 @@ def map_entry(path, source):
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ImageError(f"the prepared form of image {source!r}, {path!r}, holds a {pixels.dtype} array of shape "
                          f"{pixels.shape}, not (H, W, 3) uint8; delete it and prepare the folder again")
-    return pixels
+    return np.asarray(pixels)  # a plain array over the map: slicing it skips np.memmap's Python hooks
 
 
 def is_usable(path):

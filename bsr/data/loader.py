@@ -9,7 +9,7 @@ from .cache import usable_cpus
 from .datasets import SeededSampler, collate_seeds
 
 MAX_AUTO_WORKERS = 8
-PREFETCH_BATCHES = 4  # batches each worker keeps ready
+PREFETCH_BATCHES = 2  # batches each worker keeps ready
 
 
 def resolve_workers(setting, local_world_size=None, cpus=None):
