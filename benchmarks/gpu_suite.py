@@ -51,6 +51,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import importlib.metadata
 import json
 import math
 import os
@@ -409,7 +410,9 @@ def measure(row, call, sets, reference64, provider, env):
 
 
 def describe(error):
-    return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"[:200]
+    """The exception's type and the first line of its message, at most 200 characters."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:200]
 
 
 # ---- the suite ----
@@ -571,10 +574,18 @@ def device_slug(device):
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+def package_version(name):
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def environment_info(env, argv, build_s):
     """What the results were measured with."""
     info = {"date": datetime.date.today().isoformat(), "dry_run": env.device.type == "cpu",
-            "torch": torch.__version__, "cuda": torch.version.cuda, "bsrops": bsrops.build_info(),
+            "torch": torch.__version__, "cuda": torch.version.cuda, "triton": package_version("triton"),
+            "bsrops": bsrops.build_info(),
             "host": f"{cpu_model()}, {os.cpu_count()} CPUs", "copy_GBps": env.copy_bps / 1e9,
             "build_s": build_s, "tf32": False, "rounds": env.rounds, "compile": env.args.compile,
             "command": shlex.join(["python3", os.path.relpath(os.path.abspath(__file__))] + list(argv))}
@@ -616,7 +627,9 @@ def build_native():
                           capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"the build failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return time.monotonic() - start
+    seconds = time.monotonic() - start
+    print(f"built in {seconds:.0f} s", flush=True)
+    return seconds
 
 
 def parse_args(argv):

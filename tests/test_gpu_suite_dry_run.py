@@ -125,3 +125,19 @@ def test_without_cuda_the_suite_asks_for_the_dry_run(tmp_path):
         pytest.skip("a CUDA device is present")
     with pytest.raises(SystemExit, match="--dry-run"):
         gpu_suite.main(["--results", str(tmp_path)])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
+                    reason="needs a CUDA device and compiled Triton (TRITON_INTERPRET=0)")
+def test_on_a_gpu_every_timer_is_measured(tmp_path):
+    assert gpu_suite.main(["--results", str(tmp_path), "--only", "blur shared", "--compile", "none"]) == 0
+    [results] = tmp_path.glob("gpu-*.json")
+    for row in json.loads(results.read_text())["rows"]:
+        if row["provider"] == "compiled":
+            assert row["status"] == "skipped" and row["reason"] == "--compile none"
+            continue
+        assert row["status"] == "ok", row
+        assert row["wall_us"] > 0 and row["gpu_us"] > 0 and row["host_us"] > 0 and row["peak_mib"] >= 0, row
+        assert row["max_err"] < MAX_ERROR[row["dtype"]], row
+        if row["provider"] in ("cuda", "triton"):
+            assert row["kernels"] and all(name.endswith("." + row["provider"]) for name in row["kernels"]), row
