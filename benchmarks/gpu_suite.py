@@ -618,6 +618,8 @@ def write_results(stem, info, workload_list, rows, seconds):
 
 def build_native():
     """Build bsrops._C in place for this device's architecture only, against the installed torch; its seconds."""
+    if not torch.cuda.is_available():
+        sys.exit("gpu_suite.py --build: no CUDA device to build for; --dry-run runs every case on the CPU")
     major, minor = torch.cuda.get_device_capability()
     env = {**os.environ, "TORCH_CUDA_ARCH_LIST": f"{major}.{minor}", "BSROPS_WITH_CUDA": "1",
            "BSROPS_REQUIRE_EXT": "1", "MAX_JOBS": str(os.cpu_count())}

@@ -123,8 +123,10 @@ def test_a_wrong_kernel_shows_in_max_error(tmp_path, monkeypatch):
 def test_without_cuda_the_suite_asks_for_the_dry_run(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    with pytest.raises(SystemExit, match="--dry-run"):
-        gpu_suite.main(["--results", str(tmp_path)])
+    for args in ([], ["--build"]):
+        with pytest.raises(SystemExit, match="no CUDA device.*--dry-run"):
+            gpu_suite.main(["--results", str(tmp_path), *args])
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
