@@ -114,3 +114,10 @@ def test_batch_zero():
 def test_gradcheck_per_channel():
     inputs = [t.requires_grad_() for t in make_inputs(1, 2, 3, 4, 2, 3, 2, "per_channel")]
     assert torch.autograd.gradcheck(lambda *t: bsrops.usrnet_data_step(*t, 2), tuple(inputs), fast_mode=True)
+
+
+def test_meta_tensors_give_the_output_shape():
+    """Shapes without data (meta tensors, whose device has no autocast state), per-channel kernel included."""
+    z, y, kernel, alpha = (t.to("meta") for t in make_inputs(*CASES[0]))
+    assert bsrops.usrnet_data_step(z, y, kernel, alpha, 2).shape == z.shape
+    assert bsrops.USRNetDataTerm(y, kernel, 2).solve(z, 0.5).shape == z.shape

@@ -137,7 +137,9 @@ def _alpha_tensor(alpha, z, dtype, planes=1):
 def _output_dtype(dtype, z):
     """The result's dtype: the inputs' promoted dtype; under torch.autocast the dtype computed in (float32, or
     float64 for float64 inputs)."""
-    return compute_dtype(dtype) if torch.is_autocast_enabled(z.device.type) else dtype
+    device_type = z.device.type
+    autocast = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+    return compute_dtype(dtype) if autocast else dtype
 
 
 def usrnet_data_step(z, y, kernel, alpha, scale):
