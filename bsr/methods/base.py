@@ -49,11 +49,17 @@ from ..io import UntrustedFileError, load_untrusted, state_dict_of
 from ..losses import PerceptualLoss, RelativisticGANLoss
 
 
-def checkpoint_or_state_dict(path, what):
-    """(bsr checkpoint dict or None, plain state dict or None) of a weights file (bsr.io.load_untrusted)."""
+def checkpoint_or_state_dict(path, what, nets=()):
+    """(bsr checkpoint dict or None, plain state dict or None) of a weights file (bsr.io.load_untrusted).
+    A dict holding state dicts under names of `nets` next to other entries (anse3832/USR_DA's epoch_N.pth:
+    the epoch, "model_Enc", "model_Dec_SR", ..., optimiser states) reads as a checkpoint of those networks."""
     state = load_untrusted(path, what)
     if isinstance(state, dict) and isinstance(state.get("nets"), dict):
         return state, None
+    named = {name: state_dict_of(state[name], path, f"{what} entry {name!r}") for name in nets
+             if isinstance(state, dict) and isinstance(state.get(name), dict)}
+    if named:
+        return {"nets": named}, None
     return None, state_dict_of(state, path, what)
 
 
@@ -126,11 +132,12 @@ class Method:
     def load_weights(self, path):
         """The inference networks from a weights file (python -m bsr.export's output, an official
         release, or a bsr checkpoint): one network's plain state dict, or with several inference
-        networks one dict whose keys are prefixed by "<net>."."""
+        networks one dict whose keys are prefixed by "<net>.", or one holding each network's state
+        dict under its name (checkpoint_or_state_dict)."""
         what = "--weights file"
         if len(self.inference_nets) == 1:
             return self.load_pretrained(self.inference_nets[0], path, what)
-        checkpoint, plain = checkpoint_or_state_dict(path, what)
+        checkpoint, plain = checkpoint_or_state_dict(path, what, self.inference_nets)
         for name in self.inference_nets:
             if checkpoint is not None:
                 state = checkpoint["nets"].get(name)

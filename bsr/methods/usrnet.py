@@ -115,9 +115,10 @@ class USRNet(Method):
         if cfg.eval.protocol == "bicubic" and not set(self.eval_scales()) <= set(BICUBIC_SCALES):
             raise ValueError(f"eval.protocol=bicubic evaluates scales {BICUBIC_SCALES}; got eval.scales={self.eval_scales()}")
         net = USRNetArch(n_iter=u.n_iter, h_nc=u.h_nc, nc=tuple(u.nc), nb=u.nb)
-        init_orthogonal(net, u.init_gain)
-        if u.get("init_identity_skip"):
-            init_identity_skip(net.p)
+        if for_training:  # evaluation and inference load every weight (the paper net's QR init takes seconds)
+            init_orthogonal(net, u.init_gain)
+            if u.get("init_identity_skip"):
+                init_identity_skip(net.p)
         self.add_net("usrnet", net, cfg.train.lr)
         if for_training:  # USRGAN starts from a trained USRNet, as ESRGAN from its PSNR model
             self.load_start_weights("usrnet", "usrnet.pretrained", u.get("pretrained"))
