@@ -327,25 +327,29 @@ def test_usrnet_ops_called_directly_under_autocast_and_mixed_dtypes():
 
 @pytest.mark.slow
 def test_torch_compile_under_autocast():
-    """The autocast kernels trace (aot_eager: the tracing, without inductor's codegen)."""
+    """The autocast kernels of every op trace (aot_eager: the tracing, without inductor's codegen)."""
     x, kernel, _ = blur_inputs("per_channel")
     z, y, usrnet_kernel, alpha = usrnet_inputs("per_channel")
+    block, (image, cond), _ = dpcb_case("restorer")
+    weight, norm_weight, norm_bias = patchgan_leaves("instance")[1:]
 
-    def step(x, kernel, z):
+    def step(x, kernel, z, image):
         with autocast():
             blurred = bsrops.blur_downsample(x, kernel, 2)
             solved = bsrops.usrnet_data_step(z, y, usrnet_kernel, alpha, 2)
-        return blurred, solved
+            out_img, out_cond = block(image, cond)
+            patch = bsrops.patchgan_conv(x, weight, None, 2, 1, "instance", norm_weight, norm_bias)
+        return blurred, solved, out_img, out_cond, patch
 
     torch._dynamo.reset()
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    leaves = [t.clone().requires_grad_() for t in (x, kernel, z)]
+    leaves = [t.clone().requires_grad_() for t in (x, kernel, z, image)]
     ours = compiled(*leaves)
     expected = step(*leaves)
-    assert [o.dtype for o in ours] == [BF16, torch.float32]
+    assert [o.dtype for o in ours] == [BF16, torch.float32, BF16, BF16, BF16]
     for actual, truth in zip(ours, expected):
         torch.testing.assert_close(actual, truth)
     grads = torch.autograd.grad([o.float().sum() for o in ours], leaves)
-    assert [g.dtype for g in grads] == [torch.float32] * 3
+    assert [g.dtype for g in grads] == [torch.float32] * 4
     for actual, truth in zip(grads, torch.autograd.grad([o.float().sum() for o in expected], leaves)):
         torch.testing.assert_close(actual, truth)
