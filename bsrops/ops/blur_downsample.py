@@ -37,7 +37,8 @@ def blur_downsample(x, kernel, stride=1, padding="reflect", flip=False, kernel_l
     padding: reflect | symmetric | replicate | zeros | circular.
     flip=False correlates, out(i, j) = sum K[p, q] x(s*i + p - c, s*j + q - c), c = k // 2;
     flip=True is the true convolution, out(i, j) = sum K[p, q] x(s*i - p + c, s*j - q + c).
-    x and kernel of different float dtypes are promoted to one (torch.result_type).
+    x and kernel of different float dtypes are promoted to one (torch.result_type); under torch.autocast both run
+    in the autocast dtype (docs/ops.md, Precision).
     """
     layout = check_inputs(x, kernel, stride, padding, kernel_layout)
     x, kernel = promote(x, kernel)
