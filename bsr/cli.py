@@ -1,11 +1,12 @@
 """What the command-line tools share: a user's mistake (a bad file, image or config value) ends the
 program with one `error: ...` line on stderr and exit status 2, not a traceback; the options that
 choose a model (bsr.evaluate, bsr.infer) and their progress bars."""
+import argparse
 import sys
 
 from tqdm import tqdm
 
-from .config import ConfigError
+from .config import ConfigError, is_device_name
 from .data.io import ImageError
 from .engine import load_checkpoint, load_weights
 from .io import UntrustedFileError
@@ -30,6 +31,20 @@ def progress_bar(iterable=None, **options):
     return tqdm(iterable, file=sys.stderr, mininterval=0.1 if sys.stderr.isatty() else 10, **options)
 
 
+def device_name(text):
+    """argparse type of --device: a name config.is_device_name accepts."""
+    if not is_device_name(text):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+def add_device_argument(parser, default):
+    """--device (shared by bsr.train, bsr.evaluate, bsr.infer); `default` None: the configuration's."""
+    what = f"default: {default}" if default else "default: the config key device, auto unless set"
+    parser.add_argument("--device", type=device_name, default=default,
+                        help=f"auto (CUDA when available, else the CPU), cpu, cuda or cuda:N ({what})")
+
+
 def add_model_arguments(parser):
     """The options choosing the model (shared with bsr.infer): exactly one of --ckpt / --weights,
     --preset (with --weights), --set, --device."""
@@ -40,7 +55,7 @@ def add_model_arguments(parser):
     parser.add_argument("--preset", help=f"with --weights: the preset of the architecture (default: {DEFAULT_PRESET})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config overrides (architecture, evaluation protocol)")
-    parser.add_argument("--device", default="cpu")
+    add_device_argument(parser, "auto")
 
 
 def load_model(parser, args, method_name):

@@ -20,15 +20,22 @@ import copy
 import difflib
 import math
 import os
+import re
 
 import yaml
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
+
+def is_device_name(text):
+    """True for the device names a run accepts: auto (CUDA when available, else the CPU), cpu, cuda, cuda:N."""
+    return re.fullmatch(r"auto|cpu|cuda(:\d+)?", text) is not None
+
+
 # Keys every method understands; a method's YAML adds its own next to them.
 DEFAULTS = {
     "seed": 0,
-    "device": "cpu",
+    "device": "auto",
     "data": {"hr": None, "lr": None, "val": None, "val_lr_name": "{}", "scale": 4, "hr_patch": 96, "num_workers": 0,
              "cache": None},
     "train": {"iters": 100, "batch_size": 4, "grad_clip": 0, "amp": False, "val_every": 0, "save_every": 0,
@@ -39,9 +46,10 @@ DEFAULTS = {
 NULL_TYPES = {"data.hr": "path", "data.lr": "path", "data.val": "path", "data.cache": "path",
               "data.num_workers": "int_or_auto"}
 
-# Ranges of numeric keys: key -> (test, what it must be). Keys named lr or lr_* must be > 0.
+# Allowed values: key -> (test, what it must be). Keys named lr or lr_* must be > 0.
 RANGES = {
     "seed": (lambda v: v >= 0, ">= 0"),
+    "device": (is_device_name, "auto, cpu, cuda or cuda:N"),
     "data.scale": (lambda v: v >= 1, ">= 1"),
     "data.hr_patch": (lambda v: v >= 1, ">= 1"),
     "data.num_workers": (lambda v: v == "auto" or v >= 0, ">= 0 or auto"),

@@ -3,14 +3,21 @@
     engine = Engine(cfg, out_dir, resume=False)   # builds the method, data, logs; resumes last.pt
     engine.train()                                 # -> "done" | "interrupted"; raises NonFiniteLoss
 
-What it owns: the seeded data stream (bsr/data), DDP when started by torchrun (gloo on
-CPU, NCCL on GPU; train.batch_size is per process), optional AMP (train.amp: bfloat16 on
-CPU, float16 + loss scaling on CUDA), scheduler steps, validation every train.val_every
-iterations (bsr/validation.py; metrics to log.jsonl and TensorBoard, LR | SR | HR grids to
-samples/), atomic checkpoints (checkpoints/last.pt every train.save_every iterations and at
-the end, checkpoints/iter_<n>.pt every train.ckpt_every), exact resume, SIGINT/SIGTERM (save
-and stop after the current iteration), and the non-finite loss guard (stop without saving:
-the last good checkpoint stays).
+What it owns: the device (config `device`: auto = CUDA when available, else the CPU), the
+seeded data stream (bsr/data), DDP when started by torchrun (gloo on CPU, NCCL on GPU, one
+GPU per process; train.batch_size is the global batch, split over the processes), optional
+AMP (train.amp: bfloat16 on CPU, float16 + loss scaling on CUDA), scheduler steps, validation
+every train.val_every iterations (bsr/validation.py; metrics to log.jsonl and TensorBoard,
+LR | SR | HR grids to samples/), atomic checkpoints (checkpoints/last.pt every
+train.save_every iterations and at the end, checkpoints/iter_<n>.pt every train.ckpt_every),
+exact resume, SIGINT/SIGTERM (save and stop after the current iteration; under DDP at the
+next logging, validation or checkpoint iteration), and the non-finite loss guard (stop
+without saving: the last good checkpoint stays).
+
+Host syncs: a method's step returns its losses as device tensors; the engine reads them, the
+non-finite record and the stop flags only at logging (train.log_every, the first and the last
+iteration), validation and checkpoint iterations, so the iterations between them queue work
+on the device without waiting for it.
 
 Exact resume: a checkpoint holds the networks, optimisers, schedulers, the loss scaler,
 the step and the RNG states; the data stream is a function of (seed, step) only, and the
@@ -18,7 +25,6 @@ DataLoader draws its worker seeds from its own generator, not from the global RN
 """
 import importlib
 import json
-import math
 import os
 import random
 import re
@@ -30,10 +36,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import bsrops
+
 from . import config as config_lib
 from . import data, methods
 from .io import UntrustedFileError, load_untrusted
 from .validation import run_validation
+
+
+HOST_KEYS = ("seed",)  # batch entries the methods read on the host (the per-sample generator seeds)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -41,14 +52,38 @@ class NonFiniteLoss(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- distributed
+def resolve_device(name):
+    """The torch.device of a device name (config.is_device_name): "auto" is CUDA when available, else the
+    CPU; ConfigError for a CUDA device this machine does not have."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count <= (device.index or 0):
+            raise config_lib.ConfigError(f"device {name!r}: this machine has {count} CUDA device(s) (torch "
+                                         f"{torch.__version__}); use device auto or cpu")
+    return device
+
+
+def world_size():
+    """The number of training processes: torchrun's WORLD_SIZE, 1 without torchrun."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def distributed_setup(device):
-    """(rank, world_size, device) — initialises the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    """(rank, world_size, device) for the device name `device` (resolve_device); under torchrun it
+    initialises the process group (NCCL on CUDA, gloo on the CPU), one GPU per local process."""
+    device = resolve_device(device)
+    world = world_size()
     if world == 1:
-        return 0, 1, torch.device(device)
-    device = torch.device(device)
+        return 0, 1, device
     if device.type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise config_lib.ConfigError(f"torchrun started local process {local} but this machine has "
+                                         f"{torch.cuda.device_count()} CUDA device(s): use --nproc_per_node <= "
+                                         f"{torch.cuda.device_count()} (one process per GPU), or --device cpu")
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
     if not dist.is_initialized():
@@ -64,13 +99,46 @@ def distributed_setup(device):
     return dist.get_rank(), world, device
 
 
-def _any_rank(flag, world, device):
-    """True on every rank if `flag` is true on one (keeps DDP ranks stepping in lockstep)."""
-    if world == 1:
-        return flag
-    value = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+def per_process_batch(batch_size, world):
+    """train.batch_size (the global batch) split over `world` processes; ConfigError when it does not divide."""
+    if batch_size % world:
+        raise config_lib.ConfigError(f"config key 'train.batch_size' ({batch_size}) is the global batch, split over "
+                                     f"the {world} processes of torchrun: it must be a multiple of {world}")
+    return batch_size // world
+
+
+def any_rank(flags, world):
+    """The bool (1-d) device tensor `flags` as a list of bools, each true if true on any rank: one host sync
+    (and under DDP one all_reduce), which keeps the ranks deciding alike."""
+    flags = flags.to(torch.int32)
+    if world > 1:
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in flags.tolist()]
+
+
+class NonFiniteWatch:
+    """Which losses were NaN or infinite, and since which iteration: update() keeps the record on the
+    losses' device (no host sync); first_bad() reads it (a host sync)."""
+
+    def __init__(self):
+        self.first = {}  # loss name -> 0-d int64 tensor: the first iteration it was non-finite, 0: never
+
+    def update(self, losses, iteration):
+        for name, value in losses.items():
+            now = (~torch.isfinite(value.detach()).all()) * iteration
+            first = self.first.get(name)
+            self.first[name] = now if first is None else torch.where(first == 0, now, first)
+
+    def any(self, device):
+        """0-d bool tensor on `device`: some loss was non-finite."""
+        if not self.first:
+            return torch.zeros((), dtype=torch.bool, device=device)
+        return torch.stack(list(self.first.values())).ne(0).any().to(device)
+
+    def first_bad(self):
+        """{loss name: first non-finite iteration} of the losses that were."""
+        firsts = dict(zip(self.first, torch.stack(list(self.first.values())).tolist())) if self.first else {}
+        return {name: iteration for name, iteration in firsts.items() if iteration}
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -166,9 +234,10 @@ def load_method_state(method, state, training=True, path="checkpoint"):
 
 
 def inference_method(cfg, device):
-    """The method of `cfg` built for evaluation / inference (no loss networks, no pretrained starts)."""
-    cfg.device = device
-    return methods.get(cfg.method)(cfg, device, for_training=False)
+    """The method of `cfg` built for evaluation / inference (no loss networks, no pretrained starts) on the
+    device named `device` (resolve_device)."""
+    cfg.device = str(device)
+    return methods.get(cfg.method)(cfg, resolve_device(str(device)), for_training=False)
 
 
 def load_checkpoint(path, device="cpu", overrides=()):
@@ -245,12 +314,14 @@ class Progress:
         elapsed = time.perf_counter() - self.start_time
         return (step - self.start_step) / elapsed if elapsed > 0 else 0.0
 
-    def update(self, step, losses):
-        values = {k: f"{v:.4g}" for k, v in losses.items()}
+    def update(self, step, losses=None):
+        """One iteration done; `losses` ({name: number}, at logging iterations) are shown."""
+        values = {k: f"{v:.4g}" for k, v in (losses or {}).items()}
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(values)
-        elif self.plain and (step % self.every == 0 or step == self.total):
+            if losses is not None:
+                self.bar.set_postfix(values)
+        elif self.plain and losses is not None and (step % self.every == 0 or step == self.total):
             text = "  ".join(f"{k} {v}" for k, v in values.items())
             print(f"iteration {step}/{self.total}  {text}  {self.rate(step):.3g} it/s", flush=True)
 
@@ -267,9 +338,10 @@ class Engine:
 
     def __init__(self, cfg, out_dir, resume=False):
         self.cfg, self.out_dir = cfg, out_dir
+        t = cfg.train
+        self.batch_size = per_process_batch(int(t.batch_size), world_size())
         self.rank, self.world, device = distributed_setup(cfg.device)
         self.is_main = self.rank == 0
-        t = cfg.train
         self.iters, self.val_every = int(t.iters), int(t.get("val_every") or 0)
         self.save_every, self.ckpt_every = int(t.get("save_every") or 0), int(t.get("ckpt_every") or 0)
         self.log_every = int(t.get("log_every") or 10)
@@ -285,6 +357,8 @@ class Engine:
         changes = self._resume(resume) if resume else {}
         self._wrap_ddp(device)
         self.dataset = data.train_dataset(cfg, self.method.data_kind, self.method.augment_crops)
+        if self.is_main:
+            print(self.describe(), flush=True)
         self.val_items = []
         if self.is_main and self.val_every:
             print(f"validation set: {data.validation_source(cfg)}", flush=True)
@@ -298,6 +372,17 @@ class Engine:
             if changes:
                 self.log.write("resume", self.step, {k: f"{a!r} -> {b!r}" for k, (a, b) in changes.items()})
         self._stop_signal = None
+        self.watch = NonFiniteWatch()
+
+    def describe(self):
+        """The startup line: device, bsrops backend, data workers, batch (and its split over the processes)."""
+        device = self.method.device
+        name = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
+        batch = f"batch {self.cfg.train.batch_size}"
+        if self.world > 1:
+            batch += f" = {self.world} processes x {self.batch_size}"
+        return (f"device {name}, bsrops backend {bsrops.backend_info(device)['backend']}, "
+                f"data workers {data.resolve_workers(self.cfg.data.get('num_workers'))}, {batch}")
 
     def _setup_amp(self, device):
         self.amp_dtype = None
@@ -346,6 +431,9 @@ class Engine:
                     group["initial_lr"] = scheduler.base_lrs[i] = base
 
     def save(self, periodic=False):
+        """Write checkpoints/last.pt (and with `periodic` iter_<step>.pt) on rank 0; every rank calls it.
+        NonFiniteLoss instead when a loss was NaN or infinite since the start (the last good checkpoint stays)."""
+        self.synchronise()
         if not self.is_main:
             return
         state = method_state(self.method, self.step)
@@ -355,7 +443,7 @@ class Engine:
 
     def loader(self):
         """A DataLoader continuing the seeded sample stream at the current step."""
-        return data.train_loader(self.dataset, int(self.cfg.train.batch_size), int(self.cfg.seed),
+        return data.train_loader(self.dataset, self.batch_size, int(self.cfg.seed),
                                  self.cfg.data.get("num_workers"), self.step, self.rank, self.world,
                                  pin_memory=self.method.device.type == "cuda")
 
@@ -373,21 +461,68 @@ class Engine:
         self._stop_signal = signum
 
     def train_step(self, batch):
-        batch = {k: v.to(self.method.device, non_blocking=True) for k, v in batch.items()}
+        """One iteration on the device: the method's step, the non-finite watch and the schedulers, without a
+        host sync. Returns the method's losses ({name: 0-d tensor})."""
+        batch = {k: v if k in HOST_KEYS else v.to(self.method.device, non_blocking=True) for k, v in batch.items()}
         for net in self.method.nets.values():
             net.train()
         device_type = self.method.device.type
         with torch.autocast(device_type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             losses = self.method.train_step(batch, self.step)
-        bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
-        if _any_rank(bool(bad), self.world, self.method.device):
-            last = os.path.join(self.ckpt_dir, "last.pt")
-            kept = f"the last good checkpoint is {last}" if os.path.exists(last) else "no checkpoint was saved yet"
-            raise NonFiniteLoss(f"non-finite loss at iteration {self.step + 1} ({bad or 'on another rank'}); "
-                                f"training stopped without saving; {kept}. Lower train.lr or set train.grad_clip.")
+        self.watch.update(losses, self.step + 1)
         for scheduler in self.method.schedulers.values():
             scheduler.step()
         return losses
+
+    def synchronise(self):
+        """The one host sync of a logging, validation or checkpoint iteration (under DDP one all_reduce):
+        NonFiniteLoss if a loss was NaN or infinite on any rank; True if any rank got SIGINT/SIGTERM."""
+        device = self.method.device
+        stop = torch.full((), self._stop_signal is not None, device=device)
+        bad, stop = any_rank(torch.stack([self.watch.any(device), stop]), self.world)
+        if bad:
+            raise self._non_finite_error()
+        return stop
+
+    def _non_finite_error(self):
+        bad = self.watch.first_bad()  # {loss: first bad iteration} on this rank
+        where = f"at iteration {min(bad.values())} ({', '.join(sorted(bad, key=bad.get))})" if bad else \
+            "on another rank"
+        last = os.path.join(self.ckpt_dir, "last.pt")
+        kept = f"the last good checkpoint is {last}" if os.path.exists(last) else "no checkpoint was saved yet"
+        return NonFiniteLoss(f"non-finite loss {where}; training stopped without saving; {kept}. "
+                             f"Lower train.lr or set train.grad_clip.")
+
+    def _every(self, period):
+        return bool(period) and self.step % period == 0
+
+    def _log(self, losses, progress):
+        """On rank 0: the iteration's losses as numbers (one host sync), written to the run log."""
+        if not self.is_main:
+            return None
+        values = torch.stack([v.detach().float() for v in losses.values()]).tolist() if losses else []
+        values = dict(zip(losses, values))
+        lrs = {f"lr_{k}": o.param_groups[0]["lr"] for k, o in self.method.optimizers.items()}
+        self.log.write("train", self.step, {**values, **lrs, "it_per_s": progress.rate(self.step)})
+        return values
+
+    def after_step(self, losses, progress):
+        """Logging (every train.log_every iterations, the first and the last), validation, checkpoints and the
+        stop signal after iteration self.step; True to stop. Other iterations leave everything on the device
+        (under DDP a signal is acted on at the next logging, validation or checkpoint iteration)."""
+        periodic = self._every(self.ckpt_every)
+        save, validate = periodic or self._every(self.save_every), self._every(self.val_every)
+        log = self._every(self.log_every) or self.step in (1, self.iters)
+        if not (save or validate or log or (self.world == 1 and self._stop_signal is not None)):
+            progress.update(self.step)
+            return False
+        stop = self.synchronise()
+        progress.update(self.step, self._log(losses, progress) if log else None)
+        if validate:
+            self.validate()
+        if save and not stop:
+            self.save(periodic)
+        return stop
 
     def train(self):
         """Train to train.iters; returns "done", or "interrupted" after SIGINT/SIGTERM."""
@@ -399,18 +534,9 @@ class Engine:
             while self.step < self.iters:
                 losses = self.train_step(next(batches))
                 self.step += 1
-                progress.update(self.step, losses)
-                if self.is_main and (self.step % self.log_every == 0 or self.step == 1):
-                    lrs = {f"lr_{k}": o.param_groups[0]["lr"] for k, o in self.method.optimizers.items()}
-                    self.log.write("train", self.step, {**losses, **lrs, "it_per_s": progress.rate(self.step)})
-                if self.val_every and self.step % self.val_every == 0:
-                    self.validate()
-                if _any_rank(self._stop_signal is not None, self.world, self.method.device):
+                if self.after_step(losses, progress):
                     status = "interrupted"
                     break
-                periodic = bool(self.ckpt_every) and self.step % self.ckpt_every == 0
-                if periodic or (self.save_every and self.step % self.save_every == 0):
-                    self.save(periodic)
             self.save()
         finally:
             progress.close()

@@ -79,7 +79,8 @@ def super_resolve_tiled(method, image, kernel, noise_level, scale, tile, overlap
     Each output pixel is the mean of the tile outputs covering it, summed in float32 in raster order
     of the tiles and quantised by data.io.to_uint8: exactly what one full-size float accumulator
     followed by to_uint8 gives. Only one row of tiles is held in float: the rows of the output that
-    the next row of tiles does not reach are finished and quantised before it starts."""
+    the next row of tiles does not reach are finished and quantised before it starts. Runs under
+    torch.inference_mode."""
     h, w, channels = image.shape
     tops, lefts = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
     rows, cols = min(tile, h) * scale, min(tile, w) * scale
@@ -87,7 +88,7 @@ def super_resolve_tiled(method, image, kernel, noise_level, scale, tile, overlap
     count_x = coverage([left * scale for left in lefts], cols, w * scale)
     out = np.empty((h * scale, w * scale, channels), np.uint8)
     strip = torch.zeros(channels, rows, w * scale)  # output rows [top * s, top * s + rows) of the tile row
-    with cli.progress_bar(total=len(tops) * len(lefts), desc=desc, unit="tile") as progress:
+    with cli.progress_bar(total=len(tops) * len(lefts), desc=desc, unit="tile") as progress, torch.inference_mode():
         for i, top in enumerate(tops):
             for left in lefts:
                 patch = to_tensor(image[top:top + tile, left:left + tile])[None].to(method.device)

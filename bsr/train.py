@@ -1,9 +1,11 @@
 """python -m bsr.train <method> [--preset demo|paper] [--config FILE.yaml] [--set key=value ...]
-                       [--out RUN_DIR] [--resume] [--no-eval]
+                       [--device auto|cpu|cuda|cuda:N] [--out RUN_DIR] [--resume] [--no-eval]
 
 Trains a method (default: the `demo` preset on the embedded demo photos), then prints the
-evaluation table of the final checkpoint on the validation images. Multi-process:
-`torchrun --nproc_per_node=N -m bsr.train ...` (train.batch_size is per process).
+evaluation table of the final checkpoint on the validation images. `--device` sets the config key
+`device` (default auto: CUDA when available, else the CPU). Multi-process: `torchrun
+--nproc_per_node=N -m bsr.train ...`, one GPU per process (train.batch_size is the global batch,
+split over the processes; it must divide by their number).
 `--resume` continues RUN_DIR/checkpoints/last.pt exactly, with the configuration stored in it;
 `--set` may change only the resumable keys (config.RESUMABLE: e.g. a larger train.iters extends
 the run, a new train.lr moves the optimisers' rates), anything else is refused. Ctrl-C / SIGTERM save last.pt and exit with status 0; a
@@ -26,6 +28,7 @@ def parse_args(argv=None):
     parser.add_argument("--config", help="YAML file merged over the preset")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (repeatable), e.g. --set train.iters=2")
+    cli.add_device_argument(parser, None)
     parser.add_argument("--out", help="run directory (default runs/<method>-<preset>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue RUN_DIR/checkpoints/last.pt with its configuration; only "
@@ -34,6 +37,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.method is None:
         parser.error(f"which method? methods and their presets:\n{config_lib.describe_methods()}")
+    if args.device:
+        args.overrides.append(f"device={args.device}")
     return args
 
 

@@ -1,4 +1,5 @@
-"""Validation: SR of every validation item, its metrics, and LR | SR | HR | kernels sample grids.
+"""Validation: SR of every validation item, its metrics, and LR | SR | HR | kernels sample grids
+(under torch.inference_mode).
 
     rows, mean = run_validation(method, items, sample_dir)   # items: bsr.data.validation_items
 
@@ -48,11 +49,12 @@ def sample_grid(item, output):
 
 
 def run_validation(method, items, sample_dir=None, prefix="", sr_fn=None):
-    """Metrics per item and their mean; writes sample grids to `sample_dir` if given.
-    `sr_fn(item) -> output dict` defaults to method.validate (e.g. a baseline instead)."""
+    """Metrics per item and their mean; writes sample grids to `sample_dir` if given. Runs under
+    torch.inference_mode, the networks in eval mode. `sr_fn(item) -> output dict` defaults to
+    method.validate (e.g. a baseline instead)."""
     rows = []
     sr_fn = sr_fn or method.validate
-    with method.eval_mode():
+    with method.eval_mode(), torch.inference_mode():
         for item in items:
             item_dev = {k: v.to(method.device) if torch.is_tensor(v) else v for k, v in item.items()}
             output = sr_fn(item_dev)

@@ -1,13 +1,16 @@
-"""The training engine (bsr/engine.py) with the toy method: exact resume, NaN guard,
-checkpoints and logs, gradient clipping, AMP. DDP, SIGTERM and the CLIs run with the real
-USRNet in test_bsr_train_cli.py."""
+"""The training engine (bsr/engine.py) with the toy method: exact resume, NaN guard (also between
+logging iterations), checkpoints and logs, gradient clipping, AMP, the device and the batch split.
+DDP, SIGTERM and the CLIs run with the real USRNet in test_bsr_train_cli.py."""
 import json
 import os
+import signal
 
 import pytest
 import torch
 
-from bsr.engine import Engine, NonFiniteLoss, atomic_save, load_checkpoint
+import bsrops
+from bsr import config
+from bsr.engine import Engine, NonFiniteLoss, atomic_save, load_checkpoint, per_process_batch, resolve_device
 
 from bsr.data import write_image
 from resume_check import assert_same_state
@@ -91,3 +94,79 @@ def test_dataloader_workers_give_the_same_training(tmp_path):
     Engine(toy_config(train={"iters": 3, "val_every": 0}, data={"num_workers": 1}), str(tmp_path / "w")).train()
     Engine(toy_config(train={"iters": 3, "val_every": 0}), str(tmp_path / "i")).train()
     assert_same_state(weights(tmp_path / "w/checkpoints/last.pt"), weights(tmp_path / "i/checkpoints/last.pt"))
+
+
+def test_device_auto_is_cuda_when_available_else_the_cpu(monkeypatch):
+    assert config.DEFAULTS["device"] == "auto" and config.load("usrnet", "paper").device == "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(config.ConfigError, match=r"device 'cuda': this machine has 0 CUDA device\(s\)"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto") == torch.device("cuda") and resolve_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(config.ConfigError, match=r"device 'cuda:1': this machine has 1 CUDA device"):
+        resolve_device("cuda:1")
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda:", "CPU", "cuda:x"])
+def test_a_bad_device_name_is_a_config_error_naming_the_key(name):
+    with pytest.raises(config.ConfigError, match=r"'device' .*must be auto, cpu, cuda or cuda:N"):
+        config.load("usrnet", "smoke", overrides=[f"device={name}"])
+
+
+def test_batch_size_is_the_global_batch_split_over_the_processes(tmp_path, monkeypatch):
+    assert per_process_batch(48, 1) == 48 and per_process_batch(48, 4) == 12
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(config.ConfigError, match=r"'train.batch_size' \(6\) is the global batch, split over the 4 "
+                                                 r"processes of torchrun: it must be a multiple of 4"):
+        Engine(toy_config(train={"batch_size": 6}), str(tmp_path))
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_startup_line_names_device_backend_workers_and_batch(tmp_path, capsys):
+    Engine(toy_config(device="cpu", data={"num_workers": 1}), str(tmp_path))
+    backend = bsrops.backend_info("cpu")["backend"]
+    assert f"device cpu, bsrops backend {backend}, data workers 1, batch 2\n" in capsys.readouterr().out
+
+
+def test_non_finite_loss_between_logs_stops_before_the_next_checkpoint(tmp_path):
+    # iteration 3 is NaN; nothing reads the losses until the checkpoint of iteration 4, which is not written
+    engine = Engine(toy_config(train={"iters": 8, "val_every": 0, "log_every": 100, "save_every": 2},
+                               toy={"nan_at": 3}), str(tmp_path))
+    with pytest.raises(NonFiniteLoss, match=r"at iteration 3 \(l1\); training stopped without saving; "
+                                            r"the last good checkpoint is .*last.pt"):
+        engine.train()
+    assert engine.step == 4
+    assert torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)["step"] == 2
+
+
+def test_non_finite_loss_is_never_saved_at_the_end(tmp_path):
+    engine = Engine(toy_config(train={"iters": 3, "val_every": 0, "log_every": 100, "save_every": 0},
+                               toy={"nan_at": 2}), str(tmp_path))
+    with pytest.raises(NonFiniteLoss, match=r"at iteration 2 \(l1\); .*no checkpoint was saved yet"):
+        engine.train()
+    with pytest.raises(NonFiniteLoss):
+        engine.save()
+    assert not os.path.exists(tmp_path / "checkpoints/last.pt")
+
+
+def test_a_signal_between_logs_stops_after_that_iteration_and_saves(tmp_path):
+    engine = Engine(toy_config(train={"iters": 10, "val_every": 0, "log_every": 100, "save_every": 0}), str(tmp_path))
+    step = engine.train_step
+
+    def signalled_at_2(batch):
+        if engine.step == 1:
+            engine._on_signal(signal.SIGTERM, None)
+        return step(batch)
+
+    engine.train_step = signalled_at_2
+    assert engine.train() == "interrupted"
+    assert torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)["step"] == 2
+
+
+def test_losses_are_logged_at_the_first_every_log_every_and_the_last_iteration(tmp_path):
+    Engine(toy_config(train={"iters": 7, "val_every": 0, "log_every": 3}), str(tmp_path)).train()
+    records = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 3, 6, 7]
+    assert all(isinstance(r["l1"], float) for r in records)

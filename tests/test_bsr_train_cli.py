@@ -1,7 +1,8 @@
 """The real CLIs in subprocesses: every available method trains 2 iterations, evaluates and
-super-resolves; SIGTERM mid-run; 2-process DDP (torchrun, gloo) against one process with
-the double batch. Each method's YAML should have a `smoke` preset (tiny nets and crops);
-without one the `demo` preset runs with train.iters=2."""
+super-resolves; SIGTERM mid-run; 2-process DDP (torchrun, gloo) against one process with the
+same global batch (train.batch_size is split over the processes). Each method's YAML should have
+a `smoke` preset (tiny nets and crops); without one the `demo` preset runs with train.iters=2.
+In-process: --device and the batch split's error."""
 import json
 import os
 import signal
@@ -11,8 +12,9 @@ import time
 
 import pytest
 import torch
+import yaml
 
-from bsr import config, data, methods
+from bsr import cli, config, data, infer, methods, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -89,11 +91,13 @@ def test_sigterm_saves_a_loadable_checkpoint_and_exits_cleanly(tmp_path):
     assert 1 <= state["step"] < 100000 and not os.path.exists(f"{ckpt}.tmp{process.pid}")
 
 
-def test_ddp_two_processes_match_one_process_with_double_batch(tmp_path):
-    common = ["usrnet", "--preset", "smoke", "--set", "train.iters=2", "--no-eval"]
-    run("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "bsr.train", *common,
-        "--set", "train.batch_size=1", "--out", str(tmp_path / "ddp"))
-    run("-m", "bsr.train", *common, "--set", "train.batch_size=2", "--out", str(tmp_path / "single"))
+def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    common = ["usrnet", "--preset", "smoke", "--set", "train.iters=2", "--set", "train.batch_size=2", "--no-eval",
+              "--device", "cpu"]
+    stdout = run("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "bsr.train", *common,
+                 "--out", str(tmp_path / "ddp"))
+    assert "batch 2 = 2 processes x 1" in stdout
+    run("-m", "bsr.train", *common, "--out", str(tmp_path / "single"))
     ddp = torch.load(tmp_path / "ddp/checkpoints/last.pt", weights_only=True)
     single = torch.load(tmp_path / "single/checkpoints/last.pt", weights_only=True)
     assert ddp["step"] == single["step"] == 2
@@ -104,3 +108,31 @@ def test_ddp_two_processes_match_one_process_with_double_batch(tmp_path):
     initial = methods.get("usrnet")(cfg, "cpu").nets["usrnet"].state_dict()
     changed = [k for k, v in single["nets"]["usrnet"].items() if not torch.equal(initial[k], v)]
     assert len(changed) == len(initial)  # every tensor trained (and the comparison above is not vacuous)
+
+
+def test_device_flag_sets_the_device_and_the_startup_line_names_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    common = ["usrnet", "--preset", "smoke", "--no-eval", "--out", str(out)]
+    assert cli.run(train.main, [*common, "--set", "train.iters=1"]) == 0
+    assert yaml.safe_load(open(out / "config.yaml"))["device"] == "auto"
+    assert cli.run(train.main, [*common, "--resume", "--set", "train.iters=2", "--device", "cpu"]) == 0
+    stdout = capsys.readouterr().out
+    assert "resume: device 'auto' -> 'cpu'" in stdout and "\ndevice cpu, bsrops backend " in stdout
+    assert yaml.safe_load(open(out / "config.yaml"))["device"] == "cpu"
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 2
+
+
+def test_device_option_defaults_to_auto_and_refuses_other_names(capsys):
+    assert infer.build_parser().parse_args(["in.png", "--out", "sr", "--ckpt", "last.pt"]).device == "auto"
+    assert train.parse_args(["usrnet"]).device is None  # the config's device (auto unless set)
+    with pytest.raises(SystemExit) as exit:
+        train.parse_args(["usrnet", "--device", "gpu"])
+    assert exit.value.code == 2 and "--device: expected auto, cpu, cuda or cuda:N, got 'gpu'" in capsys.readouterr().err
+
+
+def test_a_global_batch_the_processes_do_not_divide_is_an_error_naming_the_key(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun --nproc_per_node=2 sets it
+    argv = ["usrnet", "--preset", "smoke", "--set", "train.batch_size=3", "--device", "cpu", "--out", str(tmp_path)]
+    assert cli.run(train.main, argv) == 2
+    assert ("error: config key 'train.batch_size' (3) is the global batch, split over the 2 processes of torchrun: "
+            "it must be a multiple of 2") in capsys.readouterr().err

@@ -42,7 +42,7 @@ def test_ddp_run_joins_gloo_threads_before_exit(tmp_path):
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-         "usrnet", "--preset", "smoke", "--set", "train.iters=1", "--set", "train.batch_size=1", "--no-eval",
+         "usrnet", "--preset", "smoke", "--set", "train.iters=1", "--set", "train.batch_size=2", "--device", "cpu", "--no-eval",
          "--out", str(tmp_path / "run")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

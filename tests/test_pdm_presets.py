@@ -96,7 +96,7 @@ def test_each_track_and_stage_trains_a_step(stage, track, tmp_path):
     assert set(method.optimizers) == trained
     assert hasattr(method.nets["netDeg"], "deg_noise") == cfg.pdm.noise.enabled
     logs = method.train_step({"hr": torch.rand(2, 3, 16, 16), "lr": torch.rand(2, 3, 4, 4)}, 0)
-    assert logs and all(torch.isfinite(torch.tensor(v)) for v in logs.values())
+    assert logs and all(torch.isfinite(torch.as_tensor(v)) for v in logs.values())
 
 
 def test_track_errors_and_overrides_win(tmp_path):

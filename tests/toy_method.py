@@ -26,7 +26,7 @@ class Toy(Method):
     def degrade(self, hr, seeds):
         lr = F.avg_pool2d(hr, self.cfg.data.scale)
         noise = torch.stack([torch.randn(lr.shape[1:], generator=torch.Generator().manual_seed(int(s))) for s in seeds])
-        return lr + 0.01 * noise.to(lr)
+        return lr + 0.01 * noise.to(lr, non_blocking=True)
 
     def train_step(self, batch, step):
         sr = self.nets["net"](F.interpolate(self.degrade(batch["hr"], batch["seed"]), scale_factor=self.cfg.data.scale))
@@ -34,7 +34,7 @@ class Toy(Method):
         if step + 1 == self.cfg.toy.get("nan_at"):
             loss = loss * float("nan")
         self.optimize(loss)
-        return {"l1": loss.item()}
+        return {"l1": loss.detach()}
 
     @torch.no_grad()
     def super_resolve(self, lr, kernel=None, noise_level=None):
@@ -47,7 +47,7 @@ class Toy(Method):
 def toy_config(**sections):
     """A resolved Config for the toy method (overrides as nested dicts per section)."""
     cfg = config_lib.merge(config_lib.DEFAULTS, {
-        "method": "toy", "preset": "test",
+        "method": "toy", "preset": "test", "device": "cpu",
         "data": {"scale": 2, "hr_patch": 16},
         "train": {"iters": 4, "batch_size": 2, "lr": 1e-2, "val_every": 2, "save_every": 1, "log_every": 1},
         "toy": {}})

@@ -16,8 +16,8 @@ Data the engine hands to a method (tensors float32 RGB in [0, 1], NCHW):
   data module degrades with the documented demo degradation (or reads paired folders).
 
 Conventions a method may use (the engine works with methods that ignore them):
-- Training batches also carry "seed": (B,) int64, one seed per sample derived from the
-  run seed and the sample's global number (bsr/data/datasets.py). Draw per-sample random
+- Training batches also carry "seed": (B,) int64 on the CPU, one seed per sample derived from
+  the run seed and the sample's global number (bsr/data/datasets.py). Draw per-sample random
   degradations from it (and per-batch ones from `step`) instead of the global RNG, and
   2 DDP processes with batch B train exactly like 1 process with batch 2B. (Or draw the
   whole global batch's degradations from a generator seeded by `step` and keep the slice
@@ -211,7 +211,7 @@ class Method:
             d = self.nets["netD"]
             logs["netD"] = self.adversarial(d(hr), d(sr.detach()), is_disc=True)
             self.optimize(logs["netD"], "netD")
-        return {name: value.item() for name, value in logs.items()}
+        return {name: value.detach() for name, value in logs.items()}
 
     def optimize(self, loss, *names, zero_grad=True):
         """Backward of `loss` and a step of the optimisers `names` (all if none given), with
@@ -277,7 +277,9 @@ class Method:
     def train_step(self, batch, step):
         """One iteration: forward, losses, backward, optimiser steps (the method zeroes
         grads and steps its own optimisers, since GAN methods alternate). Returns
-        {loss_name: float}; the engine stops on a non-finite value before saving."""
+        {loss_name: 0-d tensor on the device, detached}: no host sync (no .item(), float() or `if` on a
+        device tensor), the engine reads them at logging iterations; it stops on a non-finite value
+        before saving."""
         raise NotImplementedError
 
     @torch.no_grad()

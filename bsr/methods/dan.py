@@ -181,7 +181,7 @@ class DANv2(Method):
         else:
             kernels = torch.cat([random_kernels(self.setting, 1, torch.Generator().manual_seed(int(seed)))
                                  for seed in seeds])
-        kernels = kernels.to(hr)
+        kernels = kernels.to(hr, non_blocking=True)  # no stream sync for the host draws
         return degrade(hr, kernels, self.scale), kernels
 
     def train_step(self, batch, step):
@@ -191,7 +191,7 @@ class DANv2(Method):
         l_pix = F.l1_loss(sr, hr)
         l_ker = F.l1_loss(kernel_est, kernels.flatten(1))
         self.optimize(l_pix + l_ker)
-        return {"l_pix": l_pix.item(), "l_ker": l_ker.item()}
+        return {"l_pix": l_pix.detach(), "l_ker": l_ker.detach()}
 
     def network_input(self, lr):
         """lr on the device, in the networks' memory format."""

@@ -139,7 +139,7 @@ class PDM(Method):
             return
         d = self.nets[name]
         loss = (self.gan(d(real), True, is_disc=True) + self.gan(d(fake.detach()), False, is_disc=True)) / 2
-        logs[f"{name}_adv"] = loss.item()
+        logs[f"{name}_adv"] = loss.detach()
         self.optimize(weight * loss, name)
 
     def _degradation_step(self, hr, real_lr, step, logs):
@@ -147,11 +147,11 @@ class PDM(Method):
         w_adv = self.weights.get("lr_adv", 1.0)
         adv = self.generator_adv("netD1", fake_lr)
         loss = w_adv * adv
-        logs["lr_adv"] = adv.item()
+        logs["lr_adv"] = adv.detach()
         if noise is not None and self.weights.get("noise_mean"):
             noise_mean = noise.square().mean()
             loss = loss + self.weights["noise_mean"] * noise_mean
-            logs["noise_mean"] = noise_mean.item()
+            logs["noise_mean"] = noise_mean.detach()
         self.optimize(loss, "netDeg")
         self.discriminator_step("netD1", w_adv, real_lr, fake_lr, step, logs)
         return fake_lr.detach()
@@ -164,15 +164,15 @@ class PDM(Method):
         w = self.weights
         pix = F.l1_loss(sr, hr)
         loss = w.get("sr_pix", 1.0) * pix
-        logs["sr_pix"] = pix.item()
+        logs["sr_pix"] = pix.detach()
         if w.get("sr_percep"):
             percep = self.perceptual(sr, hr)
             loss = loss + w["sr_percep"] * percep
-            logs["sr_percep"] = percep.item()
+            logs["sr_percep"] = percep.detach()
         if w.get("sr_adv"):
             adv = self.generator_adv("netD2", sr)
             loss = loss + w["sr_adv"] * adv
-            logs["sr_adv"] = adv.item()
+            logs["sr_adv"] = adv.detach()
         self.optimize(loss, "netSR")
         if w.get("sr_adv"):
             self.discriminator_step("netD2", w["sr_adv"], hr, sr, step, logs)

@@ -132,7 +132,7 @@ class RealSR(Method):
             lr = degradations.imresize(hr, scale=1 / scale)
         else:
             picks = kernels[[torch.randint(len(kernels), (1,), generator=g).item() for g in generators]]
-            lr = degradations.blur_downsample(hr, picks.to(hr), scale, padding="symmetric")
+            lr = degradations.blur_downsample(hr, picks.to(hr, non_blocking=True), scale, padding="symmetric")
         return (lr.clamp(0, 1) * 255).round() / 255
 
     def training_pair(self, hr, generators):
@@ -162,7 +162,7 @@ class RealSR(Method):
             left = torch.randint(patch.shape[-1] - width + 1, (1,), generator=g).item()
             crop = patch[:, top:top + height, left:left + width]
             crops.append(crop - crop.mean((1, 2), keepdim=True))
-        return (lr + torch.stack(crops).to(lr)).clamp(0, 1)
+        return (lr + torch.stack(crops).to(lr, non_blocking=True)).clamp(0, 1)
 
     # ------------------------------------------------------------------ training
     def train_step(self, batch, step):

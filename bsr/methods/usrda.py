@@ -92,7 +92,7 @@ class USRDA(Method):
             terms = self.generator_terms(x_t, x_s, y_s) if adapt else self.source_terms(x_s, y_s)
             loss = sum(self.weights[name] * value for name, value in terms.items())
             self.optimize(loss, "G", zero_grad=inner == 0 or not accumulate)
-        logs.update({name: value.item() for name, value in terms.items()}, G=loss.item())
+        logs.update({name: value.detach() for name, value in terms.items()}, G=loss.detach())
         return logs
 
     def discriminator_step(self, x_t, x_s, y_s):
@@ -107,7 +107,7 @@ class USRDA(Method):
         loss = (pair(d_feat(out["F_t"]), d_feat(out["F_s"])) + pair(d_hr(out["Y_ss"]), real_hr)
                 + pair(d_lr(out["X_st"]), d_lr(x_t)) + pair(d_hr(out["Y_sts"]), real_hr))
         self.optimize(loss, "D")
-        return loss.item()
+        return loss.detach()
 
     def generator_terms(self, x_t, x_s, y_s):
         """The six unweighted terms of the generator loss (the discriminators frozen)."""

@@ -149,10 +149,11 @@ class USRNet(Method):
         scale = int(scales[torch.randint(len(scales), (1,), generator=generator).item()])
         b, total = hr.shape[0], hr.shape[0] * self.world_size
         mine = slice(self.rank * b, (self.rank + 1) * b)
-        kernels = usrnet_random_kernels(total, KERNEL_SIZE, generator)[mine].to(hr)
-        sigma = degradations.usrnet_noise_levels(total, generator)[mine].to(hr)
+        # the host draws go to the device without a stream sync
+        kernels = usrnet_random_kernels(total, KERNEL_SIZE, generator)[mine].to(hr, non_blocking=True)
+        sigma = degradations.usrnet_noise_levels(total, generator)[mine].to(hr, non_blocking=True)
         lr = self.blur_downsample(hr, kernels, scale)
-        noise = torch.randn((total, *lr.shape[1:]), generator=generator)[mine].to(hr)
+        noise = torch.randn((total, *lr.shape[1:]), generator=generator)[mine].to(hr, non_blocking=True)
         return lr + sigma.view(-1, 1, 1, 1) * noise, kernels, sigma, scale
 
     def blur_downsample(self, hr, kernels, scale):
@@ -170,7 +171,7 @@ class USRNet(Method):
             return self.srgan_step("usrnet", sr, hr, self.gan)
         loss = F.l1_loss(sr, hr)
         self.optimize(loss, "usrnet")
-        return {"l1": loss.item()}
+        return {"l1": loss.detach()}
 
     # ------------------------------------------------------------------ inference / evaluation
     @torch.no_grad()
