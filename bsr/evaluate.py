@@ -1,5 +1,5 @@
 """python -m bsr.evaluate <method> (--ckpt PATH | --weights FILE [--preset P]) [--data DIR] [--out DIR]
-                          [--set key=value ...]
+                          [--set key=value ...] [--device auto|cpu|cuda|cuda:N]
 
 Evaluates a training checkpoint, or a weights file (python -m bsr.export's output, or an official
 release) with the preset that gives its architecture (default: demo, what `python -m bsr.train

@@ -1,5 +1,6 @@
 """python -m bsr.infer (--ckpt CKPT | --method METHOD --weights FILE [--preset P]) INPUT... --out DIR
                        [--kernel gaussian:WIDTH|FILE.npy] [--noise SIGMA] [--tile N] [--overlap N]
+                       [--device auto|cpu|cuda|cuda:N]
 
 Super-resolves image files (or folders of them) of any size with a training checkpoint, or with a
 weights file (python -m bsr.export's output, or an official release) and the preset that gives its
