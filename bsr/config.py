@@ -5,9 +5,9 @@
 The keys a method understands, and their types, are those of DEFAULTS and of its `base`
 section: an int key takes whole numbers, a float key numbers, a bool key true/false, a list key
 lists, a section its own keys. A key whose default is null declares its type in NULL_TYPES or in
-the `types` table of the method's YAML ("path", "str", "float", "int", "bool", "list"). Anything
-else is a ConfigError naming the key: an unknown key (with the closest valid one), a value of the
-wrong type, or one out of range (RANGES).
+the `types` table of the method's YAML ("path", "str", "float", "int", "bool", "list"; "bool_or_str":
+true, false or a string). Anything else is a ConfigError naming the key: an unknown key (with the
+closest valid one), a value of the wrong type, or one out of range (RANGES).
 
 A method's YAML may also hold a `variants` section, {key: {value: {preset: layer}}}: when the
 resolved `key` is not null, the layer of its value under the chosen preset goes between the preset
@@ -38,13 +38,14 @@ DEFAULTS = {
     "device": "auto",
     "data": {"hr": None, "lr": None, "val": None, "val_lr_name": "{}", "scale": 4, "hr_patch": 96, "num_workers": 0,
              "cache": None},
-    "train": {"iters": 100, "batch_size": 4, "grad_clip": 0, "amp": False, "val_every": 0, "save_every": 0,
-              "ckpt_every": 0, "log_every": 10},
+    "train": {"iters": 100, "batch_size": 4, "grad_clip": 0, "amp": False, "ema": None, "channels_last": False,
+              "compile": False, "val_every": 0, "save_every": 0, "ckpt_every": 0, "log_every": 10},
 }
 
 # The type of each DEFAULTS key whose default is null, or whose default's type is narrower than the key's.
 NULL_TYPES = {"data.hr": "path", "data.lr": "path", "data.val": "path", "data.cache": "path",
-              "data.num_workers": "int_or_auto"}
+              "data.num_workers": "int_or_auto", "train.amp": "bool_or_str", "train.compile": "bool_or_str",
+              "train.ema": "float"}
 
 # Allowed values: key -> (test, what it must be). Keys named lr or lr_* must be > 0.
 RANGES = {
@@ -60,15 +61,22 @@ RANGES = {
     "train.save_every": (lambda v: v >= 0, ">= 0 (0: only at the end)"),
     "train.ckpt_every": (lambda v: v >= 0, ">= 0 (0: never)"),
     "train.log_every": (lambda v: v >= 1, ">= 1"),
+    "train.amp": (lambda v: v in (False, True, "bf16", "fp16"), "false, bf16 or fp16"),
+    "train.ema": (lambda v: v is None or 0 <= v < 1, "in [0, 1) (0 or null: off)"),
 }
 LEARNING_RATE = (lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
 
 # The keys a resumed run may change (bsr.train --resume): applied and logged. Any other difference
 # from the checkpoint's configuration is refused. A new learning rate moves the optimiser groups built
 # from it (engine.Engine._apply_learning_rates).
+# train.channels_last and train.compile change how the step runs, not what it computes (equal up to float
+# rounding, like another device); train.amp and train.ema change the run itself and are refused.
 RESUMABLE = ("train.iters", "train.lr", "train.lr_d", "train.lr_G", "train.lr_E", "train.grad_clip",
              "train.log_every", "train.val_every", "train.save_every", "train.ckpt_every", "device", "data.num_workers",
-             "data.cache")
+             "data.cache", "train.channels_last", "train.compile")
+
+# Keys a checkpoint's configuration may hold under an older name: old name -> current name (from_saved).
+RENAMED = {"dan.channels_last": "train.channels_last"}
 
 TYPES = {"path": str, "str": str, "float": float, "int": int, "bool": bool, "list": list}
 
@@ -210,7 +218,8 @@ class Schema:
 
 
 _ARTICLE = {"path": "a path (string)", "str": "a string", "float": "a number", "int": "a whole number",
-            "bool": "true or false", "list": "a list", "int_or_auto": "a whole number or auto"}
+            "bool": "true or false", "list": "a list", "int_or_auto": "a whole number or auto",
+            "bool_or_str": "true, false or a name"}
 
 
 def _type_name(default):
@@ -222,10 +231,14 @@ def _type_name(default):
 
 def _convert(value, expected):
     """`value` as type `expected`, or None when it is not one (1.0 is a whole number, 1 a float)."""
+    if expected in ("bool", "bool_or_str") and isinstance(value, bool):
+        return value
     if expected == "bool":
-        return value if isinstance(value, bool) else None
+        return None
     if isinstance(value, bool):
         return None
+    if expected == "bool_or_str":
+        return value if isinstance(value, str) else None
     if expected == "int_or_auto":
         return value if value == "auto" else _convert(value, "int")
     if expected == "int":
@@ -297,6 +310,7 @@ def from_saved(saved, preset=None, config_file=None, overrides=()):
     """The Config of a checkpoint's configuration `saved` (keys added since it was written take their
     defaults) with `config_file` and `overrides` applied and checked; `preset`, when given, must be
     the checkpoint's (a resumed run's differences are checked by resume_changes)."""
+    saved = renamed(saved)
     method = saved["method"]
     # a method registered without a YAML (a plug-in, the tests' toy) is checked against its saved keys
     has_yaml = os.path.exists(os.path.join(CONFIG_DIR, f"{method}.yaml"))
@@ -312,9 +326,29 @@ def from_saved(saved, preset=None, config_file=None, overrides=()):
     return Config(apply_overrides(cfg, overrides, schema))
 
 
+def renamed(saved):
+    """A copy of the configuration dict `saved` with the RENAMED keys it holds under their current names."""
+    saved = copy.deepcopy(saved)
+    for old, new in RENAMED.items():
+        *old_sections, old_leaf = old.split(".")
+        section = saved
+        for part in old_sections:
+            section = section.get(part) if isinstance(section, dict) else None
+        if not isinstance(section, dict) or old_leaf not in section:
+            continue
+        value = section.pop(old_leaf)
+        *new_sections, new_leaf = new.split(".")
+        target = saved
+        for part in new_sections:
+            target = target.setdefault(part, {})
+        target[new_leaf] = value
+    return saved
+
+
 def resume_changes(saved, cfg):
     """{key: (checkpoint value, new value)} of the RESUMABLE keys `cfg` changes; ConfigError listing
-    every other difference between `cfg` and the checkpoint's configuration `saved`."""
+    every other difference between `cfg` and the checkpoint's configuration `saved` (old names renamed)."""
+    saved = renamed(saved)
     old, new = dict(_flatten_values(saved)), dict(_flatten_values(cfg))
     changed = {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
                if key in new and old.get(key, new[key]) != new[key]}

@@ -6,7 +6,7 @@
 What it owns: the device (config `device`: auto = CUDA when available, else the CPU), the
 seeded data stream (bsr/data), DDP when started by torchrun (gloo on CPU, NCCL on GPU, one
 GPU per process; train.batch_size is the global batch, split over the processes), optional
-AMP (train.amp: bfloat16 on CPU, float16 + loss scaling on CUDA), scheduler steps, validation
+AMP (train.amp: bf16 on the CPU and CUDA, fp16 + loss scaling on CUDA), scheduler steps, validation
 every train.val_every iterations (bsr/validation.py; metrics to log.jsonl and TensorBoard,
 LR | SR | HR grids to samples/), atomic checkpoints (checkpoints/last.pt every
 train.save_every iterations and at the end, checkpoints/iter_<n>.pt every train.ckpt_every),
@@ -200,6 +200,7 @@ def method_state(method, step):
         "optimizers": {k: v.state_dict() for k, v in method.optimizers.items()},
         "schedulers": {k: v.state_dict() for k, v in method.schedulers.items()},
         "grad_scaler": method.grad_scaler.state_dict() if method.grad_scaler else None,
+        "ema": {k: v.state_dict() for k, v in method.ema.items()} or None,
         "extra": method.extra_state(),
         "rng": rng_state(),
     }
@@ -220,11 +221,16 @@ def read_checkpoint(path, what="checkpoint"):
 
 
 def load_method_state(method, state, training=True, path="checkpoint"):
-    """Networks (and with `training`, optimisers, schedulers, scaler) from a checkpoint dict."""
-    for name, net_state in state["nets"].items():
+    """Networks (and with `training`, optimisers, schedulers, scaler, EMA networks) from a checkpoint dict.
+    Without `training` (evaluation, inference) the inference networks take the EMA weights when the
+    checkpoint has them."""
+    ema = state.get("ema") or {}
+    for name, net_state in {**state["nets"], **({} if training else ema)}.items():
         method._load_net(name, net_state, path, "checkpoint")
     method.load_extra_state(state.get("extra", {}))
     if training:
+        for name, net_state in ema.items():
+            method.ema[name].load_state_dict(net_state)
         for name, opt_state in state["optimizers"].items():
             method.optimizers[name].load_state_dict(opt_state)
         for name, sched_state in state["schedulers"].items():
@@ -237,7 +243,9 @@ def inference_method(cfg, device):
     """The method of `cfg` built for evaluation / inference (no loss networks, no pretrained starts) on the
     device named `device` (resolve_device)."""
     cfg.device = str(device)
-    return methods.get(cfg.method)(cfg, resolve_device(str(device)), for_training=False)
+    method = methods.get(cfg.method)(cfg, resolve_device(str(device)), for_training=False)
+    method.to_memory_format()
+    return method
 
 
 def load_checkpoint(path, device="cpu", overrides=()):
@@ -331,6 +339,18 @@ class Progress:
 
 
 # ----------------------------------------------------------------------------- engine
+def amp_dtype(amp, device):
+    """The autocast dtype of train.amp `amp` on `device` (None: off); fp16 (loss scaling) needs CUDA."""
+    if not amp:
+        return None
+    if amp is True:
+        amp = "fp16" if device.type == "cuda" else "bf16"
+    if amp == "fp16" and device.type != "cuda":
+        raise config_lib.ConfigError(f"config key 'train.amp': fp16 (with loss scaling) needs a CUDA device, "
+                                     f"this run uses {device}; use train.amp=bf16 there")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
 class Engine:
     """`resume`: False (a new run), True (continue out_dir/checkpoints/last.pt) or that checkpoint's
     dict already read (engine.read_checkpoint). A resumed run keeps the checkpoint's configuration:
@@ -352,9 +372,13 @@ class Engine:
         self.method = methods.get(cfg.method)(cfg, device)
         self.method.rank, self.method.world_size = self.rank, self.world
         self._setup_amp(device)
+        self.method.to_memory_format()
+        if t.get("ema"):
+            self.method.start_ema(float(t.ema))
         self.step = 0
         self.ckpt_dir = os.path.join(out_dir, "checkpoints")
         changes = self._resume(resume) if resume else {}
+        self._compile()
         self._wrap_ddp(device)
         self.dataset = data.train_dataset(cfg, self.method.data_kind, self.method.augment_crops)
         if self.is_main:
@@ -385,11 +409,19 @@ class Engine:
                 f"data workers {data.resolve_workers(self.cfg.data.get('num_workers'))}, {batch}")
 
     def _setup_amp(self, device):
-        self.amp_dtype = None
-        if self.cfg.train.get("amp"):
-            self.amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-            if device.type == "cuda":
-                self.method.grad_scaler = torch.amp.GradScaler("cuda")
+        """self.amp_dtype of train.amp (bf16, fp16; true: fp16 on CUDA, bf16 elsewhere; false: None) and, for
+        fp16, the method's loss scaler. ConfigError for fp16 off CUDA."""
+        self.amp_dtype = amp_dtype(self.cfg.train.get("amp"), device)
+        if self.amp_dtype == torch.float16:
+            self.method.grad_scaler = torch.amp.GradScaler(device.type)
+
+    def _compile(self):
+        """train.compile: every network compiled in place by torch.compile (true: the default backend; a name:
+        that backend, e.g. aot_eager); names and checkpoints are unchanged."""
+        option = self.cfg.train.get("compile")
+        if option:
+            for net in self.method.nets.values():
+                net.compile(**({} if option is True else {"backend": option}))
 
     def _wrap_ddp(self, device):
         if self.world == 1:
@@ -451,7 +483,8 @@ class Engine:
         if not (self.is_main and self.val_items):
             return None
         sample_dir = os.path.join(self.out_dir, "samples")
-        _, mean = run_validation(self.method, self.val_items, sample_dir, prefix=f"{self.step:07d}_")
+        with self.method.ema_weights():
+            _, mean = run_validation(self.method, self.val_items, sample_dir, prefix=f"{self.step:07d}_")
         self.log.write("val", self.step, mean)
         return mean
 
@@ -463,7 +496,7 @@ class Engine:
     def train_step(self, batch):
         """One iteration on the device: the method's step, the non-finite watch and the schedulers, without a
         host sync. Returns the method's losses ({name: 0-d tensor})."""
-        batch = {k: v if k in HOST_KEYS else v.to(self.method.device, non_blocking=True) for k, v in batch.items()}
+        batch = {k: v if k in HOST_KEYS else self._to_device(v) for k, v in batch.items()}
         for net in self.method.nets.values():
             net.train()
         device_type = self.method.device.type
@@ -473,6 +506,11 @@ class Engine:
         for scheduler in self.method.schedulers.values():
             scheduler.step()
         return losses
+
+    def _to_device(self, tensor):
+        """A batch entry on the training device, images (4-D) in the networks' memory format."""
+        layout = self.method.memory_format if tensor.dim() == 4 else torch.preserve_format
+        return tensor.to(self.method.device, non_blocking=True, memory_format=layout)
 
     def synchronise(self):
         """The one host sync of a logging, validation or checkpoint iteration (under DDP one all_reduce):

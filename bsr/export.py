@@ -3,8 +3,8 @@
 Writes the weights of a bsr training checkpoint for inference, without its optimisers, RNG states
 or configuration: by default the method's inference networks (Method.inference_nets) — one network
 as its plain state dict, several (USR_DA's encoder and SR decoder) in one dict whose keys are
-prefixed "<net>." — or, with --net, that one network of the checkpoint (a discriminator too) as its
-plain state dict. Parameter names are bsr's, which are the official releases' (what --weights of
+prefixed "<net>.", their EMA weights when the run kept an EMA (train.ema) — or, with --net, that one
+network of the checkpoint (a discriminator too) as its plain state dict. Parameter names are bsr's, which are the official releases' (what --weights of
 bsr.evaluate / bsr.infer and the methods' `pretrained` options load). The format follows the
 extension: `.safetensors` (tensors only, no pickle; the method, networks and step are stored as
 metadata) or `.pth` / `.pt` (torch.save of the state dict). Tensors are written contiguous and
@@ -24,9 +24,9 @@ FORMATS = (".safetensors", ".pth", ".pt")
 
 def export_state(checkpoint, net=None):
     """(state dict, names of the networks in it) of a checkpoint dict: network `net` (plain), or the
-    method's inference networks (one: plain; several: keys prefixed "<net>."). ValueError listing the
-    checkpoint's networks when `net` is not one of them."""
-    nets = checkpoint["nets"]
+    method's inference networks (one: plain; several: keys prefixed "<net>."), their EMA weights when the run
+    kept them (train.ema). ValueError listing the checkpoint's networks when `net` is not one of them."""
+    nets = {**checkpoint["nets"], **(checkpoint.get("ema") or {})}
     if net is not None and net not in nets:
         raise ValueError(f"--net {net!r}: this {checkpoint['method']} checkpoint has the networks {sorted(nets)}")
     names = (net,) if net else methods.get(checkpoint["method"]).inference_nets

@@ -152,8 +152,8 @@ def pca_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("dan_pca"))  # shared: the PCA matrix is built once
 
 
-def demo_method(pca_dir, **dan):
-    overrides = [f"dan.{k}={v}" for k, v in dict(nf=8, nb=1, ng=1, **dan).items()]
+def demo_method(pca_dir, *overrides, **dan):
+    overrides = [f"dan.{k}={v}" for k, v in dict(nf=8, nb=1, ng=1, **dan).items()] + list(overrides)
     cfg = config.load("dan", "demo", overrides=overrides + ["dan.pca_kernels=2000", f"dan.pca_cache={pca_dir}"])
     return dan_method.DANv2(cfg, "cpu")
 
@@ -180,13 +180,13 @@ def test_validation_is_gaussian8(pca_dir):
 
 
 def test_channels_last_on_the_cpu_gives_the_nchw_values(pca_dir):
-    """dan.channels_last (default true): networks and inputs in channels_last on the CPU; validation output, loss
-    and gradients match dan.channels_last=false (NCHW) up to float32 rounding."""
+    """train.channels_last (DANv2's default true): networks and inputs in channels_last; validation output, loss
+    and gradients match train.channels_last=false (NCHW) up to float32 rounding."""
     hr = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     results = {}
     for channels_last in (True, False):
         torch.manual_seed(0)
-        method = demo_method(pca_dir, channels_last=channels_last)
+        method = demo_method(pca_dir, f"train.channels_last={channels_last}")
         net = method.module("G")
         assert net.Restorer.head1.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
         item = method.degrade_for_validation(hr[:1], 0)[0]

@@ -40,6 +40,7 @@ Conventions a method may use (the engine works with methods that ignore them):
   `--weights` loads them (`load_weights`); `official_state` maps an official release's names.
 """
 import contextlib
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +77,11 @@ def load_net_state(path, name, what=None):
     return checkpoint["nets"][name]
 
 
+def parameters_of(optimizer):
+    """The parameters an optimiser steps, in its groups' order."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
 class Method:
     name = "base"
     data_kind = "hr"  # "hr" or "unpaired" (see the module docstring)
@@ -100,8 +106,13 @@ class Method:
         self.nets = {}
         self.optimizers = {}
         self.schedulers = {}
-        # Set by the engine when train.amp is on for CUDA float16 (None: no loss scaling).
+        # train.channels_last: the networks (to_memory_format) and the engine's batches in this layout.
+        channels_last = cfg.get("train", {}).get("channels_last")
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        # Set by the engine when train.amp is fp16 (None: no loss scaling).
         self.grad_scaler = None
+        # Filled by start_ema when train.ema is set: {inference network: its EMA copy}.
+        self.ema, self._ema_of_optimizer = {}, {}
         # Set by the engine under DDP: this process' rank and the number of processes.
         self.rank, self.world_size = 0, 1
 
@@ -109,6 +120,12 @@ class Method:
         """self.nets[name] without a DDP wrapper."""
         net = self.nets[name]
         return net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
+
+    def to_memory_format(self):
+        """Every network's 4-D parameters and buffers in self.memory_format (the engine calls it once the
+        method is built)."""
+        for net in self.nets.values():
+            net.to(memory_format=self.memory_format)
 
     def official_state(self, name, state):
         """A plain state dict of network `name` in the official release's names -> ours (identity
@@ -215,23 +232,65 @@ class Method:
 
     def optimize(self, loss, *names, zero_grad=True):
         """Backward of `loss` and a step of the optimisers `names` (all if none given), with
-        gradient clipping to train.grad_clip (global norm per optimiser; 0/None: off).
-        zero_grad=False adds to the gradients left by the previous call (USR_DA's inner steps)."""
-        optimizers = [self.optimizers[n] for n in (names or self.optimizers)]
-        for optimizer in optimizers if zero_grad else ():
-            optimizer.zero_grad(set_to_none=True)
+        gradient clipping to train.grad_clip (global norm per optimiser; 0/None: off), then the EMA
+        update of the inference networks those optimisers train (start_ema).
+        zero_grad=False adds to the gradients left by the previous call (USR_DA's inner steps).
+        With a loss scaler (train.amp=fp16) every step goes through it: the loss is scaled, the
+        gradients unscaled before clipping and the step, the scale updated after each call."""
+        names = names or tuple(self.optimizers)
+        optimizers = [self.optimizers[n] for n in names]
         scaler = self.grad_scaler
+        for optimizer in optimizers:
+            if zero_grad:
+                optimizer.zero_grad(set_to_none=True)
+            elif scaler:  # the previous step left unscaled gradients: bring them to the current scale
+                for p in parameters_of(optimizer):
+                    if p.grad is not None:
+                        p.grad = scaler.scale(p.grad)
         (scaler.scale(loss) if scaler else loss).backward()
         clip = self.cfg.get("train", {}).get("grad_clip")
         for optimizer in optimizers:
             if clip:
                 if scaler:
                     scaler.unscale_(optimizer)
-                params = [p for group in optimizer.param_groups for p in group["params"]]
-                torch.nn.utils.clip_grad_norm_(params, clip)
+                torch.nn.utils.clip_grad_norm_(parameters_of(optimizer), clip)
             scaler.step(optimizer) if scaler else optimizer.step()
         if scaler:
             scaler.update()
+        for name in dict.fromkeys(net for n in names for net in self._ema_of_optimizer.get(n, ())):
+            self.update_ema(name)
+
+    # ------------------------------------------------------------------ EMA of the inference networks
+    def start_ema(self, decay):
+        """Keep an exponential moving average of every inference network: self.ema[name] (a frozen copy)
+        follows `decay * ema + (1 - decay) * weights` after every optimiser step that trains the network
+        (BasicSR's ema_decay); buffers are copied. Called by the engine when train.ema is set."""
+        self.ema_decay = decay
+        self.ema = {name: copy.deepcopy(self.module(name)).requires_grad_(False) for name in self.inference_nets}
+        self._ema_of_optimizer = {}
+        for opt_name, optimizer in self.optimizers.items():
+            trained = {id(p) for p in parameters_of(optimizer)}
+            self._ema_of_optimizer[opt_name] = [name for name in self.ema
+                                                if any(id(p) in trained for p in self.module(name).parameters())]
+
+    @torch.no_grad()
+    def update_ema(self, name):
+        """One EMA step of network `name` on its device (no host sync)."""
+        net, ema = self.module(name), self.ema[name]
+        torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - self.ema_decay)
+        for target, source in zip(ema.buffers(), net.buffers()):
+            target.copy_(source)
+
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """Inside the block self.nets holds the EMA networks in place of the inference networks (none
+        without an EMA): validation, evaluation and inference use the averaged weights."""
+        trained = {name: self.nets[name] for name in self.ema}
+        self.nets.update(self.ema)
+        try:
+            yield
+        finally:
+            self.nets.update(trained)
 
     def modcrop_multiple(self):
         """Validation HR images are cropped to multiples of this (at least data.scale)."""

@@ -139,10 +139,6 @@ class DANv2(Method):
         super().__init__(cfg, device, for_training)
         self.scale = cfg.data.scale
         self.setting = kernel_setting(cfg)
-        # channels_last on the CPU (dan.channels_last): oneDNN's convolutions run without reorders and the DPCBs
-        # without layout moves; NCHW elsewhere
-        cpu_channels_last = cfg.dan.get("channels_last", True) and self.device.type == "cpu"
-        self.memory_format = torch.channels_last if cpu_channels_last else torch.contiguous_format
         net = self.place(build_net(cfg, setting_pca(cfg, self.setting)))
         self.nets["G"] = net
         t = cfg.train
