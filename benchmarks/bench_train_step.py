@@ -26,16 +26,34 @@ Shapes (BSR_BENCH_SIZE):
   demo   (usrnet, dan; benchmarks/check_targets.py) the demo preset's model at its crops
 
     pytest benchmarks/bench_train_step.py --benchmark-only
+
+Run as a script it prints, per case, one default-backend step on a device next to the data time of
+that step: the method's paper DataLoader (benchmarks/bench_data.py: prepared form, 2 workers, generated
+DIV2K-sized folders) delivering the step's batch, and the data/step ratio (the GPU target: <= 10%):
+
+    python benchmarks/bench_train_step.py [--device auto] [--size paper|smoke] [--batch preset] [case ...]
+
+`--batch preset` (the default on CUDA) steps at the paper preset's own batch; on the CPU the step
+uses the shapes' batch above, and the data time is scaled to that batch.
 """
+import argparse
 import collections
 import contextlib
 import os
+import statistics
+import sys
+import time
 
 import pytest
 import torch
 
-import bsrops
-from bsr import config, methods
+HERE = os.path.dirname(os.path.abspath(__file__))
+if os.path.dirname(HERE) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, os.path.dirname(HERE))
+
+import bsrops  # noqa: E402
+from bsr import config, methods  # noqa: E402
+from bsr.engine import resolve_device  # noqa: E402
 
 BACKENDS = ("reference", "default")
 
@@ -82,16 +100,18 @@ CASES = {
 }
 
 
-def make_step(method_name, shape, backend):
+def make_step(method_name, shape, backend, device="cpu", batch_size=None):
     """A zero-argument callable running one training step of `method_name` at `shape`
-    (dict: preset, batch, patch, overrides) on `backend` ("reference" or "default")."""
+    (dict: preset, batch, patch, overrides) on `backend` ("reference" or "default") on `device`, with
+    `batch_size` crops (default: the shape's batch); the batch is on the device already."""
     cfg = config.load(method_name, shape["preset"], overrides=shape["overrides"] + [f"data.hr_patch={shape['patch']}"])
     torch.manual_seed(0)
-    method = methods.get(method_name)(cfg, "cpu")
-    batch = {"hr": torch.rand(shape["batch"], 3, shape["patch"], shape["patch"]), "seed": torch.arange(shape["batch"])}
+    method = methods.get(method_name)(cfg, device)
+    n = batch_size or shape["batch"]
+    batch = {"hr": torch.rand(n, 3, shape["patch"], shape["patch"], device=device), "seed": torch.arange(n)}
     if method.data_kind == "unpaired":  # the target-domain LR crops
         lr_patch = shape["patch"] // cfg.data.scale
-        batch["lr"] = torch.rand(shape["batch"], 3, lr_patch, lr_patch)
+        batch["lr"] = torch.rand(n, 3, lr_patch, lr_patch, device=device)
 
     def step():
         with bsrops.use_backend("reference") if backend == "reference" else contextlib.nullcontext():
@@ -120,3 +140,89 @@ def test_train_step(benchmark, bench_size, case, backend):
     assert ran and all(b.startswith(expected) for b in ran), (ran, expected)
     benchmark.extra_info.update(shape, backends_ran=sorted(ran), threads=torch.get_num_threads(),
                                 load_average=os.getloadavg()[0])
+
+
+# ---- script: step time next to data time ----
+
+def step_seconds(step, device, repeats=3):
+    """Median seconds of `repeats` calls of `step` after one warm-up call (CUDA: synchronised)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    step()
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def preset_batch(case):
+    """The paper preset's own train.batch_size of `case`."""
+    return config.load(CASES[case].method, "paper").train.batch_size
+
+
+def step_and_data(cases, size, device, use_preset_batch, report=print):
+    """[(case, batch, step s, data s per batch)]: one default-backend step at `size` on `device` and the
+    paper DataLoader's time for that batch (bench_data: prepared form, its workers)."""
+    import bench_data
+
+    rates = {}
+    with bench_data.image_folders(size) as (hr, lr, cache):
+        bench_data.prepare(hr, lr, cache)
+        for method in sorted({CASES[c].method for c in cases}):
+            rates[method] = bench_data.throughput(method, "prepared", size, hr, lr, cache)[0]
+            report(f"data {method}: {rates[method]:.0f} samples/s")
+    rows = []
+    for case in cases:
+        shape = CASES[case].shapes[size]
+        batch = preset_batch(case) if use_preset_batch and size == "paper" else shape["batch"]
+        seconds = step_seconds(make_step(CASES[case].method, shape, "default", device, batch), device)
+        rows.append((case, batch, seconds, batch / rates[CASES[case].method]))
+        report(f"step {case}: batch {batch}, {seconds * 1e3:.1f} ms")
+    return rows
+
+
+def format_rows(rows, device):
+    lines = [f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+             f"bsrops backend {bsrops.backend_info(device.type)['backend']}, torch {torch.__version__}, "
+             f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}", "",
+             "| case | batch | step ms | data ms per batch | data / step |", "|---|---|---|---|---|"]
+    for case, batch, step, data in rows:
+        lines.append(f"| {case} | {batch} | {step * 1e3:.1f} | {data * 1e3:.1f} | {data / step:.1%} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="one training step per method next to its data time")
+    parser.add_argument("cases", nargs="*", metavar="case", help=f"cases to run (default all: {', '.join(CASES)})")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    parser.add_argument("--size", choices=("paper", "smoke"), default="paper")
+    parser.add_argument("--batch", choices=("preset", "shape"), default=None,
+                        help="preset: the paper preset's batch (default on CUDA); shape: the CPU shapes' batch")
+    args = parser.parse_args(argv)
+    unknown = set(args.cases) - set(CASES)
+    if unknown:
+        parser.error(f"unknown case(s) {sorted(unknown)}; choose from {', '.join(CASES)}")
+    device = resolve_device(args.device)
+    use_preset = args.batch == "preset" or (args.batch is None and device.type == "cuda")
+    cases = [c for c in args.cases or CASES if args.size in CASES[c].shapes]
+    rows = step_and_data(cases, args.size, device, use_preset, report=lambda line: print(line, file=sys.stderr))
+    print(format_rows(rows, device))
+    return rows
+
+
+
+def test_step_and_data_table(bench_size, capsys):
+    """The script's table at smoke size: a row per case asked for, with a positive step and data time."""
+    if bench_size != "smoke":
+        pytest.skip("the script's table is timed by running the script (paper size takes minutes)")
+    rows = main(["--size", "smoke", "--device", "cpu", "usrnet"])
+    assert [(case, batch) for case, batch, _, _ in rows] == [("usrnet", CASES["usrnet"].shapes["smoke"]["batch"])]
+    assert all(step > 0 and data > 0 for _, _, step, data in rows)
+    assert "| usrnet | 2 |" in capsys.readouterr().out
+
+
+if __name__ == "__main__":
+    main()
