@@ -6,7 +6,8 @@
 What it owns: the device (config `device`: auto = CUDA when available, else the CPU), the
 seeded data stream (bsr/data), DDP when started by torchrun (gloo on CPU, NCCL on GPU, one
 GPU per process; train.batch_size is the global batch, split over the processes), optional
-AMP (train.amp: bf16 on the CPU and CUDA, fp16 + loss scaling on CUDA), scheduler steps, validation
+AMP (train.amp: bf16 on the CPU and CUDA, fp16 + loss scaling on CUDA), train.ema (Method.start_ema; validation
+runs on the averaged networks), train.channels_last, train.compile, scheduler steps, validation
 every train.val_every iterations (bsr/validation.py; metrics to log.jsonl and TensorBoard,
 LR | SR | HR grids to samples/), atomic checkpoints (checkpoints/last.pt every
 train.save_every iterations and at the end, checkpoints/iter_<n>.pt every train.ckpt_every),
@@ -17,9 +18,10 @@ without saving: the last good checkpoint stays).
 Host syncs: a method's step returns its losses as device tensors; the engine reads them, the
 non-finite record and the stop flags only at logging (train.log_every, the first and the last
 iteration), validation and checkpoint iterations, so the iterations between them queue work
-on the device without waiting for it.
+on the device without waiting for it. With train.amp=fp16 the GradScaler's step reads its overflow flag on
+the host once per optimiser step (CUDA only).
 
-Exact resume: a checkpoint holds the networks, optimisers, schedulers, the loss scaler,
+Exact resume: a checkpoint holds the networks, optimisers, schedulers, the loss scaler, the EMA networks,
 the step and the RNG states; the data stream is a function of (seed, step) only, and the
 DataLoader draws its worker seeds from its own generator, not from the global RNG.
 """
