@@ -61,7 +61,7 @@ def report(results, reference, args, seconds):
     seeds = args.seeds
     lines = [f"# USR_DA mechanism at demo scale ({datetime.date.today().isoformat()})", "",
              f"`python benchmarks/usrda_mechanism.py --iters {args.iters} --seeds {' '.join(map(str, seeds))}` "
-             f"(torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()} CPU). "
+             f"(torch {torch.__version__}, torch threads: {torch.get_num_threads()}, {platform.machine()} CPU). "
              f"`usrda` demo preset (narrow networks, perceptual terms off), {args.iters} iterations per run, "
              "milestones scaled from the demo's 800; full = the method, no-DA = `usrda.domain_adaptation=false` "
              "(same networks and initial weights, source bicubic pairs only, L1). Validation: the demo's "
