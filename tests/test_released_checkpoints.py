@@ -226,6 +226,15 @@ RELEASES = [
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Full-size networks on tiny images: one thread does the work as fast and does not stall on a busy core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def dan_overrides(tmp_path_factory):
     """A small preset network whose PCA matrix comes from few kernels, built once: --weights rebuilds the
