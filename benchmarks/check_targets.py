@@ -45,6 +45,7 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]
 import torch  # noqa: E402
 
 import bench_blur_downsample as bd  # noqa: E402
+import bench_compat as compat_bench  # noqa: E402
 import bench_data  # noqa: E402
 import bench_usrnet_data_step as ud  # noqa: E402
 import bench_dpcb as dpcb_bench  # noqa: E402
@@ -347,6 +348,55 @@ def patchgan_targets(ctx):
         lambda provider: pg_bench.make_fused_case(provider, size),
         (pg_bench.make_case, lambda provider, mode: (provider, mode, size)),
         (pg_bench.make_conv_case, (size,)))
+
+
+# ---- bsrops.compat against the originals' op sequences ----
+
+COMPAT_LABELS = {
+    "kair_datanet": "KAIR DataNet (USRNet data term)", "dan_batch_blur": "DAN BatchBlur per-image",
+    "dan_dpcg": "DANv2 DPCG (Restorer group)", "basicsr_filter2d": "BasicSR filter2D per-image",
+    "basicsr_filter2d_shared": "BasicSR filter2D shared (1, k, k)", "pdm_per_image_k21": "PDM-SR blur per-image",
+    "pdm_per_image_k11": "PDM-SR blur per-image", "pdm_per_pixel_k21": "PDM-SR blur per-pixel",
+    "pdm_per_pixel_k11": "PDM-SR blur per-pixel",
+}
+
+
+def compat_results(ctx, kind, mode, n_threads):
+    """The providers of one kind and mode (bench_compat.py) timed interleaved in a fresh process at n_threads;
+    compat and hoisted against the original's op sequence, per-pixel forward+backward also against unfold."""
+    size = "paper"
+    cases = {provider: (compat_bench.make_case, (kind, provider, mode, size))
+             for provider in compat_bench.providers(kind)}
+    rounds = ctx.args.repeats if mode == "forward" else min(ctx.args.repeats, 7)
+    t = fresh_process.median_times(cases, rounds=rounds, threads=n_threads)
+    for provider, value in t.items():
+        ctx.note(f"{kind} {provider} {mode}, {n_threads} thread(s) (fresh process): median {value * 1e3:.2f} ms over "
+                 f"{rounds} calls")
+    where = f"{compat_bench.describe(kind, size)}, {n_threads} thread{'s' if n_threads > 1 else ''}"
+    rows = [("compat", "original", 1.0)]
+    if kind == "kair_datanet":
+        rows.append(("hoisted", "original", 1.3))
+    if "unfold" in t and mode == "forward+backward":
+        rows.append(("compat", "unfold", 20))
+    results = []
+    for ours, theirs, required in rows:
+        what = "bsrops.USRNetDataTerm hoisted" if ours == "hoisted" else "compat"
+        against = "blur_downsample_unfold" if theirs == "unfold" else "original op sequence"
+        results.append(Result(f"{COMPAT_LABELS[kind]} {mode}: {what} vs {against} ({where})", t[theirs] / t[ours],
+                              required, ">=", note=f"{t[theirs] * 1e3:.2f} ms vs {t[ours] * 1e3:.2f} ms"))
+    return results
+
+
+@target("compat: the SR codebases' objects vs their originals' op sequences")
+def compat_targets(ctx):
+    """bsrops.compat's objects at each codebase's training shapes (bench_compat.py), forward and forward+backward,
+    1 and 2 threads."""
+    results = []
+    for n_threads in (1, 2):
+        for kind in compat_bench.KINDS:
+            for mode in compat_bench.MODES:
+                results += compat_results(ctx, kind, mode, n_threads)
+    return results
 
 
 # ---- USRNet training step ----
