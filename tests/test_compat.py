@@ -401,3 +401,12 @@ def test_bad_input_gives_clear_error(case):
     call, error, message = BAD_CALLS[case]
     with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")):
         call()
+
+
+def test_blurs_promote_mixed_dtypes():
+    """A float64 kernel with a float32 image (the originals' conv2d raises): the result in float64."""
+    x, kernel = torch.randn(2, 3, 9, 9), torch.rand(2, 5, 5, dtype=F64)
+    expected = correlate(x.double(), per_image_taps(kernel))
+    for out in (basicsr.filter2D(x, kernel), dan.BatchBlur(5)(x, kernel)):
+        assert out.dtype == F64
+        assert_close_to_float64(out, expected)
