@@ -212,7 +212,8 @@ RUN_SLOW = os.environ.get("BSR_RUN_SLOW") == "1"
 
 
 def compiled_and_eager(method, tmp_path, backend):
-    """The networks after two smoke iterations with train.compile=`backend` and without (same seed)."""
+    """(method, losses of each iteration) after two smoke iterations with train.compile=`backend` and
+    without (same seed), compiled first."""
     runs = {}
     for option in (backend, "false"):
         torch.manual_seed(0)
@@ -220,16 +221,24 @@ def compiled_and_eager(method, tmp_path, backend):
         losses = recorded_losses(engine)
         assert engine.train() == "done"
         assert all(torch.isfinite(v).all() for values in losses for v in values.values())
-        runs[option] = engine.method
+        runs[option] = engine.method, losses
     return runs[backend], runs["false"]
 
 
 def check_compiled_step(method, tmp_path, backend):
-    compiled, eager = compiled_and_eager(method, tmp_path, backend)
+    """Every network compiled; each iteration's losses as the eager run's. The weights after the steps are
+    compared only where the backend generates no code (aot_eager: the eager kernels): Adam moves a weight by
+    about the learning rate whatever its gradient's size, so the rounding differences of generated kernels in
+    near-zero gradients show up in the weights at the size of the learning rate."""
+    (compiled, compiled_losses), (eager, eager_losses) = compiled_and_eager(method, tmp_path, backend)
+    for got, expected in zip(compiled_losses, eager_losses, strict=True):
+        for name in expected:
+            torch.testing.assert_close(got[name], expected[name], rtol=1e-3, atol=1e-5, msg=name)
     for name in compiled.nets:
         assert compiled.module(name)._compiled_call_impl is not None, f"{name} was not compiled"
-        for a, b in zip(compiled.module(name).parameters(), eager.module(name).parameters()):
-            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+        if backend == "aot_eager":
+            for a, b in zip(compiled.module(name).parameters(), eager.module(name).parameters()):
+                torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
 
 
 def test_compiled_step_trains_like_the_eager_step(tmp_path):
