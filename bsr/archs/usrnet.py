@@ -45,7 +45,8 @@ class ResUNet(nn.Module):
 
     def forward(self, x):
         h, w = x.shape[-2:]
-        x = F.pad(x, (0, -w % 8, 0, -h % 8), mode="replicate")  # three stride-2 levels
+        if h % 8 or w % 8:  # three stride-2 levels
+            x = F.pad(x, (0, -w % 8, 0, -h % 8), mode="replicate")
         x1 = self.m_head(x)
         x2 = self.m_down1(x1)
         x3 = self.m_down2(x2)
