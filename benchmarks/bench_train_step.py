@@ -57,7 +57,7 @@ from bsr.engine import resolve_device  # noqa: E402
 
 BACKENDS = ("reference", "default")
 
-REALSR = ["realsr.loss.perceptual=0", "realsr.kernelgan.iterations=2"]
+REALSR = ["realsr.loss.perceptual=0", "realsr.kernelgan.iterations=2", "realsr.pretrained=none"]
 PDM_SMOKE = ["pdm.kernel={nf: 8, nb: 1, ksize: 7}", "pdm.noise={nf: 8, nb: 1}", "pdm.sr={nf: 8, nb: 1}",
              "pdm.d_lr={nf: 8, nb: 2}"]
 PDM_VARIANT = ["pdm.kernel.spatial=true", "pdm.kernel.mix=true"]
