@@ -147,6 +147,132 @@ def test_patchgan_conv(block, backend):
     assert_close_cpu(actual, expected)
 
 
+# ---- CUDA-graph capture: no host synchronisation, nothing allocated and kept inside a call ----
+
+def _random(seed, *shapes):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g).to(CUDA) for shape in shapes]
+
+
+def _step(run, params, grad):
+    """A step over inputs (..., grad_outputs): run(*tensors) -> outputs; with grad, the outputs and the gradients
+    of <outputs, grad_outputs> w.r.t. the tensors and `params` (torch.autograd.grad: nothing accumulates in .grad)."""
+    def step(*inputs):
+        tensors, grad_outputs = inputs[:-1], inputs[-1]
+        outputs = run(*tensors)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        if not grad:
+            return outputs
+        wrt = [t for t in (*tensors, *params) if t.requires_grad]
+        loss = sum((o * g).sum() for o, g in zip(outputs, grad_outputs))
+        return (*(o.detach() for o in outputs), *torch.autograd.grad(loss, wrt))
+    return step
+
+
+def _assert_replay_matches_eager(make_inputs, step):
+    """step(*inputs) captured in a torch.cuda.CUDAGraph on one set of inputs, fresh values copied into them,
+    replayed: its results equal an eager step on the fresh values (a host sync fails the capture; a value kept from
+    the capture, or a buffer allocated inside it and reused, breaks the equality)."""
+    static = make_inputs(0)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up: cuFFT plans, cuDNN algorithms, Triton compiles
+        for _ in range(2):
+            step(*static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step(*static)
+    fresh = make_inputs(1)
+    with torch.no_grad():
+        for s, f in zip(static, fresh):
+            for a, b in zip(s if isinstance(s, tuple) else (s,), f if isinstance(f, tuple) else (f,)):
+                a.copy_(b)
+    graph.replay()
+    eager = step(*fresh)
+    torch.cuda.synchronize()
+    assert len(captured) == len(eager)
+    for a, e in zip(captured, eager):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+KERNEL_SHAPES = {"per_image": (2, 5, 5), "per_pixel": (2, 25, 6, 7)}  # k = 5, x (2, 3, 11, 14), stride 2
+
+
+def _blur_case(layout):
+    def inputs(seed, grad):
+        x, kernel = (t.requires_grad_(grad) for t in _random(seed, (2, 3, 11, 14), KERNEL_SHAPES[layout]))
+        return x, kernel, tuple(_random(seed + 10, (2, 3, 6, 7)))
+    return inputs, lambda x, kernel: bsrops.blur_downsample(x, kernel, 2, "reflect", True), ()
+
+
+def _usrnet_inputs(seed, grad, with_lr=True):
+    z, y, kernel, alpha = ud.make_inputs(2, 3, 4, 5, 2, 3, 3, "per_image", torch.float32)
+    z, grad_out = _random(seed, z.shape, z.shape)
+    alpha = (alpha + seed).to(CUDA).requires_grad_(grad)
+    lr = [t.to(CUDA).requires_grad_(grad) for t in (y + seed, kernel)] if with_lr else []
+    return z.requires_grad_(grad), *lr, alpha, (grad_out,)
+
+
+def _usrnet_term_case():
+    """The solves of a term built before the capture (y and kernel fixed, as in USRNet's loop)."""
+    _, y, kernel, _ = ud.make_inputs(2, 3, 4, 5, 2, 3, 3, "per_image", torch.float32)
+    term = bsrops.USRNetDataTerm(y.to(CUDA), kernel.to(CUDA), 2)
+    return (lambda seed, grad: _usrnet_inputs(seed, grad, with_lr=False),
+            lambda z, alpha: term.solve(term.solve(z, alpha), 2 * alpha), ())
+
+
+def _usrnet_chain(z, y, kernel, alpha):
+    """A term built inside the step (the constructor's zero FBFy too), two solves."""
+    term = bsrops.USRNetDataTerm(y, kernel, 2)
+    return term.solve(term.solve(z, alpha), 2 * alpha)
+
+
+def _module_case(module, shapes, out_shapes):
+    module = module.to(CUDA, torch.float32)
+
+    def inputs(seed, grad):
+        tensors = [t.requires_grad_(grad) for t in _random(seed, *shapes)]
+        return (*tensors, tuple(_random(seed + 10, *out_shapes)))
+    return inputs, module, list(module.parameters())
+
+
+def _dpcb_case(use):
+    ours, _, x_img, x_cond = dp.make_pair(use, n=2, dtype=torch.float32)
+    return _module_case(ours, (x_img.shape, x_cond.shape), (x_img.shape, x_cond.shape))
+
+
+def _patchgan_case(norm):
+    block = pg.randomise(PatchGANConv(3, 8, 4, 2, 1, norm, 0.2, True, True, affine=True))
+    return _module_case(block, ((2, 3, 12, 10),), ((2, 8, 6, 5),))
+
+
+CAPTURE_CASES = {
+    "blur_per_image": lambda: _blur_case("per_image"),
+    "blur_per_pixel": lambda: _blur_case("per_pixel"),
+    "usrnet_data_step": lambda: (_usrnet_inputs, lambda z, y, k, a: bsrops.usrnet_data_step(z, y, k, a, 2), ()),
+    "usrnet_term_built_inside": lambda: (_usrnet_inputs, _usrnet_chain, ()),
+    "usrnet_term_solves": _usrnet_term_case,
+    "dpcb_restorer": lambda: _dpcb_case("restorer"),
+    "dpcb_estimator": lambda: _dpcb_case("estimator"),
+    "patchgan_instance": lambda: _patchgan_case("instance"),
+    "patchgan_batch": lambda: _patchgan_case("batch"),
+}
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", sorted(CAPTURE_CASES))
+def test_cuda_graph_capture_and_replay(case, backend, grad):
+    """Every op captured in a CUDA graph (forward, and forward + backward) and replayed on new input values gives
+    the eager results."""
+    with bsrops.use_backend(backend):
+        inputs, run, params = CAPTURE_CASES[case]()
+        step = _step(run, params if grad else [], grad)
+        with torch.set_grad_enabled(grad):
+            _assert_replay_matches_eager(lambda seed: inputs(seed, grad), step)
+
+
 # ---- views, extreme strides, the alpha check on the device ----
 
 def _to_cuda(args):

@@ -286,6 +286,33 @@ def test_torch_compile_fullgraph_no_graph_break():
         torch.testing.assert_close(actual, truth)
 
 
+def test_term_makes_its_zero_fbfy_at_construction():
+    """USRNetDataTerm's solves with y and kernel fixed read the zero FBFy made by the constructor (no buffer
+    allocated and cached inside a solve, which a CUDA graph capture would own); their values and gradients are
+    those of usrnet_solve's own backward, for a term built with and without grad mode."""
+    z, y, kernel, alpha = make_inputs(2, 3, 4, 5, 2, 3, 3, "per_image")
+    term = bsrops.USRNetDataTerm(y, kernel, 2)
+    zero = term._zero_fbfy
+    assert zero is not None and zero.shape == term.FBFy.shape and not zero.any()
+    with torch.no_grad():
+        inference_term = bsrops.USRNetDataTerm(y, kernel, 2)
+    assert inference_term._zero_fbfy is None
+    grad_x = torch.randn_like(z)
+    inputs = [t.clone().requires_grad_() for t in (z, alpha)]
+    expected = torch.ops.bsrops.usrnet_solve(inputs[0], term.FB, term.FBFy, term.F2B_mean, inputs[1], 2)
+    expected_grads = torch.autograd.grad(expected, inputs, grad_x)
+    for solver in (term, term, inference_term):
+        inputs, saved = [t.clone().requires_grad_() for t in (z, alpha)], []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            x = solver.solve(*inputs)
+        if solver is term:  # the constructor's buffer itself, saved for the backward
+            assert any(t.data_ptr() == zero.data_ptr() for t in saved)
+        torch.testing.assert_close(x, expected, rtol=0, atol=FLOAT64_ATOL)
+        for actual, truth in zip(torch.autograd.grad(x, inputs, grad_x), expected_grads):
+            torch.testing.assert_close(actual, truth, rtol=1e-10, atol=1e-12)
+    assert term._zero_fbfy is zero and inference_term._zero_fbfy is None
+
+
 def _bad(**change):
     args = dict(z=torch.randn(2, 3, 8, 12), y=torch.randn(2, 3, 4, 6), kernel=torch.rand(3, 3), alpha=0.5, scale=2)
     args.update(change)

@@ -172,6 +172,11 @@ class USRNetDataTerm:
     kernel as in usrnet_data_step; with a per-channel kernel (N, C, kh, kw) the invariants are those of the N*C
     single-channel images. Gradients flow to y and kernel through the invariants, and to z and alpha through each
     solve.
+
+    Built with grad mode on and y, kernel not requiring gradients, the term also holds the zero FBFy its solves'
+    backward reads (_SolveForZAndAlpha), made here once: a solve allocates nothing beyond its outputs and
+    temporaries, and caches nothing, so a solve can be captured in a CUDA graph. A differentiated solve that has
+    no such buffer (a term built under no_grad, or a solve promoted to float64) uses a temporary zero FBFy.
     """
 
     def __init__(self, y, kernel, scale):
@@ -182,7 +187,11 @@ class USRNetDataTerm:
         compute = compute_dtype(self.dtype)
         self.FB, self.FBFy, self.F2B_mean = torch.ops.bsrops._usrnet_precompute(
             _fold(y, self.planes).to(compute), _op_kernel(kernel).to(compute), scale)
-        self._zero_fbfy = None  # FBFy of y = 0, made on the first solve that _SolveForZAndAlpha differentiates
+        self._zero_fbfy = torch.zeros_like(self.FBFy) if self._solves_for_z_and_alpha() else None
+
+    def _solves_for_z_and_alpha(self):
+        """Whether a solve now runs _SolveForZAndAlpha: grad mode on and the invariants constant."""
+        return torch.is_grad_enabled() and not any(t.requires_grad for t in (self.FB, self.FBFy, self.F2B_mean))
 
     def solve(self, z, alpha):
         """argmin ||y - (k * x)|s||^2 + alpha ||x - z||^2 for z (N, C, s*h, s*w); alpha and the result's dtype
@@ -192,10 +201,11 @@ class USRNetDataTerm:
         compute = compute_dtype(dtype)
         fb, fbfy, f2b_mean = (t.to(compute) for t in (self.FB, self.FBFy, self.F2B_mean))
         z_c, alpha_c = _fold(z, self.planes).to(compute), _alpha_tensor(alpha, z, compute, self.planes)
-        if torch.is_grad_enabled() and not any(t.requires_grad for t in (fb, fbfy, f2b_mean)):
-            if self._zero_fbfy is None or self._zero_fbfy.dtype != compute:
-                self._zero_fbfy = torch.zeros_like(fbfy)
-            out = _SolveForZAndAlpha.apply(z_c, alpha_c, fb, fbfy, f2b_mean, self._zero_fbfy, self.scale)
+        if self._solves_for_z_and_alpha():
+            zero = self._zero_fbfy
+            if zero is None or zero.dtype != compute:
+                zero = torch.zeros_like(fbfy)
+            out = _SolveForZAndAlpha.apply(z_c, alpha_c, fb, fbfy, f2b_mean, zero, self.scale)
         else:
             out = torch.ops.bsrops.usrnet_solve(z_c, fb, fbfy, f2b_mean, alpha_c, self.scale)
         return out.reshape(z.shape).to(_output_dtype(dtype, z))
