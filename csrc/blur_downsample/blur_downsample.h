@@ -84,13 +84,12 @@ C10_HOST_DEVICE inline acc_t forward_element(const scalar_t* x, const scalar_t* 
   return acc;
 }
 
-// d loss / d K[n, tap] summed over the output pixels (i, j) in [i0, i1) x [j0, j1):
-// one pixel for the per-pixel layout, the whole image for the shared layouts.
+// d loss / d K[n, a * k + b] summed over the output pixels (i, j) in [i0, i1) x [j0, j1), for the tap
+// (a, b) whose coordinate offsets are da = tap_offset(a), db = tap_offset(b).
 template <typename scalar_t, typename acc_t>
-C10_HOST_DEVICE inline acc_t grad_kernel_element(const scalar_t* grad_out, const scalar_t* x, const Geometry& g,
-                                                 int64_t n, int64_t tap, int64_t i0, int64_t i1, int64_t j0,
-                                                 int64_t j1) {
-  const int64_t da = tap_offset(g, tap / g.k), db = tap_offset(g, tap % g.k);
+C10_HOST_DEVICE inline acc_t grad_kernel_offsets_element(const scalar_t* grad_out, const scalar_t* x,
+                                                         const Geometry& g, int64_t n, int64_t da, int64_t db,
+                                                         int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
   acc_t acc = 0;
   for (int64_t c = 0; c < g.C; ++c) {
     const scalar_t* plane = x + (n * g.C + c) * g.H * g.W;
@@ -106,6 +105,16 @@ C10_HOST_DEVICE inline acc_t grad_kernel_element(const scalar_t* grad_out, const
     }
   }
   return acc;
+}
+
+// d loss / d K[n, tap] summed over the output pixels (i, j) in [i0, i1) x [j0, j1):
+// one pixel for the per-pixel layout, the whole image for the shared layouts.
+template <typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline acc_t grad_kernel_element(const scalar_t* grad_out, const scalar_t* x, const Geometry& g,
+                                                 int64_t n, int64_t tap, int64_t i0, int64_t i1, int64_t j0,
+                                                 int64_t j1) {
+  return grad_kernel_offsets_element<scalar_t, acc_t>(grad_out, x, g, n, tap_offset(g, tap / g.k),
+                                                      tap_offset(g, tap % g.k), i0, i1, j0, j1);
 }
 
 // Sum over the outputs that read padded coordinate (u, v): out index i and tap a
@@ -142,18 +151,30 @@ C10_HOST_DEVICE inline int64_t preimage_candidate(int64_t r, int64_t y, int64_t 
   return size + (r - before - 1);
 }
 
-// grad_x[n, c, y, x]: sum of grad_padded over every padded coordinate that reads (y, x).
+// True when no border coordinate of an axis of length `size` (padded by `before` and `after`) reads
+// image coordinate y under any padding mode: every mode maps the border before the image onto
+// [0, before] or [size - before, size) and the border after it onto [size - 1 - after, size) or
+// [0, after), so coordinates at least max(before, after) + 1 from both ends are read only directly.
+C10_HOST_DEVICE inline bool is_interior(int64_t y, int64_t size, int64_t before, int64_t after) {
+  const int64_t margin = (before > after ? before : after) + 1;
+  return y >= margin && y < size - margin;
+}
+
+// grad_x[n, c, y, x]: sum of grad_padded over every padded coordinate that reads (y, x). An interior
+// row (column) is read only by itself, the candidate r = before (q = before): the loop skips the others.
 template <typename scalar_t, typename acc_t>
 C10_HOST_DEVICE inline acc_t grad_input_element(const scalar_t* grad_out, const scalar_t* kernel, const Geometry& g,
                                                 int64_t n, int64_t c, int64_t y, int64_t x) {
   const int64_t before = pad_before(g);
-  const int64_t rows = before + 1 + pad_after(g, g.H, g.Ho);
-  const int64_t cols = before + 1 + pad_after(g, g.W, g.Wo);
+  const int64_t after_h = pad_after(g, g.H, g.Ho), after_w = pad_after(g, g.W, g.Wo);
+  const bool row_inside = is_interior(y, g.H, before, after_h), col_inside = is_interior(x, g.W, before, after_w);
+  const int64_t r_end = row_inside ? before + 1 : before + 1 + after_h;
+  const int64_t q_end = col_inside ? before + 1 : before + 1 + after_w;
   acc_t acc = 0;
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r = row_inside ? before : 0; r < r_end; ++r) {
     const int64_t u = preimage_candidate(r, y, g.H, before);
     if (source_index(u, g.H, g.padding) != y) continue;
-    for (int64_t q = 0; q < cols; ++q) {
+    for (int64_t q = col_inside ? before : 0; q < q_end; ++q) {
       const int64_t v = preimage_candidate(q, x, g.W, before);
       if (source_index(v, g.W, g.padding) != x) continue;
       acc += grad_padded_element<scalar_t, acc_t>(grad_out, kernel, g, n, c, u, v);

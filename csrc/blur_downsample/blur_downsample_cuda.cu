@@ -1,14 +1,18 @@
 // CUDA kernels of bsrops::blur_downsample.
 //
-// One thread per output element (grid-stride loop): each thread decodes its flat
-// index and calls the per-element function of blur_downsample.h, the same function
-// the CPU "cpu_shared" backend loops over, so the CPU tests check this maths.
-// Gradients are gathers (no atomics), hence deterministic:
-//   grad_x      : one thread per input pixel   -> grad_input_element
-//   grad_kernel : one thread per (n, tap, cell) -> grad_kernel_element, where a cell is
-//                 one output pixel for the per-pixel layout and the whole Ho x Wo image
-//                 for the per-image layouts; the shared (k, k) kernel's gradient is the
-//                 per-image gradient (in opmath dtype) summed over N.
+// Each thread decodes its index and calls the per-element functions of blur_downsample.h,
+// the same functions the CPU "cpu_shared" backend loops over, so the CPU tests check this
+// maths. Gradients are gathers (no atomics), and every sum runs in a fixed order, hence
+// deterministic:
+//   forward     : one thread per output element           -> forward_element
+//   grad_x      : one thread per input pixel              -> grad_input_element
+//   grad_kernel, per-pixel layout: one thread per (n, tap, output pixel), a 3-D grid of
+//                 (pixel tile, tap, image) blocks          -> grad_kernel_offsets_element
+//   grad_kernel, per-image and shared layouts: one block per (tap, band of output rows, image);
+//                 its threads sum disjoint parts of the band -> grad_kernel_element, then
+//                 block_sum adds them in a fixed tree order; bands (when the grid needs more
+//                 blocks than N * k * k) are summed by at::sum, and the shared (k, k) kernel's
+//                 gradient is the per-image gradient (in opmath dtype) summed over N.
 // Only minimal headers are included (docs/ops.md): this file must compile
 // against the CPU torch wheel for the nvcc compile check.
 #include <ATen/Dispatch.h>
@@ -16,10 +20,12 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/sum.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <array>
+#include <climits>
 #include <tuple>
 
 #include "../common/call_counter.h"
@@ -54,20 +60,105 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// grad[e] in opmath dtype, e = (n * taps + t) * cells + cell
+constexpr int kTileW = 32, kTileH = kThreads / kTileW;  // output pixels of a per-pixel grad_kernel block
+constexpr int64_t kMaxGridYZ = 65535;                     // the grid's y and z limit
+constexpr int64_t kFillBlocks = 1024;                     // blocks that keep a large GPU busy
+
+// kernel<<<grid, kThreads>>>(args...) on the current CUDA stream, then the launch check.
+template <typename... Params, typename... Args>
+void launch_grid(void (*kernel)(Params...), dim3 grid, Args&&... args) {
+  kernel<<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(std::forward<Args>(args)...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// grad[n, t, i, j] in opmath dtype for the per-pixel layout. Block (blockIdx.x, y, z): the
+// kTileH x kTileW tile blockIdx.x of the output (tiles_w tiles per tile row), tap y, image z,
+// striding by the grid over taps and images beyond the grid's y and z extent.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
-    grad_kernel_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ x,
-                       at::opmath_type<scalar_t>* __restrict__ grad, const Geometry g, const bool per_pixel,
-                       const int64_t total) {
+    grad_kernel_pixel_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ x,
+                             at::opmath_type<scalar_t>* __restrict__ grad, const Geometry g, const int tiles_w) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t taps = g.k * g.k, cells = per_pixel ? g.Ho * g.Wo : 1;
-  BSR_GRID_STRIDE(e, total) {
-    const int64_t cell = e % cells, t = (e / cells) % taps, n = e / (cells * taps);
-    const int64_t i0 = per_pixel ? cell / g.Wo : 0, j0 = per_pixel ? cell % g.Wo : 0;
-    const int64_t i1 = per_pixel ? i0 + 1 : g.Ho, j1 = per_pixel ? j0 + 1 : g.Wo;
-    grad[e] = grad_kernel_element<scalar_t, acc_t>(grad_out, x, g, n, t, i0, i1, j0, j1);
+  const int64_t i = static_cast<int64_t>(blockIdx.x / tiles_w) * kTileH + threadIdx.x / kTileW;
+  const int64_t j = static_cast<int64_t>(blockIdx.x % tiles_w) * kTileW + threadIdx.x % kTileW;
+  if (i >= g.Ho || j >= g.Wo) return;
+  const int64_t taps = g.k * g.k, cells = g.Ho * g.Wo;
+  for (int64_t n = blockIdx.z; n < g.N; n += gridDim.z) {
+    for (int64_t t = blockIdx.y; t < taps; t += gridDim.y) {
+      grad[(n * taps + t) * cells + i * g.Wo + j] = grad_kernel_offsets_element<scalar_t, acc_t>(
+          grad_out, x, g, n, tap_offset(g, t / g.k), tap_offset(g, t % g.k), i, i + 1, j, j + 1);
+    }
   }
+}
+
+// partial[n, t, band] in opmath dtype for the per-image and shared layouts: d loss / d K[n, t]
+// summed over the output rows [band * band_rows, (band + 1) * band_rows) of image n. Block
+// (tap blockIdx.x, band blockIdx.y, image blockIdx.z, striding by gridDim.z over images). Its
+// threads form `groups` groups of `lanes` (lanes = min(Wo, kThreads)): thread (group, lane) sums
+// columns lane, lane + lanes, ... over its group's share of the band's rows; block_sum then adds
+// the threads' sums in a fixed order.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    grad_kernel_image_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ x,
+                             at::opmath_type<scalar_t>* __restrict__ partial, const Geometry g,
+                             const int64_t band_rows) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ acc_t shared[kThreads];
+  const int64_t t = blockIdx.x, band = blockIdx.y, bands = gridDim.y, taps = g.k * g.k;
+  const int64_t lanes = g.Wo < kThreads ? g.Wo : kThreads, groups = kThreads / lanes;
+  const int64_t lane = threadIdx.x % lanes, group = threadIdx.x / lanes;
+  const int64_t group_rows = (band_rows + groups - 1) / groups;
+  const int64_t band_end = band * band_rows + band_rows < g.Ho ? band * band_rows + band_rows : g.Ho;
+  const int64_t i0 = band * band_rows + group * group_rows;
+  const int64_t i1 = i0 + group_rows < band_end ? i0 + group_rows : band_end;
+  for (int64_t n = blockIdx.z; n < g.N; n += gridDim.z) {
+    acc_t sum = 0;
+    if (group < groups) {
+      for (int64_t j = lane; j < g.Wo; j += lanes) {
+        sum += grad_kernel_element<scalar_t, acc_t>(grad_out, x, g, n, t, i0, i1, j, j + 1);
+      }
+    }
+    const acc_t total = block_sum(sum, shared);
+    if (threadIdx.x == 0) partial[(n * taps + t) * bands + band] = total;
+  }
+}
+
+// Bands of output rows per (n, tap) for grad_kernel_image_kernel: one, unless N * k * k blocks
+// are too few to fill the device.
+int64_t row_bands(const Geometry& g) {
+  const int64_t blocks = g.N * g.k * g.k;
+  const int64_t wanted = blocks > 0 ? (kFillBlocks + blocks - 1) / blocks : 1;
+  return std::max<int64_t>(1, std::min({wanted, g.Ho, kMaxGridYZ}));
+}
+
+// d loss / d K in opmath dtype, (N, k*k, Ho*Wo) for the per-pixel layout, else (N, k*k, 1).
+template <typename scalar_t>
+at::Tensor grad_kernel_sums(const at::Tensor& grad_out, const at::Tensor& x, const Geometry& g, bool per_pixel) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t taps = g.k * g.k;
+  const auto options = x.options().dtype(at::toOpMathType(x.scalar_type()));
+  TORCH_CHECK(taps <= INT_MAX, "blur_downsample backward (cuda): kernel size ", g.k, " is too large");
+  const unsigned int images = static_cast<unsigned int>(std::max<int64_t>(1, std::min(g.N, kMaxGridYZ)));
+  if (per_pixel) {
+    at::Tensor grad = at::empty({g.N, taps, g.Ho * g.Wo}, options);
+    const int64_t tiles_w = (g.Wo + kTileW - 1) / kTileW, tiles = tiles_w * ((g.Ho + kTileH - 1) / kTileH);
+    TORCH_CHECK(tiles <= INT_MAX, "blur_downsample backward (cuda): output of ", g.Ho, " x ", g.Wo, " is too large");
+    if (grad.numel() > 0) {
+      const dim3 grid(static_cast<unsigned int>(tiles), static_cast<unsigned int>(std::min(taps, kMaxGridYZ)), images);
+      launch_grid(grad_kernel_pixel_kernel<scalar_t>, grid, grad_out.const_data_ptr<scalar_t>(),
+                  x.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<acc_t>(), g, static_cast<int>(tiles_w));
+    }
+    return grad;
+  }
+  const int64_t wanted = row_bands(g), band_rows = (g.Ho + wanted - 1) / wanted;
+  const int64_t bands = (g.Ho + band_rows - 1) / band_rows;
+  at::Tensor partial = at::empty({g.N, taps, bands}, options);
+  if (partial.numel() > 0) {
+    const dim3 grid(static_cast<unsigned int>(taps), static_cast<unsigned int>(bands), images);
+    launch_grid(grad_kernel_image_kernel<scalar_t>, grid, grad_out.const_data_ptr<scalar_t>(),
+                x.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(), g, band_rows);
+  }
+  return bands == 1 ? partial : at::sum(partial, {2}, /*keepdim=*/true);
 }
 
 void check_cuda_inputs(const at::Tensor& x, const at::Tensor& kernel) {
@@ -109,22 +200,13 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_out_in, 
   at::Tensor grad_x = output_mask[0] ? at::empty_like(x) : x.new_empty({0});
   at::Tensor grad_kernel = kernel.new_empty({0});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "blur_downsample_backward_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
     if (output_mask[0] && grad_x.numel() > 0) {
       const int64_t total = grad_x.numel();
       launch_kernel(grad_input_kernel<scalar_t>, grid_blocks(total), grad_out.const_data_ptr<scalar_t>(),
                     kernel.const_data_ptr<scalar_t>(), grad_x.mutable_data_ptr<scalar_t>(), g, total);
     }
     if (output_mask[1]) {
-      const bool per_pixel = kernel.dim() == 4;
-      const int64_t taps = g.k * g.k, cells = per_pixel ? g.Ho * g.Wo : 1;
-      at::Tensor grad = at::empty({g.N, taps, cells}, x.options().dtype(at::toOpMathType(x.scalar_type())));
-      const int64_t total = grad.numel();
-      if (total > 0) {
-        launch_kernel(grad_kernel_kernel<scalar_t>, grid_blocks(total), grad_out.const_data_ptr<scalar_t>(),
-                      x.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<acc_t>(), g, per_pixel, total);
-      }
-      grad_kernel = kernel_grad_of(grad, kernel);
+      grad_kernel = kernel_grad_of(grad_kernel_sums<scalar_t>(grad_out, x, g, kernel.dim() == 4), kernel);
     }
   });
   return {grad_x, grad_kernel};
