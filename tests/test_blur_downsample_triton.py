@@ -26,6 +26,9 @@ CASES = [
     (1, 2, 11, 6, 3, 2, "reflect", "per_image", True, torch.float32),
     (2, 2, 6, 7, 3, 3, "circular", "per_image", False, torch.float16),
     (1, 2, 9, 7, 4, 2, "zeros", "shared", True, torch.bfloat16),
+    # several pixel, channel and tap blocks of the forward, each with a partial last block
+    (1, 5, 19, 21, 5, 2, "reflect", "per_pixel", True, torch.float64),
+    (1, 6, 13, 11, 5, 1, "symmetric", "per_image", False, torch.float32),
 ]
 
 
@@ -87,6 +90,20 @@ def test_triton_matches_float64_loop(case):
         assert actual.shape == like.shape and actual.dtype == dtype, f"{name}: {actual.dtype} {tuple(actual.shape)}"
         assert actual.is_contiguous(), name
         assert_close_to_float64(actual, truth, dtype, bar)
+
+
+def test_forward_tiles_give_256_programs_at_the_headline_shape():
+    """16 images of 3 x 128 x 128, k = 21, s = 4 (32 x 32 outputs): >= 256 forward programs, tap tiles and
+    pixel blocks powers of two, at most FORWARD_CHANNELS channels per program."""
+    require_triton()
+    from bsrops.triton import blur_downsample as module
+
+    block_c, block_t, block_p = module._forward_blocks(32 * 32, 3)
+    assert -(-32 * 32 // block_p) * -(-3 // block_c) * 16 >= 256, (block_c, block_t, block_p)
+    for pixels, channels in ((1, 1), (32 * 32, 3), (128 * 128, 64), (1024 * 1024, 3)):
+        sizes = module._forward_blocks(pixels, channels)
+        assert all(size & (size - 1) == 0 for size in sizes), (pixels, channels, sizes)
+        assert sizes[0] <= module.FORWARD_CHANNELS and sizes[0] < 2 * channels, (pixels, channels, sizes)
 
 
 @pytest.mark.timeout(60)
@@ -155,9 +172,9 @@ def test_triton_opcheck():
 # part_ptr hold the accumulator dtype. Together they take every padding branch, layout and dtype.
 COMPILE_CONFIGS = {
     "_forward_kernel": [
-        ("fp32", dict(FLIP=False, PADDING=0, LAYOUT=2, F64=False, BLOCK_C=4, BLOCK_P=256)),
-        ("bf16", dict(FLIP=True, PADDING=4, LAYOUT=0, F64=False, BLOCK_C=8, BLOCK_P=128)),
-        ("fp64", dict(FLIP=False, PADDING=3, LAYOUT=1, F64=True, BLOCK_C=4, BLOCK_P=128)),
+        ("fp32", dict(FLIP=False, PADDING=0, LAYOUT=2, F64=False, BLOCK_C=4, BLOCK_T=16, BLOCK_P=64, STAGES=2)),
+        ("bf16", dict(FLIP=True, PADDING=4, LAYOUT=0, F64=False, BLOCK_C=4, BLOCK_T=8, BLOCK_P=256, STAGES=2)),
+        ("fp64", dict(FLIP=False, PADDING=3, LAYOUT=1, F64=True, BLOCK_C=2, BLOCK_T=16, BLOCK_P=128, STAGES=3)),
     ],
     "_grad_input_kernel": [
         ("fp32", dict(FLIP=False, PADDING=0, LAYOUT=2, F64=False, BLOCK_C=2, BLOCK_Y=16, BLOCK_X=32)),

@@ -10,8 +10,10 @@ and padded coordinates are mapped to image coordinates by `_source_index`.
 Kernels (all deterministic, none uses atomics):
 
 - `_forward_kernel`: one program = one image, a block of channels x a block of output
-  pixels, runtime loops over the k x k window; the weights of a tap are loaded once for
-  the whole channel block.
+  pixels; a pipelined loop over tiles of [taps x pixels] of the flattened k x k window, each
+  tile's weights loaded once for the whole channel block (for the per-pixel layout a
+  contiguous tile of the kernel tensor) and the tile's products summed over its taps. Block
+  sizes come from `FORWARD_TILES` by output pixels per image.
 - `_grad_input_kernel`: gather form of grad_x (as grad_input_element in the header). One
   program = one image, a block of channels x a 2-D tile of input pixels. grad_x(y, x) sums,
   over every padded coordinate (u, v) that the padding maps onto (y, x), the outputs and
@@ -106,43 +108,44 @@ def _to_output(acc, ptr):
 @triton.jit
 def _forward_kernel(x_ptr, k_ptr, out_ptr, C, H, W, Ho, Wo, ksize, stride,
                     FLIP: tl.constexpr, PADDING: tl.constexpr, LAYOUT: tl.constexpr, F64: tl.constexpr,
-                    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+                    BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, STAGES: tl.constexpr):
+    """out[n, cs, p] for a block of channels cs and output pixels p of image n = program_id(2):
+    sum over tiles of BLOCK_T taps t = a * k + b of K[t](p) * x(read by tap t at p)."""
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
     n = tl.program_id(2).to(tl.int64)
     pixels = Ho * Wo
+    taps = ksize * ksize
     p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     p_mask = p < pixels
-    i = p // Wo
-    j = p % Wo
+    si = stride * (p // Wo)
+    sj = stride * (p % Wo)
     cs = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = cs < C
-    planes = (n * C + cs) * H * W  # int64 [BLOCK_C]
+    planes = ((n * C + cs) * H * W)[:, None, None]  # int64 [BLOCK_C, 1, 1]
+    tap_stride = tl.cast(Ho, tl.int64) * Wo  # per-pixel kernels: elements per tap (int64 offsets)
     if LAYOUT == 2:
-        k_base = k_ptr + n * ksize * ksize * pixels
+        k_base = k_ptr + n * taps * tap_stride
     elif LAYOUT == 1:
-        k_base = k_ptr + n * ksize * ksize
+        k_base = k_ptr + n * taps
     else:
         k_base = k_ptr
-    tap_stride = tl.cast(Ho, tl.int64) * Wo  # per-pixel kernels: elements per tap (int64 offsets)
     half = ksize // 2
-    si = stride * i
-    sj = stride * j
     acc = _zeros((BLOCK_C, BLOCK_P), F64)
-    for a in range(0, ksize):
-        row = _source_index(si + _tap_offset(a, half, FLIP), H, PADDING)
-        row_mask = c_mask[:, None] & (p_mask & (row >= 0))[None, :]
-        x_row = x_ptr + planes[:, None] + (row * W)[None, :]
-        k_row = k_base + (a * ksize) * tap_stride
-        for b in range(0, ksize):
-            col = _source_index(sj + _tap_offset(b, half, FLIP), W, PADDING)
-            values = tl.load(x_row + col[None, :], mask=row_mask & (col >= 0)[None, :], other=0.0)
-            if LAYOUT == 2:
-                weight = tl.load(k_row + b * tap_stride + p, mask=p_mask, other=0.0)
-                acc += values.to(acc.dtype) * weight.to(acc.dtype)[None, :]
-            else:
-                weight = tl.load(k_base + a * ksize + b)
-                acc += values.to(acc.dtype) * weight.to(acc.dtype)
+    for t0 in tl.range(0, taps, BLOCK_T, num_stages=STAGES):
+        t = t0 + tl.arange(0, BLOCK_T)
+        t_mask = t < taps
+        rows = _source_index(si[None, :] + _tap_offset(t // ksize, half, FLIP)[:, None], H, PADDING)
+        cols = _source_index(sj[None, :] + _tap_offset(t % ksize, half, FLIP)[:, None], W, PADDING)
+        ok = t_mask[:, None] & p_mask[None, :] & (rows >= 0) & (cols >= 0)  # [BLOCK_T, BLOCK_P]
+        if LAYOUT == 2:
+            weights = tl.load(k_base + t[:, None] * tap_stride + p[None, :],
+                              mask=t_mask[:, None] & p_mask[None, :], other=0.0)
+        else:
+            weights = tl.load(k_base + t, mask=t_mask, other=0.0)[:, None]
+        values = tl.load(x_ptr + planes + (rows * W + cols)[None, :, :],
+                         mask=c_mask[:, None, None] & ok[None, :, :], other=0.0)
+        acc += tl.sum(values.to(acc.dtype) * weights.to(acc.dtype)[None, :, :], axis=1)
     out_offsets = ((n * C + cs) * pixels)[:, None] + p[None, :]
     tl.store(out_ptr + out_offsets, _to_output(acc, out_ptr), mask=c_mask[:, None] & p_mask[None, :])
 
@@ -351,12 +354,17 @@ def _accumulator_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _pixel_block(pixels):
-    return _pow2(pixels, 256)
+# The forward's (BLOCK_T, BLOCK_P) by output pixels per image: (up to that many pixels, tiles). Small
+# pixel blocks keep >= 256 programs at 16 images of 32 x 32 outputs; larger images take wider blocks.
+FORWARD_TILES = ((1024, 16, 64), (16384, 16, 128), (None, 8, 256))
+FORWARD_STAGES = 2  # tap tiles in flight in the forward's pipelined loop
+FORWARD_CHANNELS = 4  # at most this many channels per program (the kernel tile is loaded once for them)
 
 
-def _channel_block(channels, block_p):
-    return _pow2(channels, max(1, 1024 // block_p))
+def _forward_blocks(pixels, channels):
+    """(BLOCK_C, BLOCK_T, BLOCK_P) of the forward for `pixels` output pixels per image."""
+    block_t, block_p = next((t, p) for limit, t, p in FORWARD_TILES if limit is None or pixels <= limit)
+    return _pow2(channels, FORWARD_CHANNELS), block_t, _pow2(pixels, block_p)
 
 
 def forward(x, kernel, stride=1, padding="reflect", flip=False):
@@ -369,13 +377,12 @@ def forward(x, kernel, stride=1, padding="reflect", flip=False):
     out = x.new_empty(n, channels, out_h, out_w)
     if out.numel() == 0:
         return out
-    block_p = _pixel_block(out_h * out_w)
-    block_c = _channel_block(channels, block_p)
+    block_c, block_t, block_p = _forward_blocks(out_h * out_w, channels)
     grid = (triton.cdiv(out_h * out_w, block_p), triton.cdiv(channels, block_c), n)
     _forward_kernel[grid](
         x, kernel, out, channels, height, width, out_h, out_w, k, stride,
         FLIP=bool(flip), PADDING=PADDING_CODES[padding], LAYOUT=_layout(kernel), F64=x.dtype == torch.float64,
-        BLOCK_C=block_c, BLOCK_P=block_p)
+        BLOCK_C=block_c, BLOCK_T=block_t, BLOCK_P=block_p, STAGES=FORWARD_STAGES)
     return out
 
 
