@@ -4,6 +4,7 @@ device (CI has none). Run with Triton compiling for the GPU, not interpreting:
 
     TRITON_INTERPRET=0 python -m pytest tests/test_gpu.py
 """
+import functools
 import os
 
 import pytest
@@ -62,6 +63,58 @@ def test_blur_downsample(layout, padding, stride, k, flip, backend, dtype):
             *on_cuda([x, kernel]), stride, padding, flip, grad_out=expected[3].to(CUDA, dtype)))
     ran_on(delta, backend)
     assert_close_cpu(actual[:3], expected[:3])
+
+
+# Past one block of every blur kernel, each with a partial last block: the CUDA per-pixel grad-kernel's 32 x 8
+# output tiles, the per-image grad-kernel's row bands (few (n, tap) blocks) and column lanes (Wo > 256), grad_x's
+# interior rows and columns under a wide kernel, the Triton forward's tap tiles, pixel and channel blocks.
+# n, c, height, width, k, stride, layout, padding, flip
+LARGE_BLUR_CASES = [
+    (2, 3, 50, 133, 21, 4, "per_pixel", "reflect", False),  # 13 x 34 outputs
+    (1, 2, 37, 300, 3, 1, "per_image", "circular", True),  # 9 (n, tap) blocks, 300 output columns
+    (3, 3, 64, 72, 21, 4, "shared", "symmetric", True),
+    (2, 5, 45, 40, 13, 3, "per_pixel", "replicate", True),
+    (2, 3, 29, 35, 4, 2, "per_image", "zeros", False),
+]
+
+
+@functools.lru_cache(maxsize=None)
+def large_blur_case(case):
+    """x, kernel (float32 values in float64) and the float64 loop's (out, grad_x, grad_kernel, grad_out): the
+    reference takes seconds, so each case computes it once for every backend and dtype."""
+    n, c, height, width, k, stride, layout, padding, flip = case
+    torch.manual_seed(19)
+    x, kernel = (t.float().double() for t in bd.make_inputs(layout, k, stride, n=n, c=c, height=height,
+                                                            width=width))
+    out_h, out_w = bd.geometry(height, width, k, stride, flip)[:2]
+    grad_out = torch.randn(n, c, out_h, out_w, dtype=torch.float64).float().double()
+    return x, kernel, bd.forward_and_grads(x, kernel, stride, padding, flip, blur_downsample_loop, grad_out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", LARGE_BLUR_CASES)
+def test_blur_downsample_past_one_block(case, backend, dtype):
+    stride, padding, flip = case[5], case[7], case[8]
+    x, kernel, expected = large_blur_case(case)
+    with bsrops.use_backend(backend):
+        actual, delta = dp.calls_delta(lambda: bd.forward_and_grads(
+            *on_cuda([x.to(dtype), kernel.to(dtype)]), stride, padding, flip, grad_out=expected[3].to(CUDA, dtype)))
+    ran_on(delta, backend)
+    assert_close_cpu(actual[:3], expected[:3])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout", bd.LAYOUTS)
+def test_blur_downsample_backward_is_deterministic(layout, backend):
+    """Two backward passes give bitwise equal gradients (fixed-order sums, no atomics)."""
+    x, kernel = on_cuda(bd.make_inputs(layout, 21, 4, n=4, c=3, height=64, width=64, dtype=torch.float32))
+    grad_out = torch.randn(4, 3, 16, 16, device=CUDA)
+    with bsrops.use_backend(backend):
+        first, second = (torch.ops.bsrops._blur_downsample_backward(grad_out, x, kernel, 4, "reflect", False,
+                                                                    [True, True]) for _ in range(2))
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
