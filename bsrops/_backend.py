@@ -146,13 +146,19 @@ def _base_backend(device_type):
     return device_type if device_type in ("cpu", "cuda") else "reference"
 
 
-def backend_info(device="cpu"):
-    """Which backend the ops run on `device` now, and why."""
-    device_type = torch.device(device).type
+def active_backend(device_type):
+    """The backend the ops run on for tensors on `device_type` ("cpu", "cuda", ...) now."""
     backend = _base_backend(device_type)
     for name, devices, _ in _active:
         if device_type.upper() in devices:
             backend = name
+    return backend
+
+
+def backend_info(device="cpu"):
+    """Which backend the ops run on `device` now, and why."""
+    device_type = torch.device(device).type
+    backend = active_backend(device_type)
     return {"device": device_type, "backend": backend, "extension": _extension.build_info(),
             "overrides": [f"{name} on {'/'.join(devices).lower()}" for name, devices, _ in _active if devices]}
 

@@ -16,8 +16,10 @@ import test_dpcb as dp
 import test_patchgan_conv as pg
 import test_usrnet_data_step as ud
 from bsrops.nn import PatchGANConv
+from bsrops.ops._precision import run_fused
 from bsrops.reference import usrnet_data_step as usrnet_ref
 from bsrops.reference.blur_downsample import PADDINGS, blur_downsample_loop
+from logged_ops import LoggedOps
 from tolerances import assert_close_to_float64, relative_error
 
 if not torch.cuda.is_available():
@@ -183,6 +185,80 @@ def test_dpcb_kernels_mix_layouts(mix, cond, backend, dtype):
     ran_on(delta, backend)
 
 
+def _assert_rounded_once(actual, truth, dtype, reduced=False):
+    """A float16 / bfloat16 result of float32 arithmetic rounded once: within the dtype's epsilon of the float64
+    truth, relative to each value (to the largest one for a reduction), with a 1e-3 floor on unit-scale data."""
+    assert actual.dtype == dtype and actual.shape == truth.shape, (actual.dtype, actual.shape, truth.shape)
+    error = (actual.cpu().double() - truth.cpu()).abs()
+    scale = truth.abs().max() if reduced else truth.abs()
+    bar = torch.finfo(dtype).eps * (scale.cpu() + 1e-3)
+    assert (error <= bar).all(), f"{dtype} error {(error - bar).max():.3e} above its bar"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("cond", ["1x1", "image"])
+@pytest.mark.parametrize("mix", dp.MIXES)
+def test_dpcb_cuda_kernels_in_half_precision(mix, cond, dtype):
+    """The CUDA elementwise kernels take float16 / bfloat16 tensors themselves (run_fused makes no float32 copies
+    for them), compute in float32 and round each output once; operands in mixed layouts as in float32."""
+    x_format, f_format, grad_format, conv_format = mix.split(",")
+    image = (2, 16, 13, 23)
+    cond_shape = image if cond == "image" else (2, 16, 1, 1)
+    g = torch.Generator().manual_seed(3)
+    make = lambda shape, fmt: dp._formatted(torch.randn(shape, generator=g).to(CUDA, dtype), fmt)  # noqa: E731
+    x, f1, grad_img, h = (make(image, fmt) for fmt in (x_format, f_format, grad_format, conv_format))
+    x_cond, f2, grad_cond = (make(cond_shape, fmt) for fmt in (x_format, f_format, grad_format))
+    grad_h, activated = make(image, grad_format), h.clone()
+    grad_h_out = grad_h.clone()
+    ops, d, channels_last = torch.ops.bsrops, (lambda t: t.double()), conv_format == "cl"
+    with bsrops.use_backend("cuda"):
+        (out, out_cond), delta = dp.calls_delta(lambda: ops._dpcb_epilogue(x, f1, x_cond, f2))
+        grad_f1, grad_f2 = ops._dpcb_epilogue_backward(grad_img, grad_cond, f1, f2, channels_last)
+        moved = ops._relayout(x, grad_img, channels_last)
+        ops._leaky_relu_(activated, 0.3)
+        ops._leaky_relu_backward_(grad_h_out, activated, 0.3)
+    ran_on(delta, "cuda")
+    product = d(grad_img) * d(f1)
+    _assert_rounded_once(out, d(x) + d(f1) * d(f2), dtype)
+    _assert_rounded_once(out_cond, d(x_cond) + d(f2), dtype)
+    _assert_rounded_once(grad_f1, d(grad_img) * d(f2), dtype)
+    _assert_rounded_once(grad_f2, d(grad_cond) + (product if cond == "image" else product.sum((2, 3), keepdim=True)),
+                         dtype, reduced=cond == "1x1")
+    _assert_rounded_once(moved, d(x) + d(grad_img), dtype)
+    _assert_rounded_once(activated, torch.where(d(h) > 0, d(h), 0.3 * d(h)), dtype)
+    _assert_rounded_once(grad_h_out, torch.where(d(h) > 0, d(grad_h), 0.3 * d(grad_h)), dtype)
+    for t, fmt in ((out, x_format), (grad_f1, conv_format), (moved, conv_format)):
+        dp._assert_format(t, fmt)
+
+
+def test_run_fused_gives_half_tensors_to_the_cuda_kernels():
+    """On the native CUDA backend run_fused calls each fused kernel on the bfloat16 tensors themselves: no float32
+    copy (aten._to_copy) around it."""
+    g = torch.Generator().manual_seed(4)
+    x, f1, grad, h = (torch.randn(2, 4, 5, 6, generator=g).to(CUDA, torch.bfloat16) for _ in range(4))
+    x_cond, f2 = (torch.randn(2, 4, 1, 1, generator=g).to(CUDA, torch.bfloat16) for _ in range(2))
+    grad_h, grad_cond = grad.clone(), torch.randn_like(x_cond)
+    with bsrops.use_backend("cuda"), LoggedOps() as calls:
+        run_fused("_dpcb_epilogue", x, f1, x_cond, f2)
+        run_fused("_dpcb_epilogue_backward", grad, grad_cond, f1, f2, False)
+        run_fused("_relayout", x, None, True)
+        run_fused("_leaky_relu_", h, 0.2)
+        run_fused("_leaky_relu_backward_", grad_h, h, 0.2)
+    assert calls == [(f"bsrops::{name}", {torch.bfloat16}) for name in (
+        "_dpcb_epilogue", "_dpcb_epilogue_backward", "_relayout", "_leaky_relu_", "_leaky_relu_backward_")], calls
+
+
+def test_dpcb_cuda_kernels_index_in_64_bits_beyond_int32():
+    """Tensors past fits_int32 (2^31 - 2^24 elements) run the int64_t kernels: every element in its place."""
+    x = torch.full((1, 2, 32768, 33000), -1.0, device=CUDA, dtype=torch.bfloat16)  # 2.16e9 elements
+    assert x.numel() > 2 ** 31
+    x[..., -1, -2:] = torch.tensor([-2.0, 3.0], device=CUDA)
+    with bsrops.use_backend("cuda"):
+        torch.ops.bsrops._leaky_relu_(x, 0.5)
+        moved = torch.ops.bsrops._relayout(x, None, True)
+    assert moved.is_contiguous(memory_format=torch.channels_last) and torch.equal(moved, x)
+    assert torch.equal(x[0, :, -1, -3:].float().cpu(), torch.tensor([[-0.5, -1.0, 3.0]] * 2))
+    assert int((x == -0.5).sum()) == x.numel() - 4
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("block", pg.BLOCKS, ids=[f"{b[0]}-act{int(b[1])}-k{b[4]}s{b[5]}p{b[6]}" for b in pg.BLOCKS])
 def test_patchgan_conv(block, backend):

@@ -12,9 +12,11 @@ import torch.nn.functional as F
 
 import bsrops
 from bsrops.nn import DPCB
+from bsrops.ops._precision import has_half_kernels, run_fused
 from bsrops.reference import usrnet_data_step as usrnet_ref
 from bsrops.reference.blur_downsample import blur_downsample_loop
 from bsrops.reference.dpcb import DPCBReference
+from logged_ops import LoggedOps
 from tolerances import assert_close_to_float64
 
 BF16 = torch.bfloat16
@@ -200,6 +202,24 @@ def test_dpcb_bfloat16_inputs_inference_and_mixed_dtypes(use):
     assert torch.equal(out_img, module(x_img.float(), inputs[1])[0])
     (grad,) = torch.autograd.grad(out_img.sum(), x_img)
     assert grad.dtype == BF16
+
+
+def test_run_fused_copies_half_tensors_only_for_backends_without_half_kernels(monkeypatch):
+    """run_fused: the CPU's fused kernels (float32 / float64) get a float32 copy of a bfloat16 tensor and the result
+    comes back in bfloat16; where the backend has half kernels (the native CUDA one, which a meta tensor stands in
+    for here) the kernel gets the bfloat16 tensor itself, no copy."""
+    x = torch.randn(2, 3, 4, 5).to(BF16)
+    assert not has_half_kernels("cpu")
+    with LoggedOps() as calls:
+        moved = run_fused("_relayout", x, None, True)
+    assert moved.dtype == BF16 and torch.equal(moved, x)
+    assert ("bsrops::_relayout", {torch.float32}) in calls and ("aten::_to_copy", {BF16}) in calls, calls
+    monkeypatch.setattr(bsrops._backend, "active_backend", lambda device_type: "cuda")
+    assert has_half_kernels("meta")
+    x = x.to("meta")
+    with LoggedOps() as calls:
+        moved = run_fused("_relayout", x, None, True)
+    assert calls == [("bsrops::_relayout", {BF16})] and moved.dtype == BF16
 
 
 # ---- patchgan_conv ----

@@ -6,8 +6,9 @@
   (`register_autocast`), casts its floating inputs: "lower" ops to the autocast dtype, "float32" ops from
   float16 / bfloat16 to float32; with a float64 among them all run in float64 (autocast leaves float64 alone). The
   op then runs with that device's autocast off.
-- The fused elementwise kernels of dpcb and patchgan_conv are float32 / float64 kernels on every backend;
-  `run_fused` runs them on float32 copies of float16 / bfloat16 tensors.
+- The fused elementwise kernels of dpcb and patchgan_conv (`run_fused`) take float16 / bfloat16 tensors on the
+  native CUDA backend (float32 arithmetic inside); the other backends' are float32 / float64 kernels, which
+  `run_fused` runs on float32 copies of float16 / bfloat16 tensors.
 
 Imports no op module.
 """
@@ -15,10 +16,13 @@ import functools
 
 import torch
 
+from .. import _backend
+
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 POLICIES = ("lower", "float32")
 AUTOCAST_DEVICES = ("cpu", "cuda")
+HALF_KERNEL_BACKENDS = ("cuda",)  # the backends whose fused elementwise kernels take float16 / bfloat16
 
 _autocast_library = torch.library.Library("bsrops", "IMPL")  # the autocast kernels, for the life of the process
 
@@ -79,14 +83,21 @@ def register_autocast(op_name, policy, positions):
         _autocast_library.impl(op_name, lambda keyset, *args, run=run: run(*args), key_name, with_keyset=True)
 
 
+def has_half_kernels(device_type):
+    """Whether the fused elementwise kernels that serve `device_type` now take float16 / bfloat16 tensors."""
+    return _backend.active_backend(device_type) in HALF_KERNEL_BACKENDS
+
+
 def run_fused(op_name, *args):
-    """torch.ops.bsrops.<op_name>(*args) for any float dtype: with a float16 / bfloat16 tensor among args, the
-    kernel runs on float32 copies of them, and its tensor results and the arguments it writes in place come back in
-    that dtype (rounded once). The fused kernels' accumulators are float32 either way."""
+    """torch.ops.bsrops.<op_name>(*args) for any float dtype: with a float16 / bfloat16 tensor among args and a
+    backend without half kernels (has_half_kernels), the kernel runs on float32 copies of them, and its tensor
+    results and the arguments it writes in place come back in that dtype (rounded once). The fused kernels'
+    arithmetic is float32 either way."""
     op = getattr(torch.ops.bsrops, op_name).default
-    half = next((a.dtype for a in args if isinstance(a, torch.Tensor) and a.dtype in HALF_DTYPES), None)
-    if half is None:
+    first_half = next((a for a in args if isinstance(a, torch.Tensor) and a.dtype in HALF_DTYPES), None)
+    if first_half is None or has_half_kernels(first_half.device.type):
         return op(*args)
+    half = first_half.dtype
     wide = [a.float() if isinstance(a, torch.Tensor) and a.dtype in HALF_DTYPES else a for a in args]
     result = op(*wide)
     for i, argument in enumerate(op._schema.arguments):

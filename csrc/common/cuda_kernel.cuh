@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <utility>
 
 namespace bsrops {
@@ -20,10 +21,27 @@ inline int64_t grid_blocks(int64_t total) {
   return std::min<int64_t>((total + kThreads - 1) / kThreads, kMaxBlocks);
 }
 
-// for (e = this thread's first element; e < total; e += all threads of the grid)
-#define BSR_GRID_STRIDE(e, total)                                                          \
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < (total); \
-       e += static_cast<int64_t>(blockDim.x) * gridDim.x)
+// for (e = this thread's first element; e < total; e += all threads of the grid), e of type index_t
+#define BSR_GRID_STRIDE_AS(index_t, e, total)                                              \
+  for (index_t e = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < (total); \
+       e += static_cast<index_t>(blockDim.x) * gridDim.x)
+#define BSR_GRID_STRIDE(e, total) BSR_GRID_STRIDE_AS(int64_t, e, total)
+
+// Whether int32_t indices serve a grid-stride loop over `total` elements, and offsets below
+// `total`: the last step of the loop, up to one grid of threads past `total`, must not overflow.
+inline bool fits_int32(int64_t total) {
+  return total <= std::numeric_limits<int32_t>::max() - kThreads * kMaxBlocks;
+}
+
+// f(index) with index an int32_t when fits_int32(total), else an int64_t (the kernel's index type).
+template <typename F>
+void with_index_type(int64_t total, const F& f) {
+  if (fits_int32(total)) {
+    f(int32_t{0});
+  } else {
+    f(int64_t{0});
+  }
+}
 
 // kernel<<<blocks, kThreads>>>(args...) on the current CUDA stream, then the launch check.
 template <typename... Params, typename... Args>

@@ -26,11 +26,18 @@ C10_HOST_DEVICE inline T modulate_element(T x, T f1, T f2) {
 // (P * C, 1, C); a (N, C, 1, 1) condition broadcast over an image has pixel stride 0. The
 // op runs its convolutions in channels_last and takes x_img / gradients in the caller's
 // layout, so every fused kernel reads and writes each tensor through its own strides.
-struct PlaneStrides {
-  int64_t n, c, p;
+// Index is int64_t, or int32_t in the CUDA kernels over tensors whose offsets fit it.
+template <typename Index>
+struct PlaneStridesOf {
+  using index_t = Index;
+  Index n, c, p;
 };
+using PlaneStrides = PlaneStridesOf<int64_t>;
 
-C10_HOST_DEVICE inline int64_t offset_of(const PlaneStrides& s, int64_t n, int64_t c, int64_t p) {
+template <typename Index>
+C10_HOST_DEVICE inline Index offset_of(const PlaneStridesOf<Index>& s, typename PlaneStridesOf<Index>::index_t n,
+                                       typename PlaneStridesOf<Index>::index_t c,
+                                       typename PlaneStridesOf<Index>::index_t p) {
   return n * s.n + c * s.c + p * s.p;
 }
 

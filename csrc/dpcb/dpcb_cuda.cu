@@ -25,47 +25,66 @@ namespace bsrops {
 namespace dpcb {
 namespace {
 
+// Every elementwise kernel computes in acc_t = at::opmath_type<scalar_t> (float for float16 /
+// bfloat16, which are read and written in their own dtype) and indexes in index_t: int32_t
+// when the tensors' offsets fit it (fits_int32), else int64_t.
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) leaky_relu_kernel(scalar_t* __restrict__ x, scalar_t slope, int64_t total) {
-  BSR_GRID_STRIDE(e, total) x[e] = leaky_relu_element(x[e], slope);
-}
+using acc_t = at::opmath_type<scalar_t>;
 
 template <typename scalar_t>
+__device__ inline acc_t<scalar_t> acc(scalar_t v) {
+  return static_cast<acc_t<scalar_t>>(v);
+}
+
+template <typename scalar_t, typename index_t>
 __global__ void __launch_bounds__(kThreads)
-    leaky_relu_backward_kernel(scalar_t* __restrict__ grad, const scalar_t* __restrict__ out, scalar_t slope,
-                               int64_t total) {
-  BSR_GRID_STRIDE(e, total) grad[e] = leaky_relu_grad_element(grad[e], out[e], slope);
+    leaky_relu_kernel(scalar_t* __restrict__ x, acc_t<scalar_t> slope, index_t total) {
+  BSR_GRID_STRIDE_AS(index_t, e, total) x[e] = static_cast<scalar_t>(leaky_relu_element(acc(x[e]), slope));
+}
+
+template <typename scalar_t, typename index_t>
+__global__ void __launch_bounds__(kThreads)
+    leaky_relu_backward_kernel(scalar_t* __restrict__ grad, const scalar_t* __restrict__ out, acc_t<scalar_t> slope,
+                               index_t total) {
+  BSR_GRID_STRIDE_AS(index_t, e, total)
+  grad[e] = static_cast<scalar_t>(leaky_relu_grad_element(acc(grad[e]), acc(out[e]), slope));
 }
 
 // out_img over all (n, c, p) elements (decoded in NCHW order, each tensor read through its
 // strides); out_cond too when the condition is image-sized, else once per (n, c) (p == 0).
-template <typename scalar_t>
+template <typename scalar_t, typename index_t>
 __global__ void __launch_bounds__(kThreads)
-    epilogue_kernel(const scalar_t* __restrict__ x, PlaneStrides sx, const scalar_t* __restrict__ f1, PlaneStrides sf1,
-                    const scalar_t* __restrict__ xc, PlaneStrides sxc, const scalar_t* __restrict__ f2, PlaneStrides sf2,
-                    scalar_t* __restrict__ out, PlaneStrides so, scalar_t* __restrict__ out_cond, PlaneStrides soc,
-                    int64_t channels, int64_t pixels, bool pointwise, int64_t total) {
-  BSR_GRID_STRIDE(e, total) {
-    const int64_t p = e % pixels, c = (e / pixels) % channels, n = e / (pixels * channels);
-    const scalar_t v2 = f2[offset_of(sf2, n, c, p)];
-    out[offset_of(so, n, c, p)] = modulate_element(x[offset_of(sx, n, c, p)], f1[offset_of(sf1, n, c, p)], v2);
-    if (!pointwise || p == 0) out_cond[offset_of(soc, n, c, p)] = xc[offset_of(sxc, n, c, p)] + v2;
+    epilogue_kernel(const scalar_t* __restrict__ x, PlaneStridesOf<index_t> sx, const scalar_t* __restrict__ f1,
+                    PlaneStridesOf<index_t> sf1, const scalar_t* __restrict__ xc, PlaneStridesOf<index_t> sxc,
+                    const scalar_t* __restrict__ f2, PlaneStridesOf<index_t> sf2, scalar_t* __restrict__ out,
+                    PlaneStridesOf<index_t> so, scalar_t* __restrict__ out_cond, PlaneStridesOf<index_t> soc,
+                    index_t channels, index_t pixels, bool pointwise, index_t total) {
+  BSR_GRID_STRIDE_AS(index_t, e, total) {
+    const index_t p = e % pixels, c = (e / pixels) % channels, n = e / (pixels * channels);
+    const acc_t<scalar_t> v2 = acc(f2[offset_of(sf2, n, c, p)]);
+    out[offset_of(so, n, c, p)] =
+        static_cast<scalar_t>(modulate_element(acc(x[offset_of(sx, n, c, p)]), acc(f1[offset_of(sf1, n, c, p)]), v2));
+    if (!pointwise || p == 0)
+      out_cond[offset_of(soc, n, c, p)] = static_cast<scalar_t>(acc(xc[offset_of(sxc, n, c, p)]) + v2);
   }
 }
 
 // grad_f1 = grad_img * f2 (g1 != nullptr) and, for an image-sized condition, grad_f2 = grad_cond +
 // grad_img * f1 (g2 != nullptr), elementwise.
-template <typename scalar_t>
+template <typename scalar_t, typename index_t>
 __global__ void __launch_bounds__(kThreads)
-    epilogue_grad_kernel(const scalar_t* __restrict__ gi, PlaneStrides sgi, const scalar_t* __restrict__ gc,
-                         PlaneStrides sgc, const scalar_t* __restrict__ f1, PlaneStrides sf1,
-                         const scalar_t* __restrict__ f2, PlaneStrides sf2, scalar_t* __restrict__ g1, PlaneStrides sg1,
-                         scalar_t* __restrict__ g2, PlaneStrides sg2, int64_t channels, int64_t pixels, int64_t total) {
-  BSR_GRID_STRIDE(e, total) {
-    const int64_t p = e % pixels, c = (e / pixels) % channels, n = e / (pixels * channels);
-    const scalar_t g = gi[offset_of(sgi, n, c, p)];
-    if (g1) g1[offset_of(sg1, n, c, p)] = g * f2[offset_of(sf2, n, c, p)];
-    if (g2) g2[offset_of(sg2, n, c, p)] = modulate_element(gc[offset_of(sgc, n, c, p)], g, f1[offset_of(sf1, n, c, p)]);
+    epilogue_grad_kernel(const scalar_t* __restrict__ gi, PlaneStridesOf<index_t> sgi, const scalar_t* __restrict__ gc,
+                         PlaneStridesOf<index_t> sgc, const scalar_t* __restrict__ f1, PlaneStridesOf<index_t> sf1,
+                         const scalar_t* __restrict__ f2, PlaneStridesOf<index_t> sf2, scalar_t* __restrict__ g1,
+                         PlaneStridesOf<index_t> sg1, scalar_t* __restrict__ g2, PlaneStridesOf<index_t> sg2,
+                         index_t channels, index_t pixels, index_t total) {
+  BSR_GRID_STRIDE_AS(index_t, e, total) {
+    const index_t p = e % pixels, c = (e / pixels) % channels, n = e / (pixels * channels);
+    const acc_t<scalar_t> g = acc(gi[offset_of(sgi, n, c, p)]);
+    if (g1) g1[offset_of(sg1, n, c, p)] = static_cast<scalar_t>(g * acc(f2[offset_of(sf2, n, c, p)]));
+    if (g2)
+      g2[offset_of(sg2, n, c, p)] = static_cast<scalar_t>(
+          modulate_element(acc(gc[offset_of(sgc, n, c, p)]), g, acc(f1[offset_of(sf1, n, c, p)])));
   }
 }
 
@@ -75,35 +94,45 @@ __global__ void __launch_bounds__(kThreads)
     grad_cond_plane_kernel(const scalar_t* __restrict__ gi, PlaneStrides sgi, const scalar_t* __restrict__ gc,
                            PlaneStrides sgc, const scalar_t* __restrict__ f1, PlaneStrides sf1,
                            scalar_t* __restrict__ g2, PlaneStrides sg2, int64_t channels, int64_t pixels) {
-  using acc_t = at::opmath_type<scalar_t>;
-  __shared__ acc_t partial[kThreads];
+  __shared__ acc_t<scalar_t> partial[kThreads];
   const int64_t n = blockIdx.x / channels, c = blockIdx.x % channels;
-  const acc_t sum = block_sum(grad_cond_scale_plane<scalar_t, acc_t>(gi + offset_of(sgi, n, c, 0), sgi.p,
-                                                                     f1 + offset_of(sf1, n, c, 0), sf1.p, threadIdx.x,
-                                                                     pixels, blockDim.x),
-                              partial);
-  if (threadIdx.x == 0)
-    g2[offset_of(sg2, n, c, 0)] = static_cast<scalar_t>(sum + static_cast<acc_t>(gc[offset_of(sgc, n, c, 0)]));
+  const acc_t<scalar_t> sum =
+      block_sum(grad_cond_scale_plane<scalar_t, acc_t<scalar_t>>(gi + offset_of(sgi, n, c, 0), sgi.p,
+                                                                 f1 + offset_of(sf1, n, c, 0), sf1.p, threadIdx.x,
+                                                                 pixels, blockDim.x),
+                partial);
+  if (threadIdx.x == 0) g2[offset_of(sg2, n, c, 0)] = static_cast<scalar_t>(sum + acc(gc[offset_of(sgc, n, c, 0)]));
 }
 
 // out = x (+ other), each in its own layout
-template <typename scalar_t>
+template <typename scalar_t, typename index_t>
 __global__ void __launch_bounds__(kThreads)
-    relayout_kernel(const scalar_t* __restrict__ x, PlaneStrides sx, const scalar_t* __restrict__ other,
-                    PlaneStrides sother, scalar_t* __restrict__ out, PlaneStrides sout, int64_t channels,
-                    int64_t pixels, int64_t total) {
-  BSR_GRID_STRIDE(e, total) {
-    const int64_t p = e % pixels, c = (e / pixels) % channels, n = e / (pixels * channels);
+    relayout_kernel(const scalar_t* __restrict__ x, PlaneStridesOf<index_t> sx, const scalar_t* __restrict__ other,
+                    PlaneStridesOf<index_t> sother, scalar_t* __restrict__ out, PlaneStridesOf<index_t> sout,
+                    index_t channels, index_t pixels, index_t total) {
+  BSR_GRID_STRIDE_AS(index_t, e, total) {
+    const index_t p = e % pixels, c = (e / pixels) % channels, n = e / (pixels * channels);
     const scalar_t v = x[offset_of(sx, n, c, p)];
-    out[offset_of(sout, n, c, p)] = other ? v + other[offset_of(sother, n, c, p)] : v;
+    out[offset_of(sout, n, c, p)] = other ? static_cast<scalar_t>(acc(v) + acc(other[offset_of(sother, n, c, p)])) : v;
   }
+}
+
+// A PlaneStrides in the kernel's index type (with_index_type chose one that holds every offset).
+template <typename index_t>
+PlaneStridesOf<index_t> narrow(const PlaneStrides& s) {
+  return {static_cast<index_t>(s.n), static_cast<index_t>(s.c), static_cast<index_t>(s.p)};
 }
 
 void check_cuda(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.is_cuda(), "dpcb (cuda): ", name, " must be a CUDA tensor, got ", t.device());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "dpcb (cuda): ", name,
-              " must be float32 or float64, got ", t.scalar_type());
+  const at::ScalarType dtype = t.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
+              "dpcb (cuda): ", name, " must be float16, bfloat16, float32 or float64, got ", dtype);
 }
+
+// The dispatch of every host function: float64, float32, float16, bfloat16.
+#define DPCB_DISPATCH(dtype, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
 
 void leaky_relu_cuda(at::Tensor& x, double slope) {
   count_call("_leaky_relu_.cuda");
@@ -112,9 +141,12 @@ void leaky_relu_cuda(at::Tensor& x, double slope) {
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t total = x.numel();
   if (total == 0) return;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "leaky_relu_cuda", [&] {
-    launch_kernel(leaky_relu_kernel<scalar_t>, grid_blocks(total), x.mutable_data_ptr<scalar_t>(),
-                  static_cast<scalar_t>(slope), total);
+  DPCB_DISPATCH(x.scalar_type(), "leaky_relu_cuda", [&] {
+    with_index_type(total, [&](auto index) {
+      using index_t = decltype(index);
+      launch_kernel(leaky_relu_kernel<scalar_t, index_t>, grid_blocks(total), x.mutable_data_ptr<scalar_t>(),
+                    static_cast<acc_t<scalar_t>>(slope), static_cast<index_t>(total));
+    });
   });
 }
 
@@ -125,9 +157,13 @@ void leaky_relu_backward_cuda(at::Tensor& grad, const at::Tensor& out_in, double
   const at::Tensor out = same_order(out_in, grad);
   const int64_t total = grad.numel();
   if (total == 0) return;
-  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "leaky_relu_backward_cuda", [&] {
-    launch_kernel(leaky_relu_backward_kernel<scalar_t>, grid_blocks(total), grad.mutable_data_ptr<scalar_t>(),
-                  out.const_data_ptr<scalar_t>(), static_cast<scalar_t>(slope), total);
+  DPCB_DISPATCH(grad.scalar_type(), "leaky_relu_backward_cuda", [&] {
+    with_index_type(total, [&](auto index) {
+      using index_t = decltype(index);
+      launch_kernel(leaky_relu_backward_kernel<scalar_t, index_t>, grid_blocks(total),
+                    grad.mutable_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(),
+                    static_cast<acc_t<scalar_t>>(slope), static_cast<index_t>(total));
+    });
   });
 }
 
@@ -141,12 +177,19 @@ std::tuple<at::Tensor, at::Tensor> epilogue_cuda(const at::Tensor& x_in, const a
   at::Tensor out = at::empty_like(x), out_cond = at::empty_like(xc);
   const int64_t total = x.numel();
   if (total == 0) return {out, out_cond};
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dpcb_epilogue_cuda", [&] {
-    launch_kernel(epilogue_kernel<scalar_t>, grid_blocks(total), x.const_data_ptr<scalar_t>(), plane_strides(x),
-                  f1.const_data_ptr<scalar_t>(), plane_strides(f1), xc.const_data_ptr<scalar_t>(),
-                  plane_strides(xc, pointwise), f2.const_data_ptr<scalar_t>(), plane_strides(f2, pointwise),
-                  out.mutable_data_ptr<scalar_t>(), plane_strides(out), out_cond.mutable_data_ptr<scalar_t>(),
-                  plane_strides(out_cond, pointwise), x.size(1), x.size(2) * x.size(3), pointwise, total);
+  DPCB_DISPATCH(x.scalar_type(), "dpcb_epilogue_cuda", [&] {
+    with_index_type(total, [&](auto index) {
+      using index_t = decltype(index);
+      const auto strides = [&](const at::Tensor& t, bool broadcast = false) {
+        return narrow<index_t>(plane_strides(t, broadcast));
+      };
+      launch_kernel(epilogue_kernel<scalar_t, index_t>, grid_blocks(total), x.const_data_ptr<scalar_t>(), strides(x),
+                    f1.const_data_ptr<scalar_t>(), strides(f1), xc.const_data_ptr<scalar_t>(), strides(xc, pointwise),
+                    f2.const_data_ptr<scalar_t>(), strides(f2, pointwise), out.mutable_data_ptr<scalar_t>(),
+                    strides(out), out_cond.mutable_data_ptr<scalar_t>(), strides(out_cond, pointwise),
+                    static_cast<index_t>(x.size(1)), static_cast<index_t>(x.size(2) * x.size(3)), pointwise,
+                    static_cast<index_t>(total));
+    });
   });
   return {out, out_cond};
 }
@@ -168,13 +211,20 @@ std::tuple<at::Tensor, at::Tensor> epilogue_backward_cuda(const at::Tensor& grad
   if (total == 0) return {grad_f1, grad_f2};
   const PlaneStrides sg1 = has_f2 ? plane_strides(grad_f1) : plane_strides(gi);
   const PlaneStrides sg2 = has_f1 ? plane_strides(grad_f2, pointwise) : plane_strides(gc, pointwise);
-  AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "dpcb_epilogue_backward_cuda", [&] {
+  DPCB_DISPATCH(gi.scalar_type(), "dpcb_epilogue_backward_cuda", [&] {
     scalar_t* g1 = has_f2 ? grad_f1.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* g2 = has_f1 ? grad_f2.mutable_data_ptr<scalar_t>() : nullptr;
-    launch_kernel(epilogue_grad_kernel<scalar_t>, grid_blocks(total), gi.const_data_ptr<scalar_t>(),
-                  plane_strides(gi), gc.const_data_ptr<scalar_t>(), plane_strides(gc, pointwise),
-                  f1.const_data_ptr<scalar_t>(), plane_strides(f1), f2.const_data_ptr<scalar_t>(),
-                  plane_strides(f2, pointwise), g1, sg1, pointwise ? nullptr : g2, sg2, channels, pixels, total);
+    with_index_type(total, [&](auto index) {
+      using index_t = decltype(index);
+      const auto strides = [&](const at::Tensor& t, bool broadcast = false) {
+        return narrow<index_t>(plane_strides(t, broadcast));
+      };
+      launch_kernel(epilogue_grad_kernel<scalar_t, index_t>, grid_blocks(total), gi.const_data_ptr<scalar_t>(),
+                    strides(gi), gc.const_data_ptr<scalar_t>(), strides(gc, pointwise), f1.const_data_ptr<scalar_t>(),
+                    strides(f1), f2.const_data_ptr<scalar_t>(), strides(f2, pointwise), g1, narrow<index_t>(sg1),
+                    pointwise ? nullptr : g2, narrow<index_t>(sg2), static_cast<index_t>(channels),
+                    static_cast<index_t>(pixels), static_cast<index_t>(total));
+    });
     if (pointwise && has_f1)  // one block per (n, c) plane
       launch_kernel(grad_cond_plane_kernel<scalar_t>, gi.size(0) * channels, gi.const_data_ptr<scalar_t>(),
                     plane_strides(gi), gc.const_data_ptr<scalar_t>(), plane_strides(gc, true),
@@ -193,10 +243,15 @@ at::Tensor relayout_cuda(const at::Tensor& x_in, const c10::optional<at::Tensor>
   at::Tensor out = at::empty(x.sizes(), x.options().memory_format(layout(channels_last)));
   const int64_t total = x.numel();
   if (total == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "relayout_cuda", [&] {
-    launch_kernel(relayout_kernel<scalar_t>, grid_blocks(total), x.const_data_ptr<scalar_t>(), plane_strides(x),
-                  has_other ? other.const_data_ptr<scalar_t>() : nullptr, plane_strides(other),
-                  out.mutable_data_ptr<scalar_t>(), plane_strides(out), x.size(1), x.size(2) * x.size(3), total);
+  DPCB_DISPATCH(x.scalar_type(), "relayout_cuda", [&] {
+    with_index_type(total, [&](auto index) {
+      using index_t = decltype(index);
+      const auto strides = [](const at::Tensor& t) { return narrow<index_t>(plane_strides(t)); };
+      launch_kernel(relayout_kernel<scalar_t, index_t>, grid_blocks(total), x.const_data_ptr<scalar_t>(), strides(x),
+                    has_other ? other.const_data_ptr<scalar_t>() : nullptr, strides(other),
+                    out.mutable_data_ptr<scalar_t>(), strides(out), static_cast<index_t>(x.size(1)),
+                    static_cast<index_t>(x.size(2) * x.size(3)), static_cast<index_t>(total));
+    });
   });
   return out;
 }
