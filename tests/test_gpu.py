@@ -14,6 +14,7 @@ import bsrops
 import test_blur_downsample as bd
 import test_dpcb as dp
 import test_patchgan_conv as pg
+import test_precision as tp
 import test_usrnet_data_step as ud
 from bsrops.nn import PatchGANConv
 from bsrops.ops._precision import run_fused
@@ -229,6 +230,16 @@ def test_dpcb_cuda_kernels_in_half_precision(mix, cond, dtype):
     _assert_rounded_once(grad_h_out, torch.where(d(h) > 0, d(grad_h), 0.3 * d(grad_h)), dtype)
     for t, fmt in ((out, x_format), (grad_f1, conv_format), (moved, conv_format)):
         dp._assert_format(t, fmt)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("use", sorted(tp.DPCB_USES))
+def test_dpcb_bfloat16_blocks(use, backend):
+    """test_precision's bfloat16 DPCB checks on the GPU (bfloat16 inputs with gradients, the inference path, a
+    bfloat16 image into a float32 block): the CUDA backend's half kernels, Triton's float32 kernels on float32
+    copies; within twice the error of the reference run in bfloat16."""
+    with torch.device(CUDA), bsrops.use_backend(backend):
+        tp.test_dpcb_bfloat16_inputs_inference_and_mixed_dtypes(use)
 
 
 def test_run_fused_gives_half_tensors_to_the_cuda_kernels():
