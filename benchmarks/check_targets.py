@@ -47,6 +47,7 @@ import torch  # noqa: E402
 import bench_blur_downsample as bd  # noqa: E402
 import bench_compat as compat_bench  # noqa: E402
 import bench_data  # noqa: E402
+import bench_overhead  # noqa: E402
 import bench_usrnet_data_step as ud  # noqa: E402
 import bench_dpcb as dpcb_bench  # noqa: E402
 import bench_patchgan_conv as pg_bench  # noqa: E402
@@ -396,6 +397,21 @@ def compat_targets(ctx):
         for kind in compat_bench.KINDS:
             for mode in compat_bench.MODES:
                 results += compat_results(ctx, kind, mode, n_threads)
+    return results
+
+
+# ---- host time per call ----
+
+@target("host time per call of each op vs the eager ops it replaces")
+def host_time_targets(ctx):
+    """bench_overhead.py: forward+backward on tiny tensors, 1 thread, median host CPU time of 1000 calls."""
+    results = []
+    for op in bench_overhead.OPS:
+        t = bench_overhead.host_times(op)
+        ctx.note(f"{op}: bsrops {t['bsrops'] * 1e6:.0f} us, eager {t['eager'] * 1e6:.0f} us per call")
+        results.append(Result(f"host time per call {op} (forward+backward, tiny tensors, 1 thread) <= 1.3x eager",
+                              t["bsrops"] / t["eager"], 1.3, "<=",
+                              note=f"{t['bsrops'] * 1e6:.0f} us vs {t['eager'] * 1e6:.0f} us"))
     return results
 
 

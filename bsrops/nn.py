@@ -10,6 +10,7 @@ The discriminators built from PatchGANConv blocks are in `bsr.archs.discriminato
 import torch
 import torch.nn as nn
 
+from .ops._common import convs_in_channels_last, memory_format_of
 from .ops.dpcb import dpcb
 from .ops.patchgan_conv import NORMS, patchgan_conv
 
@@ -34,11 +35,13 @@ class DPCB(nn.Module):
 
 
 class DPCG(nn.Module):
-    """nb DPCBs in `body`; forward(x_img, x_cond) -> (out_img, out_cond).
+    """nb DPCBs in `body`; forward(x_img, x_cond) -> (out_img, out_cond), each in its input's layout.
 
     legacy_doubling=True reproduces the official output, 2 x the chain output (the group's
     "long skip" adds the chain output to itself through list aliasing), so
     released checkpoints behave as trained; False gives the intended input + chain output.
+    Where the blocks' convolutions run in channels_last (convs_in_channels_last: the CPU), the
+    inputs are moved to it once and the whole chain runs there, with and without autograd.
     """
 
     def __init__(self, nf1, nf2, ksize1, ksize2, nb, legacy_doubling=True, negative_slope=0.2):
@@ -47,12 +50,17 @@ class DPCG(nn.Module):
         self.body = nn.Sequential(*[DPCB(nf1, nf2, ksize1, ksize2, negative_slope) for _ in range(nb)])
 
     def forward(self, x_img, x_cond):
+        layouts = memory_format_of(x_img), memory_format_of(x_cond)
         img, cond = x_img, x_cond
+        if convs_in_channels_last(x_img):
+            img, cond = (t.contiguous(memory_format=torch.channels_last) for t in (img, cond))
         for block in self.body:
             img, cond = block(img, cond)
         if self.legacy_doubling:
-            return img + img, cond + cond
-        return x_img + img, x_cond + cond
+            img, cond = img + img, cond + cond
+        else:
+            img, cond = x_img + img, x_cond + cond
+        return img.contiguous(memory_format=layouts[0]), cond.contiguous(memory_format=layouts[1])
 
 
 class PatchGANConv(nn.Module):

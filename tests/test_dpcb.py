@@ -383,10 +383,11 @@ INFERENCE_FORMATS = ["nchw", "cl", "strided"]
 @pytest.mark.parametrize("x_format", INFERENCE_FORMATS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("use", sorted(USES))
-def test_inference_path_matches_reference(use, dtype, x_format, grad_mode):
+def test_inference_path_matches_reference(use, dtype, x_format, grad_mode, monkeypatch):
     """Without autograd the functional runs _dpcb_inference: convolutions on x as given (no channels_last
     copies), the outputs written in place of f1 and f2, the inputs untouched; on the CPU in float32 the
-    LeakyReLUs are oneDNN post-ops, elsewhere the _leaky_relu_ kernel."""
+    LeakyReLUs are oneDNN post-ops (here at any size), elsewhere the _leaky_relu_ kernel."""
+    monkeypatch.setattr(bsrops.ops._common, "ONEDNN_POST_OP_MIN_VALUES", 0)
     ours, reference, x_img, x_cond = inference_inputs(use, dtype, x_format)
     x_img_before, x_cond_before = x_img.clone(), x_cond.clone()
     with getattr(torch, grad_mode)():
@@ -403,6 +404,22 @@ def test_inference_path_matches_reference(use, dtype, x_format, grad_mode):
     _assert_format(out_img, "cl" if x_format == "cl" else "nchw")
     torch.testing.assert_close(x_img, x_img_before, rtol=0, atol=0)
     torch.testing.assert_close(x_cond, x_cond_before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("margin", [0, 1], ids=["at", "below"])
+def test_onednn_post_op_from_its_size_threshold(margin, monkeypatch):
+    """oneDNN's conv + LeakyReLU post-op runs on inputs of at least ONEDNN_POST_OP_MIN_VALUES values, conv2d and
+    the _leaky_relu_ kernel below; both give the float64 reference's values."""
+    ours, reference, x_img, x_cond = inference_inputs("restorer", torch.float32, "nchw")
+    monkeypatch.setattr(bsrops.ops._common, "ONEDNN_POST_OP_MIN_VALUES", x_img.numel() + margin)
+    with torch.no_grad():
+        ((out_img, out_cond), delta), ran = ops_run(lambda: calls_delta(lambda: ours(x_img, x_cond)))
+    expected = reference_run(reference.double())(x_img.double(), x_cond.double())
+    assert_close_to_float64(out_img, expected[0])
+    assert_close_to_float64(out_cond, expected[1])
+    image_post_op = margin == 0  # the (N, C, 1, 1) condition stays below the threshold
+    assert ran["mkldnn::_convolution_pointwise"] == int(image_post_op), ran
+    assert delta == {"_leaky_relu_.cpu": 2 - int(image_post_op)}, delta
 
 
 @pytest.mark.parametrize("use", sorted(USES))

@@ -30,6 +30,12 @@ def make_args(cond, dtype):
             for name, shape in shapes.items()}
 
 
+@pytest.fixture(autouse=True)
+def onednn_post_ops_at_any_size(monkeypatch):
+    """The post-op at these small sizes too (below ONEDNN_POST_OP_MIN_VALUES it is conv2d + the LeakyReLU kernel)."""
+    monkeypatch.setattr(bsrops.ops._common, "ONEDNN_POST_OP_MIN_VALUES", 0)
+
+
 def run(**args):
     return bsrops.dpcb(**args)
 

@@ -9,6 +9,47 @@ import torch
 from ._precision import FLOAT_DTYPES, run_fused
 
 CONV_BACKWARD = torch.ops.aten.convolution_backward.default
+_autograd_library = torch.library.Library("bsrops", "IMPL")  # the Autograd kernels, for the life of the process
+
+
+def register_autograd(op_name, backward, setup_context):
+    """torch.library.register_autograd's contract for torch.ops.bsrops.<op_name> (a functional op without
+    keyword-only arguments): setup_context(ctx, inputs, output) with every argument in `inputs` (defaults filled
+    in), backward(ctx, *grads) -> one gradient or None per argument. The Autograd kernel does per call only what
+    such an op needs (the defaults are read from the schema once)."""
+    op = getattr(torch.ops.bsrops, op_name).default
+    defaults = tuple(argument.default_value for argument in op._schema.arguments)
+    after_autograd = torch._C._after_autograd_keyset
+
+    def run_below_autograd(keyset, args):
+        with torch._C._AutoDispatchBelowAutograd():
+            return op.redispatch(keyset & after_autograd, *args)
+
+    class Node(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, keyset, *args):
+            output = run_below_autograd(keyset, args)
+            setup_context(ctx, args + defaults[len(args):], output)
+            return output
+
+        @staticmethod
+        def backward(ctx, *grads):
+            needs = ctx.needs_input_grad
+            ctx.needs_input_grad = needs[1:]  # without the keyset's
+            try:
+                result = backward(ctx, *grads)
+            finally:
+                ctx.needs_input_grad = needs
+            return (None, *result) if isinstance(result, tuple) else (None, result)
+
+    Node.__name__ = Node.__qualname__ = f"AutogradFor_bsrops_{op_name}"
+
+    def autograd_kernel(keyset, *args):
+        if torch._C.is_grad_enabled() and torch._C._any_requires_grad(*args):
+            return Node.apply(keyset, *args)
+        return run_below_autograd(keyset, args)
+
+    _autograd_library.impl(op_name, autograd_kernel, "Autograd", with_keyset=True)
 
 
 def conv_backward(grad, x, weight, stride, padding, mask):
@@ -55,10 +96,15 @@ def uses_onednn_post_ops(x):
     return x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
 
 
+ONEDNN_POST_OP_MIN_VALUES = 16384
+
+
 def onednn_conv_leaky_relu(x, weight, bias, stride, padding, negative_slope):
     """conv2d + LeakyReLU as one oneDNN primitive (a post-op), or None where torch does not expose it
-    (see uses_onednn_post_ops). Saves the activation's pass over the conv output."""
-    if not uses_onednn_post_ops(x):
+    (see uses_onednn_post_ops) or where x holds fewer than ONEDNN_POST_OP_MIN_VALUES values: the primitive saves
+    the activation's pass over the conv output, and below that size its per-call setup costs more than the pass
+    (the caller then runs conv2d and its own in-place activation)."""
+    if not uses_onednn_post_ops(x) or x.numel() < ONEDNN_POST_OP_MIN_VALUES:
         return None
     # oneDNN reads the bias as a plain array: a strided or expanded view gave garbage (torch does not copy it)
     bias = None if bias is None else bias.contiguous()
@@ -85,11 +131,16 @@ def check_alpha_values(op, alpha):
         raise ValueError(f"{op}: alpha must be finite and > 0, got {value} for sample {sample}")
 
 
+NATIVE_CONV_MAX_VALUES = 20480
+
+
 def convs_in_channels_last(x):
     """Whether the conv-block ops run their convolutions on x in channels_last: on the CPU, where oneDNN's
     convolutions on NCHW tensors reorder them into its blocked layout and back (its backward holds two
-    image-sized reorder buffers per convolution); cuDNN runs NCHW without reorder buffers."""
-    return x.device.type == "cpu"
+    image-sized reorder buffers per convolution), except for one image of at most NATIVE_CONV_MAX_VALUES values,
+    which torch convolves with its own kernel instead of oneDNN's (for kernels up to 3x3) and which would copy a
+    channels_last x back to NCHW; cuDNN runs NCHW without reorder buffers."""
+    return x.device.type == "cpu" and (x.shape[0] > 1 or x.numel() > NATIVE_CONV_MAX_VALUES)
 
 
 def conv_layouts(*xs):

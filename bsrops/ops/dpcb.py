@@ -59,7 +59,8 @@ import torch.nn.functional as F
 from .. import _backend
 from ..reference import dpcb as ref
 from ._common import (check_device, check_slope, check_tensor, conv_backward, conv_layouts, convs_in_channels_last,
-                      memory_format, memory_format_of, onednn_conv_leaky_relu, records_autograd, to_channels_last)
+                      memory_format, memory_format_of, onednn_conv_leaky_relu, records_autograd, register_autograd,
+                      to_channels_last)
 from ._precision import promote, register_autocast, run_fused
 
 SCHEMAS = (
@@ -314,7 +315,7 @@ def _backward(ctx, grad_img, grad_cond, *unused):
     return (*(g if need else None for g, need in zip(grads, needs)), None)
 
 
-torch.library.register_autograd("bsrops::dpcb", _backward, setup_context=_setup_context)
+register_autograd("dpcb", _backward, _setup_context)
 
 
 def _check_slope_call(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope=0.2):

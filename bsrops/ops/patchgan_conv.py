@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from .. import _backend
 from ..reference import patchgan_conv as ref
 from ._common import (check_device, check_slope, check_tensor, conv_backward, convs_in_channels_last,
-                      memory_format_of, onednn_conv_leaky_relu, records_autograd, to_channels_last)
+                      memory_format_of, onednn_conv_leaky_relu, records_autograd, register_autograd, to_channels_last)
 from ._precision import compute_dtype, promote, register_autocast, result_dtype, run_fused
 
 SCHEMAS = (
@@ -267,7 +267,7 @@ def _conv2d_backward(ctx, grad_y):
     return (*(g if need else None for g, need in zip((grad_x, grad_weight, grad_bias), needs)), None, None)
 
 
-torch.library.register_autograd("bsrops::_patchgan_conv2d", _conv2d_backward, setup_context=_conv2d_setup_context)
+register_autograd("_patchgan_conv2d", _conv2d_backward, _conv2d_setup_context)
 
 
 def _stats_shape(n, channels, norm):
@@ -332,7 +332,7 @@ def _backward(ctx, grad_out, *unused):
     return (*(g if need else None for g, need in zip((grad_y, *params), mask)), *(None,) * 8)
 
 
-torch.library.register_autograd("bsrops::patchgan_norm_act", _backward, setup_context=_setup_context)
+register_autograd("patchgan_norm_act", _backward, _setup_context)
 
 
 def _check_norm_act_call(y, weight, bias, running_mean, running_var, norm, training, momentum, eps, negative_slope,
