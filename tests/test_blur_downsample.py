@@ -72,6 +72,15 @@ def test_cpu_shared_maths_matches_float64_loop(layout, padding, stride, k, flip)
     assert "blur_downsample.cpu" not in delta
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("channels", [1, 4, 5, 9])
+def test_cpu_shared_forward_channel_groups(channels, layout):
+    """The CUDA forward's channel groups (up to four channels per thread): full, partial and several groups."""
+    x, kernel = make_inputs(layout, 3, 2, c=channels, height=9, width=12)
+    with bsrops.use_backend("cpu_shared"):
+        assert_matches_loop(x, kernel, 2, "reflect", True)
+
+
 @pytest.mark.parametrize("layout,padding,stride,k,flip", MATRIX[1::7])
 def test_reference_backend_matches_float64_loop(layout, padding, stride, k, flip):
     x, kernel = make_inputs(layout, k, stride)

@@ -4,8 +4,9 @@
 //   flip=false: out(i, j) = sum_{a,b} K[a, b] * x(s*i + a - c, s*j + b - c)
 //   flip=true : out(i, j) = sum_{a,b} K[a, b] * x(s*i - a + c, s*j - b + c)
 // Out-of-image coordinates are mapped by the padding mode (source_index).
-// Every function here is the whole computation of one output element, index
-// maths included: the CUDA kernels only decode their thread index and call them,
+// Every function here is the whole computation of one output element (forward_channels: of one
+// output pixel in a few channels), index maths included: the CUDA kernels only decode their
+// thread index and call them,
 // and the CPU "cpu_shared" backend loops over them, so CPU tests check GPU maths.
 #pragma once
 
@@ -65,23 +66,31 @@ C10_HOST_DEVICE inline int64_t kernel_offset(const Geometry& g, int64_t n, int64
   return n * g.ks_n + tap * g.ks_t + i * g.ks_i + j * g.ks_j;
 }
 
-// out[n, c, i, j]
+// Channels of one forward_channels call, at most.
+constexpr int kChannelBlock = 4;
+
+// out[n, c0 + q, i, j] for q < count <= kChannelBlock into acc[q]: each weight is read once for
+// the `count` channels.
 template <typename scalar_t, typename acc_t>
-C10_HOST_DEVICE inline acc_t forward_element(const scalar_t* x, const scalar_t* kernel, const Geometry& g,
-                                             int64_t n, int64_t c, int64_t i, int64_t j) {
-  const scalar_t* plane = x + (n * g.C + c) * g.H * g.W;
-  acc_t acc = 0;
+C10_HOST_DEVICE inline void forward_channels(const scalar_t* x, const scalar_t* kernel, const Geometry& g, int64_t n,
+                                             int64_t c0, int count, int64_t i, int64_t j,
+                                             acc_t (&acc)[kChannelBlock]) {
+  const scalar_t* image = x + (n * g.C + c0) * g.H * g.W;
+  const int64_t plane = g.H * g.W;
+  for (int q = 0; q < kChannelBlock; ++q) acc[q] = 0;
   for (int64_t a = 0; a < g.k; ++a) {
     const int64_t row = source_index(g.stride * i + tap_offset(g, a), g.H, g.padding);
     if (row < 0) continue;
     for (int64_t b = 0; b < g.k; ++b) {
       const int64_t col = source_index(g.stride * j + tap_offset(g, b), g.W, g.padding);
       if (col < 0) continue;
-      acc += static_cast<acc_t>(kernel[kernel_offset(g, n, a * g.k + b, i, j)]) *
-             static_cast<acc_t>(plane[row * g.W + col]);
+      const acc_t weight = static_cast<acc_t>(kernel[kernel_offset(g, n, a * g.k + b, i, j)]);
+      const scalar_t* pixel = image + row * g.W + col;
+      for (int q = 0; q < kChannelBlock; ++q) {
+        if (q < count) acc[q] += weight * static_cast<acc_t>(pixel[q * plane]);
+      }
     }
   }
-  return acc;
 }
 
 // d loss / d K[n, a * k + b] summed over the output pixels (i, j) in [i0, i1) x [j0, j1), for the tap

@@ -1,6 +1,7 @@
 // The "cpu_shared" backend of bsrops::blur_downsample: the per-element functions of
-// blur_downsample.h, which are what the CUDA kernels run, looped on the CPU (one output,
-// input pixel or kernel tap per iteration), so that the CPU tests check the GPU maths.
+// blur_downsample.h, which are what the CUDA kernels run, looped on the CPU (one output
+// pixel's channel group, input pixel or kernel tap per iteration, as the CUDA threads), so
+// that the CPU tests check the GPU maths.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -9,6 +10,7 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <tuple>
 
@@ -30,10 +32,15 @@ at::Tensor forward_shared(const at::Tensor& x_in, const at::Tensor& kernel_in, i
     const scalar_t* xd = x.data_ptr<scalar_t>();
     const scalar_t* kd = kernel.data_ptr<scalar_t>();
     scalar_t* od = out.data_ptr<scalar_t>();
-    at::parallel_for(0, out.numel(), 64, [&](int64_t begin, int64_t end) {
+    const int64_t groups = (g.C + kChannelBlock - 1) / kChannelBlock;  // as the CUDA forward: channel groups
+    at::parallel_for(0, g.N * groups * g.Ho * g.Wo, 64, [&](int64_t begin, int64_t end) {
       for (int64_t e = begin; e < end; ++e) {
-        const int64_t j = e % g.Wo, i = (e / g.Wo) % g.Ho, c = (e / (g.Wo * g.Ho)) % g.C, n = e / (g.Wo * g.Ho * g.C);
-        od[e] = scalar_t(forward_element<scalar_t, acc_t>(xd, kd, g, n, c, i, j));
+        const int64_t j = e % g.Wo, i = (e / g.Wo) % g.Ho, c0 = (e / (g.Wo * g.Ho)) % groups * kChannelBlock;
+        const int64_t n = e / (g.Wo * g.Ho * groups);
+        const int count = static_cast<int>(std::min<int64_t>(g.C - c0, kChannelBlock));
+        acc_t acc[kChannelBlock];
+        forward_channels<scalar_t, acc_t>(xd, kd, g, n, c0, count, i, j, acc);
+        for (int q = 0; q < count; ++q) od[((n * g.C + c0 + q) * g.Ho + i) * g.Wo + j] = scalar_t(acc[q]);
       }
     });
   });

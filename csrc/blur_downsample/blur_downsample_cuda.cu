@@ -4,7 +4,8 @@
 // the same functions the CPU "cpu_shared" backend loops over, so the CPU tests check this
 // maths. Gradients are gathers (no atomics), and every sum runs in a fixed order, hence
 // deterministic:
-//   forward     : one thread per output element           -> forward_element
+//   forward     : one thread per output pixel and group of kChannelBlock channels (the kernel
+//                 read once per group)                     -> forward_channels
 //   grad_x      : one thread per input pixel              -> grad_input_element
 //   grad_kernel, per-pixel layout: one thread per (n, tap, output pixel), a 3-D grid of
 //                 (pixel tile, tap, image) blocks          -> grad_kernel_offsets_element
@@ -36,15 +37,21 @@ namespace bsrops {
 namespace blur_downsample {
 namespace {
 
-// out[e], e = ((n * C + c) * Ho + i) * Wo + j
+// out[n, c0 .. c0 + kChannelBlock, i, j] for e = ((n * groups + c0 / kChannelBlock) * Ho + i) * Wo + j,
+// groups = ceil(C / kChannelBlock): each weight is read once for a group of channels.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ kernel, scalar_t* __restrict__ out,
-                   const Geometry g, const int64_t total) {
+                   const Geometry g, const int64_t groups, const int64_t total) {
   using acc_t = at::opmath_type<scalar_t>;
   BSR_GRID_STRIDE(e, total) {
-    const int64_t j = e % g.Wo, i = (e / g.Wo) % g.Ho, c = (e / (g.Wo * g.Ho)) % g.C, n = e / (g.Wo * g.Ho * g.C);
-    out[e] = static_cast<scalar_t>(forward_element<scalar_t, acc_t>(x, kernel, g, n, c, i, j));
+    const int64_t j = e % g.Wo, i = (e / g.Wo) % g.Ho, group = (e / (g.Wo * g.Ho)) % groups;
+    const int64_t n = e / (g.Wo * g.Ho * groups), c0 = group * kChannelBlock;
+    const int count = static_cast<int>(g.C - c0 < kChannelBlock ? g.C - c0 : kChannelBlock);
+    acc_t acc[kChannelBlock];
+    forward_channels<scalar_t, acc_t>(x, kernel, g, n, c0, count, i, j, acc);
+    scalar_t* pixel = out + ((n * g.C + c0) * g.Ho + i) * g.Wo + j;
+    for (int q = 0; q < count; ++q) pixel[q * g.Ho * g.Wo] = static_cast<scalar_t>(acc[q]);
   }
 }
 
@@ -175,11 +182,11 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& kernel_in, int
   const at::Tensor x = x_in.contiguous(), kernel = kernel_in.contiguous();
   const Geometry g = make_geometry(x, kernel, stride, padding, flip);
   at::Tensor out = at::empty({g.N, g.C, g.Ho, g.Wo}, x.options());
-  const int64_t total = out.numel();
+  const int64_t groups = (g.C + kChannelBlock - 1) / kChannelBlock, total = g.N * groups * g.Ho * g.Wo;
   if (total == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "blur_downsample_cuda", [&] {
     launch_kernel(forward_kernel<scalar_t>, grid_blocks(total), x.const_data_ptr<scalar_t>(),
-                  kernel.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), g, total);
+                  kernel.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), g, groups, total);
   });
   return out;
 }
