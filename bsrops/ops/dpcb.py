@@ -50,8 +50,8 @@ a GPU the traffic it saves is small against its extra launches at these sizes.
 The convolutions run on oneDNN / cuDNN through F.conv2d and aten.convolution_backward in
 the composite kernel and the autograd formula below, whatever the backend; the backend (cpu,
 cuda, triton, reference) decides who runs the fused elementwise kernels. In float16 / bfloat16 the
-convolutions run in that dtype and the fused kernels, float32 / float64 kernels on every backend, on
-float32 copies (`run_fused`; docs/ops.md, Precision).
+convolutions run in that dtype, and so do the CUDA backend's fused kernels (float32 arithmetic); the other
+backends' are float32 / float64 kernels, run on float32 copies (`run_fused`; docs/ops.md, Precision).
 """
 import torch
 import torch.nn.functional as F
