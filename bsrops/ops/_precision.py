@@ -38,7 +38,10 @@ def result_dtype(*tensors):
 
 def promote(*tensors):
     """The tensors (None entries kept) in their result_dtype; a tensor already in it is returned as it is."""
-    dtype = result_dtype(*tensors)
+    dtypes = {t.dtype for t in tensors if t is not None}
+    if len(dtypes) == 1:
+        return tensors
+    dtype = promote_dtypes(*dtypes)
     return tuple(None if t is None else t.to(dtype) for t in tensors)
 
 

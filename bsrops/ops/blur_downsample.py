@@ -11,6 +11,7 @@ import torch
 
 from .. import _backend
 from ..reference import blur_downsample as ref
+from ._common import register_autograd
 from ._precision import FLOAT_DTYPES, promote, register_autocast
 
 SCHEMAS = (
@@ -196,7 +197,7 @@ def _backward(ctx, grad_out):
     return (grad_x if mask[0] else None, grad_kernel if mask[1] else None, None, None, None)
 
 
-torch.library.register_autograd("bsrops::blur_downsample", _backward, setup_context=_setup_context)
+register_autograd("blur_downsample", _backward, _setup_context)
 
 
 NATIVE_LAYOUTS = {2: "shared", 3: "per_image", 4: "per_pixel"}
