@@ -747,6 +747,7 @@ at::Tensor forward_impl(const at::Tensor& x, const at::Tensor& kernel, int64_t s
   const Geometry g = make_geometry(x, kernel, stride, padding, flip);
   at::Tensor out = at::empty({g.N, g.C, g.Ho, g.Wo}, x.options());
   if (out.numel() == 0) return out;
+  advise_huge_pages(out);
   const Plan p = make_plan(g);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "blur_downsample_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -799,7 +800,8 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_out, con
   const bool want_gx = output_mask[0], want_gk = output_mask[1];
   at::Tensor grad_x = want_gx ? at::empty_like(x) : x.new_empty({0});
   at::Tensor grad_kernel = want_gk ? at::empty_like(kernel) : kernel.new_empty({0});
-  if (want_gk && per_pixel) advise_huge_pages(grad_kernel);  // the largest output: tens of MB at training shapes
+  if (want_gx) advise_huge_pages(grad_x);
+  if (want_gk) advise_huge_pages(grad_kernel);
   if (grad_out.numel() == 0) {  // nothing flows back
     if (want_gx) grad_x.zero_();
     if (want_gk) grad_kernel.zero_();

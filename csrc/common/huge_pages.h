@@ -3,8 +3,9 @@
 // with glibc's malloc (above its mmap threshold), so writing it first costs one page fault and
 // one page clear per 4 KiB; with huge pages it is one per 2 MiB. This is the advice torch's own
 // allocator gives every large block when THP_MEM_ALLOC_ENABLE=1, applied here to the op's own
-// large outputs only. It is advice: where THP is off ("never"), not supported or the call fails,
-// nothing changes; results never do. Elsewhere than Linux it does nothing.
+// large outputs only; tensors with fewer than two whole 2 MiB pages are left alone. It is advice:
+// where THP is off ("never"), not supported or the call fails, nothing changes; results never do.
+// Elsewhere than Linux it does nothing.
 #pragma once
 
 #include <ATen/core/Tensor.h>
