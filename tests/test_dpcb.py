@@ -310,6 +310,41 @@ def test_output_and_gradient_layouts_follow_the_inputs(use, x_format):
     _assert_format(x_img.grad, x_format)
 
 
+@pytest.mark.parametrize("x_format", sorted(FORMATS))
+def test_dpcg_runs_its_chain_in_channels_last(x_format):
+    """On the CPU the group moves its inputs to channels_last once: no block relayouts x_img (forward or
+    backward: the backward's _relayout calls are the two residual gradients' adds of each block), and out_img
+    and the input gradients come back in the inputs' layouts."""
+    nf, k1, k2, image, cond = USES["restorer"]
+    ours = DPCG(nf, nf, k1, k2, nb=3)
+    x_img = _formatted(torch.randn(2, nf, *image), x_format).requires_grad_()
+    x_cond = torch.randn(2, nf, *cond, requires_grad=True)
+    (out_img, out_cond), delta = calls_delta(lambda: ours(x_img, x_cond))
+    _, delta_backward = calls_delta(lambda: out_img.backward(_formatted(torch.randn_like(out_img), x_format)))
+    assert "_relayout.cpu" not in delta, delta
+    assert delta_backward["_relayout.cpu"] == 2 * 3, delta_backward
+    _assert_format(out_img, x_format)
+    _assert_format(x_img.grad, x_format)
+
+
+@pytest.mark.parametrize("n,height,expected", [(1, 8, "nchw"), (1, 80, "cl"), (2, 8, "cl")])
+def test_convolutions_in_channels_last_except_one_small_image(n, height, expected):
+    """h1 and f1 (the image path's convolution outputs) are channels_last on the CPU, except for a single image
+    of at most 20480 values, which torch convolves with its own kernel (NCHW); the values match the
+    float64 reference either way."""
+    nf, k1, k2, _, cond = USES["restorer"]
+    x_img, x_cond = torch.randn(n, 64, height, 40, dtype=torch.float64), torch.randn(n, 64, 1, 1, dtype=torch.float64)
+    weights = [torch.randn(64, 64, k, k, dtype=torch.float64) * 0.05 for k in (k1, k1, k2, k2)]
+    biases = [torch.randn(64, dtype=torch.float64) for _ in range(4)]
+    args = [x_img, x_cond, *(t for pair in zip(weights, biases) for t in pair)]
+    out_img, out_cond, h1, f1, h2, f2 = torch.ops.bsrops.dpcb(*args, 0.2)
+    _assert_format(h1, expected)
+    _assert_format(f1, expected)
+    expected_values = bsrops.reference.dpcb.dpcb_reference(*args, 0.2)
+    torch.testing.assert_close(out_img, expected_values[0])
+    torch.testing.assert_close(f1, expected_values[3])
+
+
 def test_backward_frees_intermediates_once_used():
     """h1, f1, h2, f2 are context attributes the backward drops as it goes: when the image path's first
     convolution runs its backward, f1 and h1 are gone (autograd's saved tensors would live until the end)."""
