@@ -69,6 +69,14 @@ def test_cpu_matches_official_float64(case):
                      "_usrnet_precompute_backward.composite": 1}, delta
 
 
+def test_cpu_inverts_large_spectra_in_plane_groups():
+    """HR 512 x 512 in float64: each half spectrum (6 planes, 12.6 MB) is more than the native CPU solve inverts
+    in one call, so x and grad_z come from irfft2 over groups of planes written into the output."""
+    case = (2, 3, 128, 128, 4, 5, 6, "per_image")
+    _, delta = calls_delta(lambda: assert_matches_official(bsrops.usrnet_data_step, case))
+    assert delta["usrnet_solve.cpu"] == 1 and delta["_usrnet_solve_backward.cpu"] == 1, delta
+
+
 @pytest.mark.parametrize("case", CASES[::2], ids=[case_id(c) for c in CASES[::2]])
 def test_cpu_shared_maths_matches_official_float64(case):
     """The per-element functions of usrnet_data_step.h, which the CUDA kernels run."""

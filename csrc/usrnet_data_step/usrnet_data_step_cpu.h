@@ -31,6 +31,27 @@ inline int64_t grain(const Geometry& g, int64_t items_per_row, int64_t planes) {
   return std::max<int64_t>(1, (int64_t(1) << 16) / work);
 }
 
+// irfft2 of half spectra (N, C, H, Wh) complex to (N, C, H, W). torch's c2r holds two spectrum-sized
+// temporaries besides its output (the inverse along H, then a copy the c2r consumes), so a spectrum of more
+// than 2 * kInverseGroupBytes is inverted kInverseGroupBytes' worth of planes at a time into the output: the
+// temporaries stay within about 3 * kInverseGroupBytes at the cost of one copy of each group's result.
+constexpr int64_t kInverseGroupBytes = int64_t(4) << 20;
+
+inline at::Tensor inverse_half_spectra(const at::Tensor& spectrum, int64_t H, int64_t W) {
+  const int64_t bytes = spectrum.numel() * spectrum.element_size();
+  if (bytes <= 2 * kInverseGroupBytes) return at::fft_irfft2(spectrum, at::IntArrayRef({H, W}));
+  const int64_t planes = spectrum.size(0) * spectrum.size(1);
+  const int64_t group = std::max<int64_t>(1, kInverseGroupBytes / (bytes / planes));
+  const at::Tensor source = spectrum.flatten(0, 1);
+  at::Tensor out = at::empty({planes, H, W}, source.options().dtype(c10::toRealValueType(source.scalar_type())));
+  for (int64_t p0 = 0; p0 < planes; p0 += group) {
+    const int64_t count = std::min(group, planes - p0);
+    at::Tensor slice = out.narrow(0, p0, count);
+    at::fft_irfft2_out(slice, source.narrow(0, p0, count), at::IntArrayRef({H, W}));
+  }
+  return out.view({spectrum.size(0), spectrum.size(1), H, W});
+}
+
 // usrnet_solve: rfft2(z); pass(g, spectrum, fb, fbfy, f2b_mean, alpha), on scalar_t pointers into
 // the half spectra (N, C, H, Wh) complex and the contiguous FB, FBFy, F2B_mean, alpha, replaces
 // every plane's half spectrum by x's in place; irfft2.
@@ -48,7 +69,7 @@ at::Tensor solve_on_cpu(const at::Tensor& z_in, const at::Tensor& fb_in, const a
     pass(g, spectrum.data_ptr<scalar_t>(), fb.const_data_ptr<scalar_t>(), fbfy.const_data_ptr<scalar_t>(),
          f2b_mean.const_data_ptr<scalar_t>(), alpha.const_data_ptr<scalar_t>());
   });
-  return at::fft_irfft2(at::view_as_complex(spectrum), at::IntArrayRef({g.H, g.W}));
+  return inverse_half_spectra(at::view_as_complex(spectrum), g.H, g.W);
 }
 
 // _usrnet_solve_backward (output_mask: z, FB, FBFy, F2B_mean, alpha): rfft2(grad_x) and rfft2(z);
@@ -88,7 +109,7 @@ SolveGrads solve_backward_on_cpu(const at::Tensor& grad_x_in, const at::Tensor& 
          fb.const_data_ptr<scalar_t>(), fbfy.const_data_ptr<scalar_t>(), f2b_mean.const_data_ptr<scalar_t>(),
          alpha.const_data_ptr<scalar_t>());
   });
-  at::Tensor grad_z = want_z ? at::fft_irfft2(at::view_as_complex(grad_spectrum), at::IntArrayRef({g.H, g.W}))
+  at::Tensor grad_z = want_z ? inverse_half_spectra(at::view_as_complex(grad_spectrum), g.H, g.W)
                              : z_in.new_empty({0});
   at::Tensor grad_alpha =
       want_alpha ? alpha_partial.flatten(1).sum(1).view(alpha_in.sizes()) : alpha_in.new_empty({0});
