@@ -288,6 +288,28 @@ def check_fused_kernels_mix_layouts(channels, cond, formats, dtype=torch.float64
 MIXES = ["nchw,cl,nchw,cl", "cl,nchw,cl,nchw", "cl,cl,cl,cl", "nchw,nchw,nchw,nchw"]
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_kernels_channels_last_runs_over_images(threads):
+    """channels_last operands with a 1 x 1 condition, where the kernels run each pixel's C values as one run: a
+    parallel chunk may start inside an image and end in the next; values as in float64."""
+    make = lambda *shape: torch.randn(*shape, dtype=torch.float64).float()  # noqa: E731
+    x, f1, grad_img = (_formatted(make(3, 16, 40, 61), "cl") for _ in range(3))
+    x_cond, f2, grad_cond = make(3, 16, 1, 1), make(3, 16, 1, 1), make(3, 16, 1, 1)
+    d = lambda t: t.double()  # noqa: E731
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out, _ = torch.ops.bsrops._dpcb_epilogue(x, f1, x_cond, f2)
+        grad_f1, grad_f2 = torch.ops.bsrops._dpcb_epilogue_backward(grad_img, grad_cond, f1, f2, True)
+    finally:
+        torch.set_num_threads(before)
+    assert_close_to_float64(out, d(x) + d(f1) * d(f2))
+    assert_close_to_float64(grad_f1, d(grad_img) * d(f2))
+    assert_close_to_float64(grad_f2, d(grad_cond) + (d(grad_img) * d(f1)).sum((2, 3), keepdim=True))
+    _assert_format(out, "cl")
+    _assert_format(grad_f1, "cl")
+
+
 @pytest.mark.parametrize("backend,dtype", [("cpu", torch.float64), ("cpu", torch.float32),
                                            ("reference", torch.float64)])
 @pytest.mark.parametrize("mix", MIXES)

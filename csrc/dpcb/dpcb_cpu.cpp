@@ -5,7 +5,9 @@
 // own layout (dpcb.h's PlaneStrides). They work on tiles of kTile pixels of one image: each
 // operand is C rows of those pixels, in place for NCHW tensors and through a small [C][kTile]
 // buffer for channels_last ones (gathered before, scattered after: the transpose happens in
-// L1/L2, fused into the pass). The loops over rows are the per-element functions of dpcb.h,
+// L1/L2, fused into the pass); with a 1 x 1 condition and every image-sized operand in
+// channels_last, each pixel's C values are one run against f2's C values instead (no tiles,
+// no transposes: a group of blocks chained in channels_last). The loops over rows are the per-element functions of dpcb.h,
 // vectorised by the compiler (`omp simd`, reductions included; float loops also compiled for
 // AVX2 / AVX-512 and picked at load time, cpu_isa.h). The LeakyReLU forward and backward work
 // in place on tensors of one layout (flat loops).
@@ -258,6 +260,28 @@ void for_tiles(int64_t images, int64_t channels, int64_t pixels, int64_t buffers
   });
 }
 
+// body(n, p0, p1) over the pixels [p0, p1) of image n, every pixel of every image once, in chunks of
+// about kGrain elements (channels_last operands: a pixel's C values are one run).
+template <typename F>
+void for_pixel_runs(int64_t images, int64_t pixels, int64_t channels, const F& body) {
+  const int64_t grain = std::max<int64_t>(1, kGrain / channels);
+  at::parallel_for(0, images * pixels, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end;) {
+      const int64_t n = i / pixels, p0 = i % pixels, p1 = std::min(pixels, p0 + end - i);
+      body(n, p0, p1);
+      i += p1 - p0;
+    }
+  });
+}
+
+// Whether every operand is dense channels_last with C > 1 (channel stride 1): then, with a 1 x 1
+// condition, each pixel is one run of C values against f2's C values, and no tile is transposed.
+bool channel_runs(std::initializer_list<PlaneStrides> operands, int64_t channels) {
+  bool runs = channels > 1;
+  for (const PlaneStrides& s : operands) runs = runs && s.c == 1 && s.p == channels;
+  return runs;
+}
+
 // body(n, buffer) per image (the reductions over an image's pixels: one thread each, fixed order).
 template <typename T, typename F>
 void for_images(int64_t images, int64_t channels, int64_t buffers, const F& body) {
@@ -306,6 +330,16 @@ std::tuple<at::Tensor, at::Tensor> epilogue_cpu(const at::Tensor& x_in, const at
     const scalar_t *xd = x.data_ptr<scalar_t>(), *f1d = f1.data_ptr<scalar_t>();
     const scalar_t *xcd = xc.data_ptr<scalar_t>(), *f2d = f2.data_ptr<scalar_t>();
     scalar_t *od = out.data_ptr<scalar_t>(), *ocd = out_cond.data_ptr<scalar_t>();
+    if (pointwise && channel_runs({sx, sf1, so}, channels)) {
+      for_pixel_runs(images, pixels, channels, [&](int64_t n, int64_t p0, int64_t p1) {
+       with_best_isa<scalar_t>([&]() BSR_LAMBDA_INLINE {
+        const scalar_t* f2n = f2d + offset_of(sf2, n, 0, 0);
+        for (int64_t p = p0; p < p1; ++p)
+          modulate_run(xd + offset_of(sx, n, 0, p), f1d + offset_of(sf1, n, 0, p), f2n, od + offset_of(so, n, 0, p),
+                       channels);
+       });
+      });
+    } else {
     for_tiles<scalar_t>(images, channels, pixels, 6, [&](const Tile& t, scalar_t* buffer) {
      with_best_isa<scalar_t>([&]() BSR_LAMBDA_INLINE {
       const int64_t size = channels * kTile;
@@ -326,6 +360,7 @@ std::tuple<at::Tensor, at::Tensor> epilogue_cpu(const at::Tensor& x_in, const at
       finish_rows(od, so, t, buffer + 2 * size);
      });
     });
+    }
     if (pointwise) {
       for (int64_t n = 0; n < images; ++n)
         for (int64_t c = 0; c < channels; ++c)
@@ -362,6 +397,24 @@ std::tuple<at::Tensor, at::Tensor> epilogue_backward_cpu(const at::Tensor& grad_
     const scalar_t *f1d = has_f1 ? f1.data_ptr<scalar_t>() : nullptr, *f2d = has_f2 ? f2.data_ptr<scalar_t>() : nullptr;
     scalar_t *g1 = has_f2 ? grad_f1.data_ptr<scalar_t>() : nullptr, *g2 = has_f1 ? grad_f2.data_ptr<scalar_t>() : nullptr;
     const int64_t size = channels * kTile;
+    if (pointwise && channel_runs({sgi, has_f1 ? sf1 : sgi, has_f2 ? sg1 : sgi}, channels)) {
+      // per image, pixel by pixel: grad_f1's C values and the running per-channel sums of grad_img * f1
+      for_images<scalar_t>(images, channels, 0, [&](int64_t n, scalar_t*) {
+        std::vector<scalar_t> sums(channels, scalar_t(0));
+        with_best_isa<scalar_t>([&]() BSR_LAMBDA_INLINE {
+          for (int64_t p = 0; p < pixels; ++p) {
+            const scalar_t* gip = gid + offset_of(sgi, n, 0, p);
+            if (has_f2) multiply_run(gip, f2d + offset_of(sf2, n, 0, 0), g1 + offset_of(sg1, n, 0, p), channels);
+            if (has_f1) modulate_run(sums.data(), gip, f1d + offset_of(sf1, n, 0, p), sums.data(), channels);
+          }
+        });
+        if (has_f1) {
+          for (int64_t c = 0; c < channels; ++c)
+            g2[offset_of(sg2, n, c, 0)] = static_cast<scalar_t>(sums[c] + gcd[offset_of(sgc, n, c, 0)]);
+        }
+      });
+      return;
+    }
     if (pointwise) {  // per image: grad_f1's tiles and the per-channel sums of grad_img * f1
       for_images<scalar_t>(images, channels, 3, [&](int64_t n, scalar_t* buffer) {
         std::vector<acc_t> sums(channels, acc_t(0));
