@@ -7,8 +7,8 @@
 // buffer for channels_last ones (gathered before, scattered after: the transpose happens in
 // L1/L2, fused into the pass); with a 1 x 1 condition and every image-sized operand in
 // channels_last, each pixel's C values are one run against f2's C values instead (no tiles,
-// no transposes: a group of blocks chained in channels_last). The loops over rows are the per-element functions of dpcb.h,
-// vectorised by the compiler (`omp simd`, reductions included; float loops also compiled for
+// no transposes: a group of blocks chained in channels_last). The loops over rows are the
+// per-element functions of dpcb.h, vectorised by the compiler (`omp simd`, reductions included; float loops also compiled for
 // AVX2 / AVX-512 and picked at load time, cpu_isa.h). The LeakyReLU forward and backward work
 // in place on tensors of one layout (flat loops).
 #include <ATen/Dispatch.h>
