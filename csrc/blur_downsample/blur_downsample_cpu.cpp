@@ -46,6 +46,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -755,9 +756,13 @@ at::Tensor forward_impl(const at::Tensor& x, const at::Tensor& kernel, int64_t s
     const bool per_pixel = kernel.dim() == 4;
     if (!per_pixel && g.stride == 1) {
       const PlanePlan<acc_t> q(p);
-      at::parallel_for(0, q.groups * q.blocks, task_grain(g, q.L, kPlaneRows), [&](int64_t begin, int64_t end) {
+      const int64_t tasks = q.groups * q.blocks;
+      // Each thread takes the next task when it is done with one, rather than a fixed share: a core that
+      // other processes keep busy runs fewer tasks (the results are the same either way).
+      std::atomic<int64_t> next{0};
+      at::parallel_for(0, tasks, task_grain(g, q.L, kPlaneRows), [&](int64_t, int64_t) {
         std::vector<acc_t> scratch(q.scratch());
-        for (int64_t task = begin; task < end; ++task)
+        for (int64_t task = next++; task < tasks; task = next++)
           planes_task(p, args.x, args.kernel, args.out, task / q.blocks, task % q.blocks, scratch.data());
       });
       return;
