@@ -23,6 +23,9 @@
 //     are built for the baseline ISA. Only float32 is multi-versioned (build time);
 //     float64 runs the baseline build; float16 / bfloat16 run the float32 kernels on
 //     upcast copies (same results: the kernels accumulate in float32 either way).
+//   * At stride 1 with a per-image or shared kernel, the forward takes another path that
+//     computes a group of planes side by side (see "stride 1" below).
+//   * Large outputs are advised transparent huge pages before their first write (huge_pages.h).
 //
 // Backward: one fused pass per block of *padded* input rows [r0, r1). For each tap row
 // a, the output rows i with s*i + a' in [r0, r1) are one run, so every (t, i) of K and
