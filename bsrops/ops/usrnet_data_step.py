@@ -29,7 +29,7 @@ import torch
 
 from .. import _backend
 from ..reference import usrnet_data_step as ref
-from ._common import check_alpha_values
+from ._common import check_alpha_values, register_autograd
 from ._precision import FLOAT_DTYPES, compute_dtype, promote_dtypes, register_autocast, result_dtype
 
 SCHEMAS = (
@@ -311,9 +311,9 @@ def _precompute_backward(ctx, grad_fb, grad_fbfy, grad_f2b_mean):
     return (*_masked(grads, mask), None)
 
 
-torch.library.register_autograd("bsrops::usrnet_data_step", _data_step_backward, setup_context=_save_inputs)
-torch.library.register_autograd("bsrops::usrnet_solve", _solve_backward, setup_context=_save_inputs)
-torch.library.register_autograd("bsrops::_usrnet_precompute", _precompute_backward, setup_context=_save_inputs)
+register_autograd("usrnet_data_step", _data_step_backward, _save_inputs)
+register_autograd("usrnet_solve", _solve_backward, _save_inputs)
+register_autograd("_usrnet_precompute", _precompute_backward, _save_inputs)
 
 
 def _alpha_check(op, position):
