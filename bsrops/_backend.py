@@ -10,6 +10,9 @@ kernels:
 - `triton`: the Triton kernels (CUDA; and CPU tensors under TRITON_INTERPRET=1);
 - `cpu_shared`: the per-element functions the CUDA kernels use, looped on the CPU.
 
+Where _C runs an op's autograd formula in C++ (dpcb, patchgan_conv's two nodes), `reference` and `triton`
+install the op's Python formula over it for their devices (`register_python_formula`).
+
 Choose with BSROPS_BACKEND=auto|cpu|cuda|triton|reference|cpu_shared at import, or with
 `use_backend(name)` around a block. The choice is process-wide: it changes the dispatcher's
 kernels, which every thread calls, so `use_backend` refuses (RuntimeError) to enter a backend
@@ -28,9 +31,12 @@ from . import _extension
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference", "cpu_shared")
 NATIVE = ("auto", "cpu", "cuda")
+PYTHON_FORMULA_BACKENDS = ("reference", "triton")  # see register_python_formula
 
 # backend -> op name -> Python kernel (same signature as the op)
 _kernels = collections.defaultdict(dict)
+# backend -> op name -> Python Autograd kernel (with the dispatch keyset first), over a native one
+_autograd_kernels = collections.defaultdict(dict)
 _python_calls = collections.Counter()
 _active = []  # stack of (backend, devices, Library); the last one serving a device wins
 _owners = {}  # id of a use_backend entry in _active -> (backend, thread) that entered it
@@ -60,6 +66,18 @@ def register_lazy_kernel(backend, op_name, module, function, check=None):
         return getattr(importlib.import_module(f"bsrops.{module}"), function)(*args)
 
     register_kernel(backend, op_name, kernel, check)
+
+
+def register_python_formula(op_name, autograd_kernel, composite):
+    """For an op whose native backends run its formula in C++ (an Autograd kernel and a composite of _C): the
+    Python backends (PYTHON_FORMULA_BACKENDS) run the Python one, `autograd_kernel` (ops/_common.register_autograd's)
+    installed for the Autograd keys of the devices they serve, and `composite` as their kernel of the op unless
+    one was registered for it, so that their fused kernels run under the Python precision policy
+    (_precision.run_fused)."""
+    for backend in PYTHON_FORMULA_BACKENDS:
+        _autograd_kernels[backend][op_name] = autograd_kernel
+        if op_name not in _kernels[backend]:
+            register_kernel(backend, op_name, composite)
 
 
 def _checked(check, fn):
@@ -96,6 +114,9 @@ def _install(backend, devices):
         for op_name, fn in _kernels[backend].items():
             for device in devices:
                 library.impl(op_name, _counted(f"{op_name}.{backend}", fn), device, allow_override=True)
+        for op_name, kernel in _autograd_kernels[backend].items():
+            for device in devices:
+                library.impl(op_name, kernel, f"Autograd{device}", with_keyset=True, allow_override=True)
     return library
 
 

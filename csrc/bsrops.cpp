@@ -1,4 +1,5 @@
-// The Python module bsrops._C: the launch counter and the build information. The op schemas
+// The Python module bsrops._C: the launch counter, the build information and the Python type of
+// dpcb's C++ autograd node. The op schemas
 // are defined in Python (bsrops/ops/<op>.py); each op's kernels register themselves for them
 // in their own TORCH_LIBRARY_IMPL blocks (csrc/<op>/), which run when this module loads.
 #include <Python.h>
@@ -33,6 +34,10 @@ std::map<std::string, long long>& counters() {
 }
 }  // namespace
 
+namespace dpcb {
+void register_python_node();  // dpcb_autograd.cpp: the Python type of its autograd node
+}  // namespace dpcb
+
 void count_call(const char* kernel_name) {
   std::lock_guard<std::mutex> lock(counter_mutex);
   ++counters()[kernel_name];
@@ -59,6 +64,7 @@ static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "bsrops native kernels
 PyMODINIT_FUNC PyInit__C(void) {
   PyObject* m = PyModule_Create(&module);
   if (m == nullptr) return nullptr;
+  bsrops::dpcb::register_python_node();
   PyModule_AddStringConstant(m, "TORCH_VERSION", BSROPS_TORCH_VERSION);
   PyModule_AddIntConstant(m, "WITH_CUDA", BSROPS_WITH_CUDA);
   PyModule_AddIntConstant(m, "WITH_OPENMP", BSROPS_WITH_OPENMP);

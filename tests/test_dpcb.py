@@ -10,6 +10,7 @@ import torch
 import bsrops
 from bsrops.nn import DPCB, DPCG
 from bsrops.reference.dpcb import DPCBReference
+from python_formula import FALLBACKS, assert_equal_tensors, native_and_python, needs_native, run_fallback
 from reference_modules import DPCGReference
 from tolerances import assert_close_to_float64
 
@@ -532,3 +533,75 @@ def test_native_backward_kernels_check_shapes():
         torch.ops.bsrops._relayout(image, cond, True)
     with pytest.raises(RuntimeError, match="x must be \\(N, C, H, W\\)"):
         torch.ops.bsrops._relayout(image[0], None, True)
+
+
+# ---- the native autograd formula (C++) against the Python one ----
+
+def formula_run(use, n, dtype, wanted, only_cond):
+    """Outputs, the node's type name, and the gradients of the wanted inputs (None for the others)."""
+    ours, _, x_img, x_cond = make_pair(use, n=n, dtype=dtype)
+    args = [x_img, x_cond, *(p.detach() for p in ours.parameters())]
+    args = [a.clone().requires_grad_(i in wanted) for i, a in enumerate(args)]
+    out = torch.ops.bsrops.dpcb(*args, 0.2)
+    grads = [None if only_cond else torch.randn_like(out[0]), torch.randn_like(out[1])]
+    used = [(o, g) for o, g in zip(out[:2], grads) if g is not None]
+    torch.autograd.backward([o for o, _ in used], [g for _, g in used])
+    return [o.detach() for o in out], type(out[0].grad_fn).__name__, [a.grad for a in args]
+
+
+@pytest.mark.skipif(needs_native, reason="needs the native extension")
+@pytest.mark.parametrize("only_cond", [False, True], ids=["both_outputs", "out_cond_only"])
+@pytest.mark.parametrize("wanted", [range(10), (0,), (3, 8, 9)], ids=["all", "x_img", "b1_w4_b4"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("n", [1, 2], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("use", sorted(USES))
+def test_native_formula_matches_the_python_formula(use, n, dtype, wanted, only_cond):
+    """With _C, dpcb's Autograd kernel and CPU composite are C++; without it (and under the Python backends) they
+    are the Python formula. Both run the same ops in the same order: outputs and gradients equal bit for bit, on
+    both condition shapes, in either convolution layout, in half precision (float32 copies for the fused CPU
+    kernels), whichever inputs require a gradient and whichever outputs are used."""
+    from bsrops.ops import dpcb as module
+
+    formulas = [("dpcb", module._forward_composite, module._python_autograd)]
+    native, python = native_and_python(lambda: formula_run(use, n, dtype, wanted, only_cond), formulas)
+    assert native[1] == "DpcbBackward" and python[1] != native[1], (native[1], python[1])
+    assert_equal_tensors(native[0] + native[2], python[0] + python[2])
+
+
+def test_python_backends_run_the_python_formula():
+    """Under the reference and triton backends dpcb's node is the Python formula's (run_fused's precision policy);
+    on the native backends it is the C++ node."""
+    ours, _, x_img, x_cond = make_pair("restorer", dtype=torch.float32)
+    names = {}
+    for backend in ("cpu", "reference", "triton"):
+        with bsrops.use_backend(backend):
+            names[backend] = type(ours(x_img.requires_grad_(), x_cond)[0].grad_fn).__name__
+    native = "DpcbBackward" if bsrops._extension.native is not None else names["reference"]
+    assert names["cpu"] == native and names["reference"] == names["triton"] != "DpcbBackward", names
+
+
+FALLBACK_CODE = """
+import torch, bsrops
+from bsrops.reference.dpcb import dpcb_reference
+torch.manual_seed(0)
+args = [torch.randn(2, 3, 5, 4, dtype=torch.float64), torch.randn(2, 3, 1, 1, dtype=torch.float64)]
+for k in (3, 3, 1, 1):
+    args += [torch.randn(3, 3, k, k, dtype=torch.float64) * 0.3, torch.randn(3, dtype=torch.float64)]
+grads = [torch.randn(2, 3, 5, 4, dtype=torch.float64), torch.randn(2, 3, 1, 1, dtype=torch.float64)]
+results = []
+for run in (lambda *a: dpcb_reference(*a, 0.2)[:2], bsrops.dpcb):
+    leaves = [a.clone().requires_grad_() for a in args]
+    out = run(*leaves)
+    torch.autograd.backward(out, grads)
+    results.append([*out, *(a.grad for a in leaves)])
+assert all(torch.allclose(a, b) for a, b in zip(*results))
+print(bsrops.backend_info()['backend'], type(out[0].grad_fn).__name__)
+"""
+
+
+@pytest.mark.parametrize("fallback", sorted(FALLBACKS))
+def test_fallback_runs_the_python_formula(fallback):
+    """Without _C, and with a _C built for another torch, dpcb runs the Python formula (not the C++ node) and its
+    outputs and gradients match the reference."""
+    backend, node = run_fallback(FALLBACK_CODE, fallback).split()
+    assert backend == "reference" and node != "DpcbBackward", (backend, node)

@@ -9,6 +9,7 @@ import torch.nn as nn
 import bsrops
 from bsr.archs.discriminators import PatchGANDiscriminator
 from bsrops.nn import PatchGANConv
+from python_formula import FALLBACKS, assert_equal_tensors, native_and_python, needs_native, run_fallback
 from reference_modules import NLayerDiscriminatorReference, PDMDiscriminatorReference
 from tolerances import assert_close_to_float64
 from triton_sm90 import require_interpreter
@@ -273,3 +274,89 @@ def test_fused_kernels_check_scalars_devices_and_updated_buffers(backend):
 def test_module_rejects_unknown_norm():
     with pytest.raises(ValueError, match="norm must be one of"):
         PatchGANConv(3, 4, norm="layer")
+
+
+# ---- the native autograd formulas (C++) against the Python ones ----
+
+FORMULA_CASES = [  # norm, activation, training
+    ("none", True, True),
+    ("instance", True, True),
+    ("instance", False, True),
+    ("batch", True, True),
+    ("batch", True, False),
+]
+
+
+def formula_run(norm, activation, training, n, dtype, wanted):
+    """Outputs, running statistics and gradients (None where not wanted) of one block, and its nodes' names."""
+    shapes = [(n, 3, 9, 8), (5, 3, 4, 4), (5,), (5,), (5,)]  # x, weight, bias, norm_weight, norm_bias
+    args = [torch.randn(shape, dtype=dtype).requires_grad_(i in wanted) for i, shape in enumerate(shapes)]
+    running = [torch.randn(5, dtype=dtype), torch.rand(5, dtype=dtype) + 0.5] if norm == "batch" else [None, None]
+    x, weight, bias, norm_weight, norm_bias = args
+    out = bsrops.patchgan_conv(x, weight, bias, 2, 1, norm, norm_weight, norm_bias, *running, training,
+                               activation=activation)
+    names = [out.grad_fn.name(), out.grad_fn.next_functions[0][0].name()] if out.grad_fn else []
+    out.backward(torch.randn_like(out))
+    return [out.detach(), *(r for r in running if r is not None), *(a.grad for a in args)], names
+
+
+@pytest.mark.skipif(needs_native, reason="needs the native extension")
+@pytest.mark.parametrize("wanted", [range(5), (0,), (1, 4)], ids=["all", "x", "weight_norm_bias"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("n", [1, 2], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("norm,activation,training", FORMULA_CASES)
+def test_native_formulas_match_the_python_formulas(norm, activation, training, n, dtype, wanted):
+    """With _C, the Autograd kernels and CPU composites of _patchgan_conv2d and patchgan_norm_act are C++; without
+    it (and under the Python backends) they are the Python formulas. Both run the same ops in the same order:
+    outputs, updated running statistics and gradients equal bit for bit, for every norm, in either layout of the
+    convolution's backward, in half precision, whichever inputs require a gradient."""
+    from bsrops.ops import patchgan_conv as module
+
+    formulas = [("_patchgan_conv2d", module._conv2d_composite, module._conv2d_autograd),
+                ("patchgan_norm_act", module._norm_act_composite, module._norm_act_autograd)]
+    native, python = native_and_python(lambda: formula_run(norm, activation, training, n, dtype, wanted), formulas)
+    assert all("CppNode" in name for name in native[1]), native[1]
+    assert not any("CppNode" in name for name in python[1]), python[1]
+    assert_equal_tensors(native[0], python[0])
+
+
+def test_python_backends_run_the_python_formulas():
+    """Under the reference and triton backends the block's nodes are the Python formulas' (their precision policy);
+    on the native backends they are C++ nodes."""
+    ours = PatchGANConv(3, 5, norm="instance")
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    for backend in ("cpu", "reference", "triton"):
+        with bsrops.use_backend(backend):
+            out = ours(x)
+        names = [out.grad_fn.name(), out.grad_fn.next_functions[0][0].name()]
+        native = backend == "cpu" and not needs_native
+        assert all(("CppNode" in name) == native for name in names), (backend, names)
+
+
+FALLBACK_CODE = """
+import torch, bsrops
+import torch.nn.functional as F
+def eager(x, weight, bias, stride, padding, norm, norm_weight, norm_bias, running_mean, running_var, training):
+    y = F.conv2d(x, weight, bias, stride, padding)
+    return F.leaky_relu(F.batch_norm(y, running_mean, running_var, norm_weight, norm_bias, training), 0.2)
+torch.manual_seed(0)
+args = [torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.randn(5, 3, 4, 4, dtype=torch.float64),
+        torch.randn(5, dtype=torch.float64), torch.rand(5, dtype=torch.float64) + 0.5, torch.randn(5, dtype=torch.float64)]
+grad = torch.randn(2, 5, 4, 4, dtype=torch.float64)
+results = []
+for run in (eager, bsrops.patchgan_conv):
+    leaves = [a.clone().requires_grad_() for a in args]
+    running = [torch.zeros(5, dtype=torch.float64), torch.ones(5, dtype=torch.float64)]
+    out = run(leaves[0], leaves[1], leaves[2], 2, 1, "batch", leaves[3], leaves[4], *running, True)
+    out.backward(grad)
+    results.append([out, *running, *(a.grad for a in leaves)])
+assert all(torch.allclose(a, b) for a, b in zip(*results))
+print(bsrops.backend_info()["backend"], "CppNode" in out.grad_fn.name())
+"""
+
+
+@pytest.mark.parametrize("fallback", sorted(FALLBACKS))
+def test_fallback_runs_the_python_formulas(fallback):
+    """Without _C, and with a _C built for another torch, patchgan_conv runs the Python formulas (not the C++
+    nodes); outputs, running statistics and gradients match the reference."""
+    assert run_fallback(FALLBACK_CODE, fallback).split() == ["reference", "False"]

@@ -16,7 +16,11 @@ def register_autograd(op_name, backward, setup_context):
     """torch.library.register_autograd's contract for torch.ops.bsrops.<op_name> (a functional op without
     keyword-only arguments): setup_context(ctx, inputs, output) with every argument in `inputs` (defaults filled
     in), backward(ctx, *grads) -> one gradient or None per argument. The Autograd kernel does per call only what
-    such an op needs (the defaults are read from the schema once)."""
+    such an op needs (the defaults are read from the schema once).
+
+    Returns that kernel. It is registered for the Autograd key unless _C registered a native one there (the same
+    formula in C++); the Python backends then install it over the native one for the devices they serve
+    (_backend.register_python_formula)."""
     op = getattr(torch.ops.bsrops, op_name).default
     defaults = tuple(argument.default_value for argument in op._schema.arguments)
     after_autograd = torch._C._after_autograd_keyset
@@ -49,7 +53,9 @@ def register_autograd(op_name, backward, setup_context):
             return Node.apply(keyset, *args)
         return run_below_autograd(keyset, args)
 
-    _autograd_library.impl(op_name, autograd_kernel, "Autograd", with_keyset=True)
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(f"bsrops::{op_name}", "Autograd"):
+        _autograd_library.impl(op_name, autograd_kernel, "Autograd", with_keyset=True)
+    return autograd_kernel
 
 
 def conv_backward(grad, x, weight, stride, padding, mask):

@@ -47,8 +47,11 @@ the conv on CPU float32), and its channels_last convolutions make no reorders. T
 convolutions dominate the block, so the fused elementwise part bounds what the block gains; on
 a GPU the traffic it saves is small against its extra launches at these sizes.
 
-The convolutions run on oneDNN / cuDNN through F.conv2d and aten.convolution_backward in
-the composite kernel and the autograd formula below, whatever the backend; the backend (cpu,
+Where it runs. The composite kernel and the autograd formula below are the op's kernels without _C and
+under the reference and triton backends; with _C the native backends run the same formula in C++
+(csrc/dpcb/dpcb_autograd.cpp: the same ops in the same order, the same results bit for bit, no Python per
+call). The convolutions run on oneDNN / cuDNN through F.conv2d and aten.convolution_backward in
+the composite kernel and the autograd formula, whatever the backend; the backend (cpu,
 cuda, triton, reference) decides who runs the fused elementwise kernels. In float16 / bfloat16 the
 convolutions run in that dtype, and so do the CUDA backend's fused kernels (float32 arithmetic); the other
 backends' are float32 / float64 kernels, run on float32 copies (`run_fused`; docs/ops.md, Precision).
@@ -315,7 +318,9 @@ def _backward(ctx, grad_img, grad_cond, *unused):
     return (*(g if need else None for g, need in zip(grads, needs)), None)
 
 
-register_autograd("dpcb", _backward, _setup_context)
+# the Python formula: the Autograd kernel without _C and under the Python backends (with _C the native backends
+# run it in C++, csrc/dpcb/dpcb_autograd.cpp)
+_python_autograd = register_autograd("dpcb", _backward, _setup_context)
 
 
 def _check_slope_call(x_img, x_cond, w1, b1, w2, b2, w3, b3, w4, b4, negative_slope=0.2):
@@ -337,6 +342,7 @@ for _name, _fn in (("_leaky_relu_", ref.leaky_relu_reference_),
                    ("_relayout", ref.relayout_reference)):
     _backend.register_kernel("reference", _name, _fn)
 
+_backend.register_python_formula("dpcb", _python_autograd, _forward_composite)
 for _op, _fn in (("_leaky_relu_", "leaky_relu_"), ("_leaky_relu_backward_", "leaky_relu_backward_"),
                  ("_dpcb_epilogue", "epilogue"), ("_dpcb_epilogue_backward", "epilogue_backward"),
                  ("_relayout", "relayout")):

@@ -33,6 +33,11 @@ on a GPU the traffic saved is small against the op's per-call overhead at this s
 norm='none' the LeakyReLU is a oneDNN post-op of the conv on CPU float32 when no gradient is
 recorded.
 
+Where it runs. The composites and autograd formulas of `_patchgan_conv2d` and `patchgan_norm_act` below are
+their kernels without _C and under the reference and triton backends; with _C the native backends run the same
+formulas in C++ (csrc/patchgan_conv/patchgan_conv_autograd.cpp: the same ops in the same order, the same results
+bit for bit, no Python per call below `patchgan_conv`'s composite).
+
 Precision (docs/ops.md): the convolution runs in x's dtype; the norm in `norm_dtype` (float32 for
 float16 / bfloat16, whose fused kernels run on float32 copies), its statistics kept in it, its output
 rounded to y's dtype; the running statistics keep their dtype.
@@ -267,7 +272,8 @@ def _conv2d_backward(ctx, grad_y):
     return (*(g if need else None for g, need in zip((grad_x, grad_weight, grad_bias), needs)), None, None)
 
 
-register_autograd("_patchgan_conv2d", _conv2d_backward, _conv2d_setup_context)
+_conv2d_autograd = register_autograd("_patchgan_conv2d", _conv2d_backward, _conv2d_setup_context)
+_backend.register_python_formula("_patchgan_conv2d", _conv2d_autograd, _conv2d_composite)
 
 
 def _stats_shape(n, channels, norm):
@@ -332,7 +338,8 @@ def _backward(ctx, grad_out, *unused):
     return (*(g if need else None for g, need in zip((grad_y, *params), mask)), *(None,) * 8)
 
 
-register_autograd("patchgan_norm_act", _backward, _setup_context)
+_norm_act_autograd = register_autograd("patchgan_norm_act", _backward, _setup_context)
+_backend.register_python_formula("patchgan_norm_act", _norm_act_autograd, _norm_act_composite)
 
 
 def _check_norm_act_call(y, weight, bias, running_mean, running_var, norm, training, momentum, eps, negative_slope,
