@@ -267,6 +267,7 @@ PyObject* node_intermediates(PyObject* self, void*) {
   if (held.isNone()) Py_RETURN_NONE;
   auto tensors = held.toTensorVector();
   PyObject* list = PyList_New(static_cast<Py_ssize_t>(tensors.size()));
+  if (list == nullptr) return nullptr;
   for (size_t i = 0; i < tensors.size(); ++i) {
     PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), THPVariable_Wrap(tensors[i]));
   }
