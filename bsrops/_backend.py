@@ -117,7 +117,16 @@ def _install(backend, devices):
         for op_name, kernel in _autograd_kernels[backend].items():
             for device in devices:
                 library.impl(op_name, kernel, f"Autograd{device}", with_keyset=True, allow_override=True)
+    _forget_resolved_kernels(backend)
     return library
+
+
+def _forget_resolved_kernels(backend):
+    """Drop the Python dispatcher's cached kernel choices (torch.compile's and opcheck's tracing) for the ops
+    `backend` registers: a device's Autograd kernel over the native Autograd one changes which key serves it, and
+    a choice cached while the backend was installed would outlive it."""
+    for op_name in {*_kernels[backend], *_autograd_kernels[backend]}:
+        getattr(torch.ops.bsrops, op_name).default._dispatch_cache.clear()
 
 
 def _check_name(backend):
@@ -157,6 +166,7 @@ def use_backend(backend):
             del _owners[id(entry)]
             if library is not None:
                 library._destroy()
+                _forget_resolved_kernels(backend)
 
 
 def _base_backend(device_type):

@@ -170,6 +170,17 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(grad, x_img.grad)
 
 
+def test_aot_tracing_after_a_python_backend_block_runs_the_native_formula():
+    """opcheck's AOT tracing inside use_backend("reference") resolves dpcb's AutogradCPU kernel to the Python
+    formula installed there; after the block the tracing must find the native one again (not autograd's
+    not-implemented fallback, which left every gradient None under torch.compile)."""
+    ours, _, x_img, x_cond = make_pair("restorer", n=1)
+    args = (x_img.requires_grad_(), x_cond, *[p.detach() for p in ours.parameters()], 0.2)
+    with bsrops.use_backend("reference"):
+        torch.library.opcheck(torch.ops.bsrops.dpcb.default, args, test_utils=("test_aot_dispatch_dynamic",))
+    torch.library.opcheck(torch.ops.bsrops.dpcb.default, args, test_utils=("test_aot_dispatch_dynamic",))
+
+
 def test_channel_mismatch_in_module_is_a_clear_error():
     with pytest.raises(ValueError, match="nf1 \\(4\\) must equal nf2 \\(8\\)"):
         DPCB(4, 8)
