@@ -121,7 +121,7 @@ def test_blur_downsample_backward_is_deterministic(layout, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("case", ud.CASES, ids=[ud.case_id(c) for c in ud.CASES])
+@pytest.mark.parametrize("case", ud.CASES + ud.EDGE_CASES, ids=[ud.case_id(c) for c in ud.CASES + ud.EDGE_CASES])
 def test_usrnet_data_step(case, backend):
     n, c, h, w, s, *_ = case
     inputs = ud.make_inputs(*case)
@@ -131,6 +131,77 @@ def test_usrnet_data_step(case, backend):
             bsrops.usrnet_data_step, *on_cuda(inputs), s, grad_out.to(CUDA)))
     ran_on(delta, backend)
     assert_close_cpu(actual, expected)
+
+
+# n, c, h, w (LR), scale: pair_lanes = h * (w // 2 + 1) past the CUDA backward's 256-lane block, so each image's
+# grad_alpha adds the partial sums of 2, 4 and 3 blocks (the last block's ticket), odd and even sizes, float32 and
+# float64, the last at the headline USRNet shape's LR grid (96 x 96 HR, s = 4)
+USRNET_LANE_CASES = [(3, 2, 24, 24, 2), (2, 1, 40, 41, 2), (5, 3, 24, 24, 4), (1, 1, 17, 60, 3)]
+
+
+def _usrnet_solve_inputs(n, c, h, w, s, dtype):
+    """z, FB (not Hermitian), FBFy, F2B_mean, alpha, grad_x in float64 (values of `dtype`)."""
+    g = torch.Generator().manual_seed(11)
+    z, grad_x = (torch.randn(n, c, s * h, s * w, generator=g) for _ in range(2))
+    fb, fbfy = torch.randn(n, s * h, s * w, 2, generator=g), torch.randn(n, c, s * h, s * w, 2, generator=g)
+    f2b_mean, alpha = torch.rand(n, h, w, generator=g) + 0.5, torch.rand(n, generator=g) + 0.1
+    return [t.to(dtype).double() for t in (z, fb, fbfy, f2b_mean, alpha, grad_x)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", USRNET_LANE_CASES, ids=lambda case: "x".join(map(str, case)))
+def test_usrnet_solve_past_one_lane_block(case, backend, dtype):
+    """usrnet_solve and every output of its backward against the native CPU kernels in float64, twice: bitwise
+    equal (grad_alpha's per-image sums in a fixed order, no float atomics)."""
+    *inputs, grad_x = _usrnet_solve_inputs(*case, dtype)
+    s, mask = case[4], [True] * 5
+    expected = (torch.ops.bsrops.usrnet_solve(*inputs, s),
+                *torch.ops.bsrops._usrnet_solve_backward(grad_x, *inputs, s, mask))
+    z, fb, fbfy, f2b_mean, alpha, grad_x = (t.to(CUDA, dtype) for t in (*inputs, grad_x))
+    with bsrops.use_backend(backend):
+        (first, second), delta = ud.calls_delta(lambda: [
+            (torch.ops.bsrops.usrnet_solve(z, fb, fbfy, f2b_mean, alpha, s),
+             *torch.ops.bsrops._usrnet_solve_backward(grad_x, z, fb, fbfy, f2b_mean, alpha, s, mask))
+            for _ in range(2)])
+    ran_on(delta, backend)
+    assert_close_cpu(first, expected)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("value", [(0.0, 0.0), (0.3, -0.7)], ids=["zero", "complex"])
+def test_usrnet_fbfy_broadcast_over_every_bin(value, backend):
+    """FBFy = one complex value broadcast over every bin: the CUDA kernels and the Triton forward read that value;
+    the results are those of the FBFy stored in full, on the CPU in float64."""
+    inputs = ud.broadcast_fbfy_inputs(2, 3, 5, 6)
+    value = torch.tensor(value, dtype=torch.float64)
+    _, expected = ud.solve_with_broadcast_fbfy(*inputs[:4], value, inputs[4])
+    with bsrops.use_backend(backend):
+        (broadcast, full), delta = ud.calls_delta(lambda: ud.solve_with_broadcast_fbfy(*on_cuda([*inputs[:4], value,
+                                                                                                  inputs[4]])))
+    ran_on(delta, backend)
+    assert_close_cpu(broadcast, expected)
+    assert_close_cpu(full, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_usrnet_term_reads_a_broadcast_zero_fbfy(backend):
+    """On a GPU USRNetDataTerm's zero FBFy is one complex zero broadcast over every bin; its chain (y and kernel
+    fixed: the backward solves read that FBFy) matches the official one in float64."""
+    z, y, kernel, _ = ud.make_inputs(2, 3, 5, 6, 3, 7, 7, "per_image")
+    zero = bsrops.USRNetDataTerm(y.to(CUDA), kernel.to(CUDA), 3)._zero_fbfy
+    assert zero is not None and zero.is_cuda and zero.stride() == (0, 0, 0, 0, 1) and not zero.any()
+    alphas = torch.rand(2, 3, dtype=torch.float64) + 0.05
+    grad_out = torch.randn_like(z)
+    results = []
+    for chain, device, name in ((ud.data_term_chain, CUDA, backend), (ud.official_chain, "cpu", "reference")):
+        inputs = [t.to(device).requires_grad_() for t in (z, alphas)]
+        with bsrops.use_backend(name):
+            out = chain(inputs[0], y.to(device), kernel.to(device), inputs[1], 3)
+            results.append((out, *torch.autograd.grad(out, inputs, grad_out.to(device))))
+    assert_close_cpu(*results)
 
 
 @pytest.mark.parametrize("x_format", ["nchw", "cl"])

@@ -20,6 +20,14 @@ CASES = [
     (1, 3, 9, 7, 3, 24, 20, "shared"),
     (3, 1, 2, 3, 4, 1, 1, "per_image"),
 ]
+# LR grids of one or two rows or columns: lanes whose pair is its own mirror (v = 0, v = w/2, u = -u) or whose
+# column holds no other representative
+EDGE_CASES = [
+    (2, 2, 1, 1, 2, 2, 2, "per_image"),
+    (1, 2, 1, 4, 3, 3, 3, "shared"),
+    (2, 1, 3, 1, 2, 2, 2, "per_image"),
+    (1, 3, 2, 2, 4, 5, 5, "per_image"),
+]
 
 
 def case_id(case):
@@ -85,6 +93,52 @@ def test_cpu_shared_maths_matches_official_float64(case):
         _, delta = calls_delta(lambda: assert_matches_official(bsrops.usrnet_data_step, case))
     assert delta["_usrnet_solve_shared.cpu"] == 1 and delta["_usrnet_solve_shared_backward.cpu"] == 1, delta
     assert "usrnet_solve.cpu" not in delta and "_usrnet_solve_backward.cpu" not in delta
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cpu_shared"])
+@pytest.mark.parametrize("case", EDGE_CASES, ids=[case_id(c) for c in EDGE_CASES])
+def test_lr_grids_of_one_or_two_rows_or_columns(case, backend):
+    with bsrops.use_backend(backend):
+        assert_matches_official(bsrops.usrnet_data_step, case)
+
+
+def solve_with_broadcast_fbfy(z, fb, f2b_mean, alpha, value, grad_x):
+    """usrnet_solve and every output of its backward, for FBFy = `value` (a complex number as a (2,) tensor)
+    broadcast over every bin (strides (0, 0, 0, 0, 1), the form the kernels read as it is) and for the same FBFy
+    stored in full: two tuples."""
+    fbfy = value.expand(*z.shape, 2)
+    assert fbfy.stride() == (0, 0, 0, 0, 1)
+    return [(torch.ops.bsrops.usrnet_solve(z, fb, t, f2b_mean, alpha, 2),
+             *torch.ops.bsrops._usrnet_solve_backward(grad_x, z, fb, t, f2b_mean, alpha, 2, [True] * 5))
+            for t in (fbfy, fbfy.contiguous())]
+
+
+def broadcast_fbfy_inputs(n, c, h, w, dtype=torch.float64):
+    """z, FB (not Hermitian), F2B_mean, alpha, grad_x for solve_with_broadcast_fbfy at scale 2."""
+    g = torch.Generator().manual_seed(5)
+    z, grad_x = (torch.randn(n, c, 2 * h, 2 * w, generator=g, dtype=dtype) for _ in range(2))
+    fb = torch.randn(n, 2 * h, 2 * w, 2, generator=g, dtype=dtype)
+    f2b_mean = torch.rand(n, h, w, generator=g, dtype=dtype) + 0.5
+    return z, fb, f2b_mean, torch.rand(n, generator=g, dtype=dtype) + 0.1, grad_x
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cpu_shared", "reference"])
+@pytest.mark.parametrize("value", [(0.0, 0.0), (0.3, -0.7)], ids=["zero", "complex"])
+def test_fbfy_broadcast_over_every_bin(value, backend):
+    """An FBFy of one complex value broadcast over every bin (USRNetDataTerm's zero FBFy on a GPU): the
+    per-element kernels read that value instead of a copy; every backend gives the results of the FBFy stored in
+    full. A scalar broadcast over the real and imaginary parts too (every stride 0) is copied."""
+    z, fb, f2b_mean, alpha, grad_x = broadcast_fbfy_inputs(2, 3, 3, 4)
+    with bsrops.use_backend(backend):
+        broadcast, full = solve_with_broadcast_fbfy(z, fb, f2b_mean, alpha, torch.tensor(value, dtype=z.dtype),
+                                                    grad_x)
+    for actual, expected in zip(broadcast, full):
+        assert actual.shape == expected.shape
+        torch.testing.assert_close(actual, expected, rtol=0, atol=1e-12)
+    scalar = torch.tensor(value[0], dtype=z.dtype).expand(*z.shape, 2)
+    with bsrops.use_backend(backend):
+        x, stored = (torch.ops.bsrops.usrnet_solve(z, fb, t, f2b_mean, alpha, 2) for t in (scalar, scalar.contiguous()))
+    torch.testing.assert_close(x, stored, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("case", CASES[1::3], ids=[case_id(c) for c in CASES[1::3]])

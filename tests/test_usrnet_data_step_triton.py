@@ -15,7 +15,8 @@ import torch
 
 import bsrops
 from bsrops.reference import usrnet_data_step as ref
-from test_usrnet_data_step import assert_fixed_chain_matches_official, calls_delta, forward_and_grads, make_inputs
+from test_usrnet_data_step import (assert_fixed_chain_matches_official, broadcast_fbfy_inputs, calls_delta,
+                                   forward_and_grads, make_inputs, solve_with_broadcast_fbfy)
 from tolerances import FLOAT32_RTOL, assert_close_to_float64, relative_error
 from triton_sm90 import assert_compiles_for_sm90, jitted_kernels, require_interpreter, require_triton
 
@@ -81,6 +82,20 @@ def test_triton_solve_backward_with_arbitrary_invariants_matches_cpu():
             assert actual.shape == value.shape
             if value.numel():
                 assert_close_to_float64(actual, value)
+
+
+@pytest.mark.timeout(120)
+def test_triton_reads_a_broadcast_fbfy():
+    """FBFy broadcast over every bin: the forward kernel reads its one element (fbfy_step 0), the backward a
+    copy; both give the results of the FBFy stored in full."""
+    require_interpreter()
+    z, fb, f2b_mean, alpha, grad_x = broadcast_fbfy_inputs(1, 2, 2, 3)
+    with bsrops.use_backend("triton"):
+        (broadcast, full), delta = calls_delta(lambda: solve_with_broadcast_fbfy(
+            z, fb, f2b_mean, alpha, torch.tensor([0.3, -0.7], dtype=z.dtype), grad_x))
+    assert delta == {"usrnet_solve.triton": 2, "_usrnet_solve_backward.triton": 2}, delta
+    for actual, expected in zip(broadcast, full):
+        torch.testing.assert_close(actual, expected, rtol=0, atol=1e-12)
 
 
 @pytest.mark.timeout(60)

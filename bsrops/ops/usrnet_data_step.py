@@ -174,9 +174,9 @@ class USRNetDataTerm:
     solve.
 
     Built with grad mode on and y, kernel not requiring gradients, the term also holds the zero FBFy its solves'
-    backward reads (_SolveForZAndAlpha), made here once: a solve allocates nothing beyond its outputs and
-    temporaries, and caches nothing, so a solve can be captured in a CUDA graph. A differentiated solve that has
-    no such buffer (a term built under no_grad, or a solve promoted to float64) uses a temporary zero FBFy.
+    backward reads (_SolveForZAndAlpha), made here once (_zero_fbfy_like): a solve allocates nothing beyond its
+    outputs and temporaries, and caches nothing, so a solve can be captured in a CUDA graph. A differentiated solve
+    that has no such buffer (a term built under no_grad, or a solve promoted to float64) uses a temporary zero FBFy.
     """
 
     def __init__(self, y, kernel, scale):
@@ -187,7 +187,7 @@ class USRNetDataTerm:
         compute = compute_dtype(self.dtype)
         self.FB, self.FBFy, self.F2B_mean = torch.ops.bsrops._usrnet_precompute(
             _fold(y, self.planes).to(compute), _op_kernel(kernel).to(compute), scale)
-        self._zero_fbfy = torch.zeros_like(self.FBFy) if self._solves_for_z_and_alpha() else None
+        self._zero_fbfy = _zero_fbfy_like(self.FBFy) if self._solves_for_z_and_alpha() else None
 
     def _solves_for_z_and_alpha(self):
         """Whether a solve now runs _SolveForZAndAlpha: grad mode on and the invariants constant."""
@@ -204,11 +204,20 @@ class USRNetDataTerm:
         if self._solves_for_z_and_alpha():
             zero = self._zero_fbfy
             if zero is None or zero.dtype != compute:
-                zero = torch.zeros_like(fbfy)
+                zero = _zero_fbfy_like(fbfy)
             out = _SolveForZAndAlpha.apply(z_c, alpha_c, fb, fbfy, f2b_mean, zero, self.scale)
         else:
             out = torch.ops.bsrops.usrnet_solve(z_c, fb, fbfy, f2b_mean, alpha_c, self.scale)
         return out.reshape(z.shape).to(_output_dtype(dtype, z))
+
+
+def _zero_fbfy_like(fbfy):
+    """A zero FBFy of fbfy's shape for the backward solves. On a GPU one complex zero broadcast over every bin
+    (strides (0, 0, 0, 0, 1)): the CUDA and Triton solves read that one value, not a spectrum-sized array of zeros.
+    On the CPU a full one, which its solve reads as it is (it would copy a broadcast one on every call)."""
+    if fbfy.is_cuda:
+        return fbfy.new_zeros(2).expand(fbfy.shape)
+    return torch.zeros_like(fbfy)
 
 
 class _SolveForZAndAlpha(torch.autograd.Function):

@@ -14,6 +14,8 @@ pass per pair {w, -w} of LR frequencies over their s^2 aliases each:
   share per LR frequency (summed afterwards by torch, in a fixed order).
 
 Complex numbers are interleaved (re, im) float32/float64, as the op's real views. No atomics.
+The forward reads an FBFy of one complex value broadcast over every bin (strides (0, 0, 0, 0, 1):
+USRNetDataTerm's zero FBFy on a GPU) from that value rather than copying it out.
 alpha's value (finite, > 0) is checked inside both kernels with tl.device_assert, as torch's
 inductor checks in its Triton kernels: launched with debug=True (which device_assert needs) and
 sanitize_overflow=False (no overflow checks on the index maths), so no extra launch and no host
@@ -52,8 +54,9 @@ def _half_at(half_ptr, r, q, H, W, Wh, mask):
 
 
 @triton.jit
-def _alias_mean(fb_ptr, p_ptr, x_ptr, alpha, w_mean, u, v, h, w, s, H, W, Wh, mask, RHS: tl.constexpr):
-    """mean over the aliases (u + a h, v + b w) of FB * X / (F2B_mean + alpha); X = P + alpha Z (RHS) or Z."""
+def _alias_mean(fb_ptr, p_ptr, p_step, x_ptr, alpha, w_mean, u, v, h, w, s, H, W, Wh, mask, RHS: tl.constexpr):
+    """mean over the aliases (u + a h, v + b w) of FB * X / (F2B_mean + alpha); X = P + alpha Z (RHS) or Z.
+    P's bin (r, q) is at (r W + q) p_step: p_step 0 reads a P broadcast over every bin."""
     sum_re = w_mean * 0.0
     sum_im = w_mean * 0.0
     for a in range(0, s):
@@ -62,7 +65,7 @@ def _alias_mean(fb_ptr, p_ptr, x_ptr, alpha, w_mean, u, v, h, w, s, H, W, Wh, ma
             q = v + b * w
             x_re, x_im = _half_at(x_ptr, r, q, H, W, Wh, mask)
             if RHS:
-                p_re, p_im = _load_cx(p_ptr, r * W + q, mask)
+                p_re, p_im = _load_cx(p_ptr, (r * W + q) * p_step, mask)
                 x_re = p_re + alpha * x_re
                 x_im = p_im + alpha * x_im
             f_re, f_im = _load_cx(fb_ptr, r * W + q, mask)
@@ -73,10 +76,10 @@ def _alias_mean(fb_ptr, p_ptr, x_ptr, alpha, w_mean, u, v, h, w, s, H, W, Wh, ma
 
 
 @triton.jit
-def _fx(fb_ptr, p_ptr, z_ptr, alpha, q_re, q_im, r, q, H, W, Wh, mask):
-    """FX = (P + alpha Z - conj(FB) Q) / alpha at bin (r, q)."""
+def _fx(fb_ptr, p_ptr, p_step, z_ptr, alpha, q_re, q_im, r, q, H, W, Wh, mask):
+    """FX = (P + alpha Z - conj(FB) Q) / alpha at bin (r, q); p_step as in _alias_mean."""
     z_re, z_im = _half_at(z_ptr, r, q, H, W, Wh, mask)
-    p_re, p_im = _load_cx(p_ptr, r * W + q, mask)
+    p_re, p_im = _load_cx(p_ptr, (r * W + q) * p_step, mask)
     f_re, f_im = _load_cx(fb_ptr, r * W + q, mask)
     return ((p_re + alpha * z_re - (f_re * q_re + f_im * q_im)) / alpha,
             (p_im + alpha * z_im - (f_re * q_im - f_im * q_re)) / alpha)
@@ -115,19 +118,20 @@ def _pair_items(pid, h, w, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _solve_kernel(spec_ptr, fb_ptr, fbfy_ptr, w_ptr, alpha_ptr, C, h, w, s, H, W, Wh, BLOCK: tl.constexpr):
+def _solve_kernel(spec_ptr, fb_ptr, fbfy_ptr, fbfy_step, w_ptr, alpha_ptr, C, h, w, s, H, W, Wh,
+                  BLOCK: tl.constexpr):
     nc = tl.program_id(1).to(tl.int64)
     n = nc // C
     lr, u, v, um, vm, lr_mirror, self_mirror, active = _pair_items(tl.program_id(0), h, w, BLOCK)
     half = spec_ptr + 2 * nc * H * Wh
     fb = fb_ptr + 2 * n * H * W
-    p = fbfy_ptr + 2 * nc * H * W
+    p = fbfy_ptr + 2 * nc * H * W * fbfy_step
     alpha = tl.load(alpha_ptr + n)
     _assert_alpha(alpha)
     w_own = tl.load(w_ptr + n * h * w + lr, mask=active, other=1.0)
     w_mirror = tl.load(w_ptr + n * h * w + lr_mirror, mask=active, other=1.0)
-    q_re, q_im = _alias_mean(fb, p, half, alpha, w_own, u, v, h, w, s, H, W, Wh, active, True)
-    qm_re, qm_im = _alias_mean(fb, p, half, alpha, w_mirror, um, vm, h, w, s, H, W, Wh, active, True)
+    q_re, q_im = _alias_mean(fb, p, fbfy_step, half, alpha, w_own, u, v, h, w, s, H, W, Wh, active, True)
+    qm_re, qm_im = _alias_mean(fb, p, fbfy_step, half, alpha, w_mirror, um, vm, h, w, s, H, W, Wh, active, True)
     for a in range(0, s):
         r = u + a * h
         rm = _negate(r, H)
@@ -135,8 +139,8 @@ def _solve_kernel(spec_ptr, fb_ptr, fbfy_ptr, w_ptr, alpha_ptr, C, h, w, s, H, W
             q = v + b * w
             qm = _negate(q, W)
             ok = active & ~(self_mirror & (rm * W + qm < r * W + q))
-            x_re, x_im = _fx(fb, p, half, alpha, q_re, q_im, r, q, H, W, Wh, ok)
-            xm_re, xm_im = _fx(fb, p, half, alpha, qm_re, qm_im, rm, qm, H, W, Wh, ok)
+            x_re, x_im = _fx(fb, p, fbfy_step, half, alpha, q_re, q_im, r, q, H, W, Wh, ok)
+            xm_re, xm_im = _fx(fb, p, fbfy_step, half, alpha, qm_re, qm_im, rm, qm, H, W, Wh, ok)
             _store_hermitian(half, r, q, rm, qm, x_re, x_im, xm_re, xm_im, Wh, ok)
 
 
@@ -190,10 +194,10 @@ def _solve_backward_kernel(grad_ptr, z_ptr, fb_ptr, fbfy_ptr, w_ptr, alpha_ptr, 
         z_half = z_ptr + 2 * nc * H * Wh
         p = fbfy_ptr + 2 * nc * H * W
         gp = gp_ptr + 2 * nc * H * W
-        q_re, q_im = _alias_mean(fb, p, z_half, alpha, w_own, u, v, h, w, s, H, W, Wh, active, True)
-        t_re, t_im = _alias_mean(fb, p, g_half, alpha, w_own, u, v, h, w, s, H, W, Wh, active, False)
-        qm_re, qm_im = _alias_mean(fb, p, z_half, alpha, w_mirror, um, vm, h, w, s, H, W, Wh, active, True)
-        tm_re, tm_im = _alias_mean(fb, p, g_half, alpha, w_mirror, um, vm, h, w, s, H, W, Wh, active, False)
+        q_re, q_im = _alias_mean(fb, p, 1, z_half, alpha, w_own, u, v, h, w, s, H, W, Wh, active, True)
+        t_re, t_im = _alias_mean(fb, p, 1, g_half, alpha, w_own, u, v, h, w, s, H, W, Wh, active, False)
+        qm_re, qm_im = _alias_mean(fb, p, 1, z_half, alpha, w_mirror, um, vm, h, w, s, H, W, Wh, active, True)
+        tm_re, tm_im = _alias_mean(fb, p, 1, g_half, alpha, w_mirror, um, vm, h, w, s, H, W, Wh, active, False)
         grad_w_own += (s * s) * (q_re * t_re + q_im * t_im)
         grad_w_mirror += tl.where(self_mirror, 0.0, (s * s) * (qm_re * tm_re + qm_im * tm_im))
         for a in range(0, s):
@@ -254,9 +258,11 @@ def forward(z, fb, fbfy, f2b_mean, alpha, scale):
         return torch.empty_like(z, memory_format=torch.contiguous_format)
     spectrum = torch.view_as_real(torch.fft.rfft2(z.contiguous()))
     block = _block(h * w)
+    broadcast = fbfy.stride() == (0, 0, 0, 0, 1)  # one complex FBFy value over every bin, read as it is
     _solve_kernel[(triton.cdiv(h * w, block), n * c)](
-        spectrum, fb.contiguous(), fbfy.contiguous(), f2b_mean.contiguous(), alpha.contiguous().view(n),
-        c, h, w, scale, height, width, width // 2 + 1, BLOCK=block, **DEVICE_CHECKS)
+        spectrum, fb.contiguous(), fbfy if broadcast else fbfy.contiguous(), 0 if broadcast else 1,
+        f2b_mean.contiguous(), alpha.contiguous().view(n), c, h, w, scale, height, width, width // 2 + 1,
+        BLOCK=block, **DEVICE_CHECKS)
     return torch.fft.irfft2(torch.view_as_complex(spectrum), s=(height, width))
 
 

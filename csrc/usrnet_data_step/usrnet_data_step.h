@@ -15,7 +15,10 @@
 // the aliases of -w, so one work item is the pair {w, -w} of LR frequencies: it reads and
 // writes only the half-spectrum bins of those two alias groups, which lets the output
 // overwrite the input spectrum in place. FB and FBFy are full spectra (N, H, W) and
-// (N, C, H, W), as USRNet precomputes them; complex numbers are interleaved (re, im).
+// (N, C, H, W), as USRNet precomputes them (op inputs, not assumed Hermitian, so read in
+// full); FBFy may also be one complex value broadcast over every bin (Geometry::fbfy_step = 0),
+// as the zero FBFy of USRNetDataTerm's backward solves, read from that one value.
+// Complex numbers are interleaved (re, im).
 //
 // Backward (derivation in bsrops/ops/usrnet_data_step.py), with G = rfft-extended F(grad_x):
 //   T     = mean_j(FB_j G_j) / (F2B_mean + alpha)
@@ -25,7 +28,8 @@
 //   grad_F2B_mean = sum_c s^2 Re(conj(Q) T) / (alpha H W)
 //   grad_alpha    = sum_{c, j} [Re(conj(Fz_j) B_j) - Re(conj(FX_j) G_j)] / (alpha H W) + grad_F2B_mean terms
 // Every function below is the whole computation of one work item, index maths included:
-// the CUDA kernels decode their thread index and call them, the CPU kernels loop over them.
+// the CUDA kernels decode their thread index (pair_lane) and call them, the cpu_shared
+// kernels loop over the same lanes.
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -37,6 +41,7 @@ namespace usrnet_data_step {
 struct Geometry {
   int64_t N, C, h, w, s;  // LR size h x w, scale s
   int64_t H, W, Wh;       // HR size, and the columns of a half spectrum, W / 2 + 1
+  int64_t fbfy_step;      // 1: FBFy is contiguous; 0: one value broadcast over every bin
 };
 
 template <typename T>
@@ -78,13 +83,22 @@ C10_HOST_DEVICE inline int64_t mirror_lr(const Geometry& g, int64_t u, int64_t v
   return ((g.h - u) % g.h) * g.w + (g.w - v) % g.w;
 }
 
-// A work item is the pair {w, -w}, represented by its member with the smaller index.
-C10_HOST_DEVICE inline bool is_pair_representative(const Geometry& g, int64_t u, int64_t v) {
-  return u * g.w + v <= mirror_lr(g, u, v);
-}
-
 // The bin -(r, q) of a full spectrum (H, W), one axis at a time (no division in the hot loops).
 C10_HOST_DEVICE inline int64_t negate(int64_t r, int64_t size) { return r == 0 ? 0 : size - r; }
+
+// A work item is the pair {w, -w}, represented by its member (u, v) with v < -v (mod w), or, in a
+// column equal to its mirror (v = 0, and v = w/2 for an even w), with u <= -u (mod h). Every
+// representative lies in the LR columns [0, w/2]: the kernels run pair_lanes(g) lanes per plane,
+// lane = u * (w/2 + 1) + v, and pair_lane tells which lanes are representatives.
+C10_HOST_DEVICE inline int64_t pair_lanes(const Geometry& g) { return g.h * (g.w / 2 + 1); }
+
+C10_HOST_DEVICE inline bool pair_lane(const Geometry& g, int64_t lane, int64_t& u, int64_t& v) {
+  const int64_t columns = g.w / 2 + 1;
+  u = lane / columns;
+  v = lane - u * columns;
+  const int64_t vm = negate(v, g.w);
+  return v < vm || (v == vm && u <= negate(u, g.h));
+}
 
 // F(z) at full-spectrum bin (r, q) from a half spectrum (H, Wh).
 template <typename T>
@@ -97,13 +111,25 @@ C10_HOST_DEVICE inline Cx<T> half_at(const Geometry& g, const T* half, int64_t r
 template <typename T>
 struct Plane {
   const T* fb;    // FB (H, W)
-  const T* fbfy;  // FBFy (H, W)
+  const T* fbfy;  // FBFy (H, W), or its one broadcast value (g.fbfy_step = 0)
   T alpha;        // alpha of the image
 };
 
 template <typename T>
+C10_HOST_DEVICE inline Plane<T> make_plane(const Geometry& g, const T* fb, const T* fbfy, T alpha, int64_t n,
+                                           int64_t c) {
+  return {fb + 2 * n * g.H * g.W, fbfy + 2 * (n * g.C + c) * g.H * g.W * g.fbfy_step, alpha};
+}
+
+// FBFy at full-spectrum bin (r, q) of the plane.
+template <typename T>
+C10_HOST_DEVICE inline Cx<T> fbfy_at(const Plane<T>& p, const Geometry& g, int64_t r, int64_t q) {
+  return load(p.fbfy, (r * g.W + q) * g.fbfy_step);
+}
+
+template <typename T>
 C10_HOST_DEVICE inline Cx<T> rhs(const Plane<T>& p, const Geometry& g, const T* fz_half, int64_t r, int64_t q) {
-  return load(p.fbfy, r * g.W + q) + half_at(g, fz_half, r, q) * p.alpha;
+  return fbfy_at(p, g, r, q) + half_at(g, fz_half, r, q) * p.alpha;
 }
 
 // mean_j(FB_j * X_j) / (F2B_mean + alpha) over the aliases (u + a h, v + b w) of (u, v),
@@ -154,7 +180,7 @@ C10_HOST_DEVICE inline void solve_element(T* spectrum, const T* fb, const T* fbf
                                           const T* alpha, const Geometry& g, int64_t n, int64_t c, int64_t u,
                                           int64_t v) {
   const int64_t lr = u * g.w + v, lr_mirror = mirror_lr(g, u, v);
-  const Plane<T> p{fb + 2 * n * g.H * g.W, fbfy + 2 * (n * g.C + c) * g.H * g.W, alpha[n]};
+  const Plane<T> p = make_plane(g, fb, fbfy, alpha[n], n, c);
   T* half = spectrum + 2 * (n * g.C + c) * g.H * g.Wh;
   const T* w_mean = f2b_mean + n * g.h * g.w;
   const Cx<T> q_own = alias_mean<true>(p, g, half, w_mean[lr], u, v);
@@ -177,13 +203,14 @@ struct Grads {
   T* grad_fbfy;        // (N, C, H, W) complex
   T* grad_fb;          // (N, H, W) complex
   T* grad_f2b_mean;    // (N, h, w)
-  T* alpha_partial;    // (N, h, w): grad_alpha's share of each work item (0 at non-representatives)
+  T* alpha_partial;    // grad_alpha wanted: shares of it, laid out as the kernel chooses (non-null pointer)
 };
 
 // Work item (n, pair {(u, v), -(u, v)}), summing over the channels what the image shares (FB, F2B_mean, alpha).
-// `grad_half` is the half spectrum of grad_x, `fz_half` that of z.
+// `grad_half` is the half spectrum of grad_x, `fz_half` that of z. Returns the work item's share of
+// grad_alpha[n] (0 when out.alpha_partial is null), which the caller adds up over the image's work items.
 template <typename T>
-C10_HOST_DEVICE inline void solve_backward_element(const T* grad_half, const T* fz_half, const T* fb, const T* fbfy,
+C10_HOST_DEVICE inline T solve_backward_element(const T* grad_half, const T* fz_half, const T* fb, const T* fbfy,
                                                    const T* f2b_mean, const T* alpha, const Grads<T>& out,
                                                    const Geometry& g, int64_t n, int64_t u, int64_t v) {
   const int64_t lr = u * g.w + v, lr_mirror = mirror_lr(g, u, v);
@@ -197,7 +224,7 @@ C10_HOST_DEVICE inline void solve_backward_element(const T* grad_half, const T* 
   const T aliases = T(g.s * g.s);
   T grad_w_own = 0, grad_w_mirror = 0, grad_alpha = 0;
   for (int64_t c = 0; c < g.C; ++c) {
-    const Plane<T> p{fb + 2 * n * plane, fbfy + 2 * (n * g.C + c) * plane, a};
+    const Plane<T> p = make_plane(g, fb, fbfy, a, n, c);
     const int64_t nc = n * g.C + c;
     const T* gh = grad_half + 2 * nc * half_plane;
     const T* zh = fz_half + 2 * nc * half_plane;
@@ -211,7 +238,7 @@ C10_HOST_DEVICE inline void solve_backward_element(const T* grad_half, const T* 
     auto bin = [&](int64_t r, int64_t q, Cx<T> qv, Cx<T> tv) {
       const int64_t i = r * g.W + q;
       const Cx<T> fbv = load(p.fb, i), gv = half_at(g, gh, r, q), zv = half_at(g, zh, r, q);
-      const Cx<T> rv = load(p.fbfy, i) + zv * a;
+      const Cx<T> rv = fbfy_at(p, g, r, q) + zv * a;
       const Cx<T> b = gv - conj_mul(fbv, tv);
       if (out.grad_fb) {
         const Cx<T> share = (mul(qv, conj(gv)) + mul(tv, conj(rv))) * (-scale);
@@ -236,10 +263,7 @@ C10_HOST_DEVICE inline void solve_backward_element(const T* grad_half, const T* 
     out.grad_f2b_mean[n * g.h * g.w + lr] = grad_w_own * scale;
     if (!self_mirror) out.grad_f2b_mean[n * g.h * g.w + lr_mirror] = grad_w_mirror * scale;
   }
-  if (out.alpha_partial) {
-    out.alpha_partial[n * g.h * g.w + lr] = (grad_alpha + grad_w_own + grad_w_mirror) * scale;
-    if (!self_mirror) out.alpha_partial[n * g.h * g.w + lr_mirror] = 0;
-  }
+  return out.alpha_partial ? (grad_alpha + grad_w_own + grad_w_mirror) * scale : T(0);
 }
 
 }  // namespace usrnet_data_step
@@ -285,7 +309,7 @@ inline Geometry make_geometry(const char* op, const at::Tensor& z, int64_t scale
   TORCH_CHECK(z.dim() == 4, op, ": z must be (N, C, H, W), got ", z.sizes());
   Geometry g{};
   g.N = z.size(0); g.C = z.size(1); g.H = z.size(2); g.W = z.size(3);
-  g.s = scale; g.h = h; g.w = w; g.Wh = g.W / 2 + 1;
+  g.s = scale; g.h = h; g.w = w; g.Wh = g.W / 2 + 1; g.fbfy_step = 1;
   TORCH_CHECK(h >= 1 && w >= 1 && g.H == scale * h && g.W == scale * w, op, ": z must be (N, C, s*h, s*w) = (", g.N,
               ", ", g.C, ", ", scale * h, ", ", scale * w, ") for the LR size (", h, ", ", w, ") and scale ", scale,
               ", got ", z.sizes());
@@ -309,11 +333,21 @@ inline Geometry make_solve_geometry(const char* op, const at::Tensor& z, const a
   return g;
 }
 
+// FBFy as the per-element functions read it: one complex value broadcast over every bin (strides
+// (0, 0, 0, 0, 1), as USRNetDataTerm's zero FBFy on a GPU) as it is, with g.fbfy_step = 0, so its bins
+// are neither materialised nor read; any other FBFy contiguous.
+inline at::Tensor fbfy_operand(const at::Tensor& fbfy, Geometry& g) {
+  const bool broadcast = fbfy.numel() > 0 && fbfy.strides() == at::IntArrayRef({0, 0, 0, 0, 1});
+  g.fbfy_step = broadcast ? 0 : 1;
+  return broadcast ? fbfy : fbfy.contiguous();
+}
+
 using SolveGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-// An output of a backward op: shaped like `like` when wanted (zero-filled if `zero`), else empty.
+// An output of a backward op: contiguous and shaped like `like` when wanted (zero-filled if `zero`), else empty.
 inline at::Tensor wanted_like(bool want, const at::Tensor& like, bool zero = false) {
-  return !want ? like.new_empty({0}) : zero ? at::zeros_like(like) : at::empty_like(like);
+  const auto format = at::MemoryFormat::Contiguous;
+  return !want ? like.new_empty({0}) : zero ? at::zeros_like(like, {}, format) : at::empty_like(like, {}, format);
 }
 
 // _usrnet_solve_backward's checks; `empty` receives the result for a batch without elements.

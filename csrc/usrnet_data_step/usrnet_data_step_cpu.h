@@ -52,17 +52,25 @@ inline at::Tensor inverse_half_spectra(const at::Tensor& spectrum, int64_t H, in
   return out.view({spectrum.size(0), spectrum.size(1), H, W});
 }
 
+// FBFy for a pass: contiguous, or, for a pass that reads a broadcast FBFy (g.fbfy_step, the per-element
+// functions), as fbfy_operand gives it.
+inline at::Tensor fbfy_for_pass(const at::Tensor& fbfy, Geometry& g, bool reads_broadcast) {
+  return reads_broadcast ? fbfy_operand(fbfy, g) : fbfy.contiguous();
+}
+
 // usrnet_solve: rfft2(z); pass(g, spectrum, fb, fbfy, f2b_mean, alpha), on scalar_t pointers into
-// the half spectra (N, C, H, Wh) complex and the contiguous FB, FBFy, F2B_mean, alpha, replaces
-// every plane's half spectrum by x's in place; irfft2.
+// the half spectra (N, C, H, Wh) complex and the contiguous FB, FBFy (fbfy_for_pass), F2B_mean,
+// alpha, replaces every plane's half spectrum by x's in place; irfft2.
 template <typename Pass>
 at::Tensor solve_on_cpu(const at::Tensor& z_in, const at::Tensor& fb_in, const at::Tensor& fbfy_in,
-                        const at::Tensor& f2b_mean_in, const at::Tensor& alpha_in, int64_t scale, const Pass& pass) {
+                        const at::Tensor& f2b_mean_in, const at::Tensor& alpha_in, int64_t scale, const Pass& pass,
+                        bool reads_broadcast_fbfy = false) {
   const char* op = "usrnet_solve";
-  const Geometry g = make_solve_geometry(op, z_in, fb_in, fbfy_in, f2b_mean_in, alpha_in, scale);
+  Geometry g = make_solve_geometry(op, z_in, fb_in, fbfy_in, f2b_mean_in, alpha_in, scale);
   check_alpha_values(op, alpha_in);
   if (z_in.numel() == 0) return at::empty_like(z_in, at::MemoryFormat::Contiguous);
-  const at::Tensor fb = fb_in.contiguous(), fbfy = fbfy_in.contiguous(), f2b_mean = f2b_mean_in.contiguous();
+  const at::Tensor fb = fb_in.contiguous(), f2b_mean = f2b_mean_in.contiguous();
+  const at::Tensor fbfy = fbfy_for_pass(fbfy_in, g, reads_broadcast_fbfy);
   const at::Tensor alpha = alpha_in.contiguous();
   at::Tensor spectrum = at::view_as_real(at::fft_rfft2(z_in.contiguous()));
   AT_DISPATCH_FLOATING_TYPES(z_in.scalar_type(), "usrnet_solve_cpu", [&] {
@@ -76,22 +84,23 @@ at::Tensor solve_on_cpu(const at::Tensor& z_in, const at::Tensor& fb_in, const a
 // pass(g, out, grad_half, z_half, fb, fbfy, f2b_mean, alpha) writes the wanted outputs of `out`
 // (Grads: grad_z's half spectrum over grad_half) and adds grad_alpha's shares into
 // out.alpha_partial (zeros); irfft2 of grad_z's spectrum, grad_alpha the sum of the shares.
-// `per_element`: the pass is the per-element one, which reads z's spectrum for every output
-// and leaves a share per LR frequency, (N, h, w); else z's spectrum is computed only for
-// grad_FB, grad_F2B_mean and grad_alpha, and the shares are per LR row, (N, h).
+// `per_element`: the pass is the per-element one, which reads z's spectrum for every output,
+// reads a broadcast FBFy (fbfy_for_pass) and leaves a share per LR frequency, (N, h, w); else
+// z's spectrum is computed only for grad_FB, grad_F2B_mean and grad_alpha, and the shares are
+// per LR row, (N, h).
 template <typename Pass>
 SolveGrads solve_backward_on_cpu(const at::Tensor& grad_x_in, const at::Tensor& z_in, const at::Tensor& fb_in,
                                  const at::Tensor& fbfy_in, const at::Tensor& f2b_mean_in, const at::Tensor& alpha_in,
                                  int64_t scale, std::array<bool, 5> output_mask, bool per_element, const Pass& pass) {
   const char* op = "usrnet_solve backward";
   SolveGrads empty;
-  const Geometry g = make_solve_backward_geometry(op, grad_x_in, z_in, fb_in, fbfy_in, f2b_mean_in, alpha_in, scale,
+  Geometry g = make_solve_backward_geometry(op, grad_x_in, z_in, fb_in, fbfy_in, f2b_mean_in, alpha_in, scale,
                                                   output_mask, empty);
   check_alpha_values(op, alpha_in);
   if (z_in.numel() == 0) return empty;
   const auto& [want_z, want_fb, want_fbfy, want_w, want_alpha] = output_mask;
-  const at::Tensor fb = fb_in.contiguous(), fbfy = fbfy_in.contiguous(), f2b_mean = f2b_mean_in.contiguous();
-  const at::Tensor alpha = alpha_in.contiguous();
+  const at::Tensor fb = fb_in.contiguous(), f2b_mean = f2b_mean_in.contiguous();
+  const at::Tensor fbfy = fbfy_for_pass(fbfy_in, g, per_element), alpha = alpha_in.contiguous();
   at::Tensor grad_spectrum = at::view_as_real(at::fft_rfft2(grad_x_in.contiguous()));
   const bool need_z_spectrum = per_element || want_fb || want_w || want_alpha;
   const at::Tensor z_spectrum =
