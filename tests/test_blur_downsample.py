@@ -81,6 +81,27 @@ def test_cpu_shared_forward_channel_groups(channels, layout):
         assert_matches_loop(x, kernel, 2, "reflect", True)
 
 
+# The CUDA forward's compile-time (k, s) pairs (dispatch_shape) and generic pairs, odd and even, over several
+# 16 x 16 output tiles with partial last ones. In float64 the windows of (21, 4) and (25, 4) exceed the shared
+# memory a block may use, so the per-image and shared kernels take the channel-group path there.
+# k, stride, height, width
+SHAPE_CASES = [(21, 1, 37, 40), (11, 1, 20, 17), (21, 4, 70, 90), (25, 4, 75, 66), (4, 3, 40, 35), (7, 2, 33, 18)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("index,case", list(enumerate(SHAPE_CASES)))
+def test_cpu_shared_forward_kernel_shapes_and_tiles(index, case, layout, dtype):
+    k, stride, height, width = case
+    padding, flip = PADDINGS[index % len(PADDINGS)], index % 2 == 1
+    x, kernel = make_inputs(layout, k, stride, c=5, height=height, width=width, dtype=dtype)
+    expected = blur_downsample_loop(x, kernel, stride, padding, flip)
+    with bsrops.use_backend("cpu_shared"):
+        out = bsrops.blur_downsample(x, kernel, stride, padding, flip)
+    assert out.dtype == dtype
+    assert_close_to_float64(out, expected)
+
+
 @pytest.mark.parametrize("layout,padding,stride,k,flip", MATRIX[1::7])
 def test_reference_backend_matches_float64_loop(layout, padding, stride, k, flip):
     x, kernel = make_inputs(layout, k, stride)

@@ -25,7 +25,8 @@ ARCHS = ("80", "90")
 # Per op: the per-element functions of csrc/<op>/<op>.h (or of the csrc/common headers it includes) that its
 # CUDA kernels must call.
 SHARED_ELEMENT_FUNCTIONS = {
-    "blur_downsample": ("forward_channels", "grad_input_element", "grad_kernel_element"),
+    "blur_downsample": ("forward_channels", "window_value", "window_weight", "window_output", "grad_input_element",
+                        "grad_kernel_element"),
     "usrnet_data_step": ("solve_element", "solve_backward_element"),
     "dpcb": ("leaky_relu_element", "leaky_relu_grad_element", "modulate_element", "grad_cond_scale_plane", "offset_of"),
     "patchgan_conv": ("norm_act_element", "grad_z_element", "grad_y_element"),

@@ -19,7 +19,7 @@ import test_usrnet_data_step as ud
 from bsrops.nn import PatchGANConv
 from bsrops.ops._precision import run_fused
 from bsrops.reference import usrnet_data_step as usrnet_ref
-from bsrops.reference.blur_downsample import PADDINGS, blur_downsample_loop
+from bsrops.reference.blur_downsample import PADDINGS, blur_downsample_loop, blur_downsample_reference
 from logged_ops import LoggedOps
 from tolerances import assert_close_to_float64, relative_error
 
@@ -105,6 +105,45 @@ def test_blur_downsample_past_one_block(case, backend, dtype):
             *on_cuda([x.to(dtype), kernel.to(dtype)]), stride, padding, flip, grad_out=expected[3].to(CUDA, dtype)))
     ran_on(delta, backend)
     assert_close_cpu(actual[:3], expected[:3])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16],
+                         ids=["f64", "f32", "bf16", "f16"])
+@pytest.mark.parametrize("layout", bd.LAYOUTS)
+@pytest.mark.parametrize("index,case", list(enumerate(bd.SHAPE_CASES)))
+def test_blur_downsample_cuda_forward_kernel_shapes(index, case, layout, dtype):
+    """The CUDA forward's compile-time (k, s) pairs and the generic one, its shared-memory windows (per-image
+    and shared kernels; float64's (21, 4) and (25, 4) windows are too large and take the channel groups) over
+    several output tiles with partial last ones, from an offset view of x, against the float64 loop."""
+    k, stride, height, width = case
+    padding, flip = PADDINGS[index % len(PADDINGS)], index % 2 == 1
+    x, kernel = bd.make_inputs(layout, k, stride, c=5, height=height, width=width)
+    x, kernel = x.to(dtype), (kernel / k).to(dtype)
+    x = torch.nn.functional.pad(x, (3, 0))[..., 3:]  # a view at an offset, not contiguous
+    expected = blur_downsample_loop(x.double(), kernel.double(), stride, padding, flip)
+    with bsrops.use_backend("cuda"):
+        out, delta = dp.calls_delta(lambda: bsrops.blur_downsample(x.to(CUDA), kernel.to(CUDA), stride, padding,
+                                                                   flip))
+    ran_on(delta, "cuda")
+    assert out.dtype == dtype
+    same_dtype = None if dtype in (torch.float32, torch.float64) else \
+        blur_downsample_reference(x, kernel, stride, padding, flip)
+    assert_close_to_float64(out.cpu(), expected, reference_same_dtype=same_dtype)
+
+
+def test_blur_downsample_cuda_forward_indexes_in_64_bits_beyond_int32():
+    """x past fits_int32_offsets (2^31 - 2^24 elements) runs the int64_t forward: its first and last outputs
+    match those of crops of x that hold every pixel they read (the same sums, in int32_t offsets)."""
+    x = torch.rand(1, 1, 46400, 46400, device=CUDA, dtype=torch.float16)  # 2.15e9 elements
+    assert x.numel() > 2 ** 31
+    kernel = torch.rand(5, 5, device=CUDA, dtype=torch.float16)
+    with bsrops.use_backend("cuda"):
+        out = bsrops.blur_downsample(x, kernel, 4, "reflect")
+        first = bsrops.blur_downsample(x[..., :40, :40].contiguous(), kernel, 4, "reflect")
+        last = bsrops.blur_downsample(x[..., -40:, -40:].contiguous(), kernel, 4, "reflect")
+    assert out.shape == (1, 1, 11600, 11600)
+    torch.testing.assert_close(out[..., :8, :8], first[..., :8, :8])
+    torch.testing.assert_close(out[..., -8:, -8:], last[..., -8:, -8:])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -12,6 +12,7 @@
 
 #include <c10/macros/Macros.h>
 #include <cstdint>
+#include <type_traits>
 
 namespace bsrops {
 namespace blur_downsample {
@@ -51,7 +52,8 @@ C10_HOST_DEVICE inline int64_t pad_after(const Geometry& g, int64_t size, int64_
 
 // Image coordinate that padded coordinate u reads, or -1 for a zero.
 // Valid for |overhang| <= size (reflect: < size), which the shape checks ensure.
-C10_HOST_DEVICE inline int64_t source_index(int64_t u, int64_t size, int padding) {
+template <typename index_t>
+C10_HOST_DEVICE inline index_t source_index(index_t u, index_t size, int padding) {
   if (u >= 0 && u < size) return u;
   switch (padding) {
     case kReflect: return u < 0 ? -u : 2 * (size - 1) - u;
@@ -62,35 +64,90 @@ C10_HOST_DEVICE inline int64_t source_index(int64_t u, int64_t size, int padding
   }
 }
 
-C10_HOST_DEVICE inline int64_t kernel_offset(const Geometry& g, int64_t n, int64_t tap, int64_t i, int64_t j) {
-  return n * g.ks_n + tap * g.ks_t + i * g.ks_i + j * g.ks_j;
+// Offset of K[n, tap] at output (i, j) in index_t, the type of n.
+template <typename index_t>
+C10_HOST_DEVICE inline index_t kernel_offset(const Geometry& g, index_t n, std::type_identity_t<index_t> tap,
+                                             std::type_identity_t<index_t> i, std::type_identity_t<index_t> j) {
+  return n * static_cast<index_t>(g.ks_n) + tap * static_cast<index_t>(g.ks_t) + i * static_cast<index_t>(g.ks_i) +
+         j * static_cast<index_t>(g.ks_j);
 }
 
 // Channels of one forward_channels call, at most.
 constexpr int kChannelBlock = 4;
 
+// The forward functions take the kernel size and stride as template parameters K and S for the
+// (k, s) pairs of dispatch_shape (constant trip counts and offsets), or K = S = 0 to read them
+// from the Geometry; index_t (int32_t or int64_t) must hold every offset into x, kernel and out.
+
 // out[n, c0 + q, i, j] for q < count <= kChannelBlock into acc[q]: each weight is read once for
 // the `count` channels.
-template <typename scalar_t, typename acc_t>
-C10_HOST_DEVICE inline void forward_channels(const scalar_t* x, const scalar_t* kernel, const Geometry& g, int64_t n,
-                                             int64_t c0, int count, int64_t i, int64_t j,
+template <typename scalar_t, typename acc_t, int K = 0, int S = 0, typename index_t = int64_t>
+C10_HOST_DEVICE inline void forward_channels(const scalar_t* x, const scalar_t* kernel, const Geometry& g, index_t n,
+                                             index_t c0, int count, index_t i, index_t j,
                                              acc_t (&acc)[kChannelBlock]) {
-  const scalar_t* image = x + (n * g.C + c0) * g.H * g.W;
-  const int64_t plane = g.H * g.W;
+  const index_t k = K > 0 ? K : static_cast<index_t>(g.k), s = K > 0 ? S : static_cast<index_t>(g.stride);
+  const index_t H = static_cast<index_t>(g.H), W = static_cast<index_t>(g.W), plane = H * W;
+  const index_t first = static_cast<index_t>(min_offset(g));  // offset of tap 0 (flip: of tap k - 1)
+  const scalar_t* image = x + (n * static_cast<index_t>(g.C) + c0) * plane;
   for (int q = 0; q < kChannelBlock; ++q) acc[q] = 0;
-  for (int64_t a = 0; a < g.k; ++a) {
-    const int64_t row = source_index(g.stride * i + tap_offset(g, a), g.H, g.padding);
+  for (index_t a = 0; a < k; ++a) {
+    const index_t row = source_index<index_t>(s * i + (g.flip ? first + k - 1 - a : first + a), H, g.padding);
     if (row < 0) continue;
-    for (int64_t b = 0; b < g.k; ++b) {
-      const int64_t col = source_index(g.stride * j + tap_offset(g, b), g.W, g.padding);
+    for (index_t b = 0; b < k; ++b) {
+      const index_t col = source_index<index_t>(s * j + (g.flip ? first + k - 1 - b : first + b), W, g.padding);
       if (col < 0) continue;
-      const acc_t weight = static_cast<acc_t>(kernel[kernel_offset(g, n, a * g.k + b, i, j)]);
-      const scalar_t* pixel = image + row * g.W + col;
+      const acc_t weight = static_cast<acc_t>(kernel[kernel_offset<index_t>(g, n, a * k + b, i, j)]);
+      const scalar_t* pixel = image + row * W + col;
       for (int q = 0; q < kChannelBlock; ++q) {
         if (q < count) acc[q] += weight * static_cast<acc_t>(pixel[q * plane]);
       }
     }
   }
+}
+
+// ---- forward over a window (per-image and shared kernels) ----
+// A tile of kTile x kTile outputs, rows i0 .. i0 + kTile - 1 and columns j0 .., reads a window of
+// window_side(k, s) x window_side(k, s) padded coordinates from (s * i0 + min_offset, s * j0 + min_offset):
+// the kernels load it once (window_value) with the weights in window order (window_weight), then each
+// output sums its k x k taps from it (window_output).
+constexpr int kTile = 16;
+C10_HOST_DEVICE constexpr int64_t window_side(int64_t k, int64_t s) { return (kTile - 1) * s + k; }
+
+// Element r (row-major) of the window of plane x[n, c] (`plane` points at it) for the tile at (i0, j0): the
+// padded value, or zero past the last coordinate any output reads (s * (Ho - 1) + max_offset, the range
+// the shape checks validate; only outputs past Ho, which are not computed, would read it).
+template <typename scalar_t, typename index_t>
+C10_HOST_DEVICE inline scalar_t window_value(const scalar_t* plane, const Geometry& g, index_t i0, index_t j0,
+                                             index_t side, index_t r) {
+  const index_t s = static_cast<index_t>(g.stride), first = static_cast<index_t>(min_offset(g));
+  const index_t u = s * i0 + first + r / side, v = s * j0 + first + r % side;
+  const index_t last_u = s * static_cast<index_t>(g.Ho - 1) + static_cast<index_t>(max_offset(g));
+  const index_t last_v = s * static_cast<index_t>(g.Wo - 1) + static_cast<index_t>(max_offset(g));
+  if (u > last_u || v > last_v) return static_cast<scalar_t>(0);
+  const index_t row = source_index<index_t>(u, static_cast<index_t>(g.H), g.padding);
+  const index_t col = source_index<index_t>(v, static_cast<index_t>(g.W), g.padding);
+  return row < 0 || col < 0 ? static_cast<scalar_t>(0) : plane[row * static_cast<index_t>(g.W) + col];
+}
+
+// Weight t = a * k + b in window order, K[n, a, b] (flip=false) or K[n, k-1-a, k-1-b] (flip=true): window
+// row s * i + a (column s * j + b) holds the coordinate that tap (a, b) of output (i, j) reads.
+template <typename scalar_t, typename index_t>
+C10_HOST_DEVICE inline scalar_t window_weight(const scalar_t* kernel, const Geometry& g, index_t n, index_t t) {
+  const index_t taps = static_cast<index_t>(g.k * g.k);
+  return kernel[kernel_offset<index_t>(g, n, g.flip ? taps - 1 - t : t, 0, 0)];
+}
+
+// The output at (i0 + li, j0 + lj) from its tile's window and weights (k and s are K and S when K > 0).
+template <typename scalar_t, typename acc_t, int K = 0, int S = 0>
+C10_HOST_DEVICE inline acc_t window_output(const scalar_t* window, const acc_t* weights, int k_in, int s_in, int li,
+                                           int lj) {
+  const int k = K > 0 ? K : k_in, s = K > 0 ? S : s_in, side = static_cast<int>(window_side(k, s));
+  const scalar_t* origin = window + s * (li * side + lj);
+  acc_t acc = 0;
+  for (int a = 0; a < k; ++a) {
+    for (int b = 0; b < k; ++b) acc += weights[a * k + b] * static_cast<acc_t>(origin[a * side + b]);
+  }
+  return acc;
 }
 
 // d loss / d K[n, a * k + b] summed over the output pixels (i, j) in [i0, i1) x [j0, j1), for the tap
@@ -201,6 +258,7 @@ C10_HOST_DEVICE inline acc_t grad_input_element(const scalar_t* grad_out, const 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 #include <algorithm>
+#include <climits>
 #include <string_view>
 
 namespace bsrops {
@@ -264,6 +322,58 @@ inline Geometry make_geometry(const at::Tensor& x, const at::Tensor& kernel, int
               std::string(padding), " padding of ", widest, " pixels needs H and W larger than ", widest,
               g.padding == kReflect ? "" : " - 1", "; got (H, W) = (", g.H, ", ", g.W, ") for k = ", g.k);
   return g;
+}
+
+// Whether int32_t offsets serve a call whose largest tensor has `elements` elements: they stay below
+// it, and a grid-stride loop overshoots it by at most one grid of 2^24 threads.
+inline bool fits_int32_offsets(int64_t elements) { return elements <= INT32_MAX - (int64_t{1} << 24); }
+
+// f(K, S, index_t{}) with K and S std::integral_constant<int, ...> when g's (k, s) is the pair (K, S).
+template <int K, int S, typename index_t, typename F>
+bool run_shape_if(const Geometry& g, const F& f) {
+  if (K > 0 && (g.k != K || g.stride != S)) return false;
+  f(std::integral_constant<int, K>{}, std::integral_constant<int, S>{}, index_t{});
+  return true;
+}
+
+// f(K, S, index_t{}): the forward kernels' (k, s) template parameters and index type, chosen alike on
+// the CPU (cpu_shared) and CUDA. The (k, s) pairs of the presets: DAN's blur (21 and 11, stride 1),
+// PDM's and the demo's x4 (21, 4), USRNet's and RealSR's x4 (25, 4); any other pair, and every
+// call that needs 64-bit offsets, runs the generic K = S = 0.
+template <typename F>
+void dispatch_shape(const Geometry& g, bool int32, const F& f) {
+  if (!int32) {
+    run_shape_if<0, 0, int64_t>(g, f);
+  } else if (!(run_shape_if<21, 1, int32_t>(g, f) || run_shape_if<11, 1, int32_t>(g, f) ||
+               run_shape_if<21, 4, int32_t>(g, f) || run_shape_if<25, 4, int32_t>(g, f))) {
+    run_shape_if<0, 0, int32_t>(g, f);
+  }
+}
+
+// Bytes of a tile's weights (in acc_t) and window (in scalar_t), the CUDA kernel's shared memory.
+inline int64_t window_bytes(const Geometry& g, int64_t scalar_size, int64_t acc_size) {
+  const int64_t side = window_side(g.k, g.stride);
+  return g.k * g.k * acc_size + side * side * scalar_size;
+}
+
+// Shared memory a block may use without opting in (the CUDA default).
+constexpr int64_t kMaxWindowBytes = 48 * 1024;
+
+// Whether the forward of a per-image or shared kernel runs over windows (else forward_channels):
+// when its window fits kMaxWindowBytes.
+inline bool uses_window(const Geometry& g, int64_t scalar_size, int64_t acc_size) {
+  return g.k <= 1024 && g.stride <= 1024 && window_bytes(g, scalar_size, acc_size) <= kMaxWindowBytes;
+}
+
+// f(K, S, index_t{}, window) for the forward of x with `kernel` into `out` (scalar_t, opmath acc_t): the
+// (k, s) template parameters and index type of dispatch_shape, and whether a per-image or shared kernel
+// runs over windows (uses_window).
+template <typename scalar_t, typename acc_t, typename F>
+void dispatch_forward(const Geometry& g, const at::Tensor& x, const at::Tensor& kernel, const at::Tensor& out,
+                      const F& f) {
+  const bool window = kernel.dim() < 4 && uses_window(g, sizeof(scalar_t), sizeof(acc_t));
+  const bool int32 = fits_int32_offsets(std::max({x.numel(), kernel.numel(), out.numel()}));
+  dispatch_shape(g, int32, [&](auto K, auto S, auto index) { f(K, S, index, window); });
 }
 
 // grad_kernel from its sums per (n, tap, cell) in opmath dtype, (N, k*k, cells) with cells = Ho * Wo

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <array>
 #include <tuple>
+#include <vector>
 
 #include "../common/call_counter.h"
 #include "blur_downsample.h"
@@ -21,27 +22,74 @@ namespace bsrops {
 namespace blur_downsample {
 namespace {
 
+// The CUDA forward_kernel's loop: one output pixel's channel group per iteration.
+template <typename scalar_t, int K, int S, typename index_t>
+void forward_groups(const scalar_t* x, const scalar_t* kernel, scalar_t* out, const Geometry& g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const index_t C = g.C, Ho = g.Ho, Wo = g.Wo, groups = (C + kChannelBlock - 1) / kChannelBlock;
+  at::parallel_for(0, g.N * groups * g.Ho * g.Wo, 64, [&](int64_t begin, int64_t end) {
+    for (index_t e = begin; e < end; ++e) {
+      const index_t j = e % Wo, i = (e / Wo) % Ho, c0 = (e / (Wo * Ho)) % groups * kChannelBlock;
+      const index_t n = e / (Wo * Ho * groups);
+      const int count = static_cast<int>(std::min<index_t>(C - c0, kChannelBlock));
+      acc_t acc[kChannelBlock];
+      forward_channels<scalar_t, acc_t, K, S, index_t>(x, kernel, g, n, c0, count, i, j, acc);
+      for (int q = 0; q < count; ++q) out[((n * C + c0 + q) * Ho + i) * Wo + j] = scalar_t(acc[q]);
+    }
+  });
+}
+
+// The CUDA forward_window_kernel's loop: one (plane, tile) per iteration, its weights and window loaded
+// first, then its outputs.
+template <typename scalar_t, int K, int S, typename index_t>
+void forward_windows(const scalar_t* x, const scalar_t* kernel, scalar_t* out, const Geometry& g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int k = static_cast<int>(g.k), s = static_cast<int>(g.stride);
+  const index_t side = window_side(k, s), tiles_w = (g.Wo + kTile - 1) / kTile;
+  const index_t tiles = tiles_w * ((g.Ho + kTile - 1) / kTile), C = g.C, Ho = g.Ho, Wo = g.Wo;
+  at::parallel_for(0, g.N * g.C * tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> weights(k * k);
+    std::vector<scalar_t> window(side * side);
+    for (index_t e = begin; e < end; ++e) {
+      const index_t p = e / tiles, i0 = e % tiles / tiles_w * kTile, j0 = e % tiles % tiles_w * kTile;
+      for (int t = 0; t < k * k; ++t) weights[t] = static_cast<acc_t>(window_weight<scalar_t, index_t>(kernel, g, p / C, t));
+      for (index_t r = 0; r < side * side; ++r)
+        window[r] = window_value<scalar_t, index_t>(x + p * g.H * g.W, g, i0, j0, side, r);
+      for (int li = 0; li < kTile && i0 + li < Ho; ++li) {
+        for (int lj = 0; lj < kTile && j0 + lj < Wo; ++lj) {
+          out[(p * Ho + i0 + li) * Wo + j0 + lj] =
+              scalar_t(window_output<scalar_t, acc_t, K, S>(window.data(), weights.data(), k, s, li, lj));
+        }
+      }
+    }
+  });
+}
+
+// As the CUDA forward: windows for per-image and shared kernels where they fit, else channel groups; the
+// same (k, s) template parameters and index type (dispatch_forward).
+template <typename scalar_t, int K, int S, typename index_t>
+void run_forward(bool window, const at::Tensor& x, const at::Tensor& kernel, at::Tensor& out, const Geometry& g) {
+  const scalar_t* xd = x.const_data_ptr<scalar_t>();
+  const scalar_t* kd = kernel.const_data_ptr<scalar_t>();
+  scalar_t* od = out.mutable_data_ptr<scalar_t>();
+  if (window) {
+    forward_windows<scalar_t, K, S, index_t>(xd, kd, od, g);
+  } else {
+    forward_groups<scalar_t, K, S, index_t>(xd, kd, od, g);
+  }
+}
+
 at::Tensor forward_shared(const at::Tensor& x_in, const at::Tensor& kernel_in, int64_t stride,
                           c10::string_view padding, bool flip) {
   count_call("_blur_downsample_shared.cpu");
   const at::Tensor x = x_in.contiguous(), kernel = kernel_in.contiguous();
   const Geometry g = make_geometry(x, kernel, stride, padding, flip);
   at::Tensor out = at::empty({g.N, g.C, g.Ho, g.Wo}, x.options());
+  if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "blur_downsample_shared", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* xd = x.data_ptr<scalar_t>();
-    const scalar_t* kd = kernel.data_ptr<scalar_t>();
-    scalar_t* od = out.data_ptr<scalar_t>();
-    const int64_t groups = (g.C + kChannelBlock - 1) / kChannelBlock;  // as the CUDA forward: channel groups
-    at::parallel_for(0, g.N * groups * g.Ho * g.Wo, 64, [&](int64_t begin, int64_t end) {
-      for (int64_t e = begin; e < end; ++e) {
-        const int64_t j = e % g.Wo, i = (e / g.Wo) % g.Ho, c0 = (e / (g.Wo * g.Ho)) % groups * kChannelBlock;
-        const int64_t n = e / (g.Wo * g.Ho * groups);
-        const int count = static_cast<int>(std::min<int64_t>(g.C - c0, kChannelBlock));
-        acc_t acc[kChannelBlock];
-        forward_channels<scalar_t, acc_t>(xd, kd, g, n, c0, count, i, j, acc);
-        for (int q = 0; q < count; ++q) od[((n * g.C + c0 + q) * g.Ho + i) * g.Wo + j] = scalar_t(acc[q]);
-      }
+    dispatch_forward<scalar_t, acc_t>(g, x, kernel, out, [&](auto K, auto S, auto index, bool window) {
+      run_forward<scalar_t, decltype(K)::value, decltype(S)::value, decltype(index)>(window, x, kernel, out, g);
     });
   });
   return out;

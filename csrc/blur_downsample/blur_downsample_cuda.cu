@@ -4,8 +4,14 @@
 // the same functions the CPU "cpu_shared" backend loops over, so the CPU tests check this
 // maths. Gradients are gathers (no atomics), and every sum runs in a fixed order, hence
 // deterministic:
-//   forward     : one thread per output pixel and group of kChannelBlock channels (the kernel
-//                 read once per group)                     -> forward_channels
+//   forward, per-pixel layout (and the others where their window does not fit shared memory): one
+//                 thread per output pixel and group of kChannelBlock channels (the kernel read once
+//                 per group)                               -> forward_channels
+//   forward, per-image and shared layouts: one block per kTile x kTile output tile and plane; the
+//                 tile's window of the padded input and the weights in shared memory -> window_value,
+//                 window_weight, window_output
+//   The forward kernels take (k, s) as template parameters for the presets' pairs and index in
+//   int32_t when every tensor allows (dispatch_shape), the generic runtime (k, s) otherwise.
 //   grad_x      : one thread per input pixel              -> grad_input_element
 //   grad_kernel, per-pixel layout: one thread per (n, tap, output pixel), a 3-D grid of
 //                 (pixel tile, tap, image) blocks          -> grad_kernel_offsets_element
@@ -25,6 +31,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <climits>
 #include <tuple>
@@ -39,19 +46,53 @@ namespace {
 
 // out[n, c0 .. c0 + kChannelBlock, i, j] for e = ((n * groups + c0 / kChannelBlock) * Ho + i) * Wo + j,
 // groups = ceil(C / kChannelBlock): each weight is read once for a group of channels.
-template <typename scalar_t>
+template <typename scalar_t, int K, int S, typename index_t>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ kernel, scalar_t* __restrict__ out,
-                   const Geometry g, const int64_t groups, const int64_t total) {
+                   const Geometry g, const index_t groups, const index_t total) {
   using acc_t = at::opmath_type<scalar_t>;
-  BSR_GRID_STRIDE(e, total) {
-    const int64_t j = e % g.Wo, i = (e / g.Wo) % g.Ho, group = (e / (g.Wo * g.Ho)) % groups;
-    const int64_t n = e / (g.Wo * g.Ho * groups), c0 = group * kChannelBlock;
-    const int count = static_cast<int>(g.C - c0 < kChannelBlock ? g.C - c0 : kChannelBlock);
+  const index_t C = static_cast<index_t>(g.C), Ho = static_cast<index_t>(g.Ho), Wo = static_cast<index_t>(g.Wo);
+  BSR_GRID_STRIDE_AS(index_t, e, total) {
+    const index_t j = e % Wo, i = (e / Wo) % Ho, group = (e / (Wo * Ho)) % groups;
+    const index_t n = e / (Wo * Ho * groups), c0 = group * kChannelBlock;
+    const int count = static_cast<int>(C - c0 < kChannelBlock ? C - c0 : kChannelBlock);
     acc_t acc[kChannelBlock];
-    forward_channels<scalar_t, acc_t>(x, kernel, g, n, c0, count, i, j, acc);
-    scalar_t* pixel = out + ((n * g.C + c0) * g.Ho + i) * g.Wo + j;
-    for (int q = 0; q < count; ++q) pixel[q * g.Ho * g.Wo] = static_cast<scalar_t>(acc[q]);
+    forward_channels<scalar_t, acc_t, K, S, index_t>(x, kernel, g, n, c0, count, i, j, acc);
+    scalar_t* pixel = out + ((n * C + c0) * Ho + i) * Wo + j;
+    for (int q = 0; q < count; ++q) pixel[q * Ho * Wo] = static_cast<scalar_t>(acc[q]);
+  }
+}
+
+// The per-image and shared layouts: block (tile blockIdx.x, plane blockIdx.y) computes the kTile x kTile
+// outputs of tile blockIdx.x (tiles_w tiles per tile row) in plane n * C + c, striding by gridDim.y over
+// planes. Per plane its threads load the weights of image n and the tile's window into shared memory
+// (window_bytes), then thread (li, lj) = (threadIdx.x / kTile, threadIdx.x % kTile) sums its output
+// from them: each input value is read from global memory once per tile, not once per tap.
+template <typename scalar_t, int K, int S, typename index_t>
+__global__ void __launch_bounds__(kThreads)
+    forward_window_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ kernel,
+                          scalar_t* __restrict__ out, const Geometry g, const int tiles_w) {
+  static_assert(kTile * kTile == kThreads, "one thread per output of a tile");
+  using acc_t = at::opmath_type<scalar_t>;
+  extern __shared__ __align__(16) unsigned char memory[];
+  const int k = K > 0 ? K : static_cast<int>(g.k), s = K > 0 ? S : static_cast<int>(g.stride);
+  const index_t side = static_cast<index_t>(window_side(k, s));
+  acc_t* weights = reinterpret_cast<acc_t*>(memory);
+  scalar_t* window = reinterpret_cast<scalar_t*>(weights + k * k);
+  const index_t i0 = static_cast<index_t>(blockIdx.x / tiles_w) * kTile, j0 = static_cast<index_t>(blockIdx.x % tiles_w) * kTile;
+  const int li = threadIdx.x / kTile, lj = threadIdx.x % kTile;
+  const index_t C = static_cast<index_t>(g.C), Ho = static_cast<index_t>(g.Ho), Wo = static_cast<index_t>(g.Wo);
+  const index_t planes = static_cast<index_t>(g.N) * C, plane_size = static_cast<index_t>(g.H * g.W);
+  for (index_t p = blockIdx.y; p < planes; p += gridDim.y) {
+    for (int t = threadIdx.x; t < k * k; t += kThreads)
+      weights[t] = static_cast<acc_t>(window_weight<scalar_t, index_t>(kernel, g, p / C, t));
+    for (index_t r = threadIdx.x; r < side * side; r += kThreads)
+      window[r] = window_value<scalar_t, index_t>(x + p * plane_size, g, i0, j0, side, r);
+    __syncthreads();
+    if (i0 + li < Ho && j0 + lj < Wo)
+      out[(p * Ho + i0 + li) * Wo + j0 + lj] =
+          static_cast<scalar_t>(window_output<scalar_t, acc_t, K, S>(window, weights, k, s, li, lj));
+    __syncthreads();
   }
 }
 
@@ -71,10 +112,10 @@ constexpr int kTileW = 32, kTileH = kThreads / kTileW;  // output pixels of a pe
 constexpr int64_t kMaxGridYZ = 65535;                     // the grid's y and z limit
 constexpr int64_t kFillBlocks = 1024;                     // blocks that keep a large GPU busy
 
-// kernel<<<grid, kThreads>>>(args...) on the current CUDA stream, then the launch check.
+// kernel<<<grid, kThreads, shared_bytes>>>(args...) on the current CUDA stream, then the launch check.
 template <typename... Params, typename... Args>
-void launch_grid(void (*kernel)(Params...), dim3 grid, Args&&... args) {
-  kernel<<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(std::forward<Args>(args)...);
+void launch_grid(void (*kernel)(Params...), dim3 grid, size_t shared_bytes, Args&&... args) {
+  kernel<<<grid, kThreads, shared_bytes, c10::cuda::getCurrentCUDAStream()>>>(std::forward<Args>(args)...);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -152,7 +193,7 @@ at::Tensor grad_kernel_sums(const at::Tensor& grad_out, const at::Tensor& x, con
     TORCH_CHECK(tiles <= INT_MAX, "blur_downsample backward (cuda): output of ", g.Ho, " x ", g.Wo, " is too large");
     if (grad.numel() > 0) {
       const dim3 grid(static_cast<unsigned int>(tiles), static_cast<unsigned int>(std::min(taps, kMaxGridYZ)), images);
-      launch_grid(grad_kernel_pixel_kernel<scalar_t>, grid, grad_out.const_data_ptr<scalar_t>(),
+      launch_grid(grad_kernel_pixel_kernel<scalar_t>, grid, 0, grad_out.const_data_ptr<scalar_t>(),
                   x.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<acc_t>(), g, static_cast<int>(tiles_w));
     }
     return grad;
@@ -162,7 +203,7 @@ at::Tensor grad_kernel_sums(const at::Tensor& grad_out, const at::Tensor& x, con
   at::Tensor partial = at::empty({g.N, taps, bands}, options);
   if (partial.numel() > 0) {
     const dim3 grid(static_cast<unsigned int>(taps), static_cast<unsigned int>(bands), images);
-    launch_grid(grad_kernel_image_kernel<scalar_t>, grid, grad_out.const_data_ptr<scalar_t>(),
+    launch_grid(grad_kernel_image_kernel<scalar_t>, grid, 0, grad_out.const_data_ptr<scalar_t>(),
                 x.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(), g, band_rows);
   }
   return bands == 1 ? partial : at::sum(partial, {2}, /*keepdim=*/true);
@@ -174,6 +215,26 @@ void check_cuda_inputs(const at::Tensor& x, const at::Tensor& kernel) {
               ", got ", kernel.device());
 }
 
+// The forward: over windows (per-image and shared kernels whose window fits, kTile x kTile output tiles),
+// else in channel groups.
+template <typename scalar_t, int K, int S, typename index_t>
+void launch_forward(bool window, const at::Tensor& x, const at::Tensor& kernel, at::Tensor& out, const Geometry& g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if (!window) {
+    const int64_t groups = (g.C + kChannelBlock - 1) / kChannelBlock, total = g.N * groups * g.Ho * g.Wo;
+    launch_kernel(forward_kernel<scalar_t, K, S, index_t>, grid_blocks(total), x.const_data_ptr<scalar_t>(),
+                  kernel.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), g,
+                  static_cast<index_t>(groups), static_cast<index_t>(total));
+    return;
+  }
+  const int64_t tiles_w = (g.Wo + kTile - 1) / kTile, tiles = tiles_w * ((g.Ho + kTile - 1) / kTile);
+  TORCH_CHECK(tiles <= INT_MAX, "blur_downsample (cuda): output of ", g.Ho, " x ", g.Wo, " is too large");
+  const dim3 grid(static_cast<unsigned int>(tiles), static_cast<unsigned int>(std::min(g.N * g.C, kMaxGridYZ)));
+  launch_grid(forward_window_kernel<scalar_t, K, S, index_t>, grid,
+              static_cast<size_t>(window_bytes(g, sizeof(scalar_t), sizeof(acc_t))), x.const_data_ptr<scalar_t>(),
+              kernel.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), g, static_cast<int>(tiles_w));
+}
+
 at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& kernel_in, int64_t stride,
                         c10::string_view padding, bool flip) {
   count_call("blur_downsample.cuda");
@@ -182,11 +243,12 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& kernel_in, int
   const at::Tensor x = x_in.contiguous(), kernel = kernel_in.contiguous();
   const Geometry g = make_geometry(x, kernel, stride, padding, flip);
   at::Tensor out = at::empty({g.N, g.C, g.Ho, g.Wo}, x.options());
-  const int64_t groups = (g.C + kChannelBlock - 1) / kChannelBlock, total = g.N * groups * g.Ho * g.Wo;
-  if (total == 0) return out;
+  if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "blur_downsample_cuda", [&] {
-    launch_kernel(forward_kernel<scalar_t>, grid_blocks(total), x.const_data_ptr<scalar_t>(),
-                  kernel.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), g, groups, total);
+    using acc_t = at::opmath_type<scalar_t>;
+    dispatch_forward<scalar_t, acc_t>(g, x, kernel, out, [&](auto K, auto S, auto index, bool window) {
+      launch_forward<scalar_t, decltype(K)::value, decltype(S)::value, decltype(index)>(window, x, kernel, out, g);
+    });
   });
   return out;
 }
