@@ -342,6 +342,82 @@ def test_dpcb_cuda_kernels_in_half_precision(mix, cond, dtype):
         dp._assert_format(t, fmt)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16],
+                         ids=["f64", "f32", "f16", "bf16"])
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("shape,offset", [((2, 16, 13, 23), 0), ((2, 16, 13, 23), 1), ((2, 3, 5, 7), 0)],
+                         ids=["packs", "misaligned", "odd-count"])
+def test_dpcb_flat_cuda_kernels_in_packs_and_value_by_value(shape, offset, layout, dtype):
+    """The flat kernels (every operand in one memory order, an image-sized condition): in 16-byte packs, and value
+    by value where the inputs start one element past a pack boundary or the count is not whole packs."""
+    g = torch.Generator().manual_seed(5)
+
+    def make():
+        flat = torch.randn(shape[0] * shape[1] * shape[2] * shape[3] + offset, generator=g, dtype=torch.float64)
+        flat = flat.to(CUDA, dtype)[offset:]
+        n, c, h, w = shape
+        return flat.view(shape) if layout == "nchw" else flat.view(n, h, w, c).permute(0, 3, 1, 2)
+
+    def check(actual, truth):
+        assert actual.shape == truth.shape and actual.stride() == x.stride()
+        if dtype in (torch.float16, torch.bfloat16):
+            _assert_rounded_once(actual, truth, dtype)
+        else:
+            assert_close_to_float64(actual.cpu(), truth.cpu())
+
+    x, f1, xc, f2, gi, gc, h, gh = (make() for _ in range(8))
+    d, ops = (lambda t: t.double()), torch.ops.bsrops
+    h_before, gh_before = d(h).clone(), d(gh).clone()  # h and gh change in place
+    with bsrops.use_backend("cuda"):
+        out, out_cond = ops._dpcb_epilogue(x, f1, xc, f2)
+        grads = [ops._dpcb_epilogue_backward(gi, gc, a, b, layout == "cl") for a, b in ((f1, f2), (f1, None),
+                                                                                        (None, f2))]
+        ops._leaky_relu_(h, 0.3)  # in place on the (possibly misaligned) view itself
+        ops._leaky_relu_backward_(gh, h, 0.3)
+    check(out, d(x) + d(f1) * d(f2))
+    check(out_cond, d(xc) + d(f2))
+    check(grads[0][0], d(gi) * d(f2))
+    check(grads[0][1], d(gc) + d(gi) * d(f1))
+    check(grads[1][1], d(gc) + d(gi) * d(f1))
+    check(grads[2][0], d(gi) * d(f2))
+    assert grads[1][0].numel() == 0 and grads[2][1].numel() == 0
+    check(h, torch.where(h_before > 0, h_before, 0.3 * h_before))
+    check(gh, torch.where(h_before > 0, gh_before, 0.3 * gh_before))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("norm", ["none", "instance", "batch"])
+@pytest.mark.parametrize("shape,offset", [((2, 3, 8, 6), 0), ((2, 3, 8, 6), 1), ((2, 3, 5, 7), 0)],
+                         ids=["packs", "misaligned", "odd-plane"])
+def test_patchgan_norm_act_cuda_in_packs_and_value_by_value(shape, offset, norm, dtype):
+    """The norm + activation kernels' writing passes in 16-byte packs, and value by value where y and grad_out start
+    one element past a pack boundary or H * W is not whole packs: against the CPU kernels in float64."""
+    g = torch.Generator().manual_seed(8)
+    flats = [torch.randn(shape[0] * shape[1] * shape[2] * shape[3] + offset, generator=g, dtype=torch.float64)
+             for _ in range(2)]
+    weight = torch.rand(shape[1], generator=g, dtype=torch.float64) + 0.5
+    bias = torch.randn(shape[1], generator=g, dtype=torch.float64)
+    params = (weight, bias) if norm != "none" else (None, None)
+    ops, mask = torch.ops.bsrops, [True, norm != "none", norm != "none"]
+
+    def run(y, grad, weight, bias):
+        out, mean, rstd = ops._patchgan_norm_act(y, weight, bias, None, None, norm, True, 0.1, 1e-5, 0.2, True)
+        return (out, *ops._patchgan_norm_act_backward(grad, y, out, mean, rstd, weight, norm, True, 0.2, True, mask))
+
+    expected = run(*(f[offset:].view(shape) for f in flats), *params)
+    with bsrops.use_backend("cuda"):
+        actual = run(*(f.to(CUDA, dtype)[offset:].view(shape) for f in flats),
+                     *(p.to(CUDA, dtype) if p is not None else None for p in params))
+    for a, e in zip(actual, expected):
+        assert a.shape == e.shape, (a.shape, e.shape)
+        if e.numel() == 0:  # the parameter gradients without a norm
+            continue
+        if dtype == torch.float64:
+            assert_close_to_float64(a.cpu(), e)
+        else:
+            assert relative_error(a.cpu(), e) <= 1e-5, relative_error(a.cpu(), e)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("use", sorted(tp.DPCB_USES))
 def test_dpcb_bfloat16_blocks(use, backend):

@@ -3,7 +3,10 @@
 // Elementwise kernels are grid-stride loops over the per-element functions of dpcb.h, the
 // functions the CPU kernels loop over (so the CPU tests check this maths); every tensor is
 // read and written through its (N, C, P) strides (dpcb.h), so NCHW and channels_last
-// operands mix as on the CPU. The gradient of a
+// operands mix as on the CPU. Where all operands share one memory order (the LeakyReLU and
+// its backward always; the epilogue and its backward with an image-sized condition) a flat
+// kernel runs over the storage, in 16-byte packs (cuda_vector.cuh) where every pointer is
+// aligned to one and the element count is whole packs, else value by value. The gradient of a
 // 1 x 1 condition is one block per (n, c) plane: each thread sums a strided share of the
 // plane with grad_cond_scale_plane, then a fixed-shape tree in shared memory adds the shares:
 // deterministic, no atomics. Only minimal headers (docs/ops.md).
@@ -19,6 +22,7 @@
 
 #include "../common/call_counter.h"
 #include "../common/cuda_kernel.cuh"
+#include "../common/cuda_vector.cuh"
 #include "dpcb.h"
 
 namespace bsrops {
@@ -36,18 +40,71 @@ __device__ inline acc_t<scalar_t> acc(scalar_t v) {
   return static_cast<acc_t<scalar_t>>(v);
 }
 
-template <typename scalar_t, typename index_t>
+// Flat kernels over packs of V values (cuda_vector.cuh; V = 1: scalar accesses), element e in pack e / V.
+template <typename scalar_t, typename index_t, int V>
 __global__ void __launch_bounds__(kThreads)
-    leaky_relu_kernel(scalar_t* __restrict__ x, acc_t<scalar_t> slope, index_t total) {
-  BSR_GRID_STRIDE_AS(index_t, e, total) x[e] = static_cast<scalar_t>(leaky_relu_element(acc(x[e]), slope));
+    leaky_relu_kernel(scalar_t* __restrict__ x, acc_t<scalar_t> slope, index_t packs) {
+  BSR_GRID_STRIDE_AS(index_t, e, packs) {
+    Pack<scalar_t, V> v = load_pack<V>(x, e);
+    for (int q = 0; q < V; ++q) v.v[q] = static_cast<scalar_t>(leaky_relu_element(acc(v.v[q]), slope));
+    store_pack<V>(x, e, v);
+  }
 }
 
-template <typename scalar_t, typename index_t>
+template <typename scalar_t, typename index_t, int V>
 __global__ void __launch_bounds__(kThreads)
     leaky_relu_backward_kernel(scalar_t* __restrict__ grad, const scalar_t* __restrict__ out, acc_t<scalar_t> slope,
-                               index_t total) {
-  BSR_GRID_STRIDE_AS(index_t, e, total)
-  grad[e] = static_cast<scalar_t>(leaky_relu_grad_element(acc(grad[e]), acc(out[e]), slope));
+                               index_t packs) {
+  BSR_GRID_STRIDE_AS(index_t, e, packs) {
+    Pack<scalar_t, V> g = load_pack<V>(grad, e);
+    const Pack<scalar_t, V> o = load_pack<V>(out, e);
+    for (int q = 0; q < V; ++q) g.v[q] = static_cast<scalar_t>(leaky_relu_grad_element(acc(g.v[q]), acc(o.v[q]), slope));
+    store_pack<V>(grad, e, g);
+  }
+}
+
+// The epilogue of an image-sized condition with every tensor in one memory order: out = modulate(x, f1, f2),
+// out_cond = xc + f2, elementwise over the storage.
+template <typename scalar_t, typename index_t, int V>
+__global__ void __launch_bounds__(kThreads)
+    epilogue_flat_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ f1,
+                         const scalar_t* __restrict__ xc, const scalar_t* __restrict__ f2, scalar_t* __restrict__ out,
+                         scalar_t* __restrict__ out_cond, index_t packs) {
+  BSR_GRID_STRIDE_AS(index_t, e, packs) {
+    const Pack<scalar_t, V> a = load_pack<V>(x, e), b = load_pack<V>(f1, e), c = load_pack<V>(xc, e);
+    const Pack<scalar_t, V> d = load_pack<V>(f2, e);
+    Pack<scalar_t, V> o, oc;
+    for (int q = 0; q < V; ++q) {
+      o.v[q] = static_cast<scalar_t>(modulate_element(acc(a.v[q]), acc(b.v[q]), acc(d.v[q])));
+      oc.v[q] = static_cast<scalar_t>(acc(c.v[q]) + acc(d.v[q]));
+    }
+    store_pack<V>(out, e, o);
+    store_pack<V>(out_cond, e, oc);
+  }
+}
+
+// The epilogue backward of an image-sized condition with every tensor in one memory order: g1 = gi * f2
+// (g1 != nullptr) and g2 = modulate(gc, gi, f1) (g2 != nullptr), elementwise over the storage.
+template <typename scalar_t, typename index_t, int V>
+__global__ void __launch_bounds__(kThreads)
+    epilogue_grad_flat_kernel(const scalar_t* __restrict__ gi, const scalar_t* __restrict__ gc,
+                              const scalar_t* __restrict__ f1, const scalar_t* __restrict__ f2,
+                              scalar_t* __restrict__ g1, scalar_t* __restrict__ g2, index_t packs) {
+  BSR_GRID_STRIDE_AS(index_t, e, packs) {
+    const Pack<scalar_t, V> g = load_pack<V>(gi, e);
+    if (g1) {
+      const Pack<scalar_t, V> b = load_pack<V>(f2, e);
+      Pack<scalar_t, V> r;
+      for (int q = 0; q < V; ++q) r.v[q] = static_cast<scalar_t>(acc(g.v[q]) * acc(b.v[q]));
+      store_pack<V>(g1, e, r);
+    }
+    if (g2) {
+      const Pack<scalar_t, V> c = load_pack<V>(gc, e), a = load_pack<V>(f1, e);
+      Pack<scalar_t, V> r;
+      for (int q = 0; q < V; ++q) r.v[q] = static_cast<scalar_t>(modulate_element(acc(c.v[q]), acc(g.v[q]), acc(a.v[q])));
+      store_pack<V>(g2, e, r);
+    }
+  }
 }
 
 // out_img over all (n, c, p) elements (decoded in NCHW order, each tensor read through its
@@ -134,6 +191,28 @@ void check_cuda(const at::Tensor& t, const char* name) {
 #define DPCB_DISPATCH(dtype, name, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
 
+// Whether every tensor has one shape and strides: elementwise maths then runs over their storage.
+bool one_order(std::initializer_list<at::Tensor> tensors) {
+  const at::Tensor& first = *tensors.begin();
+  for (const at::Tensor& t : tensors)
+    if (t.sizes() != first.sizes() || t.strides() != first.strides()) return false;
+  return true;
+}
+
+// f(index_t{}, V) for a flat kernel over `total` elements: int32_t indices in packs of V values where every
+// pointer allows (with_pack_size), else scalar accesses (V = 1) in int32_t or, past fits_int32, int64_t.
+template <typename scalar_t, typename F>
+void with_flat_types(int64_t total, std::initializer_list<const void*> pointers, const F& f) {
+  if (!fits_int32(total)) return f(int64_t{0}, std::integral_constant<int, 1>{});
+  with_pack_size<scalar_t>(total, pointers, [&](auto V) { f(int32_t{0}, V); });
+}
+
+// kernel<<<...>>>(args..., packs) over the `total` elements of a flat kernel in packs of V.
+template <int V, typename index_t, typename... Params, typename... Args>
+void launch_flat(void (*kernel)(Params...), int64_t total, Args&&... args) {
+  launch_kernel(kernel, grid_blocks(total / V), std::forward<Args>(args)..., static_cast<index_t>(total / V));
+}
+
 void leaky_relu_cuda(at::Tensor& x, double slope) {
   count_call("_leaky_relu_.cuda");
   check_cuda(x, "x");
@@ -142,10 +221,11 @@ void leaky_relu_cuda(at::Tensor& x, double slope) {
   const int64_t total = x.numel();
   if (total == 0) return;
   DPCB_DISPATCH(x.scalar_type(), "leaky_relu_cuda", [&] {
-    with_index_type(total, [&](auto index) {
+    scalar_t* data = x.mutable_data_ptr<scalar_t>();
+    with_flat_types<scalar_t>(total, {data}, [&](auto index, auto V) {
       using index_t = decltype(index);
-      launch_kernel(leaky_relu_kernel<scalar_t, index_t>, grid_blocks(total), x.mutable_data_ptr<scalar_t>(),
-                    static_cast<acc_t<scalar_t>>(slope), static_cast<index_t>(total));
+      launch_flat<decltype(V)::value, index_t>(leaky_relu_kernel<scalar_t, index_t, decltype(V)::value>, total, data,
+                                    static_cast<acc_t<scalar_t>>(slope));
     });
   });
 }
@@ -158,11 +238,12 @@ void leaky_relu_backward_cuda(at::Tensor& grad, const at::Tensor& out_in, double
   const int64_t total = grad.numel();
   if (total == 0) return;
   DPCB_DISPATCH(grad.scalar_type(), "leaky_relu_backward_cuda", [&] {
-    with_index_type(total, [&](auto index) {
+    scalar_t* g = grad.mutable_data_ptr<scalar_t>();
+    const scalar_t* o = out.const_data_ptr<scalar_t>();
+    with_flat_types<scalar_t>(total, {g, o}, [&](auto index, auto V) {
       using index_t = decltype(index);
-      launch_kernel(leaky_relu_backward_kernel<scalar_t, index_t>, grid_blocks(total),
-                    grad.mutable_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(),
-                    static_cast<acc_t<scalar_t>>(slope), static_cast<index_t>(total));
+      launch_flat<decltype(V)::value, index_t>(leaky_relu_backward_kernel<scalar_t, index_t, decltype(V)::value>, total, g, o,
+                                    static_cast<acc_t<scalar_t>>(slope));
     });
   });
 }
@@ -177,6 +258,19 @@ std::tuple<at::Tensor, at::Tensor> epilogue_cuda(const at::Tensor& x_in, const a
   at::Tensor out = at::empty_like(x), out_cond = at::empty_like(xc);
   const int64_t total = x.numel();
   if (total == 0) return {out, out_cond};
+  if (!pointwise && one_order({x, f1, xc, f2, out, out_cond})) {
+    DPCB_DISPATCH(x.scalar_type(), "dpcb_epilogue_cuda", [&] {
+      const scalar_t *a = x.const_data_ptr<scalar_t>(), *b = f1.const_data_ptr<scalar_t>();
+      const scalar_t *c = xc.const_data_ptr<scalar_t>(), *d = f2.const_data_ptr<scalar_t>();
+      scalar_t *o = out.mutable_data_ptr<scalar_t>(), *oc = out_cond.mutable_data_ptr<scalar_t>();
+      with_flat_types<scalar_t>(total, {a, b, c, d, o, oc}, [&](auto index, auto V) {
+        using index_t = decltype(index);
+        launch_flat<decltype(V)::value, index_t>(epilogue_flat_kernel<scalar_t, index_t, decltype(V)::value>, total,
+                                                 a, b, c, d, o, oc);
+      });
+    });
+    return {out, out_cond};
+  }
   DPCB_DISPATCH(x.scalar_type(), "dpcb_epilogue_cuda", [&] {
     with_index_type(total, [&](auto index) {
       using index_t = decltype(index);
@@ -209,6 +303,22 @@ std::tuple<at::Tensor, at::Tensor> epilogue_backward_cuda(const at::Tensor& grad
   at::Tensor grad_f2 = has_f1 ? at::empty(gc.sizes(), options(gc)) : gi.new_empty({0});
   const int64_t total = gi.numel(), channels = gi.size(1), pixels = gi.size(2) * gi.size(3);
   if (total == 0) return {grad_f1, grad_f2};
+  const at::Tensor& written1 = has_f2 ? grad_f1 : gi;  // the outputs, or a tensor in gi's order when absent
+  const at::Tensor& written2 = has_f1 ? grad_f2 : gi;
+  if (!pointwise && one_order({gi, gc, f1, f2, written1, written2})) {
+    DPCB_DISPATCH(gi.scalar_type(), "dpcb_epilogue_backward_cuda", [&] {
+      const scalar_t *a = gi.const_data_ptr<scalar_t>(), *b = gc.const_data_ptr<scalar_t>();
+      const scalar_t *c = f1.const_data_ptr<scalar_t>(), *d = f2.const_data_ptr<scalar_t>();
+      scalar_t* g1 = has_f2 ? grad_f1.mutable_data_ptr<scalar_t>() : nullptr;
+      scalar_t* g2 = has_f1 ? grad_f2.mutable_data_ptr<scalar_t>() : nullptr;
+      with_flat_types<scalar_t>(total, {a, b, c, d, g1, g2}, [&](auto index, auto V) {
+        using index_t = decltype(index);
+        launch_flat<decltype(V)::value, index_t>(epilogue_grad_flat_kernel<scalar_t, index_t, decltype(V)::value>,
+                                                 total, a, b, c, d, g1, g2);
+      });
+    });
+    return {grad_f1, grad_f2};
+  }
   const PlaneStrides sg1 = has_f2 ? plane_strides(grad_f1) : plane_strides(gi);
   const PlaneStrides sg2 = has_f1 ? plane_strides(grad_f2, pointwise) : plane_strides(gc, pointwise);
   DPCB_DISPATCH(gi.scalar_type(), "dpcb_epilogue_backward_cuda", [&] {

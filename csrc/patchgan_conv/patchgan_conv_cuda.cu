@@ -4,7 +4,9 @@
 // One block per group (instance: an (n, c) plane; batch: a channel over all n). Threads
 // stride over the group's elements (Groups::offset), reduce in a fixed-shape shared-memory
 // tree (deterministic, no atomics), and apply the per-element functions of
-// patchgan_conv.h, the functions the CPU kernels loop over. Forward: sum -> mean, squared
+// patchgan_conv.h, the functions the CPU kernels loop over. The passes that write (out,
+// grad_y) move 16-byte packs (cuda_vector.cuh) where H * W is whole packs and every
+// operand is aligned to one, else value by value; the statistics' sums read value by value. Forward: sum -> mean, squared
 // deviations -> rstd (two-pass), then out; backward: sum(gz), sum(gz * yhat) -> grad_y.
 // Only minimal headers (docs/ops.md).
 #include <ATen/Dispatch.h>
@@ -19,6 +21,7 @@
 
 #include "../common/call_counter.h"
 #include "../common/cuda_kernel.cuh"
+#include "../common/cuda_vector.cuh"
 #include "patchgan_conv.h"
 
 namespace bsrops {
@@ -31,7 +34,21 @@ struct ForwardParams {
   double momentum, eps, slope;
 };
 
-template <typename scalar_t>
+// out from y, element e of `group` for e in [0, M), in packs of V values (V = 1: value by value; V > 1 needs
+// HW % V == 0 and y, out aligned to a pack, so each pack lies in one contiguous run of the group).
+template <typename scalar_t, int V, typename acc_t, typename Offset>
+__device__ void apply_norm_act(const scalar_t* __restrict__ y, scalar_t* __restrict__ out, int64_t first,
+                               int64_t M, int64_t step, const Offset& offset, acc_t scale, acc_t shift, acc_t slope,
+                               bool activation) {
+  for (int64_t e = first * V; e < M; e += step * V) {
+    const int64_t pack = offset(e) / V;
+    Pack<scalar_t, V> v = load_pack<V>(y, pack);
+    for (int q = 0; q < V; ++q) v.v[q] = norm_act_element<scalar_t, acc_t>(v.v[q], scale, shift, slope, activation);
+    store_pack<V>(out, pack, v);
+  }
+}
+
+template <typename scalar_t, int V>
 __global__ void __launch_bounds__(kThreads)
     norm_act_kernel(const scalar_t* __restrict__ y, scalar_t* __restrict__ out, scalar_t* __restrict__ mean,
                     scalar_t* __restrict__ rstd, const scalar_t* __restrict__ weight,
@@ -74,16 +91,16 @@ __global__ void __launch_bounds__(kThreads)
   }
   const acc_t slope = static_cast<acc_t>(p.slope);
   if (g.norm == kNone) {  // no groups: a plain grid-stride loop over all elements
-    BSR_GRID_STRIDE(e, M) out[e] = norm_act_element<scalar_t, acc_t>(y[e], scale, shift, slope, p.activation);
+    apply_norm_act<scalar_t, V>(y, out, static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x, M,
+                                static_cast<int64_t>(gridDim.x) * kThreads, [](int64_t e) { return e; }, scale, shift,
+                                slope, p.activation);
     return;
   }
-  for (int64_t e = threadIdx.x; e < M; e += kThreads) {
-    const int64_t o = g.offset(group, e);
-    out[o] = norm_act_element<scalar_t, acc_t>(y[o], scale, shift, slope, p.activation);
-  }
+  apply_norm_act<scalar_t, V>(y, out, threadIdx.x, M, kThreads, [&](int64_t e) { return g.offset(group, e); }, scale,
+                              shift, slope, p.activation);
 }
 
-template <typename scalar_t>
+template <typename scalar_t, int V>
 __global__ void __launch_bounds__(kThreads)
     norm_act_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ y,
                              const scalar_t* __restrict__ out, const scalar_t* __restrict__ mean,
@@ -93,9 +110,15 @@ __global__ void __launch_bounds__(kThreads)
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t shared[kThreads];
   const acc_t slope = static_cast<acc_t>(gz_slope);
-  if (g.norm == kNone) {
-    const int64_t total = g.N * g.C * g.HW;
-    BSR_GRID_STRIDE(e, total) grad_y[e] = static_cast<scalar_t>(grad_z_element<acc_t>(grad[e], out[e], slope));
+  if (g.norm == kNone) {  // packs of V values over all elements
+    const int64_t packs = g.N * g.C * g.HW / V;
+    BSR_GRID_STRIDE(e, packs) {
+      const Pack<scalar_t, V> gr = load_pack<V>(grad, e), o = load_pack<V>(out, e);
+      Pack<scalar_t, V> r;
+      for (int q = 0; q < V; ++q)
+        r.v[q] = static_cast<scalar_t>(grad_z_element<acc_t>(gr.v[q], o.v[q], slope));
+      store_pack<V>(grad_y, e, r);
+    }
     return;
   }
   const int64_t group = blockIdx.x, M = g.size();
@@ -116,11 +139,17 @@ __global__ void __launch_bounds__(kThreads)
   }
   if (!grad_y) return;
   const acc_t mean_gz = data_stats ? s1 / M : acc_t(0), mean_gz_yhat = data_stats ? s2 / M : acc_t(0);
-  for (int64_t e = threadIdx.x; e < M; e += kThreads) {
-    const int64_t o = g.offset(group, e);
-    const acc_t gz = grad_z_element<acc_t>(grad[o], out[o], slope);
-    const acc_t yhat = (static_cast<acc_t>(y[o]) - mu) * r;
-    grad_y[o] = static_cast<scalar_t>(grad_y_element<acc_t>(gz, yhat, gamma * r, mean_gz, mean_gz_yhat, data_stats));
+  for (int64_t e = threadIdx.x * V; e < M; e += kThreads * V) {  // packs of V values in one contiguous run
+    const int64_t pack = g.offset(group, e) / V;
+    const Pack<scalar_t, V> gr = load_pack<V>(grad, pack), o = load_pack<V>(out, pack), yv = load_pack<V>(y, pack);
+    Pack<scalar_t, V> result;
+    for (int q = 0; q < V; ++q) {
+      const acc_t gz = grad_z_element<acc_t>(gr.v[q], o.v[q], slope);
+      const acc_t yhat = (static_cast<acc_t>(yv.v[q]) - mu) * r;
+      result.v[q] =
+          static_cast<scalar_t>(grad_y_element<acc_t>(gz, yhat, gamma * r, mean_gz, mean_gz_yhat, data_stats));
+    }
+    store_pack<V>(grad_y, pack, result);
   }
 }
 
@@ -147,11 +176,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_cuda(
   const int64_t blocks = norm == kNone ? grid_blocks(y.numel()) : g.count();  // else one block per group
   if (blocks == 0) return {out, mean, rstd};
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "patchgan_norm_act_cuda", [&] {
-    launch_kernel(norm_act_kernel<scalar_t>, blocks, y.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
-                  mean.mutable_data_ptr<scalar_t>(), rstd.mutable_data_ptr<scalar_t>(),
-                  optional_ptr<scalar_t>(f.weight), optional_ptr<scalar_t>(f.bias),
-                  tracked ? f.running_mean.mutable_data_ptr<scalar_t>() : nullptr,
-                  tracked ? f.running_var.mutable_data_ptr<scalar_t>() : nullptr, p);
+    with_pack_size<scalar_t>(g.HW, {y.const_data_ptr(), out.const_data_ptr()}, [&](auto V) {
+      launch_kernel(norm_act_kernel<scalar_t, decltype(V)::value>, blocks, y.const_data_ptr<scalar_t>(),
+                    out.mutable_data_ptr<scalar_t>(), mean.mutable_data_ptr<scalar_t>(),
+                    rstd.mutable_data_ptr<scalar_t>(), optional_ptr<scalar_t>(f.weight),
+                    optional_ptr<scalar_t>(f.bias), tracked ? f.running_mean.mutable_data_ptr<scalar_t>() : nullptr,
+                    tracked ? f.running_var.mutable_data_ptr<scalar_t>() : nullptr, p);
+    });
   });
   finish_forward(f, running_mean, running_var);
   return {out, mean, rstd};
@@ -174,11 +205,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cuda(
   const int64_t blocks = norm == kNone ? grid_blocks(out.numel()) : groups;  // else one block per group
   if (blocks > 0 && (mask[0] || norm != kNone)) {
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "patchgan_norm_act_backward_cuda", [&] {
-      launch_kernel(norm_act_backward_kernel<scalar_t>, blocks, grad.const_data_ptr<scalar_t>(),
-                    y.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(), mean.const_data_ptr<scalar_t>(),
-                    rstd.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(b.weight),
-                    mask[0] ? grad_y.mutable_data_ptr<scalar_t>() : nullptr, sums.mutable_data_ptr<double>(), g,
-                    b.data_stats, grad_z_slope(slope, activation));
+      const void* written = mask[0] ? grad_y.const_data_ptr() : nullptr;
+      with_pack_size<scalar_t>(g.HW, {grad.const_data_ptr(), y.const_data_ptr(), out.const_data_ptr(), written},
+                               [&](auto V) {
+        launch_kernel(norm_act_backward_kernel<scalar_t, decltype(V)::value>, blocks,
+                      grad.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(),
+                      mean.const_data_ptr<scalar_t>(), rstd.const_data_ptr<scalar_t>(),
+                      optional_ptr<scalar_t>(b.weight), mask[0] ? grad_y.mutable_data_ptr<scalar_t>() : nullptr,
+                      sums.mutable_data_ptr<double>(), g, b.data_stats, grad_z_slope(slope, activation));
+      });
     });
   }
   const auto [grad_weight, grad_bias] = norm_param_grads(sums, g, norm, mask, out);  // in a fixed order
