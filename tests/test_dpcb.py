@@ -3,6 +3,8 @@ structure (float64, random weights): outputs and every input / parameter gradien
 uses (Restorer: 1x1 condition; Estimator: image-sized condition), both DPCG modes, backends,
 registration (opcheck, torch.compile) and bad inputs."""
 import collections
+import pathlib
+import re
 
 import pytest
 import torch
@@ -168,6 +170,18 @@ def test_torch_compile_fullgraph():
     expected.backward()
     torch.testing.assert_close(value, expected)
     torch.testing.assert_close(grad, x_img.grad)
+
+
+def test_native_formula_uses_the_python_formulas_size_thresholds():
+    """csrc/common/conv_block.h repeats the layout and post-op thresholds of bsrops/ops/_common.py (the C++
+    composites must choose as the Python ones do, and the Python ones must work without _C): the two must agree."""
+    from bsrops.ops import _common
+    header = (pathlib.Path(__file__).parents[1] / "csrc" / "common" / "conv_block.h").read_text()
+    for cpp_name, value in (("kNativeConvMaxValues", _common.NATIVE_CONV_MAX_VALUES),
+                            ("kOneDnnPostOpMinValues", _common.ONEDNN_POST_OP_MIN_VALUES)):
+        match = re.search(rf"constexpr int64_t {cpp_name} = (\d+);", header)
+        assert match is not None, cpp_name
+        assert int(match.group(1)) == value, cpp_name
 
 
 def test_aot_tracing_after_a_python_backend_block_runs_the_native_formula():
