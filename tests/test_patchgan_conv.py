@@ -360,3 +360,18 @@ def test_fallback_runs_the_python_formulas(fallback):
     """Without _C, and with a _C built for another torch, patchgan_conv runs the Python formulas (not the C++
     nodes); outputs, running statistics and gradients match the reference."""
     assert run_fallback(FALLBACK_CODE, fallback).split() == ["reference", "False"]
+
+
+@pytest.mark.skipif(needs_native, reason="needs the native extension")
+def test_cpu_kernels_take_float32_and_float64_with_statistics_in_that_dtype():
+    """The CPU fused kernels called directly: float16 / bfloat16 refused (the composites give them float32 copies);
+    mean and rstd in y's dtype, and the backward refuses others."""
+    ops = torch.ops.bsrops
+    y = torch.randn(2, 3, 4, 5)
+    with pytest.raises(RuntimeError, match="float32 or float64 only, got BFloat16"):
+        ops._patchgan_norm_act(y.bfloat16(), None, None, None, None, "instance", True, 0.1, 1e-5, 0.2, True)
+    out, mean, rstd = ops._patchgan_norm_act(y, None, None, None, None, "instance", True, 0.1, 1e-5, 0.2, True)
+    assert mean.dtype == rstd.dtype == torch.float32
+    with pytest.raises(RuntimeError, match="mean and rstd must be Float for Float tensors, got Double"):
+        ops._patchgan_norm_act_backward(out, y, out, mean.double(), rstd.double(), None, "instance", True, 0.2, True,
+                                        [True, False, False])

@@ -296,16 +296,17 @@ def _norm_act_op_fake(y, norm_weight, norm_bias, running_mean, running_var, norm
 @torch.library.register_fake("bsrops::_patchgan_norm_act")
 def _norm_act_fake(y, weight, bias, running_mean, running_var, norm, training, momentum, eps, negative_slope,
                    activation):
-    stats = _stats_shape(y.shape[0], y.shape[1], norm)
-    return torch.empty_like(y), y.new_empty(stats), y.new_empty(stats)
+    stats, dtype = _stats_shape(y.shape[0], y.shape[1], norm), compute_dtype(y.dtype)
+    return torch.empty_like(y), y.new_empty(stats, dtype=dtype), y.new_empty(stats, dtype=dtype)
 
 
 @torch.library.register_fake("bsrops::_patchgan_norm_act_backward")
 def _norm_act_backward_fake(grad_out, y, out, mean, rstd, weight, norm, training, negative_slope, activation,
                             output_mask):
-    channels = out.shape[1]
+    channels, stats = out.shape[1], compute_dtype(out.dtype)  # the parameters' gradients in the statistics' dtype
     grad_y = torch.empty_like(out) if output_mask[0] else out.new_empty(0)
-    params = [out.new_empty(channels) if need and norm != "none" else out.new_empty(0) for need in output_mask[1:]]
+    params = [out.new_empty(channels, dtype=stats) if need and norm != "none" else out.new_empty(0)
+              for need in output_mask[1:]]
     return grad_y, *params
 
 

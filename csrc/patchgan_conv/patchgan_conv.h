@@ -4,7 +4,8 @@
 //   z = gamma * (y - mean) * rstd + beta    (norm: instance -> per (n, c) plane, batch -> per channel)
 //   out = lrelu(z) (or z when activation is off)
 // A "group" is the set of elements one mean / rstd serves: plane n*C + c (instance) or
-// channel c over all n (batch). Statistics accumulate in the op-math type (fp32 for fp32).
+// channel c over all n (batch). Statistics accumulate in the op-math type (fp32 for fp32 and, in
+// the CUDA kernels, for fp16 / bf16), which is also the dtype of mean, rstd and the running statistics.
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -66,6 +67,7 @@ C10_HOST_DEVICE inline acc_t grad_y_element(acc_t gz, acc_t yhat, acc_t gamma_rs
 }  // namespace bsrops
 
 // ---- host side (CPU and CUDA entry points): checks, allocation, parameter gradients ----
+#include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -90,18 +92,28 @@ inline int parse_norm(std::string_view norm) {
   TORCH_CHECK(false, "patchgan_conv: norm must be one of none, instance, batch; got '", std::string(norm), "'");
 }
 
-inline Groups make_groups(const at::Tensor& y, int norm) {
+// The groups of y (N, C, H, W) in float32 / float64, or also float16 / bfloat16 for kernels that take them
+// (`half_kernels`: the CUDA ones).
+inline Groups make_groups(const at::Tensor& y, int norm, bool half_kernels) {
   TORCH_CHECK(y.dim() == 4, "patchgan_conv: the conv output must be (N, C, H, W), got ", y.sizes());
-  TORCH_CHECK(y.scalar_type() == at::kFloat || y.scalar_type() == at::kDouble,
-              "patchgan_conv: float32 or float64 only, got ", y.scalar_type());
+  const at::ScalarType dtype = y.scalar_type();
+  const bool half = dtype == at::kHalf || dtype == at::kBFloat16;
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || (half_kernels && half), "patchgan_conv: ",
+              half_kernels ? "float16, bfloat16, float32 or float64" : "float32 or float64", " only, got ", dtype);
   return Groups{y.size(0), y.size(1), y.size(2) * y.size(3), norm};
 }
 
-inline void check_channel_vector(const c10::optional<at::Tensor>& t, const at::Tensor& y, const char* name) {
+// The dtype of mean, rstd and the running statistics for y: the op-math type of y's (float32 for float16 /
+// bfloat16), in which the kernels accumulate.
+inline at::ScalarType stats_dtype(const at::Tensor& y) { return at::toOpMathType(y.scalar_type()); }
+
+// t absent, or a (C,) tensor of `dtype` on y's device.
+inline void check_channel_vector(const c10::optional<at::Tensor>& t, const at::Tensor& y, at::ScalarType dtype,
+                                 const char* name) {
   if (!present(t)) return;
-  TORCH_CHECK(t->dim() == 1 && t->size(0) == y.size(1) && t->scalar_type() == y.scalar_type(), "patchgan_conv: ",
-              name, " must be a (C,) = (", y.size(1), ",) tensor of dtype ", y.scalar_type(), ", got ", t->sizes(),
-              " ", t->scalar_type());
+  TORCH_CHECK(t->dim() == 1 && t->size(0) == y.size(1) && t->scalar_type() == dtype, "patchgan_conv: ", name,
+              " must be a (C,) = (", y.size(1), ",) tensor of dtype ", dtype, ", got ", t->sizes(), " ",
+              t->scalar_type());
   TORCH_CHECK_VALUE(t->device() == y.device(), "patchgan_conv: ", name, " is on ", t->device(), " but the input is on ",
                     y.device());
 }
@@ -124,7 +136,8 @@ inline void check_scalars(double momentum, double eps, double slope) {
 // weight / bias and the running statistics contiguous (copies of strided, expanded or offset
 // views; `finish_forward` writes updated copies back into the caller's buffers), its groups,
 // whether running statistics are tracked (read in eval, updated in training) and whether the
-// statistics come from the data; out and the per-group mean / rstd.
+// statistics come from the data; out and the per-group mean / rstd (in stats_dtype, as the running
+// statistics must be; the weight and bias in y's dtype).
 struct ForwardSetup {
   at::Tensor y, out, mean, rstd;
   at::Tensor weight, bias, running_mean, running_var;  // what the kernels read (undefined when absent)
@@ -135,13 +148,14 @@ struct ForwardSetup {
 inline ForwardSetup forward_setup(const at::Tensor& y_in, const c10::optional<at::Tensor>& weight,
                                   const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
                                   const c10::optional<at::Tensor>& running_var, int norm, bool training,
-                                  double momentum, double eps, double slope) {
+                                  double momentum, double eps, double slope, bool half_kernels) {
   ForwardSetup f;
   f.y = y_in.contiguous();
-  f.g = make_groups(f.y, norm);
-  for (const auto& [t, name] : {std::pair{&weight, "norm_weight"}, std::pair{&bias, "norm_bias"},
-                                std::pair{&running_mean, "running_mean"}, std::pair{&running_var, "running_var"}})
-    check_channel_vector(*t, f.y, name);
+  f.g = make_groups(f.y, norm, half_kernels);
+  check_channel_vector(weight, f.y, f.y.scalar_type(), "norm_weight");
+  check_channel_vector(bias, f.y, f.y.scalar_type(), "norm_bias");
+  check_channel_vector(running_mean, f.y, stats_dtype(f.y), "running_mean");
+  check_channel_vector(running_var, f.y, stats_dtype(f.y), "running_var");
   check_scalars(momentum, eps, slope);
   f.tracked = present(running_mean) && present(running_var);
   TORCH_CHECK(present(running_mean) == present(running_var),
@@ -163,8 +177,8 @@ inline ForwardSetup forward_setup(const at::Tensor& y_in, const c10::optional<at
   f.out = at::empty_like(f.y);
   const auto stat_shape = norm == kInstance ? std::vector<int64_t>{f.g.N, f.g.C}
                                             : std::vector<int64_t>{norm == kBatch ? f.g.C : 0};
-  f.mean = at::empty(stat_shape, f.y.options());
-  f.rstd = at::empty(stat_shape, f.y.options());
+  f.mean = at::empty(stat_shape, f.y.options().dtype(stats_dtype(f.y)));
+  f.rstd = at::empty(stat_shape, f.y.options().dtype(stats_dtype(f.y)));
   return f;
 }
 
@@ -177,8 +191,8 @@ inline void finish_forward(const ForwardSetup& f, const c10::optional<at::Tensor
 }
 
 // The backward's checked inputs and outputs: grad_out, y (out itself without a norm), out,
-// mean, rstd contiguous; grad_y (empty when not asked for); `sums` (2, groups) in float64 for
-// the per-group sum(gz) and sum(gz * yhat) that norm_param_grads turns into parameter grads.
+// mean, rstd (in stats_dtype) contiguous; grad_y (empty when not asked for); `sums` (2, groups) in
+// float64 for the per-group sum(gz) and sum(gz * yhat) that norm_param_grads turns into parameter grads.
 struct BackwardSetup {
   at::Tensor grad, y, out, mean, rstd, weight, grad_y, sums;  // weight: the norm's, contiguous (undefined if absent)
   Groups g;
@@ -189,21 +203,25 @@ struct BackwardSetup {
 inline BackwardSetup backward_setup(const at::Tensor& grad_in, const at::Tensor& y_in, const at::Tensor& out_in,
                                     const at::Tensor& mean_in, const at::Tensor& rstd_in,
                                     const c10::optional<at::Tensor>& weight, int norm, bool training,
-                                    bool want_grad_y) {
+                                    bool want_grad_y, bool half_kernels) {
   BackwardSetup b;
   b.grad = grad_in.contiguous();
   b.out = out_in.contiguous();
   b.y = norm == kNone ? b.out : y_in.contiguous();
-  b.g = make_groups(b.out, norm);
+  b.g = make_groups(b.out, norm, half_kernels);
   TORCH_CHECK(b.grad.sizes() == b.out.sizes() && b.y.sizes() == b.out.sizes(),
               "_patchgan_norm_act_backward: grad_out, y and out must have one shape");
-  check_channel_vector(weight, b.out, "norm_weight");
+  check_channel_vector(weight, b.out, b.out.scalar_type(), "norm_weight");
   b.weight = channel_vector(weight);
   b.mean = mean_in.contiguous();
   b.rstd = rstd_in.contiguous();
   b.groups = norm == kNone ? 0 : b.g.count();
   TORCH_CHECK(b.mean.numel() == b.groups && b.rstd.numel() == b.groups,
               "_patchgan_norm_act_backward: mean and rstd must hold ", b.groups, " values");
+  const at::ScalarType stats = stats_dtype(b.out);
+  TORCH_CHECK(b.mean.scalar_type() == stats && b.rstd.scalar_type() == stats,
+              "_patchgan_norm_act_backward: mean and rstd must be ", stats, " for ", b.out.scalar_type(),
+              " tensors, got ", b.mean.scalar_type(), " and ", b.rstd.scalar_type());
   b.data_stats = norm == kInstance || (norm == kBatch && training);
   b.grad_y = want_grad_y ? at::empty_like(b.out) : b.out.new_empty({0});
   b.sums = at::empty({2, std::max<int64_t>(b.groups, 1)}, b.out.options().dtype(at::kDouble));
@@ -212,14 +230,15 @@ inline BackwardSetup backward_setup(const at::Tensor& grad_in, const at::Tensor&
 
 // (grad norm_weight, grad norm_bias) from the per-group sums of the backward, rows
 // (sum gz, sum gz * yhat): instance norm adds its N groups of each channel, batch norm's
-// groups are the channels. Empty tensors where not asked for.
+// groups are the channels. In stats_dtype (float32 for float16 / bfloat16: no second rounding
+// of a float32 parameter's gradient); empty tensors where not asked for.
 inline std::tuple<at::Tensor, at::Tensor> norm_param_grads(const at::Tensor& sums, const Groups& g, int norm,
                                                            std::array<bool, 3> mask, const at::Tensor& out) {
   at::Tensor grad_weight = out.new_empty({0}), grad_bias = out.new_empty({0});
   if (norm == kNone || !(mask[1] || mask[2])) return {grad_weight, grad_bias};
   const at::Tensor per_channel = norm == kInstance ? sums.view({2, g.N, g.C}).sum(1) : sums;
-  if (mask[1]) grad_weight = per_channel[1].to(out.scalar_type());
-  if (mask[2]) grad_bias = per_channel[0].to(out.scalar_type());
+  if (mask[1]) grad_weight = per_channel[1].to(stats_dtype(out));
+  if (mask[2]) grad_bias = per_channel[0].to(stats_dtype(out));
   return {grad_weight, grad_bias};
 }
 

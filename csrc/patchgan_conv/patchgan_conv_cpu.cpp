@@ -32,6 +32,9 @@ namespace bsrops {
 namespace patchgan_conv {
 namespace {
 
+// float32 / float64 kernels only: the composites run them on float32 copies of float16 / bfloat16 tensors.
+constexpr bool kHalfKernels = false;
+
 int64_t group_grain(const Groups& g) { return std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(1, g.size())); }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(
@@ -41,7 +44,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(
   count_call("_patchgan_norm_act.cpu");
   const int norm = parse_norm(norm_name);
   const ForwardSetup f =
-      forward_setup(y_in, weight, bias, running_mean, running_var, norm, training, momentum, eps, slope);
+      forward_setup(y_in, weight, bias, running_mean, running_var, norm, training, momentum, eps, slope, kHalfKernels);
   const at::Tensor &y = f.y, &out = f.out, &mean = f.mean, &rstd = f.rstd;
   const Groups g = f.g;
   const bool tracked = f.tracked, data_stats = f.data_stats;
@@ -168,7 +171,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cpu(
     double slope, bool activation, std::array<bool, 3> mask) {
   count_call("_patchgan_norm_act_backward.cpu");
   const int norm = parse_norm(norm_name);
-  const BackwardSetup b = backward_setup(grad_in, y_in, out_in, mean_in, rstd_in, weight, norm, training, mask[0]);
+  const BackwardSetup b =
+      backward_setup(grad_in, y_in, out_in, mean_in, rstd_in, weight, norm, training, mask[0], kHalfKernels);
   const at::Tensor &grad = b.grad, &y = b.y, &out = b.out, &mean = b.mean, &rstd = b.rstd, &grad_y = b.grad_y;
   const Groups g = b.g;
   const int64_t groups = b.groups;

@@ -8,6 +8,9 @@
 // grad_y) move 16-byte packs (cuda_vector.cuh) where H * W is whole packs and every
 // operand is aligned to one, else value by value; the statistics' sums read value by value. Forward: sum -> mean, squared
 // deviations -> rstd (two-pass), then out; backward: sum(gz), sum(gz * yhat) -> grad_y.
+// float16 / bfloat16 tensors (y, out, grad_out, grad_y, the norm's weight and bias) are read and written in
+// their own dtype; the arithmetic, the sums, mean / rstd and the running statistics are in
+// at::opmath_type<scalar_t> (float32 for them; the dtype itself for float32 / float64).
 // Only minimal headers (docs/ops.md).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -50,10 +53,11 @@ __device__ void apply_norm_act(const scalar_t* __restrict__ y, scalar_t* __restr
 
 template <typename scalar_t, int V>
 __global__ void __launch_bounds__(kThreads)
-    norm_act_kernel(const scalar_t* __restrict__ y, scalar_t* __restrict__ out, scalar_t* __restrict__ mean,
-                    scalar_t* __restrict__ rstd, const scalar_t* __restrict__ weight,
-                    const scalar_t* __restrict__ bias, scalar_t* __restrict__ running_mean,
-                    scalar_t* __restrict__ running_var, const ForwardParams p) {
+    norm_act_kernel(const scalar_t* __restrict__ y, scalar_t* __restrict__ out,
+                    at::opmath_type<scalar_t>* __restrict__ mean, at::opmath_type<scalar_t>* __restrict__ rstd,
+                    const scalar_t* __restrict__ weight, const scalar_t* __restrict__ bias,
+                    at::opmath_type<scalar_t>* __restrict__ running_mean,
+                    at::opmath_type<scalar_t>* __restrict__ running_var, const ForwardParams p) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t shared[kThreads];
   const Groups& g = p.g;
@@ -75,16 +79,16 @@ __global__ void __launch_bounds__(kThreads)
       r = acc_t(1) / sqrt((M > 0 ? sq / M : acc_t(0)) + static_cast<acc_t>(p.eps));
       if (threadIdx.x == 0 && g.norm == kBatch && p.training && p.tracked) {
         const acc_t m = static_cast<acc_t>(p.momentum);
-        running_mean[c] = static_cast<scalar_t>((1 - m) * running_mean[c] + m * mu);
-        running_var[c] = static_cast<scalar_t>((1 - m) * running_var[c] + m * sq / (M - 1));
+        running_mean[c] = (1 - m) * running_mean[c] + m * mu;
+        running_var[c] = (1 - m) * running_var[c] + m * sq / (M - 1);
       }
     } else {
-      mu = static_cast<acc_t>(running_mean[c]);
-      r = acc_t(1) / sqrt(static_cast<acc_t>(running_var[c]) + static_cast<acc_t>(p.eps));
+      mu = running_mean[c];
+      r = acc_t(1) / sqrt(running_var[c] + static_cast<acc_t>(p.eps));
     }
     if (threadIdx.x == 0) {
-      mean[group] = static_cast<scalar_t>(mu);
-      rstd[group] = static_cast<scalar_t>(r);
+      mean[group] = mu;
+      rstd[group] = r;
     }
     scale = (weight ? static_cast<acc_t>(weight[c]) : acc_t(1)) * r;
     shift = (bias ? static_cast<acc_t>(bias[c]) : acc_t(0)) - mu * scale;
@@ -103,8 +107,8 @@ __global__ void __launch_bounds__(kThreads)
 template <typename scalar_t, int V>
 __global__ void __launch_bounds__(kThreads)
     norm_act_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ y,
-                             const scalar_t* __restrict__ out, const scalar_t* __restrict__ mean,
-                             const scalar_t* __restrict__ rstd, const scalar_t* __restrict__ weight,
+                             const scalar_t* __restrict__ out, const at::opmath_type<scalar_t>* __restrict__ mean,
+                             const at::opmath_type<scalar_t>* __restrict__ rstd, const scalar_t* __restrict__ weight,
                              scalar_t* __restrict__ grad_y, double* __restrict__ sums, const Groups g,
                              bool data_stats, double gz_slope) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -122,7 +126,7 @@ __global__ void __launch_bounds__(kThreads)
     return;
   }
   const int64_t group = blockIdx.x, M = g.size();
-  const acc_t mu = static_cast<acc_t>(mean[group]), r = static_cast<acc_t>(rstd[group]);
+  const acc_t mu = mean[group], r = rstd[group];
   const acc_t gamma = weight ? static_cast<acc_t>(weight[g.channel(group)]) : acc_t(1);
   acc_t s1 = 0, s2 = 0;
   for (int64_t e = threadIdx.x; e < M; e += kThreads) {
@@ -153,6 +157,13 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// These kernels take float16 / bfloat16 tensors (forward_setup / backward_setup check the dtypes for it).
+constexpr bool kHalfKernels = true;
+
+// The dispatch of both host functions: float64, float32, float16, bfloat16.
+#define PATCHGAN_DISPATCH(dtype, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
+
 // A contiguous parameter of the setup (ForwardSetup / BackwardSetup), or null when absent.
 template <typename T>
 const T* optional_ptr(const at::Tensor& t) {
@@ -168,20 +179,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_cuda(
   const c10::cuda::CUDAGuard guard(y_in.device());
   const int norm = parse_norm(norm_name);
   const ForwardSetup f =
-      forward_setup(y_in, weight, bias, running_mean, running_var, norm, training, momentum, eps, slope);
+      forward_setup(y_in, weight, bias, running_mean, running_var, norm, training, momentum, eps, slope, kHalfKernels);
   const at::Tensor &y = f.y, &out = f.out, &mean = f.mean, &rstd = f.rstd;
   const Groups g = f.g;
   const bool tracked = f.tracked;
   ForwardParams p{g, f.data_stats, training, tracked, activation, momentum, eps, slope};
   const int64_t blocks = norm == kNone ? grid_blocks(y.numel()) : g.count();  // else one block per group
   if (blocks == 0) return {out, mean, rstd};
-  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "patchgan_norm_act_cuda", [&] {
+  PATCHGAN_DISPATCH(y.scalar_type(), "patchgan_norm_act_cuda", [&] {
+    using stat_t = at::opmath_type<scalar_t>;
     with_pack_size<scalar_t>(g.HW, {y.const_data_ptr(), out.const_data_ptr()}, [&](auto V) {
       launch_kernel(norm_act_kernel<scalar_t, decltype(V)::value>, blocks, y.const_data_ptr<scalar_t>(),
-                    out.mutable_data_ptr<scalar_t>(), mean.mutable_data_ptr<scalar_t>(),
-                    rstd.mutable_data_ptr<scalar_t>(), optional_ptr<scalar_t>(f.weight),
-                    optional_ptr<scalar_t>(f.bias), tracked ? f.running_mean.mutable_data_ptr<scalar_t>() : nullptr,
-                    tracked ? f.running_var.mutable_data_ptr<scalar_t>() : nullptr, p);
+                    out.mutable_data_ptr<scalar_t>(), mean.mutable_data_ptr<stat_t>(), rstd.mutable_data_ptr<stat_t>(),
+                    optional_ptr<scalar_t>(f.weight), optional_ptr<scalar_t>(f.bias),
+                    tracked ? f.running_mean.mutable_data_ptr<stat_t>() : nullptr,
+                    tracked ? f.running_var.mutable_data_ptr<stat_t>() : nullptr, p);
     });
   });
   finish_forward(f, running_mean, running_var);
@@ -197,20 +209,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cuda(
               "patchgan_conv (cuda): grad_out and out must be CUDA tensors on one device");
   const c10::cuda::CUDAGuard guard(out_in.device());
   const int norm = parse_norm(norm_name);
-  const BackwardSetup b = backward_setup(grad_in, y_in, out_in, mean_in, rstd_in, weight, norm, training, mask[0]);
+  const BackwardSetup b =
+      backward_setup(grad_in, y_in, out_in, mean_in, rstd_in, weight, norm, training, mask[0], kHalfKernels);
   const at::Tensor &grad = b.grad, &y = b.y, &out = b.out, &mean = b.mean, &rstd = b.rstd, &grad_y = b.grad_y;
   const at::Tensor& sums = b.sums;
   const Groups g = b.g;
   const int64_t groups = b.groups;
   const int64_t blocks = norm == kNone ? grid_blocks(out.numel()) : groups;  // else one block per group
   if (blocks > 0 && (mask[0] || norm != kNone)) {
-    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "patchgan_norm_act_backward_cuda", [&] {
+    PATCHGAN_DISPATCH(out.scalar_type(), "patchgan_norm_act_backward_cuda", [&] {
+      using stat_t = at::opmath_type<scalar_t>;
       const void* written = mask[0] ? grad_y.const_data_ptr() : nullptr;
       with_pack_size<scalar_t>(g.HW, {grad.const_data_ptr(), y.const_data_ptr(), out.const_data_ptr(), written},
                                [&](auto V) {
         launch_kernel(norm_act_backward_kernel<scalar_t, decltype(V)::value>, blocks,
                       grad.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(),
-                      mean.const_data_ptr<scalar_t>(), rstd.const_data_ptr<scalar_t>(),
+                      mean.const_data_ptr<stat_t>(), rstd.const_data_ptr<stat_t>(),
                       optional_ptr<scalar_t>(b.weight), mask[0] ? grad_y.mutable_data_ptr<scalar_t>() : nullptr,
                       sums.mutable_data_ptr<double>(), g, b.data_stats, grad_z_slope(slope, activation));
       });
