@@ -5,10 +5,13 @@ layouts (state dicts in the official `model.{i}` layout), backends, opcheck, com
 import pytest
 import torch
 import torch.nn as nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import bsrops
 from bsr.archs.discriminators import PatchGANDiscriminator
 from bsrops.nn import PatchGANConv
+from bsrops.ops._precision import compute_dtype
 from python_formula import FALLBACKS, assert_equal_tensors, native_and_python, needs_native, run_fallback
 from reference_modules import NLayerDiscriminatorReference, PDMDiscriminatorReference
 from tolerances import assert_close_to_float64
@@ -360,6 +363,79 @@ def test_fallback_runs_the_python_formulas(fallback):
     """Without _C, and with a _C built for another torch, patchgan_conv runs the Python formulas (not the C++
     nodes); outputs, running statistics and gradients match the reference."""
     assert run_fallback(FALLBACK_CODE, fallback).split() == ["reference", "False"]
+
+
+# ---- norm_dtype: the dtype the fused norm kernel runs in, by the C++ and the Python composite ----
+
+F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
+NORM_DTYPE_CASES = [  # (y, norm_weight, norm_bias): norm_dtype with kernels that take half dtypes (CUDA), without
+    ((BF16, BF16, BF16), BF16, F32),
+    ((F16, F32, None), F16, F32),  # float32 parameters, as autocast keeps them
+    ((BF16, None, None), BF16, F32),
+    ((BF16, F16, None), F32, F32),  # a parameter of the other half dtype
+    ((F16, F64, F16), F64, F64),
+    ((F32, BF16, None), F32, F32),
+    ((F64, None, F32), F64, F64),
+]
+
+
+class KernelArguments(TorchDispatchMode):
+    """`with KernelArguments() as calls:` -> calls, the (op name, its arguments' dtypes: None for a non-tensor or an
+    absent tensor) of every bsrops op the block calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __enter__(self):
+        super().__enter__()
+        return self.calls
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "bsrops":
+            self.calls.append((func.name(), [getattr(a, "dtype", None) for a in args]))
+        return func(*args, **(kwargs or {}))
+
+
+def norm_act_arguments(dtypes, device):
+    """patchgan_norm_act's arguments for batch norm in training: y and the norm parameters in `dtypes` (None:
+    absent), float32 running statistics."""
+    y_dtype, weight_dtype, bias_dtype = dtypes
+    params = [None if d is None else torch.rand(3, dtype=d, device=device) + 0.5 for d in (weight_dtype, bias_dtype)]
+    return (torch.randn(2, 3, 4, 5, dtype=y_dtype, device=device), *params, torch.zeros(3, device=device),
+            torch.ones(3, device=device), "batch", True, 0.1, 1e-5, 0.2, True)
+
+
+@pytest.mark.skipif(needs_native, reason="needs the native extension")
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("dtypes,with_half_kernels,without", NORM_DTYPE_CASES,
+                         ids=[",".join(str(d).removeprefix("torch.") for d in case[0]) for case in NORM_DTYPE_CASES])
+def test_norm_dtype_of_the_native_and_python_composites(dtypes, with_half_kernels, without, device, monkeypatch):
+    """On the native backend of each device (fake tensors: CUDA ones need no GPU), the C++ composite (the device's
+    kernel of patchgan_norm_act) and the Python one (norm_dtype) call the fused kernel with y and the norm parameters
+    in one dtype, y's own for float16 / bfloat16 on CUDA, and the running statistics in its compute_dtype (float32
+    for the half dtypes); out comes back in y's dtype, the new running statistics in theirs."""
+    from bsrops.ops import patchgan_conv as module
+
+    monkeypatch.setattr(bsrops._backend, "active_backend", lambda device_type: device_type)  # cpu, cuda
+    expected = with_half_kernels if device == "cuda" else without
+    stats = compute_dtype(expected)
+    key = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, device.upper()))
+    composites = {"C++": lambda *args: torch.ops.bsrops.patchgan_norm_act.default.redispatch(key, *args),
+                  "Python": module._norm_act_composite}
+    results = {}
+    with FakeTensorMode():
+        args = norm_act_arguments(dtypes, device)
+        assert module.norm_dtype(*args[:3]) == expected
+        for name, composite in composites.items():
+            with KernelArguments() as calls:
+                outputs = composite(*args)
+            results[name] = calls, [t.dtype for t in outputs]
+    assert results["C++"] == results["Python"], results
+    [(op, arguments)] = results["C++"][0]
+    assert op == "bsrops::_patchgan_norm_act"
+    assert arguments[:5] == [expected, *(None if d is None else expected for d in dtypes[1:]), stats, stats]
+    assert results["C++"][1] == [dtypes[0], stats, stats, F32, F32]
 
 
 @pytest.mark.skipif(needs_native, reason="needs the native extension")

@@ -8,7 +8,8 @@
   op then runs with that device's autocast off.
 - The fused elementwise kernels of dpcb and patchgan_conv (`run_fused`) take float16 / bfloat16 tensors on the
   native CUDA backend (float32 arithmetic inside); the other backends' are float32 / float64 kernels, which
-  `run_fused` runs on float32 copies of float16 / bfloat16 tensors.
+  `run_fused` runs on float32 copies of float16 / bfloat16 tensors. patchgan_conv's norm kernel follows the same
+  rule through its `norm_dtype` (its statistics float32 either way).
 
 Imports no op module.
 """
@@ -46,7 +47,8 @@ def promote(*tensors):
 
 
 def compute_dtype(dtype):
-    """The dtype a kernel that has no half-precision version computes `dtype` in: float64, else float32."""
+    """The dtype a kernel that has no half-precision version computes `dtype` in, and the one the half-precision
+    kernels accumulate float16 / bfloat16 in (at::opmath_type): float64 for float64, else float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 

@@ -38,9 +38,10 @@ their kernels without _C and under the reference and triton backends; with _C th
 formulas in C++ (csrc/patchgan_conv/patchgan_conv_autograd.cpp: the same ops in the same order, the same results
 bit for bit, no Python per call below `patchgan_conv`'s composite).
 
-Precision (docs/ops.md): the convolution runs in x's dtype; the norm in `norm_dtype` (float32 for
-float16 / bfloat16, whose fused kernels run on float32 copies), its statistics kept in it, its output
-rounded to y's dtype; the running statistics keep their dtype.
+Precision (docs/ops.md): the convolution runs in x's dtype; the norm's fused kernel in `norm_dtype`: a float16 /
+bfloat16 y's own on the native CUDA backend (the norm parameters rounded to it, float32 arithmetic inside), else
+float32 (float64 for float64) on copies, its output rounded to y's dtype. Its statistics are float32 (float64 for
+float64); the running statistics keep their dtype.
 """
 import math
 
@@ -51,7 +52,8 @@ from .. import _backend
 from ..reference import patchgan_conv as ref
 from ._common import (check_device, check_slope, check_tensor, conv_backward, convs_in_channels_last,
                       memory_format_of, onednn_conv_leaky_relu, records_autograd, register_autograd, to_channels_last)
-from ._precision import compute_dtype, promote, register_autocast, result_dtype, run_fused
+from ._precision import (HALF_DTYPES, compute_dtype, has_half_kernels, promote, register_autocast, result_dtype,
+                         run_fused)
 
 SCHEMAS = (
     # (out, y = conv output, mean, rstd, new running_mean, new running_var); functional: the Python wrapper
@@ -86,8 +88,8 @@ def patchgan_conv(x, weight, bias=None, stride=2, padding=1, norm="instance", no
     running_mean / running_var, updated in place by batch norm in training mode as nn.BatchNorm2d does, may be
     strided or offset views but not expanded ones (stride 0: one memory location for every channel).
     Mixed float dtypes of x, weight, bias, norm_weight and norm_bias promote to one; the running statistics keep
-    theirs. The norm computes in float32 (float64 for float64 inputs); under torch.autocast the convolution runs in
-    the autocast dtype (docs/ops.md, Precision).
+    theirs. The norm accumulates in float32 (float64 for float64 inputs); under torch.autocast the convolution runs
+    in the autocast dtype (docs/ops.md, Precision).
     """
     check_inputs(x, weight, bias, stride, padding, norm, norm_weight, norm_bias, running_mean, running_var,
                  training, negative_slope, momentum, eps)
@@ -207,8 +209,14 @@ def _patchgan_conv_composite(x, weight, bias, stride, padding, norm, norm_weight
 
 
 def norm_dtype(y, norm_weight, norm_bias):
-    """The dtype the norm computes in (its statistics' dtype): float64 where y or a norm parameter is, else float32
-    (the fused kernels have no half-precision version)."""
+    """The dtype the norm's fused kernel runs in: a float16 / bfloat16 y's own where the fused kernels take it
+    (has_half_kernels: the native CUDA backend) and each norm parameter is of y's dtype or float32; otherwise
+    float64 where y or a norm parameter is, else float32. compute_dtype of it (float32 for the half dtypes) is the
+    statistics' dtype: mean, rstd and the running statistics the kernel reads or updates. The C++ composite's
+    norm_dtype (csrc/patchgan_conv/patchgan_conv_autograd.cpp) is this rule."""
+    params_fit = all(t is None or t.dtype in (y.dtype, torch.float32) for t in (norm_weight, norm_bias))
+    if y.dtype in HALF_DTYPES and params_fit and has_half_kernels(y.device.type):
+        return y.dtype
     return compute_dtype(result_dtype(y, norm_weight, norm_bias))
 
 
@@ -218,13 +226,14 @@ def _as(dtype, *tensors):
 
 def _norm_act_composite(y, norm_weight, norm_bias, running_mean, running_var, norm, training, momentum, eps,
                         negative_slope, activation):
-    """The fused kernel on y and the norm parameters in norm_dtype; out in y's dtype, the new running statistics
-    in theirs."""
+    """The fused kernel on y and the norm parameters in norm_dtype, the running statistics in its compute_dtype; out
+    in y's dtype, the new running statistics in theirs."""
     check_norm_act_args(y, norm_weight, norm_bias, None, None, norm, training, momentum, eps, negative_slope)
     dtype = norm_dtype(y, norm_weight, norm_bias)
     new_mean = new_var = None
     if norm == "batch" and running_mean is not None:  # the kernel updates (training) or reads (eval) them
-        new_mean, new_var = running_mean.to(dtype, copy=True), running_var.to(dtype, copy=True)
+        stats = compute_dtype(dtype)
+        new_mean, new_var = running_mean.to(stats, copy=True), running_var.to(stats, copy=True)
     weight, bias = _as(dtype, norm_weight, norm_bias)
     out, mean, rstd = torch.ops.bsrops._patchgan_norm_act(y.contiguous().to(dtype), weight, bias, new_mean, new_var,
                                                           norm, training, momentum, eps, negative_slope, activation)
@@ -284,7 +293,7 @@ def _stats_shape(n, channels, norm):
 def _norm_act_op_fake(y, norm_weight, norm_bias, running_mean, running_var, norm, training, momentum, eps,
                       negative_slope, activation):
     stats = _stats_shape(y.shape[0], y.shape[1], norm)
-    dtype = norm_dtype(y, norm_weight, norm_bias)
+    dtype = compute_dtype(norm_dtype(y, norm_weight, norm_bias))
     if _updates_running_stats(norm, training, running_mean):
         new_stats = (running_mean.new_empty(y.shape[1]), running_var.new_empty(y.shape[1]))
     else:
@@ -319,6 +328,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(y if norm != "none" else None, norm_weight, out, mean, rstd)
     ctx.options = (norm, training, negative_slope, activation)
     ctx.dtypes = [None if t is None else t.dtype for t in (y, norm_weight, norm_bias)]
+    ctx.norm_dtype = norm_dtype(y, norm_weight, norm_bias)  # the composite's
 
 
 def _backward(ctx, grad_out, *unused):
@@ -329,7 +339,7 @@ def _backward(ctx, grad_out, *unused):
     mask = [needs[0], needs[1] and has_norm, needs[2] and has_norm]
     if grad_out is None or not any(mask):
         return (None,) * 11
-    dtype = mean.dtype  # the forward's norm_dtype
+    dtype = ctx.norm_dtype
     grads = torch.ops.bsrops._patchgan_norm_act_backward(
         *_as(dtype, grad_out.contiguous(), out if y is None else y, out), mean, rstd, *_as(dtype, norm_weight), norm,
         training, negative_slope, activation, mask)

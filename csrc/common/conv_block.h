@@ -34,12 +34,16 @@ inline Tensor nothing_like(const Tensor& x) { return x.new_empty({0}); }
 
 // ---- the half-precision rule ----
 
+// Whether the fused kernels that serve t take float16 / bfloat16 tensors: the CUDA ones (_precision.py
+// has_half_kernels; the native backends are the only ones that run these C++ formulas).
+inline bool has_half_kernels(const Tensor& t) { return t.is_cuda(); }
+
 // The dtype the fused kernels' results come back in: the first float16 / bfloat16 operand's where the
 // kernels run on float32 copies (every device but CUDA); none where they take the operands as they are.
 inline std::optional<at::ScalarType> narrowed_dtype(std::initializer_list<const Tensor*> operands) {
   for (const Tensor* t : operands) {
     if (t->defined() && at::isReducedFloatingType(t->scalar_type())) {
-      return t->is_cuda() ? std::nullopt : std::optional<at::ScalarType>(t->scalar_type());
+      return has_half_kernels(*t) ? std::nullopt : std::optional<at::ScalarType>(t->scalar_type());
     }
   }
   return std::nullopt;

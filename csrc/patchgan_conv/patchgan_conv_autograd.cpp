@@ -6,7 +6,9 @@
 // bsrops/ops/patchgan_conv.py (`_conv2d_composite`, `_conv2d_backward`, `_norm_act_composite`,
 // `_backward`), which remain the kernels without _C and under the Python backends: both give the
 // same results, bit for bit. The fused ops go through the dispatcher (a Python kernel installed
-// over a native one still runs); the half-precision rule is conv_block.h's.
+// over a native one still runs); the half-precision rule is conv_block.h's, and norm_dtype below
+// is patchgan_conv.py's.
+#include <ATen/OpMathType.h>
 #include <torch/library.h>
 
 #include <array>
@@ -105,13 +107,23 @@ void check_norm_act_args(const Tensor& y, const OptTensor& norm_weight, const Op
   check_device("norm_bias", norm_bias, y);
 }
 
-// the dtype the norm computes in: float64 where y or a norm parameter is, else float32
+// the dtype the norm's fused kernel runs in (patchgan_conv.py norm_dtype): a float16 / bfloat16 y's own where the
+// kernels take it (has_half_kernels: CUDA) and each norm parameter is of y's dtype or float32; otherwise float64
+// where y or a norm parameter is, else float32. Its op-math type (float32 for the half dtypes) is the statistics':
+// mean, rstd and the running statistics the kernel reads or updates.
 at::ScalarType norm_dtype(const Tensor& y, const OptTensor& norm_weight, const OptTensor& norm_bias) {
-  at::ScalarType dtype = y.scalar_type();
+  const at::ScalarType own = y.scalar_type();
+  at::ScalarType promoted = own;
+  bool params_fit = true;  // every norm parameter of y's dtype or float32
   for (const OptTensor* t : {&norm_weight, &norm_bias}) {
-    if (*t) dtype = at::promote_types(dtype, (*t)->scalar_type());
+    if (!*t) continue;
+    const at::ScalarType dtype = (*t)->scalar_type();
+    promoted = at::promote_types(promoted, dtype);
+    params_fit = params_fit && (dtype == own || dtype == at::kFloat);
   }
-  return dtype == at::kDouble ? at::kDouble : at::kFloat;
+  const bool half = own == at::kHalf || own == at::kBFloat16;
+  if (half && params_fit && has_half_kernels(y)) return own;
+  return promoted == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 OptTensor as_dtype(const OptTensor& t, at::ScalarType dtype) { return t ? OptTensor(t->to(dtype)) : std::nullopt; }
@@ -120,8 +132,8 @@ bool updates_running_stats(c10::string_view norm, bool training, const OptTensor
   return norm == "batch" && training && running_mean.has_value();
 }
 
-// the fused kernel on y and the norm parameters in norm_dtype; out in y's dtype, the new running statistics in
-// theirs
+// the fused kernel on y and the norm parameters in norm_dtype, the running statistics in its op-math type; out in
+// y's dtype, the new running statistics in theirs
 NormActOutputs norm_act_composite(const Tensor& y, const OptTensor& norm_weight, const OptTensor& norm_bias,
                                   const OptTensor& running_mean, const OptTensor& running_var, c10::string_view norm,
                                   bool training, double momentum, double eps, double slope, bool activation) {
@@ -129,11 +141,11 @@ NormActOutputs norm_act_composite(const Tensor& y, const OptTensor& norm_weight,
       const Tensor&, const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&, c10::string_view, bool,
       double, double, double, bool)>("bsrops::_patchgan_norm_act");
   check_norm_act_args(y, norm_weight, norm_bias, momentum, eps, slope);
-  at::ScalarType dtype = norm_dtype(y, norm_weight, norm_bias);
+  at::ScalarType dtype = norm_dtype(y, norm_weight, norm_bias), stats = at::toOpMathType(dtype);
   OptTensor new_mean, new_var;
   if (norm == "batch" && running_mean) {  // the kernel updates (training) or reads (eval) them
-    new_mean = running_mean->to(dtype, false, true);
-    new_var = running_var->to(dtype, false, true);
+    new_mean = running_mean->to(stats, false, true);
+    new_var = running_var->to(stats, false, true);
   }
   auto [out, mean, rstd] = op.call(y.contiguous().to(dtype), as_dtype(norm_weight, dtype), as_dtype(norm_bias, dtype),
                                    new_mean, new_var, norm, training, momentum, eps, slope, activation);
@@ -180,6 +192,7 @@ struct NormActFunction : public torch::autograd::Function<NormActFunction> {
     ctx->saved_data["activation"] = activation;
     ctx->saved_data["dtypes"] =
         std::vector<int64_t>{dtype_code(y), dtype_code(norm_weight), dtype_code(norm_bias)};
+    ctx->saved_data["norm_dtype"] = norm_dtype(y, norm_weight, norm_bias);  // the composite's
     return {out, mean, rstd, new_mean, new_var};
   }
 
@@ -196,7 +209,7 @@ struct NormActFunction : public torch::autograd::Function<NormActFunction> {
     variable_list result(11);
     const Tensor& grad_out = grads[0];
     if (!grad_out.defined() || !(mask[0] || mask[1] || mask[2])) return result;
-    at::ScalarType dtype = mean.scalar_type();  // the forward's norm_dtype
+    at::ScalarType dtype = ctx->saved_data["norm_dtype"].toScalarType();
     auto [grad_y, grad_weight, grad_bias] = op.call(
         grad_out.contiguous().to(dtype), (y.defined() ? y : out).to(dtype), out.to(dtype), mean, rstd,
         as_dtype(optional(norm_weight), dtype), norm, ctx->saved_data["training"].toBool(),
