@@ -385,37 +385,138 @@ def test_dpcb_flat_cuda_kernels_in_packs_and_value_by_value(shape, offset, layou
     check(gh, torch.where(h_before > 0, gh_before, 0.3 * gh_before))
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+HALF_DTYPES = {"f16": torch.float16, "bf16": torch.bfloat16}
+ALL_DTYPES = {"f64": torch.float64, "f32": torch.float32, **HALF_DTYPES}
+
+
+def _exact_in(dtype, t):
+    """t's values rounded to `dtype`, in float64: the inputs a `dtype` kernel and its float64 reference share."""
+    return t.to(dtype).double()
+
+
+@pytest.mark.parametrize("dtype", list(ALL_DTYPES.values()), ids=list(ALL_DTYPES))
 @pytest.mark.parametrize("norm", ["none", "instance", "batch"])
 @pytest.mark.parametrize("shape,offset", [((2, 3, 8, 6), 0), ((2, 3, 8, 6), 1), ((2, 3, 5, 7), 0)],
                          ids=["packs", "misaligned", "odd-plane"])
 def test_patchgan_norm_act_cuda_in_packs_and_value_by_value(shape, offset, norm, dtype):
-    """The norm + activation kernels' writing passes in 16-byte packs, and value by value where y and grad_out start
-    one element past a pack boundary or H * W is not whole packs: against the CPU kernels in float64."""
+    """The norm + activation kernels' writing passes in 16-byte packs (8 float16 / bfloat16 values), and value by
+    value where y and grad_out start one element past a pack boundary or H * W is not whole packs: against the CPU
+    kernels in float64 on the same values. float16 / bfloat16: out and grad_y rounded once from float32 arithmetic
+    (to the largest value: the statistics are reductions), mean, rstd and the parameter gradients float32."""
     g = torch.Generator().manual_seed(8)
-    flats = [torch.randn(shape[0] * shape[1] * shape[2] * shape[3] + offset, generator=g, dtype=torch.float64)
-             for _ in range(2)]
-    weight = torch.rand(shape[1], generator=g, dtype=torch.float64) + 0.5
-    bias = torch.randn(shape[1], generator=g, dtype=torch.float64)
+    flats = [_exact_in(dtype, torch.randn(shape[0] * shape[1] * shape[2] * shape[3] + offset, generator=g,
+                                          dtype=torch.float64)) for _ in range(2)]
+    weight = _exact_in(dtype, torch.rand(shape[1], generator=g, dtype=torch.float64) + 0.5)
+    bias = _exact_in(dtype, torch.randn(shape[1], generator=g, dtype=torch.float64))
     params = (weight, bias) if norm != "none" else (None, None)
     ops, mask = torch.ops.bsrops, [True, norm != "none", norm != "none"]
 
     def run(y, grad, weight, bias):
         out, mean, rstd = ops._patchgan_norm_act(y, weight, bias, None, None, norm, True, 0.1, 1e-5, 0.2, True)
-        return (out, *ops._patchgan_norm_act_backward(grad, y, out, mean, rstd, weight, norm, True, 0.2, True, mask))
+        return (out, mean, rstd,
+                *ops._patchgan_norm_act_backward(grad, y, out, mean, rstd, weight, norm, True, 0.2, True, mask))
 
     expected = run(*(f[offset:].view(shape) for f in flats), *params)
     with bsrops.use_backend("cuda"):
         actual = run(*(f.to(CUDA, dtype)[offset:].view(shape) for f in flats),
                      *(p.to(CUDA, dtype) if p is not None else None for p in params))
-    for a, e in zip(actual, expected):
-        assert a.shape == e.shape, (a.shape, e.shape)
-        if e.numel() == 0:  # the parameter gradients without a norm
+    for index, (a, e) in enumerate(zip(actual, expected)):  # out, mean, rstd, grad_y, grad_weight, grad_bias
+        assert a.shape == e.shape, (index, a.shape, e.shape)
+        if e.numel() == 0:  # the statistics and parameter gradients without a norm
             continue
         if dtype == torch.float64:
             assert_close_to_float64(a.cpu(), e)
+        elif dtype in HALF_DTYPES.values() and index in (0, 3):
+            _assert_rounded_once(a, e, dtype, reduced=norm != "none")
         else:
-            assert relative_error(a.cpu(), e) <= 1e-5, relative_error(a.cpu(), e)
+            assert a.dtype == torch.float32, (index, a.dtype)
+            assert relative_error(a.cpu(), e) <= 1e-5, (index, relative_error(a.cpu(), e))
+
+
+@pytest.mark.parametrize("dtype", list(HALF_DTYPES.values()), ids=list(HALF_DTYPES))
+def test_patchgan_norm_act_cuda_half_batch_norm_running_statistics(dtype):
+    """Batch norm on a float16 / bfloat16 y: in training the kernel updates float32 running statistics in place from
+    its float32 batch statistics, in eval it normalises with them; against the CPU kernels in float64 on the same
+    values (out rounded once, to the largest value)."""
+    g = torch.Generator().manual_seed(9)
+    y = _exact_in(dtype, torch.randn(4, 3, 5, 7, generator=g, dtype=torch.float64) * 2 + 1)
+    weight = _exact_in(dtype, torch.rand(3, generator=g, dtype=torch.float64) + 0.5)
+    bias = _exact_in(dtype, torch.randn(3, generator=g, dtype=torch.float64))
+    running = [torch.randn(3, generator=g), torch.rand(3, generator=g) + 0.5]  # float32, like nn.BatchNorm2d's
+    ops = torch.ops.bsrops
+
+    def run(y, weight, bias, running_mean, running_var):
+        trained = ops._patchgan_norm_act(y, weight, bias, running_mean, running_var, "batch", True, 0.1, 1e-5, 0.2,
+                                         True)
+        updated = [running_mean.clone(), running_var.clone()]
+        evaluated = ops._patchgan_norm_act(y, weight, bias, running_mean, running_var, "batch", False, 0.1, 1e-5, 0.2,
+                                           True)
+        return [*trained, *updated, *evaluated]
+
+    expected = run(y, weight, bias, *(r.double() for r in running))
+    with bsrops.use_backend("cuda"):
+        actual = run(*(t.to(CUDA, dtype) for t in (y, weight, bias)), *(r.to(CUDA) for r in running))
+    for index, (a, e) in enumerate(zip(actual, expected)):  # out, mean, rstd, running mean, var; eval out, mean, rstd
+        if index in (0, 5):
+            _assert_rounded_once(a, e, dtype, reduced=True)
+        else:
+            assert a.dtype == torch.float32 and relative_error(a.cpu(), e) <= 1e-5, (index, a.dtype)
+
+
+@pytest.mark.parametrize("dtype", list(HALF_DTYPES.values()), ids=list(HALF_DTYPES))
+@pytest.mark.parametrize("norm", ["none", "instance", "batch"])
+def test_patchgan_conv_in_half_precision_under_cuda_autocast(norm, dtype):
+    """CUDA autocast: the convolution in `dtype` and the norm's fused kernel on its output in that dtype too (float32
+    statistics; the float32 norm parameters rounded to it, their gradients and the running statistics float32):
+    outputs, gradients in their leaves' dtypes and the running statistics within twice the error of the eager block
+    run in `dtype` (tp.assert_half_close), against float64 on the values autocast gives the op."""
+    leaves = [t.to(CUDA) for t in tp.patchgan_leaves(norm)]
+    grad = torch.randn(2, 5, 4, 4).to(CUDA, dtype)
+    running = {d: (torch.zeros(5, dtype=d, device=CUDA), torch.ones(5, dtype=d, device=CUDA)) if norm == "batch"
+               else (None, None) for d in (torch.float32, torch.float64, dtype)}
+    ours = tp.patchgan_ours(norm, running[torch.float32])
+    with bsrops.use_backend("cuda"), torch.autocast(CUDA.type, dtype=dtype):
+        (outs, grads), delta = dp.calls_delta(lambda: tp.outputs_and_grads(ours, leaves, [grad]))
+    ran_on(delta, "cuda")
+    assert outs[0].dtype == dtype
+    assert [g.dtype for g in grads if g is not None] == [t.dtype for t, g in zip(leaves, grads) if g is not None]
+    cast = (0, 1, 4)  # x, weight and bias; the norm parameters keep float32 under autocast
+    values = [_exact_in(dtype, t) if i in cast else t.double() for i, t in enumerate(leaves)]
+    exact = tp.outputs_and_grads(tp.patchgan_eager(norm, running[torch.float64]), values, [grad.double()])
+    same = tp.outputs_and_grads(tp.patchgan_eager(norm, running[dtype]), [t.to(dtype) for t in leaves], [grad])
+    for results, truth, bar in zip((outs, grads), exact, same):
+        tp.assert_half_close(results, truth, bar, dtype)
+    for result, truth, bar in zip(running[torch.float32], running[torch.float64], running[dtype]):
+        if result is not None:  # updated once by each of the three runs
+            assert result.dtype == torch.float32
+            assert_close_to_float64(result.cpu(), truth.cpu(), dtype, bar.cpu())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_patchgan_conv_bfloat16_blocks(backend):
+    """test_precision's bfloat16 patchgan_conv checks on the GPU (bfloat16 inputs and running statistics, float32
+    statistics, a bfloat16 image into float32 parameters): the CUDA backend's half kernel, Triton's float32 kernel
+    on float32 copies."""
+    with torch.device(CUDA), bsrops.use_backend(backend):
+        tp.test_patchgan_conv_bfloat16_inputs_statistics_and_mixed_dtypes()
+
+
+@pytest.mark.parametrize("dtype", list(HALF_DTYPES.values()), ids=list(HALF_DTYPES))
+@pytest.mark.parametrize("norm,training", [("none", True), ("instance", True), ("batch", True), ("batch", False)])
+def test_patchgan_norm_ops_opcheck_in_half_precision(norm, training, dtype):
+    """opcheck of the norm ops on float16 / bfloat16 CUDA tensors with float32 norm parameters and running
+    statistics: the fake kernels give the CUDA kernels' dtypes (float32 mean, rstd and parameter gradients)."""
+    y = torch.randn(2, 4, 5, 3, device=CUDA).to(dtype)
+    affine = [torch.rand(4, device=CUDA) + 0.5, torch.randn(4, device=CUDA)]
+    running = [torch.randn(4, device=CUDA), torch.rand(4, device=CUDA) + 0.5] if norm == "batch" else [None, None]
+    options = (norm, training, 0.1, 1e-5, 0.2, True)
+    with bsrops.use_backend("cuda"):
+        torch.library.opcheck(torch.ops.bsrops.patchgan_norm_act.default,  # the composite: the half kernel
+                              (y.clone().requires_grad_(), *[a.clone().requires_grad_() for a in affine], *running,
+                               *options))
+        torch.library.opcheck(torch.ops.bsrops._patchgan_norm_act.default,
+                              (y, *[a.to(dtype) for a in affine], *[None if r is None else r.clone() for r in running],
+                               *options))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

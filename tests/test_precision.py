@@ -35,20 +35,20 @@ def outputs_and_grads(fn, leaves, grad_outs):
     return [o.detach() for o in outs], list(grads)
 
 
-def assert_bfloat16_close(ours, exact, same_dtype):
-    """Each result, whatever dtype it is returned in, within twice the error of the reference run in bfloat16
-    (tests/tolerances.py), or within two bfloat16 ulps of its largest exact value: a sum of a few rounded products
-    (a weight's gradient over a batch of 2) may be 1.5 ulps off in any bfloat16 arithmetic, which the reference can
-    happen to beat. None: an input the result does not depend on, in both."""
+def assert_half_close(ours, exact, same_dtype, dtype=BF16):
+    """Each result, whatever dtype it is returned in, within twice the error of the reference run in `dtype`
+    (bfloat16 or float16; tests/tolerances.py), or within two of its ulps of its largest exact value: a sum of a few
+    rounded products (a weight's gradient over a batch of 2) may be 1.5 ulps off in any arithmetic of that dtype,
+    which the reference can happen to beat. None: an input the result does not depend on, in both."""
     for index, (actual, truth, bar) in enumerate(zip(ours, exact, same_dtype)):
         assert (actual is None) == (truth is None), index
         if actual is None:
             continue
         assert actual.shape == truth.shape, index
         scale = truth.abs().max().item()
-        two_ulps = 2.0 ** (math.floor(math.log2(scale)) - 6) if scale > 0 else 0.0
+        two_ulps = 2.0 ** (math.floor(math.log2(scale)) + 1) * torch.finfo(dtype).eps if scale > 0 else 0.0
         if (actual.double() - truth).abs().max().item() > two_ulps:
-            assert_close_to_float64(actual, truth, BF16, bar)
+            assert_close_to_float64(actual, truth, dtype, bar)
 
 
 def assert_float32_rounded_to_bfloat16(actual, truth):
@@ -58,7 +58,7 @@ def assert_float32_rounded_to_bfloat16(actual, truth):
 
 
 def check_policy(fn, exact_fn, bf16_fn, leaves, grad_outs, out_dtype, cast=None):
-    """fn under autocast: outputs in out_dtype, gradients in their leaves' dtypes, values as assert_bfloat16_close
+    """fn under autocast: outputs in out_dtype, gradients in their leaves' dtypes, values as assert_half_close
     against exact_fn (float64, on the values autocast gives the op: the leaves at `cast`, default all, rounded to
     bfloat16) and bf16_fn (the reference in bfloat16); the output gradients rounded to the outputs' dtype as
     autograd hands them over."""
@@ -72,7 +72,7 @@ def check_policy(fn, exact_fn, bf16_fn, leaves, grad_outs, out_dtype, cast=None)
     exact = outputs_and_grads(exact_fn, values, [g.double() for g in rounded])
     same = outputs_and_grads(bf16_fn, [t.to(BF16) for t in leaves], rounded)
     for ours, truth, bar in zip((outs, grads), exact, same):
-        assert_bfloat16_close(ours, truth, bar)
+        assert_half_close(ours, truth, bar)
 
 
 # ---- blur_downsample ----
@@ -120,7 +120,7 @@ def test_blur_downsample_bfloat16_inputs_and_mixed_dtypes():
     exact = outputs_and_grads(blur_loop, [t.double() for t in rounded[:2]], [rounded[2].double()])
     same = outputs_and_grads(blur_on_reference_backend, rounded[:2], rounded[2:])
     for results, truth, bar in zip(ours, exact, same):
-        assert_bfloat16_close(results, truth, bar)
+        assert_half_close(results, truth, bar)
     mixed = outputs_and_grads(lambda a, b: bsrops.blur_downsample(a, b, 2), [x, rounded[1]], [grad])
     wide = outputs_and_grads(lambda a, b: bsrops.blur_downsample(a, b, 2), [x, rounded[1].float()], [grad])
     assert mixed[0][0].dtype == torch.float32 and mixed[1][1].dtype == BF16
@@ -191,11 +191,11 @@ def test_dpcb_bfloat16_inputs_inference_and_mixed_dtypes(use):
                               [g.to(BF16).double() for g in grads])
     same = outputs_and_grads(dpcb_functional(DPCBReference, state), leaves, grads)
     for results, truth, bar in zip(ours, exact, same):
-        assert_bfloat16_close(results, truth, bar)
+        assert_half_close(results, truth, bar)
     with torch.no_grad():  # _dpcb_inference
         inference = dpcb_functional(DPCB, state)(*leaves)
     assert {t.dtype for t in inference} == {BF16}
-    assert_bfloat16_close(inference, exact[0], same[0])
+    assert_half_close(inference, exact[0], same[0])
     x_img = inputs[0].to(BF16).requires_grad_()
     out_img, out_cond = module(x_img, inputs[1])  # a bfloat16 image into a float32 block
     assert out_img.dtype == out_cond.dtype == torch.float32
