@@ -85,7 +85,8 @@ def test_cpu_shared_forward_channel_groups(channels, layout):
 # 16 x 16 output tiles with partial last ones. In float64 the windows of (21, 4) and (25, 4) exceed the shared
 # memory a block may use, so the per-image and shared kernels take the channel-group path there.
 # k, stride, height, width
-SHAPE_CASES = [(21, 1, 37, 40), (11, 1, 20, 17), (21, 4, 70, 90), (25, 4, 75, 66), (4, 3, 40, 35), (7, 2, 33, 18)]
+SHAPE_CASES = [(21, 1, 37, 40), (11, 1, 20, 17), (21, 4, 70, 90), (25, 4, 75, 66), (4, 3, 40, 35), (7, 2, 33, 18),
+               (11, 4, 76, 58)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])

@@ -338,14 +338,15 @@ bool run_shape_if(const Geometry& g, const F& f) {
 
 // f(K, S, index_t{}): the forward kernels' (k, s) template parameters and index type, chosen alike on
 // the CPU (cpu_shared) and CUDA. The (k, s) pairs of the presets: DAN's blur (21 and 11, stride 1),
-// PDM's and the demo's x4 (21, 4), USRNet's and RealSR's x4 (25, 4); any other pair, and every
-// call that needs 64-bit offsets, runs the generic K = S = 0.
+// PDM's and the demo's x4 (21, 4), PDM's 2020 Track 1 x4 (11, 4), USRNet's and RealSR's x4 (25, 4);
+// any other pair, and every call that needs 64-bit offsets, runs the generic K = S = 0.
 template <typename F>
 void dispatch_shape(const Geometry& g, bool int32, const F& f) {
   if (!int32) {
     run_shape_if<0, 0, int64_t>(g, f);
   } else if (!(run_shape_if<21, 1, int32_t>(g, f) || run_shape_if<11, 1, int32_t>(g, f) ||
-               run_shape_if<21, 4, int32_t>(g, f) || run_shape_if<25, 4, int32_t>(g, f))) {
+               run_shape_if<21, 4, int32_t>(g, f) || run_shape_if<11, 4, int32_t>(g, f) ||
+               run_shape_if<25, 4, int32_t>(g, f))) {
     run_shape_if<0, 0, int32_t>(g, f);
   }
 }
