@@ -74,8 +74,6 @@ constexpr int64_t kTapGroup = 12;
 // The streams advance by one short row per visit, so the tiles also prefetch the same
 // taps this many output rows ahead.
 constexpr int64_t kPrefetchRows = 1;
-// Rows of x prefetched ahead of the one a task copies.
-constexpr int64_t kLoadAhead = 4;
 
 // Everything the fast kernels need about one call, computed once on the host.
 struct Plan {
@@ -211,12 +209,10 @@ struct InnerColumns {
   }
 };
 
-// dst[ph * Wq + q] = padded column q * s + ph of the image row xr (zero past the padded row). The
-// interior first, so that the row is read front to back as it comes from memory.
+// dst[ph * Wq + q] = padded column q * s + ph of the image row xr (zero past the padded row).
 template <typename scalar_t, typename acc_t>
 BSR_INLINE void split_row(const Plan& p, const InnerColumns& in, const scalar_t* xr, acc_t* dst) {
   const int64_t s = p.g.stride, Wq = p.Wq;
-  phase_permute<true>(xr + in.q_in * s - p.before, dst + in.q_in, s, Wq, in.q_out - in.q_in);
   for (int64_t ph = 0; ph < s; ++ph)
     for (int64_t q = 0; q < Wq; ++q) {
       if (q == in.q_in) q = in.q_out;
@@ -224,6 +220,7 @@ BSR_INLINE void split_row(const Plan& p, const InnerColumns& in, const scalar_t*
       const int64_t w = q * s + ph, src = w < p.Wp ? p.col_src[w] : -1;
       dst[ph * Wq + q] = src >= 0 ? static_cast<acc_t>(xr[src]) : acc_t(0);
     }
+  phase_permute<true>(xr + in.q_in * s - p.before, dst + in.q_in, s, Wq, in.q_out - in.q_in);
 }
 
 // Image row dst (W columns) of the phase-split padded-gradient row grow: each image column
@@ -249,12 +246,8 @@ BSR_INLINE void load_rows(const Plan& p, const scalar_t* x, int64_t n, int64_t r
   const Geometry& g = p.g;
   const InnerColumns in(p);
   const int64_t rows = r1 - r0;
-  const scalar_t* xn = x + n * g.C * g.H * g.W;
   for (int64_t c = 0; c < g.C; ++c) {
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t ahead = r + kLoadAhead < std::min(r1, p.Hp) ? p.row_src[r + kLoadAhead] : -1;
-      if (ahead >= 0)
-        for (int64_t w = 0; w < g.W; w += 64 / sizeof(scalar_t)) BSR_PREFETCH(xn + (c * g.H + ahead) * g.W + w, 0);
       acc_t* dst = xs + (c * rows + r - r0) * p.SW;
       const int64_t src = r < p.Hp ? p.row_src[r] : -1;
       if (src < 0)
