@@ -166,94 +166,59 @@ RowFold make_row_fold(const Plan& p) {
 
 // ---- padded rows <-> phase-split rows ----
 
-// Phase split (Split = true): dst[ph * Wq + q] = src[q * S + ph] for q in [0, count), so that each
-// phase ph of a stride-S row is contiguous; Split = false is the inverse, dst[q * S + ph] =
-// src[ph * Wq + q]. Values are converted to the destination type.
-template <bool Split, int S, typename Src, typename Dst>
-BSR_INLINE void phase_permute_fixed(const Src* __restrict src, Dst* __restrict dst, int64_t Wq, int64_t count) {
-  for (int64_t q = 0; q < count; ++q) {
+// Phase split (Split = true): dst[ph * Wq + q] = src[q * S + ph], so that each phase ph of a
+// stride-S row is contiguous; Split = false is the inverse, dst[q * S + ph] = src[ph * Wq + q].
+template <bool Split, int S, typename T>
+BSR_INLINE void phase_permute_fixed(const T* __restrict src, T* __restrict dst, int64_t Wq) {
+  for (int64_t q = 0; q < Wq; ++q) {
     BSR_UNROLL
     for (int ph = 0; ph < S; ++ph) {
-      if constexpr (Split) dst[ph * Wq + q] = static_cast<Dst>(src[q * S + ph]);
-      else dst[q * S + ph] = static_cast<Dst>(src[ph * Wq + q]);
+      if constexpr (Split) dst[ph * Wq + q] = src[q * S + ph];
+      else dst[q * S + ph] = src[ph * Wq + q];
     }
   }
 }
 
-template <bool Split, typename Src, typename Dst>
-BSR_INLINE void phase_permute(const Src* src, Dst* dst, int64_t s, int64_t Wq, int64_t count) {
+template <bool Split, typename T>
+BSR_INLINE void phase_permute(const T* src, T* dst, int64_t s, int64_t Wq) {
   switch (s) {
-    case 1: phase_permute_fixed<Split, 1>(src, dst, Wq, count); return;
-    case 2: phase_permute_fixed<Split, 2>(src, dst, Wq, count); return;
-    case 3: phase_permute_fixed<Split, 3>(src, dst, Wq, count); return;
-    case 4: phase_permute_fixed<Split, 4>(src, dst, Wq, count); return;
+    case 2: phase_permute_fixed<Split, 2>(src, dst, Wq); return;
+    case 3: phase_permute_fixed<Split, 3>(src, dst, Wq); return;
+    case 4: phase_permute_fixed<Split, 4>(src, dst, Wq); return;
     default:
       for (int64_t ph = 0; ph < s; ++ph)
-        for (int64_t q = 0; q < count; ++q) {
-          if constexpr (Split) dst[ph * Wq + q] = static_cast<Dst>(src[q * s + ph]);
-          else dst[q * s + ph] = static_cast<Dst>(src[ph * Wq + q]);
+        for (int64_t q = 0; q < Wq; ++q) {
+          if constexpr (Split) dst[ph * Wq + q] = src[q * s + ph];
+          else dst[q * s + ph] = src[ph * Wq + q];
         }
   }
 }
 
-// The phase-split columns q in [q_in, q_out) read image columns only: padded columns
-// [q_in * s, q_out * s) lie in [before, before + W). Rows are permuted straight between the
-// image and the phase-split buffers there, with no linear padded row in between; the few
-// columns outside are handled one by one.
-struct InnerColumns {
-  int64_t q_in = 0, q_out = 0;
-  explicit InnerColumns(const Plan& p) {
-    const int64_t s = p.g.stride;
-    q_in = ceil_div(p.before, s);
-    q_out = std::max(q_in, floor_div(p.before + p.g.W, s));
-  }
-};
-
-// dst[ph * Wq + q] = padded column q * s + ph of the image row xr (zero past the padded row).
-template <typename scalar_t, typename acc_t>
-BSR_INLINE void split_row(const Plan& p, const InnerColumns& in, const scalar_t* xr, acc_t* dst) {
-  const int64_t s = p.g.stride, Wq = p.Wq;
-  for (int64_t ph = 0; ph < s; ++ph)
-    for (int64_t q = 0; q < Wq; ++q) {
-      if (q == in.q_in) q = in.q_out;
-      if (q >= Wq) break;
-      const int64_t w = q * s + ph, src = w < p.Wp ? p.col_src[w] : -1;
-      dst[ph * Wq + q] = src >= 0 ? static_cast<acc_t>(xr[src]) : acc_t(0);
-    }
-  phase_permute<true>(xr + in.q_in * s - p.before, dst + in.q_in, s, Wq, in.q_out - in.q_in);
-}
-
-// Image row dst (W columns) of the phase-split padded-gradient row grow: each image column
-// takes its own padded column, then the border columns that read a pixel are added into it.
-template <typename acc_t, typename scalar_t>
-BSR_INLINE void unsplit_row(const Plan& p, const InnerColumns& in, const acc_t* grow, scalar_t* dst) {
-  const int64_t s = p.g.stride, Wq = p.Wq;
-  auto at = [&](int64_t w) { return grow[(w % s) * Wq + w / s]; };  // padded column w
-  for (int64_t w = p.before; w < p.before + p.g.W; ++w) {
-    if (w == in.q_in * s) w = std::max(w, in.q_out * s);
-    if (w >= p.before + p.g.W) break;
-    dst[w - p.before] = static_cast<scalar_t>(at(w));
-  }
-  phase_permute<false>(grow + in.q_in, dst + in.q_in * s - p.before, s, Wq, in.q_out - in.q_in);
-  for (size_t e = 0; e < p.border_cols.size(); ++e)
-    dst[p.border_dst[e]] = static_cast<scalar_t>(dst[p.border_dst[e]] + at(p.border_cols[e]));
-}
-
 // Phase-split copy of padded rows [r0, r1) of image n (all channels):
 // xs[(c * (r1 - r0) + r - r0) * SW + ph * Wq + q] = x at padded (r, q * s + ph).
+// `lin` is a scratch row of SW elements.
 template <typename scalar_t, typename acc_t>
-BSR_INLINE void load_rows(const Plan& p, const scalar_t* x, int64_t n, int64_t r0, int64_t r1, acc_t* xs) {
+BSR_INLINE void load_rows(const Plan& p, const scalar_t* x, int64_t n, int64_t r0, int64_t r1, acc_t* xs,
+                          acc_t* __restrict lin) {
   const Geometry& g = p.g;
-  const InnerColumns in(p);
-  const int64_t rows = r1 - r0;
+  const int64_t rows = r1 - r0, s = g.stride;
   for (int64_t c = 0; c < g.C; ++c) {
     for (int64_t r = r0; r < r1; ++r) {
       acc_t* dst = xs + (c * rows + r - r0) * p.SW;
       const int64_t src = r < p.Hp ? p.row_src[r] : -1;
-      if (src < 0)
+      if (src < 0) {
         std::fill(dst, dst + p.SW, acc_t(0));
-      else
-        split_row(p, in, x + ((n * g.C + c) * g.H + src) * g.W, dst);
+        continue;
+      }
+      const scalar_t* __restrict xr = x + ((n * g.C + c) * g.H + src) * g.W;
+      acc_t* row = s == 1 ? dst : lin;  // the padded row, linear
+      for (int64_t w = 0; w < p.before; ++w) row[w] = p.col_src[w] >= 0 ? static_cast<acc_t>(xr[p.col_src[w]]) : acc_t(0);
+      acc_t* __restrict mid = row + p.before;
+      for (int64_t w = 0; w < g.W; ++w) mid[w] = static_cast<acc_t>(xr[w]);
+      for (int64_t w = p.before + g.W; w < p.Wp; ++w)
+        row[w] = p.col_src[w] >= 0 ? static_cast<acc_t>(xr[p.col_src[w]]) : acc_t(0);
+      for (int64_t w = p.Wp; w < p.SW; ++w) row[w] = acc_t(0);
+      if (s > 1) phase_permute<true>(lin, dst, s, p.Wq);
     }
   }
 }
@@ -471,10 +436,10 @@ struct FwdArgs {
   scalar_t* out;
 };
 
-// Scratch of one forward task: phase-split rows and the accumulator.
+// Scratch of one forward task: phase-split rows, the accumulator, one linear row.
 int64_t forward_scratch(const Plan& p) {
   const Geometry& g = p.g;
-  return g.C * (g.stride * (p.rows - 1) + g.k) * p.SW + g.C * p.rows * g.Wo;
+  return g.C * (g.stride * (p.rows - 1) + g.k) * p.SW + g.C * p.rows * g.Wo + p.SW;
 }
 
 // Output rows [i0, i1) of image n.
@@ -488,7 +453,8 @@ BSR_INLINE void forward_task_impl(const FwdArgs<scalar_t>& args, int64_t n, int6
   const int64_t r0 = s * i0, r1 = s * (i1 - 1) + g.k, xrows = r1 - r0;
   acc_t* xs = scratch;                       // [C][xrows][SW]
   acc_t* acc = xs + g.C * xrows * p.SW;      // [C][R][Wo]
-  load_rows<scalar_t, acc_t>(p, args.x, n, r0, r1, xs);
+  acc_t* lin = acc + g.C * R * Wo;           // [SW]
+  load_rows<scalar_t, acc_t>(p, args.x, n, r0, r1, xs, lin);
   std::fill(acc, acc + g.C * R * Wo, acc_t(0));
   const scalar_t* kn = args.kernel + n * g.ks_n;
   for (int64_t a = 0; a < g.k; ++a) {
@@ -644,12 +610,12 @@ struct BwdArgs {
   scalar_t* side;                        // side rows [N][C][slots][W]
 };
 
-// Scratch of one backward task: x rows, padded-gradient rows and per-tap grad_K
-// lanes (k rows of two vectors).
+// Scratch of one backward task: x rows, padded-gradient rows, per-tap grad_K lanes
+// (k rows of two vectors), one linear row.
 template <typename T>
 int64_t backward_scratch(const Plan& p) {
   const Geometry& g = p.g;
-  return 2 * g.C * p.bwd_rows * p.SW + g.k * 2 * Vec<T>::kLanes;
+  return 2 * g.C * p.bwd_rows * p.SW + g.k * 2 * Vec<T>::kLanes + p.SW;
 }
 
 // Padded rows [blk * bwd_rows, ...) of image n: kGx accumulates the padded-gradient
@@ -665,7 +631,8 @@ BSR_INLINE void backward_task_impl(const BwdArgs<scalar_t>& args, int64_t n, int
   acc_t* xs = scratch;                        // [C][RB][SW]
   acc_t* gs = xs + g.C * RB * p.SW;           // [C][RB][SW]
   acc_t* lanes = gs + g.C * RB * p.SW;        // [k][lanes_w]: per-image grad_K lanes
-  if (kGk) load_rows<scalar_t, acc_t>(p, args.x, n, r0, r1, xs);
+  acc_t* lin = lanes + g.k * lanes_w;         // [SW]
+  if (kGk) load_rows<scalar_t, acc_t>(p, args.x, n, r0, r1, xs, lin);
   if (kGx) std::fill(gs, gs + g.C * RB * p.SW, acc_t(0));
   acc_t* partial = (kGk && !kPixel) ? args.partial + (n * p.bwd_blocks + blk) * taps : nullptr;
   BwdRow<acc_t> row{};
@@ -707,17 +674,33 @@ BSR_INLINE void backward_task_impl(const BwdArgs<scalar_t>& args, int64_t n, int
   if constexpr (kGx) {
     // Fold the padded-gradient rows by columns; send them to grad_x or to the side buffer.
     const RowFold& f = *args.fold;
-    const InnerColumns in(p);
     for (int64_t c = 0; c < g.C; ++c) {
       for (int64_t r = r0; r < std::min(r1, p.Hp); ++r) {
         const int64_t y = p.row_src[r];
         if (y < 0) continue;
-        const acc_t* grow = gs + (c * RB + r - r0) * p.SW;
+        acc_t* grow = gs + (c * RB + r - r0) * p.SW;
+        const acc_t* padded = grow;
+        if (s > 1) {  // back to a linear padded row
+          phase_permute<false>(grow, lin, s, p.Wq);
+          padded = lin;
+        }
         const int64_t slot = f.slot[r];
-        if (slot >= 0)
-          unsplit_row(p, in, grow, args.side + ((n * g.C + c) * f.slots + slot) * g.W);
-        else
-          unsplit_row(p, in, grow, args.grad_x + ((n * g.C + c) * g.H + y) * g.W);
+        if (slot < 0 && p.before == 0 && p.Wp == g.W) {
+          scalar_t* __restrict gx = args.grad_x + ((n * g.C + c) * g.H + y) * g.W;
+          for (int64_t xc = 0; xc < g.W; ++xc) gx[xc] = static_cast<scalar_t>(padded[xc]);
+          continue;
+        }
+        // the border columns, added into the image columns they read (in place: they
+        // lie outside [before, before + W), which is what is read below)
+        acc_t* mid = (s > 1 ? lin : grow) + p.before;
+        for (size_t e = 0; e < p.border_cols.size(); ++e) mid[p.border_dst[e]] += padded[p.border_cols[e]];
+        if (slot >= 0) {
+          acc_t* __restrict dst = args.side + ((n * g.C + c) * f.slots + slot) * g.W;
+          for (int64_t xc = 0; xc < g.W; ++xc) dst[xc] = mid[xc];
+        } else {
+          scalar_t* __restrict gx = args.grad_x + ((n * g.C + c) * g.H + y) * g.W;
+          for (int64_t xc = 0; xc < g.W; ++xc) gx[xc] = static_cast<scalar_t>(mid[xc]);
+        }
       }
     }
   }
