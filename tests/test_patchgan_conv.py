@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn as nn
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import bsrops
 from bsr.archs.discriminators import PatchGANDiscriminator
 from bsrops.nn import PatchGANConv
 from bsrops.ops._precision import compute_dtype
+from logged_ops import LoggedOps, argument_dtypes
 from python_formula import FALLBACKS, assert_equal_tensors, native_and_python, needs_native, run_fallback
 from reference_modules import NLayerDiscriminatorReference, PDMDiscriminatorReference
 from tolerances import assert_close_to_float64
@@ -379,24 +379,6 @@ NORM_DTYPE_CASES = [  # (y, norm_weight, norm_bias): norm_dtype with kernels tha
 ]
 
 
-class KernelArguments(TorchDispatchMode):
-    """`with KernelArguments() as calls:` -> calls, the (op name, its arguments' dtypes: None for a non-tensor or an
-    absent tensor) of every bsrops op the block calls."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def __enter__(self):
-        super().__enter__()
-        return self.calls
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.namespace == "bsrops":
-            self.calls.append((func.name(), [getattr(a, "dtype", None) for a in args]))
-        return func(*args, **(kwargs or {}))
-
-
 def norm_act_arguments(dtypes, device):
     """patchgan_norm_act's arguments for batch norm in training: y and the norm parameters in `dtypes` (None:
     absent), float32 running statistics."""
@@ -428,9 +410,9 @@ def test_norm_dtype_of_the_native_and_python_composites(dtypes, with_half_kernel
         args = norm_act_arguments(dtypes, device)
         assert module.norm_dtype(*args[:3]) == expected
         for name, composite in composites.items():
-            with KernelArguments() as calls:
+            with LoggedOps(argument_dtypes) as calls:
                 outputs = composite(*args)
-            results[name] = calls, [t.dtype for t in outputs]
+            results[name] = [call for call in calls if call[0].startswith("bsrops::")], [t.dtype for t in outputs]
     assert results["C++"] == results["Python"], results
     [(op, arguments)] = results["C++"][0]
     assert op == "bsrops::_patchgan_norm_act"
