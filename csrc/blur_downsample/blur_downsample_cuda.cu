@@ -244,7 +244,7 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& kernel_in, int
   const Geometry g = make_geometry(x, kernel, stride, padding, flip);
   at::Tensor out = at::empty({g.N, g.C, g.Ho, g.Wo}, x.options());
   if (out.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "blur_downsample_cuda", [&] {
+  BSR_DISPATCH_FLOAT_AND_HALF(x.scalar_type(), "blur_downsample_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     dispatch_forward<scalar_t, acc_t>(g, x, kernel, out, [&](auto K, auto S, auto index, bool window) {
       launch_forward<scalar_t, decltype(K)::value, decltype(S)::value, decltype(index)>(window, x, kernel, out, g);
@@ -268,7 +268,7 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_out_in, 
               "blur_downsample backward: grad_out must be (N, C, Ho, Wo)");
   at::Tensor grad_x = output_mask[0] ? at::empty_like(x) : x.new_empty({0});
   at::Tensor grad_kernel = kernel.new_empty({0});
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "blur_downsample_backward_cuda", [&] {
+  BSR_DISPATCH_FLOAT_AND_HALF(x.scalar_type(), "blur_downsample_backward_cuda", [&] {
     if (output_mask[0] && grad_x.numel() > 0) {
       const int64_t total = grad_x.numel();
       launch_kernel(grad_input_kernel<scalar_t>, grid_blocks(total), grad_out.const_data_ptr<scalar_t>(),

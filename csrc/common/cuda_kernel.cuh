@@ -1,8 +1,10 @@
 // What the CUDA kernels share: the block size, grid sizing and the grid-stride loop, the launch
-// on the current stream with its error check, and a deterministic block reduction. Only
-// minimal headers, so that the kernels compile against the CPU torch wheel (the nvcc check).
+// on the current stream with its error check, a deterministic block reduction, and the dtype
+// dispatch of the kernels that take half types. Only minimal headers, so that the kernels
+// compile against the CPU torch wheel (the nvcc check).
 #pragma once
 
+#include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -10,6 +12,10 @@
 #include <cstdint>
 #include <limits>
 #include <utility>
+
+// The dispatch of a host function whose kernels take float64, float32, float16 and bfloat16.
+#define BSR_DISPATCH_FLOAT_AND_HALF(dtype, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
 
 namespace bsrops {
 

@@ -187,10 +187,6 @@ void check_cuda(const at::Tensor& t, const char* name) {
               "dpcb (cuda): ", name, " must be float16, bfloat16, float32 or float64, got ", dtype);
 }
 
-// The dispatch of every host function: float64, float32, float16, bfloat16.
-#define DPCB_DISPATCH(dtype, name, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
-
 // Whether every tensor has one shape and strides: elementwise maths then runs over their storage.
 bool one_order(std::initializer_list<at::Tensor> tensors) {
   const at::Tensor& first = *tensors.begin();
@@ -220,7 +216,7 @@ void leaky_relu_cuda(at::Tensor& x, double slope) {
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t total = x.numel();
   if (total == 0) return;
-  DPCB_DISPATCH(x.scalar_type(), "leaky_relu_cuda", [&] {
+  BSR_DISPATCH_FLOAT_AND_HALF(x.scalar_type(), "leaky_relu_cuda", [&] {
     scalar_t* data = x.mutable_data_ptr<scalar_t>();
     with_flat_types<scalar_t>(total, {data}, [&](auto index, auto V) {
       using index_t = decltype(index);
@@ -237,7 +233,7 @@ void leaky_relu_backward_cuda(at::Tensor& grad, const at::Tensor& out_in, double
   const at::Tensor out = same_order(out_in, grad);
   const int64_t total = grad.numel();
   if (total == 0) return;
-  DPCB_DISPATCH(grad.scalar_type(), "leaky_relu_backward_cuda", [&] {
+  BSR_DISPATCH_FLOAT_AND_HALF(grad.scalar_type(), "leaky_relu_backward_cuda", [&] {
     scalar_t* g = grad.mutable_data_ptr<scalar_t>();
     const scalar_t* o = out.const_data_ptr<scalar_t>();
     with_flat_types<scalar_t>(total, {g, o}, [&](auto index, auto V) {
@@ -259,7 +255,7 @@ std::tuple<at::Tensor, at::Tensor> epilogue_cuda(const at::Tensor& x_in, const a
   const int64_t total = x.numel();
   if (total == 0) return {out, out_cond};
   if (!pointwise && one_order({x, f1, xc, f2, out, out_cond})) {
-    DPCB_DISPATCH(x.scalar_type(), "dpcb_epilogue_cuda", [&] {
+    BSR_DISPATCH_FLOAT_AND_HALF(x.scalar_type(), "dpcb_epilogue_cuda", [&] {
       const scalar_t *a = x.const_data_ptr<scalar_t>(), *b = f1.const_data_ptr<scalar_t>();
       const scalar_t *c = xc.const_data_ptr<scalar_t>(), *d = f2.const_data_ptr<scalar_t>();
       scalar_t *o = out.mutable_data_ptr<scalar_t>(), *oc = out_cond.mutable_data_ptr<scalar_t>();
@@ -271,7 +267,7 @@ std::tuple<at::Tensor, at::Tensor> epilogue_cuda(const at::Tensor& x_in, const a
     });
     return {out, out_cond};
   }
-  DPCB_DISPATCH(x.scalar_type(), "dpcb_epilogue_cuda", [&] {
+  BSR_DISPATCH_FLOAT_AND_HALF(x.scalar_type(), "dpcb_epilogue_cuda", [&] {
     with_index_type(total, [&](auto index) {
       using index_t = decltype(index);
       const auto strides = [&](const at::Tensor& t, bool broadcast = false) {
@@ -306,7 +302,7 @@ std::tuple<at::Tensor, at::Tensor> epilogue_backward_cuda(const at::Tensor& grad
   const at::Tensor& written1 = has_f2 ? grad_f1 : gi;  // the outputs, or a tensor in gi's order when absent
   const at::Tensor& written2 = has_f1 ? grad_f2 : gi;
   if (!pointwise && one_order({gi, gc, f1, f2, written1, written2})) {
-    DPCB_DISPATCH(gi.scalar_type(), "dpcb_epilogue_backward_cuda", [&] {
+    BSR_DISPATCH_FLOAT_AND_HALF(gi.scalar_type(), "dpcb_epilogue_backward_cuda", [&] {
       const scalar_t *a = gi.const_data_ptr<scalar_t>(), *b = gc.const_data_ptr<scalar_t>();
       const scalar_t *c = f1.const_data_ptr<scalar_t>(), *d = f2.const_data_ptr<scalar_t>();
       scalar_t* g1 = has_f2 ? grad_f1.mutable_data_ptr<scalar_t>() : nullptr;
@@ -321,7 +317,7 @@ std::tuple<at::Tensor, at::Tensor> epilogue_backward_cuda(const at::Tensor& grad
   }
   const PlaneStrides sg1 = has_f2 ? plane_strides(grad_f1) : plane_strides(gi);
   const PlaneStrides sg2 = has_f1 ? plane_strides(grad_f2, pointwise) : plane_strides(gc, pointwise);
-  DPCB_DISPATCH(gi.scalar_type(), "dpcb_epilogue_backward_cuda", [&] {
+  BSR_DISPATCH_FLOAT_AND_HALF(gi.scalar_type(), "dpcb_epilogue_backward_cuda", [&] {
     scalar_t* g1 = has_f2 ? grad_f1.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* g2 = has_f1 ? grad_f2.mutable_data_ptr<scalar_t>() : nullptr;
     with_index_type(total, [&](auto index) {
@@ -353,7 +349,7 @@ at::Tensor relayout_cuda(const at::Tensor& x_in, const c10::optional<at::Tensor>
   at::Tensor out = at::empty(x.sizes(), x.options().memory_format(layout(channels_last)));
   const int64_t total = x.numel();
   if (total == 0) return out;
-  DPCB_DISPATCH(x.scalar_type(), "relayout_cuda", [&] {
+  BSR_DISPATCH_FLOAT_AND_HALF(x.scalar_type(), "relayout_cuda", [&] {
     with_index_type(total, [&](auto index) {
       using index_t = decltype(index);
       const auto strides = [](const at::Tensor& t) { return narrow<index_t>(plane_strides(t)); };

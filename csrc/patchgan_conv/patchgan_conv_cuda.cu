@@ -160,10 +160,6 @@ __global__ void __launch_bounds__(kThreads)
 // These kernels take float16 / bfloat16 tensors (forward_setup / backward_setup check the dtypes for it).
 constexpr bool kHalfKernels = true;
 
-// The dispatch of both host functions: float64, float32, float16, bfloat16.
-#define PATCHGAN_DISPATCH(dtype, name, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
-
 // A contiguous parameter of the setup (ForwardSetup / BackwardSetup), or null when absent.
 template <typename T>
 const T* optional_ptr(const at::Tensor& t) {
@@ -186,7 +182,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_cuda(
   ForwardParams p{g, f.data_stats, training, tracked, activation, momentum, eps, slope};
   const int64_t blocks = norm == kNone ? grid_blocks(y.numel()) : g.count();  // else one block per group
   if (blocks == 0) return {out, mean, rstd};
-  PATCHGAN_DISPATCH(y.scalar_type(), "patchgan_norm_act_cuda", [&] {
+  BSR_DISPATCH_FLOAT_AND_HALF(y.scalar_type(), "patchgan_norm_act_cuda", [&] {
     using stat_t = at::opmath_type<scalar_t>;
     with_pack_size<scalar_t>(g.HW, {y.const_data_ptr(), out.const_data_ptr()}, [&](auto V) {
       launch_kernel(norm_act_kernel<scalar_t, decltype(V)::value>, blocks, y.const_data_ptr<scalar_t>(),
@@ -217,7 +213,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cuda(
   const int64_t groups = b.groups;
   const int64_t blocks = norm == kNone ? grid_blocks(out.numel()) : groups;  // else one block per group
   if (blocks > 0 && (mask[0] || norm != kNone)) {
-    PATCHGAN_DISPATCH(out.scalar_type(), "patchgan_norm_act_backward_cuda", [&] {
+    BSR_DISPATCH_FLOAT_AND_HALF(out.scalar_type(), "patchgan_norm_act_backward_cuda", [&] {
       using stat_t = at::opmath_type<scalar_t>;
       const void* written = mask[0] ? grad_y.const_data_ptr() : nullptr;
       with_pack_size<scalar_t>(g.HW, {grad.const_data_ptr(), y.const_data_ptr(), out.const_data_ptr(), written},
